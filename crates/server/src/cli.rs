@@ -1,0 +1,74 @@
+//! The `switchboard` command line. Running it with no subcommand is `switchboard serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+
+use crate::config::LogFormat;
+
+/// switchboard: a real-time push server.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Load a configuration file (with the environment) and report what is wrong with it, if anything.
+    Checkconfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Settings of `serve` that have flags. Every one of them is also a config key.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for clients [config: listen; default 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Serve the conformance echo endpoint at /echo [config: echo.enabled].
+    #[arg(long)]
+    pub echo: bool,
+    /// Log filter, e.g. `info` or `switchboard=debug` [config: log.level].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format [config: log.format].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The flags that were given, as the highest-precedence configuration layer.
+    pub fn overrides(&self) -> Figment {
+        let mut fig = Figment::new();
+        if let Some(listen) = self.listen {
+            fig = fig.merge(Serialized::default("listen", listen.to_string()));
+        }
+        if self.echo {
+            fig = fig.merge(Serialized::default("echo.enabled", true));
+        }
+        if let Some(level) = &self.log_level {
+            fig = fig.merge(Serialized::default("log.level", level));
+        }
+        if let Some(format) = self.log_format {
+            fig = fig.merge(Serialized::default("log.format", format));
+        }
+        fig
+    }
+}

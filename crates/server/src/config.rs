@@ -1,0 +1,269 @@
+//! Settings: built-in defaults, then a TOML file, then `SWITCHBOARD_*` environment variables, then
+//! command-line flags, each overriding the one before.
+//!
+//! Nested keys use `__` in environment variables: `SWITCHBOARD_WEBSOCKET__PING_INTERVAL=10s` sets
+//! `[websocket] ping_interval`. Unknown keys and bad values are refused at start with the key's name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of a switchboard node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the client-facing HTTP listener (WebSocket upgrades and, later, fallbacks).
+    pub listen: ListenAddr,
+    /// Logging.
+    pub log: LogConfig,
+    /// The HTTP layer in front of every endpoint.
+    pub http: HttpConfig,
+    /// Client WebSocket endpoints: handshake policy, limits, keepalive, compression.
+    pub websocket: switchboard_websocket::Config,
+    /// The conformance echo endpoint (off unless asked for).
+    pub echo: EchoConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// A listen address; its own type so that the default (`127.0.0.1:8080`) never exposes a node by accident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl Default for ListenAddr {
+    fn default() -> Self {
+        Self(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or per-module directives (`switchboard=debug,hyper=warn`).
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// `pretty` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the HTTP/1.1 layer.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A client must send its request headers within this time (slowloris protection).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 << 10,
+        }
+    }
+}
+
+/// The `/echo` endpoint used by the Autobahn conformance suite and the benchmarks.
+///
+/// It takes every other setting from `[websocket]`, but has its own limits: the suite sends 16 MiB
+/// messages and 4 MiB ones in 64-byte fragments (65,536 of them plus a final frame), far above what a
+/// real endpoint should accept.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoConfig {
+    /// Serve the echo endpoint.
+    pub enabled: bool,
+    /// Its path.
+    pub path: String,
+    /// Largest frame payload, in bytes.
+    pub max_frame_size: usize,
+    /// Largest message, in bytes.
+    pub max_message_size: usize,
+    /// Most fragments per message.
+    pub max_fragments: usize,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/echo".into(),
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_fragments: 131_072,
+        }
+    }
+}
+
+impl EchoConfig {
+    /// The echo endpoint's WebSocket settings: `base` with the echo limits, and any origin allowed
+    /// (it serves test tools, not pages).
+    pub fn websocket(&self, base: &switchboard_websocket::Config) -> switchboard_websocket::Config {
+        switchboard_websocket::Config {
+            max_frame_size: self.max_frame_size,
+            max_message_size: self.max_message_size,
+            max_fragments: self.max_fragments,
+            allowed_origins: vec!["*".into()],
+            write_high_water: base.write_high_water.max(self.max_message_size),
+            ..base.clone()
+        }
+    }
+}
+
+/// Graceful shutdown settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/SIGINT, clients get close 1001 and this long to finish; then the process exits.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration that could not be loaded, with the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file, environment or flag value that does not fit.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // figment's own message names the key and where it came from (file or environment).
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment, then `overrides` (from flags).
+    pub fn load(file: Option<&Path>, overrides: &Figment) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("SWITCHBOARD_")
+            .split("__")
+            .ignore(&["config"]);
+        let config: Config = fig.merge(env).merge(overrides.clone()).extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), for tests and `checkconfig`.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.websocket
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[websocket] {e}")))?;
+        if self.echo.enabled {
+            self.echo
+                .websocket(&self.websocket)
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("[echo] {e}")))?;
+            if !self.echo.path.starts_with('/') {
+                return Err(ConfigError::Invalid(
+                    "[echo] path must start with '/'".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:9000"
+            [websocket]
+            ping_interval = "5s"
+            subprotocols = ["chat"]
+            [websocket.compression]
+            level = 6
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.0.port(), 9000);
+        assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.websocket.compression.level, 6);
+        assert_eq!(c.websocket.max_message_size, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = Config::from_toml("[websocket]\nping_intervall = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ping_intervall"), "{err}");
+        let err = Config::from_toml("[websocket]\nping_interval = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ping_interval"), "{err}");
+        let err = Config::from_toml("[websocket.compression]\nlevel = 12")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("level"), "{err}");
+    }
+
+    #[test]
+    fn echo_limits_do_not_leak_into_the_real_endpoint() {
+        let c = Config::default();
+        let echo = c.echo.websocket(&c.websocket);
+        assert_eq!(echo.max_message_size, 16 << 20);
+        assert!(echo.max_fragments >= 65_537);
+        assert_eq!(c.websocket.max_message_size, 1 << 20);
+    }
+}

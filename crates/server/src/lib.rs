@@ -1,0 +1,22 @@
+//! switchboard: a real-time push server. It holds every client's connection and pushes to it, so that
+//! application handlers (in any language that speaks HTTP) never have to.
+//!
+//! # Where things are
+//!
+//! - [`server`]: the TCP listener, the HTTP/1.1 layer (hyper), routing, and graceful shutdown.
+//! - [`transport`]: one module per way a client connects; a connection enters the server there.
+//!   [`transport::websocket`] upgrades a request and runs the connection's task.
+//! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
+//! - [`cli`]: the `switchboard` command line.
+//!
+//! The WebSocket protocol itself (framing, compression, keepalive, close) is the
+//! `switchboard-websocket` crate.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod server;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{Server, ServerError, ShutdownHandle};

@@ -1,0 +1,180 @@
+//! The client-facing listener: accepts TCP connections, serves HTTP/1.1 with upgrades through hyper,
+//! routes requests to endpoints, and shuts down gracefully.
+//!
+//! Shutdown (SIGINT/SIGTERM in the binary, [`ShutdownHandle::shutdown`] in tests) stops accepting,
+//! asks every WebSocket client to go away (close 1001), lets plain HTTP connections finish their
+//! request, and waits for all of it up to `[shutdown] drain_timeout`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::transport::websocket::{self, Endpoint};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// A bound, not yet running, switchboard server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Stops a running server from elsewhere (a signal handler, a test).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Begins graceful shutdown.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Server {
+    /// Binds the listener and builds the routes. Port 0 picks a free port; see [`Server::local_addr`].
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let addr = config.listen.0;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let config = Arc::new(config);
+        let router = routes(&config, &shutdown, &tracker);
+        Ok(Self {
+            listener,
+            router,
+            config,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address; an error here would mean the socket is gone.
+        self.listener.local_addr().unwrap_or(self.config.listen.0)
+    }
+
+    /// A handle that stops this server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until shutdown, then drains. Returns once every connection is done or the drain
+    /// timeout passed.
+    pub async fn run(self) {
+        let Self {
+            listener,
+            router,
+            config,
+            shutdown,
+            tracker,
+        } = self;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => serve_connection(stream, peer, &router, &config, &shutdown, &tracker),
+                    Err(e) => {
+                        // Out of file descriptors or memory: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracker.close();
+        tracing::info!(
+            connections = tracker.len(),
+            "shutting down: stopped accepting, closing connections"
+        );
+        let drain = config.shutdown.drain_timeout;
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                still_open = tracker.len(),
+                ?drain,
+                "drain timeout passed; dropping the remaining connections"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn routes(config: &Config, shutdown: &CancellationToken, tracker: &TaskTracker) -> Router {
+    let mut router = Router::new();
+    if config.echo.enabled {
+        let echo = Endpoint {
+            config: Arc::new(config.echo.websocket(&config.websocket)),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        router = router.route(
+            &config.echo.path,
+            any(websocket::echo_handler).with_state(echo),
+        );
+    }
+    router
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: &Router,
+    config: &Config,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    // Push frames out as soon as they are written: the write queue already coalesces them.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.http.header_read_timeout)
+        .max_buf_size(config.http.max_header_bytes.max(8192));
+    let service = TowerToHyperService::new(router.clone());
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        }
+    });
+}

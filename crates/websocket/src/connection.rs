@@ -1,0 +1,552 @@
+//! A server-side WebSocket connection after the handshake: one struct that reads, writes, keeps the
+//! peer honest and closes, driven by [`WebSocket::poll_recv`].
+//!
+//! There is no reader task and writer task: one task per connection polls `poll_recv`, which decodes
+//! what is buffered, flushes what is queued, runs the timers and reads more, in that order. That keeps
+//! an idle connection small (no read or write buffer is held while nothing moves: a read first lands
+//! on the stack and is only copied to the heap when a frame is incomplete) and lets every message
+//! decoded from one read be answered in one write.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn echo(io: tokio::net::TcpStream, accepted: switchboard_websocket::Accepted) {
+//! use std::sync::Arc;
+//! use switchboard_websocket::{Config, WebSocket};
+//!
+//! let mut ws = WebSocket::new(io, Arc::new(Config::default()), accepted.deflate);
+//! while let Some(Ok(msg)) = ws.recv().await {
+//!     if ws.send(msg).is_err() {
+//!         break;
+//!     }
+//! }
+//! # }
+//! ```
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use flate2::{Compress, Compression};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::close::{CloseCode, encode_close_payload};
+use crate::config::Config;
+use crate::deflate::{self, DeflateParams};
+use crate::error::{Error, ProtocolError};
+use crate::frame::OpCode;
+use crate::incoming::{Event, Incoming};
+use crate::message::{Message, SharedMessage};
+use crate::write_queue::WriteQueue;
+
+/// Bytes read per `read` call. Reads land on the stack first, so this costs no memory while idle.
+const READ_CHUNK: usize = 8192;
+
+/// One server-side WebSocket connection over any byte stream (TCP, TLS, a hyper upgrade).
+pub struct WebSocket<S> {
+    io: S,
+    config: Arc<Config>,
+    read_buf: BytesMut,
+    incoming: Incoming,
+    out: WriteQueue,
+    deflate: Option<Box<SendDeflate>>,
+    state: State,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: Option<Instant>,
+    last_read: Instant,
+    ping_sent: Option<Instant>,
+    partial_since: Option<Instant>,
+    stalled_since: Option<Instant>,
+    close_deadline: Option<Instant>,
+}
+
+/// Where the connection is in its life (RFC 6455 §7).
+#[derive(Debug)]
+enum State {
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    CloseSent,
+    /// The last frame (a close) is queued: write it, then shut the write side down.
+    Finishing(Option<Error>),
+    /// Our side is shut down: read and discard until the peer closes too, so that unread bytes do not
+    /// turn our orderly close into a TCP reset that could destroy the close frame in flight.
+    Draining(Option<Error>),
+    Closed,
+}
+
+/// Sending side of permessage-deflate.
+struct SendDeflate {
+    level: u32,
+    threshold: usize,
+    window_bits: u8,
+    /// Only with context takeover: created on first use, lives as long as the connection.
+    context: Option<Option<Compress>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps an upgraded stream. `deflate` is what the handshake agreed ([`crate::Accepted::deflate`]).
+    pub fn new(io: S, config: Arc<Config>, deflate: Option<DeflateParams>) -> Self {
+        let incoming = Incoming::new(&config, deflate.as_ref());
+        let deflate = deflate.map(|p| {
+            Box::new(SendDeflate {
+                level: config.compression.level,
+                threshold: config.compression.threshold,
+                window_bits: p.server_max_window_bits,
+                context: (!p.server_no_context_takeover).then_some(None),
+            })
+        });
+        let mut ws = Self {
+            io,
+            config,
+            read_buf: BytesMut::new(),
+            incoming,
+            out: WriteQueue::default(),
+            deflate,
+            state: State::Open,
+            timer: None,
+            armed: None,
+            last_read: Instant::now(),
+            ping_sent: None,
+            partial_since: None,
+            stalled_since: None,
+            close_deadline: None,
+        };
+        ws.rearm();
+        ws
+    }
+
+    /// Waits for the next message. Meanwhile writes what is queued, answers pings, sends keepalive
+    /// pings and enforces the timeouts.
+    ///
+    /// `None` after a clean close handshake; `Some(Err(_))` once when the connection failed (the peer
+    /// was sent the matching close code where that was still possible), then `None`. Cancel-safe:
+    /// all state lives in `self`, so it can sit in a `select!` beside the application's own queue.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Queues a message. It is written by the next `poll_recv`/`flush`, together with whatever else is
+    /// queued by then.
+    pub fn send(&mut self, msg: Message) -> Result<(), Error> {
+        self.ensure_open()?;
+        let payload = msg.payload();
+        if let Some(d) = self
+            .deflate
+            .as_deref_mut()
+            .filter(|d| payload.len() >= d.threshold)
+        {
+            match &mut d.context {
+                // With context takeover the compressor's history now includes this message, so the
+                // compressed form must be sent even when it is not smaller.
+                Some(ctx) => {
+                    let c = ctx.get_or_insert_with(|| {
+                        Compress::new_with_window_bits(
+                            Compression::new(d.level),
+                            false,
+                            d.window_bits,
+                        )
+                    });
+                    if let Some(z) = deflate::compress_with(c, payload) {
+                        self.out.push_frame(msg.opcode(), true, &z);
+                        return Ok(());
+                    }
+                    // A compressor error leaves its state unknown; fall back to plain frames for good.
+                    d.threshold = usize::MAX;
+                }
+                None => {
+                    if let Some(z) = deflate::compress_standalone(payload, d.level, d.window_bits)
+                        .filter(|z| z.len() < payload.len())
+                    {
+                        self.out.push_frame(msg.opcode(), true, &z);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.out.push_frame(msg.opcode(), false, payload);
+        Ok(())
+    }
+
+    /// Queues a broadcast message, reusing its shared encoding (and compressed form) when this
+    /// connection's parameters allow.
+    pub fn send_shared(&mut self, msg: &SharedMessage) -> Result<(), Error> {
+        self.ensure_open()?;
+        match self.deflate.as_deref() {
+            Some(d) if msg.message().payload().len() >= d.threshold => {
+                if d.context.is_some() {
+                    return self.send(msg.message().clone());
+                }
+                match msg.deflated_frame(d.level, d.window_bits) {
+                    Some(frame) => self.out.push_shared(frame),
+                    None => self.out.push_shared(msg.plain_frame()),
+                }
+            }
+            _ => self.out.push_shared(msg.plain_frame()),
+        }
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written: what the application's slow-consumer policy looks at.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True until a close frame was sent or received, or the connection failed.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open)
+    }
+
+    /// Starts the close handshake. `recv` then yields `None` once the peer answers (or an error if it
+    /// does not within the close timeout). Does nothing if closing has already begun.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.is_open() {
+            self.out
+                .push_frame(OpCode::Close, false, &encode_close_payload(code, reason));
+            self.state = State::CloseSent;
+            self.start_close_timer();
+        }
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.out.poll_write(&mut self.io, cx)).await?;
+        Ok(())
+    }
+
+    /// The poll form of [`WebSocket::recv`].
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            match self.state {
+                State::Closed => return Poll::Ready(None),
+                State::Open | State::CloseSent => {
+                    let before = self.read_buf.len();
+                    match self.incoming.decode(&mut self.read_buf) {
+                        Ok(Some(event)) => {
+                            if let Some(msg) = self.on_event(event) {
+                                return Poll::Ready(Some(Ok(msg)));
+                            }
+                            continue;
+                        }
+                        Ok(None) if self.read_buf.len() != before => continue,
+                        Ok(None) => self.track_partial(),
+                        Err(e) => {
+                            self.fail(e);
+                            continue;
+                        }
+                    }
+                    // Timers first: a deadline may queue a ping or fail the connection, and what it
+                    // queues must go out with the write below.
+                    if let Some(result) = self.poll_timer(cx) {
+                        return result;
+                    }
+                    if !matches!(self.state, State::Open | State::CloseSent) {
+                        continue;
+                    }
+                    if let Err(e) = self.poll_write(cx) {
+                        return self.abort(e);
+                    }
+                    if self.out.len() >= self.config.write_high_water {
+                        // Backpressure: the write above is pending and will wake us.
+                        return Poll::Pending;
+                    }
+                    match self.poll_read(cx) {
+                        Poll::Ready(Ok(0)) => return self.abort(Error::Eof),
+                        Poll::Ready(Ok(_)) => self.last_read = Instant::now(),
+                        Poll::Ready(Err(e)) => return self.abort(e.into()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                State::Finishing(_) => {
+                    let done = match self.out.poll_write(&mut self.io, cx) {
+                        Poll::Ready(Ok(())) => Pin::new(&mut self.io).poll_shutdown(cx),
+                        other => other,
+                    };
+                    match done {
+                        Poll::Ready(result) => {
+                            let State::Finishing(err) =
+                                std::mem::replace(&mut self.state, State::Closed)
+                            else {
+                                unreachable!("matched Finishing above");
+                            };
+                            if let Err(e) = result {
+                                return Poll::Ready(Some(Err(err.unwrap_or(e.into()))));
+                            }
+                            self.state = State::Draining(err);
+                        }
+                        Poll::Pending => {
+                            return match self.poll_timer(cx) {
+                                Some(result) => result,
+                                None => Poll::Pending,
+                            };
+                        }
+                    }
+                }
+                State::Draining(_) => {
+                    let mut scratch = [0u8; 1024];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                        Poll::Ready(_) => return self.finish(),
+                        Poll::Pending => {
+                            return match self.poll_timer(cx) {
+                                Some(result) => result,
+                                None => Poll::Pending,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn ensure_open(&self) -> Result<(), Error> {
+        if self.is_open() {
+            Ok(())
+        } else {
+            Err(Error::Closing)
+        }
+    }
+
+    /// Handles a decoded frame; returns the message to hand to the application, if any.
+    fn on_event(&mut self, event: Event) -> Option<Message> {
+        match event {
+            Event::Message(msg) => self.is_open().then_some(msg),
+            Event::Ping(payload) => {
+                if self.is_open() {
+                    self.out.push_frame(OpCode::Pong, false, &payload);
+                }
+                None
+            }
+            Event::Pong(_) => None,
+            Event::Close(frame) => {
+                if self.is_open() {
+                    // Echo the peer's code (RFC 6455 §5.5.1); an empty close gets an empty answer.
+                    let payload = frame
+                        .code
+                        .map_or_else(Bytes::new, |c| encode_close_payload(c, ""));
+                    self.out.push_frame(OpCode::Close, false, &payload);
+                }
+                self.state = State::Finishing(None);
+                self.start_close_timer();
+                None
+            }
+        }
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with the error's code, then shutdown.
+    fn fail(&mut self, e: ProtocolError) {
+        if self.is_open() {
+            let code = e.close_code();
+            self.out.push_frame(
+                OpCode::Close,
+                false,
+                &encode_close_payload(code, &e.to_string()),
+            );
+        }
+        tracing::debug!(error = %e, "failing WebSocket connection");
+        self.state = State::Finishing(Some(e.into()));
+        self.start_close_timer();
+    }
+
+    /// Ends at once, without a close handshake (socket errors, dead peers).
+    fn abort<T>(&mut self, e: Error) -> Poll<Option<Result<T, Error>>> {
+        self.state = State::Closed;
+        self.timer = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn finish<T>(&mut self) -> Poll<Option<Result<T, Error>>> {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        self.timer = None;
+        match state {
+            State::Finishing(Some(e)) | State::Draining(Some(e)) => Poll::Ready(Some(Err(e))),
+            _ => Poll::Ready(None),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let before = self.out.len();
+        if let Poll::Ready(result) = self.out.poll_write(&mut self.io, cx) {
+            result?;
+        }
+        if self.out.is_empty() {
+            self.stalled_since = None;
+        } else if self.out.len() < before || self.stalled_since.is_none() {
+            let now = Instant::now();
+            self.stalled_since = Some(now);
+            self.arm(now + self.config.write_timeout);
+        }
+        Ok(())
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read_buf.is_empty() {
+            // Nothing partial is buffered: read onto the stack so an idle connection holds no buffer.
+            let mut scratch = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            self.read_buf = BytesMut::from(buf.filled());
+            return Poll::Ready(Ok(buf.filled().len()));
+        }
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+    }
+
+    /// Remembers when an incomplete frame or message started, for the message timeout; releases the
+    /// read buffer when nothing is left in it.
+    fn track_partial(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+            if !self.incoming.in_message() {
+                self.partial_since = None;
+                return;
+            }
+        }
+        if self.partial_since.is_none() {
+            let now = Instant::now();
+            self.partial_since = Some(now);
+            self.arm(now + self.config.message_timeout);
+        }
+    }
+
+    fn start_close_timer(&mut self) {
+        if self.close_deadline.is_none() {
+            let deadline = Instant::now() + self.config.close_timeout;
+            self.close_deadline = Some(deadline);
+            self.arm(deadline);
+        }
+    }
+
+    /// Polls the timer; when it fired, acts on every deadline that passed and returns what `poll_recv`
+    /// should return if the connection ended.
+    fn poll_timer<T>(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<Result<T, Error>>>> {
+        loop {
+            let timer = self.timer.as_mut()?;
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.armed = None;
+            if let Some(end) = self.on_deadline(Instant::now()) {
+                return Some(end);
+            }
+            self.rearm();
+        }
+    }
+
+    fn on_deadline<T>(&mut self, now: Instant) -> Option<Poll<Option<Result<T, Error>>>> {
+        let cfg = Arc::clone(&self.config);
+        let passed = |since: Option<Instant>, after: std::time::Duration| {
+            since.is_some_and(|t| t + after <= now)
+        };
+        if passed(self.close_deadline, std::time::Duration::ZERO) {
+            return Some(match std::mem::replace(&mut self.state, State::Closed) {
+                State::Finishing(Some(e)) | State::Draining(Some(e)) => self.abort(e),
+                _ => self.abort(Error::CloseTimeout),
+            });
+        }
+        if passed(self.stalled_since, cfg.write_timeout) {
+            return Some(self.abort(Error::WriteTimeout));
+        }
+        if !matches!(self.state, State::Open | State::CloseSent) {
+            return None;
+        }
+        if passed(self.partial_since, cfg.message_timeout) {
+            self.fail(ProtocolError::MessageTimeout);
+            return None;
+        }
+        if !cfg.idle_timeout.is_zero() && self.last_read + cfg.idle_timeout <= now {
+            if self.is_open() {
+                self.out.push_frame(
+                    OpCode::Close,
+                    false,
+                    &encode_close_payload(CloseCode::GOING_AWAY, "idle timeout"),
+                );
+            }
+            self.state = State::Finishing(Some(Error::IdleTimeout));
+            self.start_close_timer();
+            return None;
+        }
+        if !cfg.ping_interval.is_zero() {
+            if self.ping_sent.is_some_and(|t| self.last_read > t) {
+                self.ping_sent = None;
+            }
+            match self.ping_sent {
+                Some(t) if t + cfg.pong_timeout <= now => {
+                    return Some(self.abort(Error::PongTimeout));
+                }
+                None if self.last_read + cfg.ping_interval <= now && self.is_open() => {
+                    self.out.push_frame(OpCode::Ping, false, &Bytes::new());
+                    self.ping_sent = Some(now);
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The earliest instant at which some timer has something to check.
+    fn next_deadline(&self) -> Option<Instant> {
+        let cfg = &self.config;
+        let keepalive = (!cfg.ping_interval.is_zero()).then(|| match self.ping_sent {
+            Some(t) => t + cfg.pong_timeout,
+            None => self.last_read + cfg.ping_interval,
+        });
+        let idle = (!cfg.idle_timeout.is_zero()).then(|| self.last_read + cfg.idle_timeout);
+        [
+            keepalive,
+            idle,
+            self.close_deadline,
+            self.partial_since.map(|t| t + cfg.message_timeout),
+            self.stalled_since.map(|t| t + cfg.write_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Sets the timer to the next deadline. Reads move deadlines later without touching the timer
+    /// (resetting it on every read would cost a timer-wheel update each time); when it fires early,
+    /// `on_deadline` finds nothing due and this sets it again.
+    fn rearm(&mut self) {
+        match self.next_deadline() {
+            Some(d) => self.set_timer(d),
+            None => {
+                self.timer = None;
+                self.armed = None;
+            }
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn arm(&mut self, deadline: Instant) {
+        if self.armed.is_none_or(|a| deadline < a) {
+            self.set_timer(deadline);
+        }
+    }
+
+    fn set_timer(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(sleep_until(deadline))),
+        }
+        self.armed = Some(deadline);
+    }
+}
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("state", &self.state)
+            .field("queued", &self.out.len())
+            .field("buffered", &self.read_buf.len())
+            .finish_non_exhaustive()
+    }
+}

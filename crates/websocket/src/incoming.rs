@@ -1,0 +1,364 @@
+//! The incoming side of a connection without IO: bytes in, frames out, frames assembled into messages.
+//!
+//! [`Incoming::decode`] is what the `fuzz/` target drives: any byte sequence must produce frames,
+//! messages or a [`ProtocolError`], never a panic, and never more memory than the limits allow.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::close::CloseFrame;
+use crate::config::Config;
+use crate::deflate::{DeflateParams, Inflater};
+use crate::error::ProtocolError;
+use crate::frame::{OpCode, apply_mask, parse_header};
+use crate::message::Message;
+use crate::utf8::Utf8Validator;
+
+/// Payloads smaller than this are copied out of the read buffer instead of sharing it, so that a
+/// small message kept by the application (history, a queue) does not pin a whole read buffer.
+const COPY_OUT_BELOW: usize = 4096;
+
+/// What one complete frame meant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete data message.
+    Message(Message),
+    /// A ping; its payload is to be echoed in a pong.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// A close frame (already validated).
+    Close(CloseFrame),
+}
+
+/// Frame decoding and message assembly for one server-side connection.
+#[derive(Debug)]
+pub struct Incoming {
+    max_frame: usize,
+    max_message: usize,
+    max_fragments: usize,
+    inflater: Option<Inflater>,
+    partial: Option<Partial>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    compressed: bool,
+    fragments: usize,
+    buf: Vec<u8>,
+    utf8: Utf8Validator,
+}
+
+impl Incoming {
+    /// Decoding state for a connection with `config`'s limits and the negotiated deflate parameters.
+    pub fn new(config: &Config, deflate: Option<&DeflateParams>) -> Self {
+        Self {
+            max_frame: config.max_frame_size,
+            max_message: config.max_message_size,
+            max_fragments: config.max_fragments,
+            inflater: deflate.map(Inflater::new),
+            partial: None,
+        }
+    }
+
+    /// True while a fragmented message is incomplete.
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Takes one frame off the front of `buf` and returns what it completed, if anything.
+    ///
+    /// `Ok(None)` means `buf` holds no complete frame, or the frame was a fragment of a message still
+    /// open; call again while `buf` shrinks. When a frame is incomplete, `buf` is grown to fit it so
+    /// the next read can take it whole.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
+        let Some(h) = parse_header(buf)? else {
+            return Ok(None);
+        };
+        let mask = h.mask.ok_or(ProtocolError::UnmaskedFrame)?;
+        if h.payload_len > self.max_frame as u64 {
+            return Err(ProtocolError::FrameTooLarge {
+                len: h.payload_len,
+                max: self.max_frame,
+            });
+        }
+        let len = h.payload_len as usize;
+        if !h.opcode.is_control() {
+            self.check_frame(h.opcode, h.rsv1, len)?;
+        } else if h.rsv1 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        let total = h.header_len + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(h.header_len);
+        let mut payload = buf.split_to(len);
+        apply_mask(&mut payload, mask);
+        match h.opcode {
+            OpCode::Ping => Ok(Some(Event::Ping(payload.freeze()))),
+            OpCode::Pong => Ok(Some(Event::Pong(payload.freeze()))),
+            OpCode::Close => Ok(Some(Event::Close(CloseFrame::parse(&payload)?))),
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => self
+                .data_frame(h.opcode, h.fin, h.rsv1, payload)
+                .map(|m| m.map(Event::Message)),
+        }
+    }
+
+    /// Checks a data frame's header against the message state before its payload is even read, so an
+    /// oversized or misplaced frame fails at once.
+    fn check_frame(&self, opcode: OpCode, rsv1: bool, len: usize) -> Result<(), ProtocolError> {
+        match (&self.partial, opcode) {
+            (Some(_), OpCode::Text | OpCode::Binary) => Err(ProtocolError::ExpectedContinuation),
+            (None, OpCode::Continuation) => Err(ProtocolError::UnexpectedContinuation),
+            (Some(_), _) if rsv1 => Err(ProtocolError::ReservedBits),
+            (None, _) if rsv1 && self.inflater.is_none() => Err(ProtocolError::ReservedBits),
+            (Some(p), _) if p.fragments >= self.max_fragments => {
+                Err(ProtocolError::TooManyFragments {
+                    max: self.max_fragments,
+                })
+            }
+            (Some(p), _) if !p.compressed && p.buf.len() + len > self.max_message => {
+                Err(ProtocolError::MessageTooLarge {
+                    max: self.max_message,
+                })
+            }
+            (None, _) if !rsv1 && len > self.max_message => Err(ProtocolError::MessageTooLarge {
+                max: self.max_message,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn data_frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        rsv1: bool,
+        payload: BytesMut,
+    ) -> Result<Option<Message>, ProtocolError> {
+        if self.partial.is_none() {
+            let text = opcode == OpCode::Text;
+            if fin && !rsv1 {
+                // The common case: a whole uncompressed message in one frame.
+                if text {
+                    simdutf8::basic::from_utf8(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                let bytes = if payload.len() < COPY_OUT_BELOW {
+                    Bytes::copy_from_slice(&payload)
+                } else {
+                    payload.freeze()
+                };
+                return Ok(Some(if text {
+                    Message::Text(bytes)
+                } else {
+                    Message::Binary(bytes)
+                }));
+            }
+            self.partial = Some(Partial {
+                text,
+                compressed: rsv1,
+                fragments: 0,
+                buf: Vec::new(),
+                utf8: Utf8Validator::default(),
+            });
+        }
+        let Some(p) = self.partial.as_mut() else {
+            return Ok(None);
+        };
+        p.fragments += 1;
+        let before = p.buf.len();
+        match (&mut self.inflater, p.compressed) {
+            (Some(inflater), true) => {
+                inflater.inflate(&payload, fin, &mut p.buf, self.max_message)?
+            }
+            _ => p.buf.extend_from_slice(&payload),
+        }
+        if p.text {
+            p.utf8.feed(&p.buf[before..])?;
+        }
+        if !fin {
+            return Ok(None);
+        }
+        let Some(mut p) = self.partial.take() else {
+            return Ok(None);
+        };
+        if p.text {
+            p.utf8.finish()?;
+        }
+        if p.buf.capacity() > p.buf.len() + p.buf.len() / 4 {
+            p.buf.shrink_to_fit();
+        }
+        let bytes = Bytes::from(p.buf);
+        Ok(Some(if p.text {
+            Message::Text(bytes)
+        } else {
+            Message::Binary(bytes)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::close::CloseCode;
+    use crate::deflate::compress_standalone;
+
+    fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+        let key = [0x11, 0x22, 0x33, 0x44];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&key);
+        let mut p = payload.to_vec();
+        apply_mask(&mut p, key);
+        out.extend_from_slice(&p);
+        out
+    }
+
+    fn decode_all(inc: &mut Incoming, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut events = Vec::new();
+        loop {
+            let before = buf.len();
+            if let Some(e) = inc.decode(&mut buf)? {
+                events.push(e);
+            } else if buf.len() == before {
+                return Ok(events);
+            }
+        }
+    }
+
+    fn plain() -> Incoming {
+        Incoming::new(&Config::default(), None)
+    }
+
+    #[test]
+    fn assembles_fragments_with_control_frames_between() {
+        let mut bytes = frame(false, false, 1, "κό".as_bytes());
+        bytes.extend(frame(true, false, 9, b"ping"));
+        bytes.extend(frame(false, false, 0, "σμ".as_bytes()));
+        bytes.extend(frame(true, false, 0, "ε".as_bytes()));
+        let events = decode_all(&mut plain(), &bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Ping(Bytes::from_static(b"ping")),
+                Event::Message(Message::text("κόσμε"))
+            ]
+        );
+    }
+
+    #[test]
+    fn each_rule_has_its_error() {
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (vec![0x81, 0x00], ProtocolError::UnmaskedFrame),
+            (
+                frame(true, false, 0, b"x"),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                [frame(false, false, 1, b"a"), frame(true, false, 1, b"b")].concat(),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (frame(true, true, 1, b"x"), ProtocolError::ReservedBits),
+            (frame(true, false, 1, b"\xff"), ProtocolError::InvalidUtf8),
+            (
+                frame(false, false, 1, b"ok\xf4\x90"),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                frame(true, false, 8, &[0x03, 0xed]),
+                ProtocolError::InvalidCloseCode(1005),
+            ),
+            (
+                frame(true, false, 2, &vec![0; (1 << 20) + 1]),
+                ProtocolError::FrameTooLarge {
+                    len: (1 << 20) + 1,
+                    max: 1 << 20,
+                },
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                decode_all(&mut plain(), &bytes),
+                Err(want.clone()),
+                "{want}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_fails_from_the_header_alone() {
+        let mut inc = plain();
+        let mut buf = BytesMut::from(&frame(false, false, 2, &vec![0; 700_000])[..8]);
+        assert_eq!(inc.decode(&mut buf), Ok(None));
+        let mut next = BytesMut::from(&frame(false, false, 2, &vec![0; 700_000])[..]);
+        assert_eq!(inc.decode(&mut next), Ok(None));
+        let mut second = BytesMut::from(&frame(true, false, 0, &vec![0; 400_000])[..14]);
+        assert_eq!(
+            inc.decode(&mut second),
+            Err(ProtocolError::MessageTooLarge { max: 1 << 20 })
+        );
+    }
+
+    #[test]
+    fn too_many_fragments() {
+        let cfg = Config {
+            max_fragments: 3,
+            ..Config::default()
+        };
+        let mut bytes = frame(false, false, 2, b"a");
+        for _ in 0..3 {
+            bytes.extend(frame(false, false, 0, b"b"));
+        }
+        assert_eq!(
+            decode_all(&mut Incoming::new(&cfg, None), &bytes),
+            Err(ProtocolError::TooManyFragments { max: 3 })
+        );
+    }
+
+    #[test]
+    fn compressed_fragments_inflate() {
+        let params = DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        let text = "fragmented and compressed ".repeat(50);
+        let z = compress_standalone(text.as_bytes(), 6, 15).unwrap();
+        let (a, b) = z.split_at(z.len() / 2);
+        let bytes = [
+            frame(false, true, 1, a),
+            frame(true, false, 0, b),
+            frame(true, false, 8, &1000u16.to_be_bytes()),
+        ]
+        .concat();
+        let mut inc = Incoming::new(&Config::default(), Some(&params));
+        let events = decode_all(&mut inc, &bytes).unwrap();
+        assert_eq!(events[0], Event::Message(Message::text(text)));
+        assert_eq!(
+            events[1],
+            Event::Close(CloseFrame {
+                code: Some(CloseCode::NORMAL),
+                reason: String::new()
+            })
+        );
+        // A compressed control frame is refused even when deflate is on.
+        assert_eq!(
+            decode_all(&mut inc, &frame(true, true, 9, b"")),
+            Err(ProtocolError::ReservedBits)
+        );
+    }
+}
