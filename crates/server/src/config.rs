@@ -124,14 +124,12 @@ impl Default for EchoConfig {
 }
 
 impl EchoConfig {
-    /// The echo endpoint's WebSocket settings: `base` with the echo limits, and any origin allowed
-    /// (it serves test tools, not pages).
+    /// The echo endpoint's WebSocket settings: `base` with the echo limits.
     pub fn websocket(&self, base: &switchboard_websocket::Config) -> switchboard_websocket::Config {
         switchboard_websocket::Config {
             max_frame_size: self.max_frame_size,
             max_message_size: self.max_message_size,
             max_fragments: self.max_fragments,
-            allowed_origins: vec!["*".into()],
             write_high_water: base.write_high_water.max(self.max_message_size),
             ..base.clone()
         }

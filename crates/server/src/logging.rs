@@ -1,5 +1,7 @@
 //! Log output: `tracing` events as pretty lines or JSON objects.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -13,7 +15,8 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     .map_err(|e| format!("log level {:?}: {e}", config.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match config.format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

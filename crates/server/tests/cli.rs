@@ -1,0 +1,160 @@
+//! The `switchboard` binary as a user runs it: flags, environment, config file, `checkconfig`, and
+//! SIGTERM ending in close 1001 and a clean exit.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Starts the binary and returns it with the address it logged.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn switchboard");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("switchboard exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+            break rest.split('"').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("switchboard did not exit");
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn no_subcommand_serves_and_sigterm_closes_clients_with_1001() {
+    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--echo"], &[]);
+    let mut c = connect(addr).await;
+    c.echo_ok("through the real binary").await;
+    sigterm(&child);
+    let close = c.read_frame().await.unwrap();
+    assert_eq!(close.close_code(), Some(1001));
+    c.send_frame(true, false, 8, &1001u16.to_be_bytes(), true)
+        .await;
+    assert!(c.read_frame().await.is_none());
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[tokio::test]
+async fn environment_and_file_with_flags_on_top() {
+    let dir = std::env::temp_dir().join(format!("switchboard-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("switchboard.toml");
+    // The file asks for a port that is taken by nobody we know; the flag overrides it with port 0.
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\n[echo]\nenabled = true\npath = \"/from-file\"\n",
+    )
+    .unwrap();
+    let (mut child, addr) = spawn(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("SWITCHBOARD_WEBSOCKET__SUBPROTOCOLS", "[chat]")],
+    );
+    let (mut c, r) = handshake(addr, "/from-file", &[("Sec-WebSocket-Protocol", "chat")]).await;
+    assert_eq!(
+        (r.status, r.header("sec-websocket-protocol")),
+        (101, Some("chat"))
+    );
+    c.echo_ok("configured by file, environment and flag").await;
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+
+    // Environment alone.
+    let (mut child, addr) = spawn(
+        &[],
+        &[
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:0"),
+            ("SWITCHBOARD_ECHO__ENABLED", "true"),
+        ],
+    );
+    connect(addr)
+        .await
+        .echo_ok("configured by environment")
+        .await;
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_name() {
+    let dir = std::env::temp_dir().join(format!("switchboard-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[websocket]\nmax_mesage_size = 10\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["checkconfig", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_mesage_size"), "{err}");
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[websocket]\nmax_message_size = 10\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["checkconfig", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_WEBSOCKET__PING_INTERVAL", "often")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.to_lowercase().contains("websocket.ping_interval"),
+        "{err}"
+    );
+}

@@ -1,0 +1,289 @@
+//! Test support: a server started in-process on 127.0.0.1:0, and a raw WebSocket client that can
+//! send anything, including what a real client never would.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::{Config, Server, ShutdownHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ShutdownHandle,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts a server with `config` (listening on a free port), with the echo endpoint on.
+pub async fn start(mut config: Config) -> TestServer {
+    config.listen.0 = "127.0.0.1:0".parse().unwrap();
+    config.echo.enabled = true;
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.local_addr();
+    let handle = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    TestServer { addr, handle, task }
+}
+
+/// A config whose echo endpoint has the real endpoints' default limits.
+pub fn default_limits() -> Config {
+    let mut c = Config::default();
+    c.echo.max_frame_size = c.websocket.max_frame_size;
+    c.echo.max_message_size = c.websocket.max_message_size;
+    c.echo.max_fragments = c.websocket.max_fragments;
+    c
+}
+
+/// A received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub rsv1: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// The server's answer to a handshake.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A hand-rolled client.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Sends a raw HTTP request and reads the response head (and body, if a length is given).
+pub async fn request(addr: SocketAddr, raw: &str) -> (RawClient, Response) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut client = RawClient {
+        stream,
+        buf: Vec::new(),
+    };
+    let resp = client.read_response().await;
+    (client, resp)
+}
+
+/// Opens a WebSocket connection to `path` with extra header lines.
+pub async fn handshake(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (RawClient, Response) {
+    let mut raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in extra {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    request(addr, &raw).await
+}
+
+/// Opens an echo connection and checks it was accepted.
+pub async fn connect(addr: SocketAddr) -> RawClient {
+    let (client, resp) = handshake(addr, "/echo", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    client
+}
+
+impl RawClient {
+    async fn fill(&mut self) -> bool {
+        self.buf.reserve(64 << 10);
+        match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(_)) => true,
+            Err(_) => panic!("timed out waiting for the server"),
+        }
+    }
+
+    async fn read_response(&mut self) -> Response {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        while self.buf.len() < len {
+            assert!(self.fill().await);
+        }
+        let body = String::from_utf8_lossy(&self.buf[..len]).into_owned();
+        self.buf.drain(..len);
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends one frame; `mask: false` sends it unmasked (a protocol violation from a client).
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        rsv1: bool,
+        opcode: u8,
+        payload: &[u8],
+        mask: bool,
+    ) {
+        self.stream
+            .write_all(&encode(fin, rsv1, opcode, payload, mask))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(true, false, 1, text.as_bytes(), true).await;
+    }
+
+    /// The next frame, or `None` when the server closed the TCP connection.
+    pub async fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = decode(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames until a close frame and returns its code; asserts the TCP connection then ends.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.read_frame().await {
+                Some(f) if f.opcode == 8 => {
+                    let code = f.close_code().unwrap_or(1005);
+                    // The server closes the TCP connection after its close frame.
+                    while let Some(f) = self.read_frame().await {
+                        assert_ne!(f.opcode, 1, "data after close: {f:?}");
+                    }
+                    return code;
+                }
+                Some(_) => continue,
+                None => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+
+    /// Sends a text message and checks the echo.
+    pub async fn echo_ok(&mut self, text: &str) {
+        self.send_text(text).await;
+        loop {
+            let f = self.read_frame().await.expect("echo");
+            if f.opcode == 9 {
+                continue;
+            }
+            assert_eq!((f.opcode, f.payload.as_slice()), (1, text.as_bytes()));
+            return;
+        }
+    }
+}
+
+/// Encodes a client frame (masked with a fixed key unless `mask` is false).
+pub fn encode(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n < 65536 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if mask {
+        let key = [0x5a, 0x17, 0xc3, 0x9e];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Decodes a server frame from the front of `buf`: the frame and the bytes it took.
+pub fn decode(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+    let (len, hlen) = match buf[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(hlen..hlen + len)?.to_vec();
+    Some((
+        Frame {
+            fin: buf[0] & 0x80 != 0,
+            rsv1: buf[0] & 0x40 != 0,
+            opcode: buf[0] & 0x0f,
+            payload,
+        },
+        hlen + len,
+    ))
+}
