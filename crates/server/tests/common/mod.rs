@@ -1,7 +1,7 @@
 //! Test support: a server started in-process on 127.0.0.1:0, and a raw WebSocket client that can
 //! send anything, including what a real client never would.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
