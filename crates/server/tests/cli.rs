@@ -1,6 +1,8 @@
 //! The `switchboard` binary as a user runs it: flags, environment, config file, `checkconfig`, and
 //! SIGTERM ending in close 1001 and a clean exit.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
