@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a switchboard node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the client-facing HTTP listener (WebSocket upgrades and, later, fallbacks).
@@ -24,10 +24,35 @@ pub struct Config {
     pub http: HttpConfig,
     /// Client WebSocket endpoints: handshake policy, limits, keepalive, compression.
     pub websocket: switchboard_websocket::Config,
+    /// Path of the client protocol's WebSocket endpoint.
+    pub websocket_path: String,
+    /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
+    pub client: switchboard_hub::ClientConfig,
+    /// Channel namespaces: history, recovery, presence, permissions.
+    pub channels: switchboard_hub::ChannelsConfig,
     /// The conformance echo endpoint (off unless asked for).
     pub echo: EchoConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr::default(),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            websocket: switchboard_websocket::Config {
+                subprotocols: vec![switchboard_protocol::SUBPROTOCOL.to_owned()],
+                ..Default::default()
+            },
+            websocket_path: "/connection/websocket".into(),
+            client: switchboard_hub::ClientConfig::default(),
+            channels: switchboard_hub::ChannelsConfig::default(),
+            echo: EchoConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
 }
 
 /// A listen address; its own type so that the default (`127.0.0.1:8080`) never exposes a node by accident.
@@ -199,6 +224,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.channels
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[channels] {e}")))?;
+        if !self.websocket_path.starts_with('/') {
+            return Err(ConfigError::Invalid(
+                "websocket_path must start with '/'".into(),
+            ));
+        }
         self.websocket
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[websocket] {e}")))?;

@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use switchboard_engine::{Engine, MemoryEngine};
+use switchboard_hub::{Node, NodeConfig};
+
 use crate::config::Config;
 use crate::transport::websocket::{self, Endpoint};
 
@@ -65,7 +68,17 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
-        let router = routes(&config, &shutdown, &tracker);
+        let engine = Arc::new(MemoryEngine::new());
+        let node = Node::new(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            NodeConfig {
+                channels: config.channels.clone(),
+                client: config.client.clone(),
+                ping_interval_secs: config.websocket.ping_interval.as_secs(),
+            },
+        );
+        tracker.spawn(sweep(engine, shutdown.clone()));
+        let router = routes(&config, &node, &shutdown, &tracker);
         Ok(Self {
             listener,
             router,
@@ -127,8 +140,21 @@ impl Server {
     }
 }
 
-fn routes(config: &Config, shutdown: &CancellationToken, tracker: &TaskTracker) -> Router {
-    let mut router = Router::new();
+fn routes(
+    config: &Config,
+    node: &Arc<Node>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Router {
+    let clients = Endpoint {
+        config: Arc::new(config.websocket.clone()),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    let mut router = Router::new().route(
+        &config.websocket_path,
+        any(websocket::client_handler).with_state((clients, Arc::clone(node))),
+    );
     if config.echo.enabled {
         let echo = Endpoint {
             config: Arc::new(config.echo.websocket(&config.websocket)),
@@ -177,4 +203,20 @@ fn serve_connection(
             tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
         }
     });
+}
+
+/// Forgets expired channel streams of the in-memory engine every few seconds.
+async fn sweep(engine: Arc<MemoryEngine>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let removed = engine.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, "expired channel streams forgotten");
+                }
+            }
+        }
+    }
 }

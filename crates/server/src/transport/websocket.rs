@@ -6,13 +6,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_websocket::{CloseCode, Config, Error, WebSocket, handshake};
+use switchboard_hub::Node;
+use switchboard_protocol::{DisconnectCode, encode};
+use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +63,97 @@ where
         }
     });
     accepted.response().map(|()| Body::empty())
+}
+
+/// Bytes of replies and pushes moved from a client's session into its WebSocket write queue at a time.
+/// The rest waits in the session, where the slow-consumer bound counts it.
+const WS_QUEUE_CHUNK: usize = 64 << 10;
+
+/// Axum handler for the client protocol endpoint (`/connection/websocket`).
+pub async fn client_handler(
+    State((endpoint, node)): State<(Endpoint, Arc<Node>)>,
+    req: Request,
+) -> Response {
+    upgrade(&endpoint, req, move |ws, shutdown| {
+        client(ws, shutdown, node)
+    })
+}
+
+/// Runs one client of the protocol in docs/protocol.md over WebSocket: text frames in go to the
+/// client's command handler; replies and pushes queued on its session go out, shared encodings and all.
+pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Arc<Node>) {
+    let mut client = node.client("websocket");
+    let session = Arc::clone(client.session());
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let end = loop {
+        let event = std::future::poll_fn(|cx| {
+            loop {
+                // Incoming frames first; polling also writes whatever is queued.
+                if let Poll::Ready(next) = ws.poll_recv(cx) {
+                    return Poll::Ready(Event::Received(next));
+                }
+                // Move queued replies and pushes into the socket's write queue, a chunk at a time.
+                if ws.queued_bytes() < WS_QUEUE_CHUNK {
+                    match session.poll_drain(cx, |msg| {
+                        let _ = ws.send_shared(&msg);
+                        ws.queued_bytes() < WS_QUEUE_CHUNK
+                    }) {
+                        Poll::Ready(Some(code)) => return Poll::Ready(Event::Disconnect(code)),
+                        Poll::Ready(None) => continue,
+                        Poll::Pending => {}
+                    }
+                }
+                if ws.is_open() && cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
+                }
+                return Poll::Pending;
+            }
+        })
+        .await;
+        match event {
+            Event::Received(Some(Ok(Message::Text(frame)))) => {
+                if let Err(code) = client.handle_frame(&frame).await {
+                    break Some(code);
+                }
+            }
+            Event::Received(Some(Ok(Message::Binary(_)))) => {
+                break Some(DisconnectCode::BadRequest);
+            }
+            Event::Received(Some(Err(e))) => {
+                log_end(&e);
+                break None;
+            }
+            Event::Received(None) => break None,
+            Event::Disconnect(code) => break Some(code),
+        }
+    };
+    if let Some(code) = end
+        && ws.is_open()
+    {
+        // Replies queued before the disconnect (an error explaining it, say) go out first; a slow
+        // client's queue was already dropped by its session.
+        let _ = session.poll_drain(&mut Context::from_waker(Waker::noop()), |msg| {
+            let _ = ws.send_shared(&msg);
+            true
+        });
+        let _ = ws.send(Message::Text(encode::disconnect_push(code)));
+        // A restart is what WebSocket's own 1001 says; other codes travel as themselves.
+        let close = if code == DisconnectCode::Shutdown {
+            CloseCode::GOING_AWAY
+        } else {
+            CloseCode(code.code())
+        };
+        ws.close(close, code.reason());
+        while let Some(Ok(_)) = ws.recv().await {}
+    }
+    client.close().await;
+}
+
+/// What woke a client's task.
+enum Event {
+    Received(Option<Result<Message, Error>>),
+    Disconnect(DisconnectCode),
 }
 
 /// Axum handler for the echo endpoint.

@@ -1,0 +1,154 @@
+//! The engine: where publications go between nodes (broker), where channel streams are kept (history)
+//! and who is in a channel (presence), behind one trait so that the in-memory engine (the default,
+//! needing nothing installed) and a Redis engine are interchangeable.
+//!
+//! # Brief overview
+//!
+//! - [`Engine`] is the contract. Its comments say what every implementation must guarantee; the most
+//!   important is that appending to a channel's history and broadcasting the publication happen as
+//!   one step per channel, so every node sees a channel's publications in offset order.
+//! - [`EngineHandler`] is how an engine hands publications and presence events (from any node) back
+//!   to the node that runs it.
+//! - [`MemoryEngine`] implements it in one process.
+
+mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+
+pub use memory::MemoryEngine;
+pub use switchboard_protocol::encode::PresenceEvent;
+
+/// How a channel keeps its stream; from the channel's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Publications kept; 0 keeps no history (offsets stay 0).
+    pub history_size: usize,
+    /// How long each publication is kept.
+    pub history_ttl: Duration,
+    /// How long the stream's epoch and offset outlive its last publication. After that the stream is
+    /// lost: the next publication starts a new epoch, and recovery from the old one fails (as it must).
+    pub history_meta_ttl: Duration,
+}
+
+impl StreamOptions {
+    /// Options that keep no history.
+    pub const NONE: Self = Self {
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        history_meta_ttl: Duration::ZERO,
+    };
+
+    /// Whether this channel keeps a stream at all.
+    pub fn keeps_history(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// What part of a stream to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only publications after this offset (the epoch is checked by the caller).
+    pub since: Option<u64>,
+    /// At most this many; `None` for all.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// A stream read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    /// The publications asked for, in the order asked for.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's current position (latest offset and epoch).
+    pub position: StreamPosition,
+}
+
+/// Presence counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresenceStats {
+    /// Connections present.
+    pub num_clients: usize,
+    /// Distinct users among them.
+    pub num_users: usize,
+}
+
+/// Engine failures. The in-memory engine never fails; remote engines do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached; clients get a temporary error.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives what the engine delivers: publications and presence events, from this node or others.
+pub trait EngineHandler: Send + Sync {
+    /// A publication in `channel`, delivered in offset order per channel. `epoch` is the stream's
+    /// epoch (empty for channels without history).
+    fn on_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str);
+    /// A client joined or left `channel`.
+    fn on_presence(&self, channel: &str, event: PresenceEvent, info: Arc<ClientInfo>);
+}
+
+/// Broker, history and presence for a switchboard node.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Sets the receiver of publications and presence events. Called once, before any other method.
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>);
+
+    /// This node wants publications of `channel` (its first local subscriber arrived).
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// This node no longer wants `channel` (its last local subscriber left).
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Appends `publication` to the channel's stream (if it keeps one) and delivers it to every node
+    /// subscribed, as one step: no node sees offset N+1 before offset N. Returns the publication's
+    /// position (offset 0 without history).
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &StreamOptions,
+    ) -> Result<StreamPosition, EngineError>;
+
+    /// Delivers a join or leave event to every node subscribed to `channel`.
+    async fn publish_presence_event(
+        &self,
+        channel: &str,
+        event: PresenceEvent,
+        info: Arc<ClientInfo>,
+    ) -> Result<(), EngineError>;
+
+    /// Reads the channel's stream. Creates it (with a fresh epoch) when it does not exist, so that a
+    /// subscriber's position stays meaningful until the stream is lost.
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+        opts: &StreamOptions,
+    ) -> Result<History, EngineError>;
+
+    /// Drops the channel's stream; the next publication starts a new epoch.
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Records `info.client` as present in `channel`.
+    async fn add_presence(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), EngineError>;
+
+    /// Removes `client` from `channel`'s presence.
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError>;
+
+    /// Who is present in `channel`.
+    async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError>;
+
+    /// How many are present in `channel`.
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+}

@@ -1,0 +1,401 @@
+//! The in-memory engine: one process, nothing to install. The default.
+//!
+//! Channels are spread over shards, each behind its own lock, so publishes to different channels do
+//! not contend on one lock. A channel's stream has its own mutex, held while the publication is
+//! appended *and* handed to the node: that is what keeps every subscriber's view of a channel in
+//! offset order under concurrent publishers. The hand-over only enqueues to subscribers' queues, so
+//! the lock is held for microseconds per thousand subscribers, never across IO.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio::time::Instant;
+
+use crate::{
+    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats,
+    StreamOptions,
+};
+
+const SHARDS: usize = 64;
+
+/// The in-memory engine.
+pub struct MemoryEngine {
+    hasher: RandomState,
+    streams: Box<[Mutex<HashMap<String, SharedStream>>]>,
+    presence: Box<[Mutex<HashMap<String, Members>>]>,
+    handler: OnceLock<Arc<dyn EngineHandler>>,
+}
+
+type SharedStream = Arc<Mutex<Stream>>;
+
+/// Client id to client info, for one channel.
+type Members = HashMap<String, Arc<ClientInfo>>;
+
+#[derive(Debug)]
+struct Stream {
+    epoch: String,
+    top: u64,
+    /// (expires at, publication), oldest first.
+    items: VecDeque<(Instant, Arc<Publication>)>,
+    /// When the stream itself is forgotten (epoch and offset lost).
+    meta_expires: Instant,
+}
+
+impl Stream {
+    fn new(now: Instant, opts: &StreamOptions) -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            items: VecDeque::new(),
+            meta_expires: now + opts.history_meta_ttl,
+        }
+    }
+
+    /// Drops expired publications; starts a new epoch if the whole stream expired.
+    fn expire(&mut self, now: Instant) {
+        if now >= self.meta_expires {
+            self.epoch = new_epoch();
+            self.top = 0;
+            self.items.clear();
+            return;
+        }
+        while self.items.front().is_some_and(|(exp, _)| *exp <= now) {
+            self.items.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(8)
+        .collect()
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryEngine").finish_non_exhaustive()
+    }
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            handler: OnceLock::new(),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> usize {
+        (self.hasher.hash_one(channel) as usize) % SHARDS
+    }
+
+    fn stream(&self, channel: &str, now: Instant, opts: &StreamOptions) -> Arc<Mutex<Stream>> {
+        let mut shard = self.streams[self.shard(channel)].lock();
+        if let Some(s) = shard.get(channel) {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(Mutex::new(Stream::new(now, opts)));
+        shard.insert(channel.to_owned(), Arc::clone(&s));
+        s
+    }
+
+    /// Forgets streams whose epoch has expired and that nobody is using. Called periodically by the
+    /// node; without it, every channel ever published to would keep a few bytes forever.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut removed = 0;
+        for shard in self.streams.iter() {
+            shard.lock().retain(|_, s| {
+                let keep = Arc::strong_count(s) > 1 || s.lock().meta_expires > now;
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        removed
+    }
+
+    /// Channels with a stream (for tests and metrics).
+    pub fn stream_count(&self) -> usize {
+        self.streams.iter().map(|s| s.lock().len()).sum()
+    }
+
+    fn handler(&self) -> Option<&Arc<dyn EngineHandler>> {
+        self.handler.get()
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+        // A second call is a wiring bug; keeping the first handler is the safe answer.
+        let _ = self.handler.set(handler);
+    }
+
+    async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        // One process: every publication reaches the handler anyway.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: &StreamOptions,
+    ) -> Result<StreamPosition, EngineError> {
+        let now = Instant::now();
+        let stream = self.stream(channel, now, opts);
+        let mut s = stream.lock();
+        s.expire(now);
+        if opts.keeps_history() {
+            s.top += 1;
+            publication.offset = s.top;
+            let p = Arc::new(publication);
+            s.items.push_back((now + opts.history_ttl, Arc::clone(&p)));
+            while s.items.len() > opts.history_size {
+                s.items.pop_front();
+            }
+            s.meta_expires = now + opts.history_meta_ttl.max(opts.history_ttl);
+            if let Some(h) = self.handler() {
+                h.on_publication(channel, p, &s.epoch);
+            }
+            Ok(s.position())
+        } else {
+            publication.offset = 0;
+            if let Some(h) = self.handler() {
+                h.on_publication(channel, Arc::new(publication), "");
+            }
+            Ok(StreamPosition::default())
+        }
+    }
+
+    async fn publish_presence_event(
+        &self,
+        channel: &str,
+        event: PresenceEvent,
+        info: Arc<ClientInfo>,
+    ) -> Result<(), EngineError> {
+        if let Some(h) = self.handler() {
+            h.on_presence(channel, event, info);
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+        opts: &StreamOptions,
+    ) -> Result<History, EngineError> {
+        let now = Instant::now();
+        let stream = self.stream(channel, now, opts);
+        let mut s = stream.lock();
+        s.expire(now);
+        let after = query.since.unwrap_or(0);
+        let matching = s.items.iter().map(|(_, p)| p).filter(|p| p.offset > after);
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let publications: Vec<_> = if query.reverse {
+            matching.rev().take(limit).cloned().collect()
+        } else {
+            matching.take(limit).cloned().collect()
+        };
+        Ok(History {
+            publications,
+            position: s.position(),
+        })
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        self.streams[self.shard(channel)].lock().remove(channel);
+        Ok(())
+    }
+
+    async fn add_presence(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), EngineError> {
+        let mut shard = self.presence[self.shard(channel)].lock();
+        shard
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(info.client.clone(), info);
+        Ok(())
+    }
+
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        let mut shard = self.presence[self.shard(channel)].lock();
+        if let Some(clients) = shard.get_mut(channel) {
+            clients.remove(client);
+            if clients.is_empty() {
+                shard.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
+        Ok(self.presence[self.shard(channel)]
+            .lock()
+            .get(channel)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+        let shard = self.presence[self.shard(channel)].lock();
+        let Some(clients) = shard.get(channel) else {
+            return Ok(PresenceStats::default());
+        };
+        let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: clients.len(),
+            num_users: users.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use switchboard_protocol::Payload;
+
+    use super::*;
+
+    fn opts(size: usize, ttl: u64) -> StreamOptions {
+        StreamOptions {
+            history_size: size,
+            history_ttl: Duration::from_secs(ttl),
+            history_meta_ttl: Duration::from_secs(ttl * 10),
+        }
+    }
+
+    fn publication(n: u8) -> Publication {
+        Publication::new(Payload::Json(Bytes::from(n.to_string())))
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, u64)>>);
+    impl EngineHandler for Recorder {
+        fn on_publication(&self, channel: &str, p: Arc<Publication>, _: &str) {
+            self.0.lock().push((channel.to_owned(), p.offset));
+        }
+        fn on_presence(&self, _: &str, _: PresenceEvent, _: Arc<ClientInfo>) {}
+    }
+
+    #[tokio::test]
+    async fn offsets_grow_and_history_is_bounded_by_size() {
+        let e = MemoryEngine::new();
+        let rec = Arc::new(Recorder::default());
+        e.set_handler(rec.clone());
+        let o = opts(3, 60);
+        for i in 1..=5 {
+            let pos = e.publish("c", publication(i), &o).await.unwrap();
+            assert_eq!(pos.offset, u64::from(i));
+        }
+        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
+        assert_eq!(
+            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(h.position.offset, 5);
+        let h = e
+            .history(
+                "c",
+                &HistoryQuery {
+                    since: Some(3),
+                    limit: Some(1),
+                    reverse: true,
+                },
+                &o,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [5]
+        );
+        assert_eq!(rec.0.lock().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_expires_by_ttl_and_the_epoch_changes_when_the_stream_is_lost() {
+        let e = MemoryEngine::new();
+        let o = opts(100, 10);
+        let first = e.publish("c", publication(1), &o).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
+        assert!(h.publications.is_empty(), "expired by ttl");
+        assert_eq!(h.position, first, "same stream, same position");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
+        assert_ne!(h.position.epoch, first.epoch, "stream lost: new epoch");
+        assert_eq!(h.position.offset, 0);
+    }
+
+    #[tokio::test]
+    async fn channels_without_history_still_deliver_in_order() {
+        let e = MemoryEngine::new();
+        let rec = Arc::new(Recorder::default());
+        e.set_handler(rec.clone());
+        let pos = e
+            .publish("live", publication(1), &StreamOptions::NONE)
+            .await
+            .unwrap();
+        assert_eq!(pos, StreamPosition::default());
+        assert_eq!(*rec.0.lock(), [("live".to_owned(), 0)]);
+        assert_eq!(
+            e.sweep(),
+            1,
+            "a channel without history leaves nothing behind"
+        );
+        assert_eq!(e.stream_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_users() {
+        let e = MemoryEngine::new();
+        for (client, user) in [("a", "u1"), ("b", "u1"), ("c", "u2")] {
+            let info = Arc::new(ClientInfo {
+                client: client.into(),
+                user: user.into(),
+                info: None,
+            });
+            e.add_presence("room", info).await.unwrap();
+        }
+        assert_eq!(
+            e.presence_stats("room").await.unwrap(),
+            PresenceStats {
+                num_clients: 3,
+                num_users: 2
+            }
+        );
+        e.remove_presence("room", "a").await.unwrap();
+        assert_eq!(e.presence("room").await.unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,169 @@
+//! Which sessions of this node are subscribed to which channel, and fan-out to them.
+//!
+//! The index is split into shards, each behind its own read-write lock, so there is no global lock on
+//! the publish path: a publication takes one shard's read lock while it hands the *same* encoded frame
+//! (one `Arc` clone each) to every subscriber's queue. Subscribing and unsubscribing take the write
+//! lock of one shard only.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use switchboard_protocol::encode::{self, PresenceEvent};
+use switchboard_protocol::{ClientInfo, Publication, UnsubscribeCode};
+use switchboard_websocket::{Message, SharedMessage};
+
+use crate::session::Session;
+
+const SHARDS: usize = 64;
+
+/// The subscriber index of one node.
+#[derive(Debug)]
+pub struct Hub {
+    hasher: RandomState,
+    shards: Box<[RwLock<HashMap<String, Channel>>]>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    subscribers: HashMap<u64, Arc<Session>>,
+    /// Epoch and offset of the last publication fanned out, to notice gaps. Publications of one
+    /// channel arrive one at a time (the engine guarantees it), so this lock is never contended; it
+    /// only lets the fan-out run under the shard's read lock.
+    position: Mutex<(String, u64)>,
+}
+
+impl Channel {
+    /// Moves the channel to `offset`; false when that skips publications or changes the epoch.
+    fn advance(&self, epoch: &str, offset: u64) -> bool {
+        let mut pos = self.position.lock();
+        let continuous = pos.1 == 0 || (pos.0 == epoch && offset == pos.1 + 1);
+        if continuous {
+            if pos.0 != epoch {
+                pos.0 = epoch.to_owned();
+            }
+            pos.1 = offset;
+        }
+        continuous
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Hub {
+    fn shard(&self, channel: &str) -> &RwLock<HashMap<String, Channel>> {
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// Adds a subscriber; true if it is the channel's first on this node.
+    pub fn add(&self, channel: &str, session: Arc<Session>) -> bool {
+        let mut shard = self.shard(channel).write();
+        let ch = shard.entry(channel.to_owned()).or_default();
+        ch.subscribers.insert(session.key(), session);
+        ch.subscribers.len() == 1
+    }
+
+    /// Removes a subscriber; true if the channel has none left on this node.
+    pub fn remove(&self, channel: &str, key: u64) -> bool {
+        let mut shard = self.shard(channel).write();
+        let Some(ch) = shard.get_mut(channel) else {
+            return false;
+        };
+        if ch.subscribers.remove(&key).is_none() {
+            return false;
+        }
+        if ch.subscribers.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Subscribers of `channel` on this node.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .map_or(0, |c| c.subscribers.len())
+    }
+
+    /// Channels with subscribers on this node.
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Encodes `publication` once and queues it for every subscriber of `channel`.
+    ///
+    /// When the offsets of a channel with history do not follow each other (a publication was lost
+    /// between the engine and this node, or the stream was lost and restarted), the subscribers cannot
+    /// be told what they missed from here: each is unsubscribed with `insufficient state` (2500), which
+    /// tells it to resubscribe with recovery.
+    pub fn broadcast(&self, channel: &str, publication: &Publication, epoch: &str) {
+        {
+            let shard = self.shard(channel).read();
+            let Some(ch) = shard.get(channel) else {
+                return;
+            };
+            if epoch.is_empty() || ch.advance(epoch, publication.offset) {
+                let frame = text(encode::pub_push(channel, publication));
+                for s in ch.subscribers.values() {
+                    s.deliver(channel, publication.offset, &frame);
+                }
+                return;
+            }
+        }
+        let Some(ch) = self.shard(channel).write().remove(channel) else {
+            return;
+        };
+        tracing::warn!(
+            channel,
+            got = publication.offset,
+            "gap in channel stream; subscribers must recover"
+        );
+        let push = text(encode::unsubscribe_push(
+            channel,
+            UnsubscribeCode::InsufficientState,
+        ));
+        for s in ch.subscribers.values() {
+            s.dropped(channel, push.clone());
+        }
+    }
+
+    /// Queues a join or leave push for every subscriber of `channel`.
+    pub fn presence_event(&self, channel: &str, event: PresenceEvent, info: &ClientInfo) {
+        let shard = self.shard(channel).read();
+        if let Some(ch) = shard.get(channel) {
+            let push = text(encode::presence_push(event, channel, info));
+            for s in ch.subscribers.values() {
+                s.push(push.clone());
+            }
+        }
+    }
+
+    /// Records the position a new subscriber starts from, so that the first live publication it gets
+    /// is checked for continuity against it.
+    pub fn note_position(&self, channel: &str, epoch: &str, offset: u64) {
+        let shard = self.shard(channel).read();
+        if let Some(ch) = shard.get(channel) {
+            let mut pos = ch.position.lock();
+            if pos.1 == 0 || pos.0 != epoch {
+                *pos = (epoch.to_owned(), offset);
+            }
+        }
+    }
+}
+
+/// A push or reply as a shareable WebSocket text message.
+pub(crate) fn text(bytes: Bytes) -> SharedMessage {
+    SharedMessage::new(Message::Text(bytes))
+}

@@ -1,0 +1,27 @@
+//! The heart of switchboard: channels with subscribers, one ordered and recoverable stream of
+//! publications per channel, presence, and the client session, all independent of any transport and of
+//! any one wire format's framing.
+//!
+//! # Brief overview (follow a publication)
+//!
+//! 1. A client's `publish` command reaches [`Client::handle_frame`] (`client.rs`), or the server calls
+//!    [`Node::publish`] (`node.rs`).
+//! 2. The engine (`switchboard-engine`) appends it to the channel's history and hands it back, in offset
+//!    order, to the node.
+//! 3. [`Hub`] (`hub.rs`) encodes the push once and queues the same bytes on every local subscriber's
+//!    [`Session`] (`session.rs`), whose byte bound is the slow-consumer policy.
+//! 4. Each transport drains its session ([`Session::poll_drain`]) onto its wire.
+//!
+//! Namespaces (`namespace.rs`) say what each channel keeps and allows.
+
+mod client;
+mod hub;
+mod namespace;
+mod node;
+mod session;
+
+pub use client::Client;
+pub use hub::Hub;
+pub use namespace::{ChannelsConfig, NamespaceOptions};
+pub use node::{ClientConfig, Node, NodeConfig, PublishError};
+pub use session::Session;

@@ -1,0 +1,27 @@
+//! switchboard's client protocol, independent of any transport: the data model (publications,
+//! positions, client info), the commands clients send, the replies and pushes the server sends, the
+//! error and disconnect codes, and the JSON wire format of all of it. docs/protocol.md is its
+//! specification.
+//!
+//! # Brief overview
+//!
+//! - [`decode_command`] turns one line of a frame into a [`Command`] or a [`DecodeError`] that says
+//!   what to answer.
+//! - [`encode`] builds replies and pushes; pushes are written by hand because a publication is
+//!   encoded once and sent to every subscriber.
+//! - [`ErrorCode`], [`DisconnectCode`] and [`UnsubscribeCode`] are the codes of docs/protocol.md.
+
+mod codes;
+mod command;
+pub mod encode;
+mod types;
+
+pub use codes::{DisconnectCode, ErrorCode, UnsubscribeCode};
+pub use command::{
+    ChannelRequest, Command, ConnectRequest, DecodeError, HistoryRequest, MAX_ID, Method,
+    PublishRequest, RefreshRequest, RpcRequest, SubscribeRequest, decode_command, lines,
+};
+pub use types::{ClientInfo, Payload, Publication, StreamPosition};
+
+/// The WebSocket subprotocol name of this protocol.
+pub const SUBPROTOCOL: &str = "switchboard.json";
