@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine, and nothing that is already there.
+# Safe to run again: every step first checks whether its tool is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED=${SWITCHBOARD_SHARED:-../shared}
+AUTOBAHN_VENV=${AUTOBAHN_VENV:-/tmp/autobahn-venv}
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Autobahn|Testsuite (WebSocket conformance), ported to Python 3 by the shared tools.
+if [ ! -x "$AUTOBAHN_VENV/bin/wstest" ]; then
+  if [ ! -x "$SHARED/tools/autobahn/setup.sh" ]; then
+    echo "setup: $SHARED/tools/autobahn/setup.sh not found; set SWITCHBOARD_SHARED to the shared folder" >&2
+    exit 1
+  fi
+  echo "setup: installing the Autobahn testsuite into $AUTOBAHN_VENV"
+  AUTOBAHN_VENV="$AUTOBAHN_VENV" "$SHARED/tools/autobahn/setup.sh" >/tmp/autobahn-setup.log 2>&1 \
+    || { tail -20 /tmp/autobahn-setup.log; exit 1; }
+fi
+
+# cargo-fuzz, for the fuzz smoke run (the fuzz targets build with RUSTC_BOOTSTRAP on stable).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+echo "setup: ready"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests, the full Autobahn conformance
+# run against /echo (permessage-deflate required), and a short fuzz run of every fuzz target.
+# README's Quick start names this command and CI (.ci/run) calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SHARED=${SWITCHBOARD_SHARED:-../shared}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+
+scripts/setup.sh
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "autobahn: all cases 1.* to 13.* against /echo"
+cargo build --release --locked -p switchboard
+log=$(mktemp)
+"$ROOT/target/release/switchboard" serve --listen 127.0.0.1:0 --echo --log-format json --log-level warn,switchboard=info 2>"$log" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+addr=""
+for _ in $(seq 100); do
+  addr=$(sed -n 's/.*"addr":"\([0-9.]*:[0-9]*\)".*/\1/p' "$log" | head -n1)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$log"; echo "switchboard did not start" >&2; exit 1; }
+AUTOBAHN_PATH=/echo AUTOBAHN_REQUIRE_DEFLATE=1 AUTOBAHN_AGENT=switchboard \
+  AUTOBAHN_OUTDIR="$ROOT/target/autobahn" \
+  "$SHARED/tools/autobahn/run.sh" "${addr%:*}" "${addr##*:}"
+kill -TERM $server
+wait $server
+trap - EXIT
+
+step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+if [ -d fuzz ]; then
+  for target in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2)
+  done
+fi
+
+step "all tests passed"
