@@ -167,3 +167,72 @@ impl Hub {
 pub(crate) fn text(bytes: Bytes) -> SharedMessage {
     SharedMessage::new(Message::Text(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use switchboard_protocol::Payload;
+
+    use super::*;
+
+    fn drain(s: &Session) -> Vec<SharedMessage> {
+        let mut out = Vec::new();
+        let _ = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
+            out.push(m);
+            true
+        });
+        out
+    }
+
+    fn publication(offset: u64) -> Publication {
+        let mut p = Publication::new(Payload::Json(Bytes::from_static(b"{}")));
+        p.offset = offset;
+        p
+    }
+
+    #[test]
+    fn one_encoding_is_shared_by_every_subscriber() {
+        let hub = Hub::default();
+        let sessions: Vec<_> = (0..3)
+            .map(|k| Arc::new(Session::new(k, format!("c{k}"), 1 << 20)))
+            .collect();
+        for s in &sessions {
+            hub.add("ch", Arc::clone(s));
+        }
+        hub.broadcast("ch", &publication(1), "e");
+        let got: Vec<_> = sessions.iter().map(|s| drain(s).remove(0)).collect();
+        assert!(got.windows(2).all(|w| SharedMessage::ptr_eq(&w[0], &w[1])));
+    }
+
+    #[test]
+    fn a_gap_unsubscribes_with_insufficient_state() {
+        let hub = Hub::default();
+        let s = Arc::new(Session::new(1, "c".into(), 1 << 20));
+        hub.add("ch", Arc::clone(&s));
+        hub.broadcast("ch", &publication(1), "e");
+        hub.broadcast("ch", &publication(2), "e");
+        hub.broadcast("ch", &publication(4), "e");
+        let texts: Vec<String> = drain(&s)
+            .iter()
+            .map(|m| m.message().as_text().unwrap().to_owned())
+            .collect();
+        assert_eq!(texts.len(), 3);
+        assert!(
+            texts[2].contains("\"unsubscribe\"") && texts[2].contains("2500"),
+            "{}",
+            texts[2]
+        );
+        assert_eq!(s.take_dropped(), ["ch"]);
+        assert_eq!(hub.subscriber_count("ch"), 0);
+        // A new epoch is a gap too: the old positions mean nothing.
+        hub.add("ch", Arc::clone(&s));
+        hub.broadcast("ch", &publication(7), "e");
+        hub.broadcast("ch", &publication(1), "f");
+        assert!(matches!(
+            s.poll_drain(&mut Context::from_waker(Waker::noop()), |_| true),
+            Poll::Ready(None)
+        ));
+        assert_eq!(s.take_dropped(), ["ch"]);
+    }
+}

@@ -93,6 +93,11 @@ impl SharedMessage {
         }
     }
 
+    /// True when both are the same prepared message (so they share every encoding).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.inner, &b.inner)
+    }
+
     /// The message itself.
     pub fn message(&self) -> &Message {
         &self.inner.message
