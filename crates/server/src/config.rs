@@ -290,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        let c = Config::from_toml(&readme[start..end])
+            .unwrap_or_else(|e| panic!("README example: {e}"));
+        assert!(c.channels.namespaces["chat"].recover);
+        assert_eq!(c.websocket_path, "/connection/websocket");
+    }
+
+    #[test]
     fn echo_limits_do_not_leak_into_the_real_endpoint() {
         let c = Config::default();
         let echo = c.echo.websocket(&c.websocket);
