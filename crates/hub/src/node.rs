@@ -111,6 +111,12 @@ impl Node {
             .await?)
     }
 
+    /// The subscriber index, for benchmarks that register sessions without a transport.
+    #[doc(hidden)]
+    pub fn hub_for_bench(&self) -> &Hub {
+        &self.hub
+    }
+
     /// Local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.hub.subscriber_count(channel)
