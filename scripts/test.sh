@@ -42,10 +42,14 @@ wait $server
 trap - EXIT
 
 step "fuzz smoke (${FUZZ_SECONDS}s per target)"
-if [ -d fuzz ]; then
-  for target in $(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2)
+(
+  cd fuzz
+  for target in $(RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+    mkdir -p "corpus/$target"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -max_len=8192 -dict=handshake.dict 2>&1 | tail -n 1
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $target failed" >&2; exit 1; }
   done
-fi
+)
 
 step "all tests passed"

@@ -410,10 +410,7 @@ mod tests {
             r#"{{"id":1,"rpc":{{"method":"m","data":"{}\\"}}}}"#,
             "[".repeat(500)
         );
-        assert!(
-            decode_command(quoted.as_bytes()).is_ok(),
-            "{quoted}"
-        );
+        assert!(decode_command(quoted.as_bytes()).is_ok(), "{quoted}");
         assert!(
             frame(&deep(100_000)),
             "deep nesting is refused, not a stack overflow"

@@ -259,6 +259,9 @@ pub(crate) struct Inflater {
     window_bits: u8,
     keep: bool,
     state: Option<Decompress>,
+    /// The current message's DEFLATE stream ended with a BFINAL block (RFC 7692 §7.2.3.4): the rest of
+    /// the message is ignored, and the next message starts a fresh stream.
+    ended: bool,
 }
 
 impl Inflater {
@@ -267,6 +270,7 @@ impl Inflater {
             window_bits: params.client_max_window_bits.max(9),
             keep: !params.client_no_context_takeover,
             state: None,
+            ended: false,
         }
     }
 
@@ -288,15 +292,27 @@ impl Inflater {
                 })
                 .unwrap_or_else(|| Decompress::new_with_window_bits(false, bits))
         });
-        let mut result = inflate_into(d, input, out, max);
-        if result.is_ok() && last {
-            result = inflate_into(d, &SYNC_TAIL, out, max);
+        let mut result = Ok(());
+        if !self.ended {
+            result = inflate_into(d, input, out, max).map(|end| self.ended = end);
+        }
+        if result.is_ok() && last && !self.ended {
+            result = inflate_into(d, &SYNC_TAIL, out, max).map(|end| self.ended = end);
         }
         if result.is_err() {
             // The stream is broken; the connection is about to be failed, never reuse this state.
             self.state = None;
-        } else if last && !self.keep {
-            self.release();
+            self.ended = false;
+        } else if last {
+            if std::mem::take(&mut self.ended)
+                && let Some(d) = self.state.as_mut()
+            {
+                // After a final block zlib accepts nothing more; the sender's next message is a new stream.
+                d.reset(false);
+            }
+            if !self.keep {
+                self.release();
+            }
         }
         result
     }
@@ -315,12 +331,14 @@ impl Inflater {
     }
 }
 
+/// Inflates `input` into `out`. `Ok(true)` when the DEFLATE stream ended with a final block, after
+/// which the rest of `input` is ignored.
 fn inflate_into(
     d: &mut Decompress,
     input: &[u8],
     out: &mut Vec<u8>,
     max: usize,
-) -> Result<(), ProtocolError> {
+) -> Result<bool, ProtocolError> {
     let start = d.total_in();
     loop {
         let consumed = (d.total_in() - start) as usize;
@@ -341,15 +359,11 @@ fn inflate_into(
             return Err(ProtocolError::MessageTooLarge { max });
         }
         let now_consumed = (d.total_in() - start) as usize;
-        match status {
-            Status::StreamEnd if now_consumed < input.len() => {
-                return Err(ProtocolError::InvalidDeflate);
-            }
-            Status::StreamEnd => return Ok(()),
-            _ => {}
+        if status == Status::StreamEnd {
+            return Ok(true);
         }
         if now_consumed == input.len() && out.len() < out.capacity() {
-            return Ok(());
+            return Ok(false);
         }
         if now_consumed == consumed && out.len() == before_out && out.len() < out.capacity() {
             return Err(ProtocolError::InvalidDeflate);
@@ -449,6 +463,36 @@ mod tests {
             inf.inflate(a, false, &mut out, 1 << 20).unwrap();
             inf.inflate(b, true, &mut out, 1 << 20).unwrap();
             assert_eq!(out, text);
+        }
+    }
+
+    #[test]
+    fn a_final_block_ends_the_message_and_the_next_one_starts_fresh() {
+        // RFC 7692 §7.2.3.4: "Hello" in a DEFLATE block with BFINAL set, then a 0x00 byte.
+        let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+        for client_no_context_takeover in [true, false] {
+            let params = DeflateParams {
+                server_no_context_takeover: true,
+                client_no_context_takeover,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            };
+            let mut inf = Inflater::new(&params);
+            for _ in 0..2 {
+                let mut out = Vec::new();
+                inf.inflate(&bfinal, true, &mut out, 1024).unwrap();
+                assert_eq!(out, b"Hello");
+            }
+            // And a regular message after it.
+            let mut out = Vec::new();
+            inf.inflate(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                true,
+                &mut out,
+                1024,
+            )
+            .unwrap();
+            assert_eq!(out, b"Hello");
         }
     }
 
