@@ -1,0 +1,60 @@
+//! `switchboard-bench`: the benchmark tool of switchboard. It holds the peer echo servers that
+//! switchboard is compared with, a load generator with its own minimal RFC 6455 client (so no
+//! WebSocket crate under test is also on the client side), and the orchestrator that runs them
+//! all pinned to separate cores and prints the comparison table. See docs/benchmarks.md.
+//!
+//! ```text
+//! switchboard-bench peer tungstenite --listen 127.0.0.1:9001
+//! switchboard-bench tput --addr 127.0.0.1:9001 --path /echo --server-pid PID
+//! switchboard-bench idle --addr 127.0.0.1:9001 -n 10000 --server-pid PID
+//! switchboard-bench run --quick
+//! ```
+
+mod client;
+mod idle;
+mod peers;
+mod procfs;
+mod report;
+mod run;
+mod tput;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmark tool of switchboard: peer echo servers, load generator and orchestrator.
+#[derive(Parser, Debug)]
+#[command(name = "switchboard-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a peer echo server (bench-only) until killed.
+    Peer(peers::PeerArgs),
+    /// Pipelined echo throughput and round-trip times against a running server.
+    Tput(tput::TputArgs),
+    /// Open many idle connections against a running server and report its memory.
+    Idle(idle::IdleArgs),
+    /// Run every server and test, pinned to separate cores, and print the comparison.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Peer(args) => peers::run(args),
+        Cmd::Tput(args) => tput::main(args),
+        Cmd::Idle(args) => idle::main(args),
+        Cmd::Run(args) => run::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
