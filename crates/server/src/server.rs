@@ -14,7 +14,7 @@ use axum::Router;
 use axum::routing::any;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,9 +62,7 @@ impl Server {
     /// Binds the listener and builds the routes. Port 0 picks a free port; see [`Server::local_addr`].
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let addr = config.listen.0;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
@@ -138,6 +136,21 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Connections the kernel may hold for us before `accept` (std's default of 128 overflows under a
+/// reconnect storm, and the kernel then drops handshakes that clients retry a second later).
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn routes(
