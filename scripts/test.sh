@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SHARED=${SWITCHBOARD_SHARED:-../shared}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ ! -x "$SHARED/tools/autobahn/run.sh" ]; then
+  echo "test: $SHARED/tools/autobahn/run.sh not found; the shared tools must sit beside the project" \
+    "(../shared) or be named by SWITCHBOARD_SHARED" >&2
+  exit 1
+fi
+SHARED=$(cd "$SHARED" && pwd)
 
 scripts/setup.sh
 
