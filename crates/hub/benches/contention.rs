@@ -25,6 +25,7 @@ fn node() -> Arc<Node> {
             channels,
             ..Default::default()
         },
+        None,
     )
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use switchboard_auth::TokenError;
 use switchboard_engine::{HistoryQuery, PresenceEvent};
 use switchboard_protocol::encode::{
     self, ConnectResult, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
@@ -84,6 +85,7 @@ impl Client {
 
     /// Leaves every channel (presence, leave pushes); call when the connection is gone.
     pub async fn close(mut self) {
+        self.node.unregister(&self.session);
         for (channel, m) in std::mem::take(&mut self.subs) {
             self.leave(&channel, m).await;
         }
@@ -113,7 +115,7 @@ impl Client {
             return Err(DisconnectCode::BadRequest);
         }
         match cmd.method {
-            Method::Connect(req) => return self.connect(id, req),
+            Method::Connect(req) => return self.connect(id, req).await,
             Method::Subscribe(req) => self.subscribe(id, req).await,
             Method::Unsubscribe(ChannelRequest { channel }) => {
                 if let Some(m) = self.subs.remove(&channel) {
@@ -149,38 +151,81 @@ impl Client {
             Method::Rpc(_) => {
                 self.error(id, ErrorCode::NotAvailable, "no RPC handler is configured")
             }
-            Method::Refresh(_) => self.reply(
-                id,
-                "refresh",
-                &RefreshResult {
-                    expires: false,
-                    ttl: None,
-                },
-            ),
+            Method::Refresh(req) => return self.refresh(id, &req.token),
         }
         Ok(())
     }
 
-    fn connect(&mut self, id: u64, req: ConnectRequest) -> Flow {
+    async fn connect(&mut self, id: u64, req: ConnectRequest) -> Flow {
         if self.connected {
             self.error(id, ErrorCode::BadRequest, "already connected");
             return Err(DisconnectCode::BadRequest);
         }
-        if req.token.is_some() {
-            // Tokens are verified by the auth layer; without one configured, no token can be trusted.
-            self.error(
-                id,
-                ErrorCode::Unauthorized,
-                "token verification is not configured",
-            );
-            return Err(DisconnectCode::InvalidToken);
-        }
-        if !self.node.config.client.allow_anonymous {
-            self.error(id, ErrorCode::Unauthorized, "a token is required");
-            return Err(DisconnectCode::InvalidToken);
+        let mut channels = Vec::new();
+        let mut expires_at = None;
+        match (req.token.as_deref(), self.node.auth.as_ref()) {
+            (Some(token), Some(verifier)) => match verifier.connection(token) {
+                Ok(claims) => {
+                    self.info = Arc::new(ClientInfo {
+                        client: self.info.client.clone(),
+                        user: claims.user,
+                        info: claims.info,
+                    });
+                    channels = claims.channels;
+                    expires_at = claims.expires_at;
+                }
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorCode::TokenExpired, "connection token expired");
+                    return Err(DisconnectCode::Expired);
+                }
+                Err(e) => {
+                    self.error(id, ErrorCode::Unauthorized, &e.to_string());
+                    return Err(DisconnectCode::InvalidToken);
+                }
+            },
+            (Some(_), None) => {
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "token verification is not configured",
+                );
+                return Err(DisconnectCode::InvalidToken);
+            }
+            (None, _) if self.node.config.client.allow_anonymous => {}
+            (None, _) => {
+                self.error(id, ErrorCode::Unauthorized, "a token is required");
+                return Err(DisconnectCode::InvalidToken);
+            }
         }
         self.connected = true;
-        tracing::debug!(client = %self.info.client, transport = self.transport, name = ?req.name, version = ?req.version, "client connected");
+        self.session.set_expires_at(expires_at);
+        self.node.register(&self.session);
+        tracing::debug!(client = %self.info.client, user = %self.info.user, transport = self.transport, name = ?req.name, version = ?req.version, "client connected");
+        // Server-side subscriptions from the token: joined before the reply, answered inside it; the
+        // publications that arrive meanwhile wait and follow the reply.
+        let mut subs = std::collections::BTreeMap::new();
+        let mut joined = Vec::new();
+        for channel in channels {
+            let Ok(ns) = self.node.config.channels.resolve(&channel).cloned() else {
+                tracing::warn!(client = %self.info.client, %channel, "token names a channel of no namespace; skipped");
+                continue;
+            };
+            if self.subs.contains_key(&channel)
+                || self.subs.len() >= self.node.config.client.max_channels
+            {
+                continue;
+            }
+            match self.join(&channel, &ns, None).await {
+                Ok((result, after)) => {
+                    subs.insert(channel.clone(), result);
+                    joined.push((channel, after));
+                }
+                Err((code, message)) => {
+                    tracing::warn!(client = %self.info.client, %channel, code = code.code(), %message, "server-side subscription failed")
+                }
+            }
+        }
+        let now = switchboard_auth::now();
         self.reply(
             id,
             "connect",
@@ -188,10 +233,62 @@ impl Client {
                 client: self.info.client.clone(),
                 version: env!("CARGO_PKG_VERSION"),
                 ping: self.node.config.ping_interval_secs,
-                subs: Default::default(),
+                subs,
+                expires: expires_at.is_some(),
+                ttl: expires_at.map(|at| at.saturating_sub(now)),
             },
         );
+        for (channel, after) in joined {
+            self.session.complete_subscribe(&channel, None, after);
+            self.announce(&channel).await;
+        }
         Ok(())
+    }
+
+    fn refresh(&mut self, id: u64, token: &str) -> Flow {
+        let Some(verifier) = self.node.auth.as_ref() else {
+            // Nothing to refresh: connections without a verified token never expire.
+            self.reply(
+                id,
+                "refresh",
+                &RefreshResult {
+                    expires: false,
+                    ttl: None,
+                },
+            );
+            return Ok(());
+        };
+        match verifier.connection(token) {
+            Ok(claims) if claims.user == self.info.user => {
+                self.session.set_expires_at(claims.expires_at);
+                let now = switchboard_auth::now();
+                self.reply(
+                    id,
+                    "refresh",
+                    &RefreshResult {
+                        expires: claims.expires_at.is_some(),
+                        ttl: claims.expires_at.map(|at| at.saturating_sub(now)),
+                    },
+                );
+                Ok(())
+            }
+            Ok(_) => {
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "the new token is for another user",
+                );
+                Err(DisconnectCode::InvalidToken)
+            }
+            Err(TokenError::Expired) => {
+                self.error(id, ErrorCode::TokenExpired, "the new token has expired too");
+                Ok(())
+            }
+            Err(e) => {
+                self.error(id, ErrorCode::Unauthorized, &e.to_string());
+                Err(DisconnectCode::InvalidToken)
+            }
+        }
     }
 
     fn namespace(&self, id: u64, channel: &str) -> Option<NamespaceOptions> {
@@ -210,11 +307,23 @@ impl Client {
             return;
         };
         if ns.private {
-            return self.error(
-                id,
-                ErrorCode::PermissionDenied,
-                "private channel: a subscription token is required",
-            );
+            let checked = match (req.token.as_deref(), self.node.auth.as_ref()) {
+                (Some(token), Some(v)) => v.subscription(token, &channel, &self.info.user),
+                _ => {
+                    return self.error(
+                        id,
+                        ErrorCode::PermissionDenied,
+                        "private channel: a subscription token is required",
+                    );
+                }
+            };
+            match checked {
+                Ok(_) => {}
+                Err(TokenError::Expired) => {
+                    return self.error(id, ErrorCode::TokenExpired, "subscription token expired");
+                }
+                Err(e) => return self.error(id, ErrorCode::PermissionDenied, &e.to_string()),
+            }
         }
         if self.subs.contains_key(&channel) {
             return self.error(id, ErrorCode::AlreadySubscribed, "already subscribed");
@@ -226,42 +335,69 @@ impl Client {
                 "too many channels for one connection",
             );
         }
+        let recover = req.recover.then(|| (req.epoch, req.offset.unwrap_or(0)));
+        match self.join(&channel, &ns, recover).await {
+            Ok((result, after)) => {
+                self.session.complete_subscribe(
+                    &channel,
+                    Some(text(encode::reply(id, "subscribe", &result))),
+                    after,
+                );
+                self.announce(&channel).await;
+            }
+            Err((code, message)) => self.error(id, code, &message),
+        }
+    }
+
+    /// Joins `channel`: registers with the hub (buffering live publications), reads the stream's
+    /// position and, with `recover = Some((epoch, offset))`, what the client missed. Returns the
+    /// subscribe result and the offset after which buffered publications are new; the caller then
+    /// calls `complete_subscribe` and `announce`.
+    async fn join(
+        &mut self,
+        channel: &str,
+        ns: &NamespaceOptions,
+        recover: Option<(Option<String>, u64)>,
+    ) -> Result<(SubscribeResult, u64), (ErrorCode, String)> {
         let engine = &self.node.engine;
-        self.session.begin_subscribe(&channel);
-        if self.node.hub.add(&channel, Arc::clone(&self.session))
-            && let Err(e) = engine.subscribe(&channel).await
+        self.session.begin_subscribe(channel);
+        if self.node.hub.add(channel, Arc::clone(&self.session))
+            && let Err(e) = engine.subscribe(channel).await
         {
-            self.node.hub.remove(&channel, self.session.key());
-            self.session.abort_subscribe(&channel);
-            return self.error(id, ErrorCode::Internal, &e.to_string());
+            self.node.hub.remove(channel, self.session.key());
+            self.session.abort_subscribe(channel);
+            return Err((ErrorCode::Internal, e.to_string()));
         }
         let mut result = SubscribeResult::default();
         let mut after = 0;
         if ns.keeps_history() {
-            let recovering = req.recover && ns.recover && req.epoch.is_some();
-            let since = req.offset.unwrap_or(0);
+            let since = recover
+                .as_ref()
+                .filter(|(epoch, _)| ns.recover && epoch.is_some())
+                .map(|(_, o)| *o);
             let query = HistoryQuery {
-                since: recovering.then_some(since),
-                limit: if recovering { None } else { Some(0) },
+                since,
+                limit: if since.is_some() { None } else { Some(0) },
                 reverse: false,
             };
-            let history = match engine.history(&channel, &query, &ns.stream()).await {
+            let history = match engine.history(channel, &query, &ns.stream()).await {
                 Ok(h) => h,
                 Err(e) => {
-                    self.unsubscribe_local(&channel).await;
-                    self.session.abort_subscribe(&channel);
-                    return self.error(id, ErrorCode::Internal, &e.to_string());
+                    self.unsubscribe_local(channel).await;
+                    self.session.abort_subscribe(channel);
+                    return Err((ErrorCode::Internal, e.to_string()));
                 }
             };
             let pos = history.position;
-            if req.recover {
+            if let Some((epoch, _)) = &recover {
                 let pubs = &history.publications;
-                let complete = recovering
-                    && req.epoch.as_deref() == Some(pos.epoch.as_str())
-                    && since <= pos.offset
-                    && (since == pos.offset
-                        || (pubs.first().is_some_and(|p| p.offset == since + 1)
-                            && pubs.last().is_some_and(|p| p.offset == pos.offset)));
+                let complete = since.is_some_and(|since| {
+                    epoch.as_deref() == Some(pos.epoch.as_str())
+                        && since <= pos.offset
+                        && (since == pos.offset
+                            || (pubs.first().is_some_and(|p| p.offset == since + 1)
+                                && pubs.last().is_some_and(|p| p.offset == pos.offset)))
+                });
                 result.recovered = Some(complete);
                 if complete {
                     result.publications = pubs
@@ -270,31 +406,35 @@ impl Client {
                         .collect();
                 }
             }
-            self.node
-                .hub
-                .note_position(&channel, &pos.epoch, pos.offset);
+            self.node.hub.note_position(channel, &pos.epoch, pos.offset);
             after = pos.offset;
             result.recoverable = ns.recover;
             result.epoch = Some(pos.epoch);
             result.offset = Some(pos.offset);
-        } else if req.recover {
+        } else if recover.is_some() {
             result.recovered = Some(false);
         }
-        let membership = Membership {
-            presence: ns.presence,
-            join_leave: ns.join_leave,
-        };
-        self.subs.insert(channel.clone(), membership);
-        self.session.complete_subscribe(
-            &channel,
-            text(encode::reply(id, "subscribe", &result)),
-            after,
+        self.subs.insert(
+            channel.to_owned(),
+            Membership {
+                presence: ns.presence,
+                join_leave: ns.join_leave,
+            },
         );
-        if ns.presence {
-            let _ = engine.add_presence(&channel, Arc::clone(&self.info)).await;
-            if ns.join_leave {
+        Ok((result, after))
+    }
+
+    /// Presence and the join push for a channel just joined.
+    async fn announce(&self, channel: &str) {
+        let Some(m) = self.subs.get(channel).copied() else {
+            return;
+        };
+        if m.presence {
+            let engine = &self.node.engine;
+            let _ = engine.add_presence(channel, Arc::clone(&self.info)).await;
+            if m.join_leave {
                 let _ = engine
-                    .publish_presence_event(&channel, PresenceEvent::Join, Arc::clone(&self.info))
+                    .publish_presence_event(channel, PresenceEvent::Join, Arc::clone(&self.info))
                     .await;
             }
         }

@@ -2,16 +2,22 @@
 //! the server API), go through the engine, and come back through [`EngineHandler`] to the hub, which
 //! queues them for every local subscriber.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, EngineError, EngineHandler, PresenceEvent};
-use switchboard_protocol::{ClientInfo, ErrorCode, Payload, Publication, StreamPosition};
+use switchboard_protocol::{
+    ClientInfo, DisconnectCode, ErrorCode, Payload, Publication, StreamPosition,
+};
 
 use crate::client::Client;
 use crate::hub::Hub;
 use crate::namespace::ChannelsConfig;
+use crate::session::Session;
 
 /// Settings of client connections, whatever their transport.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -52,6 +58,10 @@ pub struct Node {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) hub: Hub,
     pub(crate) config: NodeConfig,
+    /// Verifies connection and subscription tokens; `None` when no key is configured.
+    pub(crate) auth: Option<Verifier>,
+    /// Connected clients by id: for token expiry (and the server API, later).
+    clients: Mutex<HashMap<String, Arc<Session>>>,
     next_key: AtomicU64,
 }
 
@@ -75,12 +85,15 @@ pub enum PublishError {
 }
 
 impl Node {
-    /// A node on `engine`. The engine's publications are delivered to this node's hub from now on.
-    pub fn new(engine: Arc<dyn Engine>, config: NodeConfig) -> Arc<Self> {
+    /// A node on `engine`, verifying tokens with `auth` (none: only anonymous connections, if
+    /// allowed). The engine's publications are delivered to this node's hub from now on.
+    pub fn new(engine: Arc<dyn Engine>, config: NodeConfig, auth: Option<Verifier>) -> Arc<Self> {
         let node = Arc::new(Self {
             engine,
             hub: Hub::default(),
             config,
+            auth,
+            clients: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
         });
         node.engine
@@ -115,6 +128,33 @@ impl Node {
     #[doc(hidden)]
     pub fn hub_for_bench(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Disconnects (code 3005, `expired`) every client whose token expired by `now` (Unix seconds)
+    /// without a `refresh`. The server calls this every second.
+    pub fn expire_clients(&self, now: u64) -> usize {
+        let clients = self.clients.lock();
+        let mut n = 0;
+        for session in clients.values().filter(|s| s.expired(now)) {
+            session.disconnect(DisconnectCode::Expired);
+            n += 1;
+        }
+        n
+    }
+
+    /// Connected clients on this node.
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    pub(crate) fn register(&self, session: &Arc<Session>) {
+        self.clients
+            .lock()
+            .insert(session.client_id().to_owned(), Arc::clone(session));
+    }
+
+    pub(crate) fn unregister(&self, session: &Session) {
+        self.clients.lock().remove(session.client_id());
     }
 
     /// Local subscribers of `channel`.

@@ -7,6 +7,7 @@
 //! message is lost without the client being told.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -20,6 +21,8 @@ pub struct Session {
     key: u64,
     client: String,
     limit: usize,
+    /// Unix seconds when the connection's token expires; 0: never. Read by the node's expiry sweep.
+    expires_at: AtomicU64,
     outbox: Mutex<Outbox>,
     waker: AtomicWaker,
 }
@@ -43,9 +46,26 @@ impl Session {
             key,
             client,
             limit,
+            expires_at: AtomicU64::new(0),
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
         }
+    }
+
+    /// The client's id.
+    pub fn client_id(&self) -> &str {
+        &self.client
+    }
+
+    /// Sets when the connection expires (`None`: never).
+    pub fn set_expires_at(&self, at: Option<u64>) {
+        self.expires_at.store(at.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Whether the connection's token expired by `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        let at = self.expires_at.load(Ordering::Relaxed);
+        at != 0 && now >= at
     }
 
     /// A number unique to this session within the node (cheaper to hash than the client id).
@@ -86,9 +106,10 @@ impl Session {
             .insert(channel.to_owned(), Vec::new());
     }
 
-    /// Queues the subscribe reply, then the live publications buffered meanwhile whose offset is past
-    /// `after` (all of them in channels without history, where offsets are 0).
-    pub fn complete_subscribe(&self, channel: &str, reply: SharedMessage, after: u64) {
+    /// Queues the subscribe reply (if any: subscriptions made at connect are answered in the connect
+    /// reply), then the live publications buffered meanwhile whose offset is past `after` (all of them
+    /// in channels without history, where offsets are 0).
+    pub fn complete_subscribe(&self, channel: &str, reply: Option<SharedMessage>, after: u64) {
         let mut ob = self.outbox.lock();
         let waiting = ob.pending.remove(channel).unwrap_or_default();
         for (_, msg) in &waiting {
@@ -97,7 +118,9 @@ impl Session {
         if ob.closed.is_some() {
             return;
         }
-        self.enqueue(&mut ob, reply);
+        if let Some(reply) = reply {
+            self.enqueue(&mut ob, reply);
+        }
         for (offset, msg) in waiting {
             if offset == 0 || offset > after {
                 self.enqueue(&mut ob, msg);
@@ -236,7 +259,7 @@ mod tests {
         s.deliver("c", 4, &msg("four"));
         s.deliver("c", 5, &msg("five"));
         s.deliver("other", 0, &msg("other"));
-        s.complete_subscribe("c", msg("reply"), 4);
+        s.complete_subscribe("c", Some(msg("reply")), 4);
         let mut seen = Vec::new();
         let _ = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
             seen.push(m.message().as_text().unwrap().to_owned());

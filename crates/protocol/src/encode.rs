@@ -24,8 +24,14 @@ pub struct ConnectResult {
     pub version: &'static str,
     /// Seconds between keepalive pings.
     pub ping: u64,
-    /// Server-side subscriptions.
-    pub subs: BTreeMap<String, RawJson>,
+    /// Server-side subscriptions: channel to its `subscribe` result.
+    pub subs: BTreeMap<String, SubscribeResult>,
+    /// The connection expires unless refreshed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub expires: bool,
+    /// Seconds until it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
 }
 
 /// Result of `subscribe` (and the body of a `subscribe` push).

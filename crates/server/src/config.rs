@@ -30,6 +30,8 @@ pub struct Config {
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
     pub channels: switchboard_hub::ChannelsConfig,
+    /// Keys for connection and subscription tokens (JWT).
+    pub auth: switchboard_auth::AuthConfig,
     /// The conformance echo endpoint (off unless asked for).
     pub echo: EchoConfig,
     /// Graceful shutdown.
@@ -49,6 +51,7 @@ impl Default for Config {
             websocket_path: "/connection/websocket".into(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
+            auth: switchboard_auth::AuthConfig::default(),
             echo: EchoConfig::default(),
             shutdown: ShutdownConfig::default(),
         }

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_hub::{Node, NodeConfig};
 
@@ -27,6 +28,9 @@ use crate::transport::websocket::{self, Endpoint};
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A token key in `[auth]` cannot be loaded.
+    #[error(transparent)]
+    Auth(#[from] switchboard_auth::KeyError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -67,6 +71,11 @@ impl Server {
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
         let engine = Arc::new(MemoryEngine::new());
+        let auth = if config.auth.has_keys() {
+            Some(Verifier::new(&config.auth)?)
+        } else {
+            None
+        };
         let node = Node::new(
             Arc::clone(&engine) as Arc<dyn Engine>,
             NodeConfig {
@@ -74,8 +83,9 @@ impl Server {
                 client: config.client.clone(),
                 ping_interval_secs: config.websocket.ping_interval.as_secs(),
             },
+            auth,
         );
-        tracker.spawn(sweep(engine, shutdown.clone()));
+        tracker.spawn(housekeeping(engine, Arc::clone(&node), shutdown.clone()));
         let router = routes(&config, &node, &shutdown, &tracker);
         Ok(Self {
             listener,
@@ -218,16 +228,18 @@ fn serve_connection(
     });
 }
 
-/// Forgets expired channel streams of the in-memory engine every few seconds.
-async fn sweep(engine: Arc<MemoryEngine>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(5));
+/// Once a second: disconnects clients whose token expired without a refresh, and forgets expired
+/// channel streams of the in-memory engine.
+async fn housekeeping(engine: Arc<MemoryEngine>, node: Arc<Node>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {
+                let expired = node.expire_clients(switchboard_auth::now());
                 let removed = engine.sweep();
-                if removed > 0 {
-                    tracing::debug!(removed, "expired channel streams forgotten");
+                if expired + removed > 0 {
+                    tracing::debug!(expired, removed, "housekeeping");
                 }
             }
         }
