@@ -30,7 +30,7 @@ cargo test --workspace --locked
 step "autobahn: all cases 1.* to 13.* against /echo"
 cargo build --release --locked -p switchboard
 log=$(mktemp)
-"$ROOT/target/release/switchboard" serve --listen 127.0.0.1:0 --echo --log-format json --log-level warn,switchboard=info 2>"$log" &
+"$ROOT/target/release/switchboard" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --echo --log-format json --log-level warn,switchboard=info 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 addr=""

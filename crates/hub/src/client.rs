@@ -13,13 +13,14 @@ use switchboard_protocol::encode::{
 };
 use switchboard_protocol::{
     ChannelRequest, ClientInfo, ConnectRequest, DecodeError, DisconnectCode, ErrorCode,
-    HistoryRequest, Method, Publication, PublishRequest, SubscribeRequest, decode_command, lines,
+    HistoryRequest, Method, Publication, PublishRequest, SubscribeRequest, UnsubscribeCode,
+    decode_command, lines,
 };
 
 use crate::hub::text;
 use crate::namespace::NamespaceOptions;
 use crate::node::Node;
-use crate::session::Session;
+use crate::session::{Control, Session};
 
 /// A client's protocol state, owned by its transport's task.
 #[derive(Debug)]
@@ -81,6 +82,47 @@ impl Client {
             self.handle_line(line).await?;
         }
         Ok(())
+    }
+
+    /// Carries out the orders the server API queued on this client's session (see [`Control`]).
+    pub async fn apply_controls(&mut self) {
+        for order in self.session.take_controls() {
+            match order {
+                Control::Subscribe(channel) => {
+                    if self.subs.contains_key(&channel) {
+                        continue;
+                    }
+                    let Ok(ns) = self.node.config.channels.resolve(&channel).cloned() else {
+                        continue;
+                    };
+                    match self.join(&channel, &ns, None).await {
+                        Ok((result, after)) => {
+                            self.session
+                                .push(text(encode::subscribe_push(&channel, &result)));
+                            self.session.complete_subscribe(&channel, None, after);
+                            self.announce(&channel).await;
+                        }
+                        Err((code, message)) => {
+                            tracing::warn!(client = %self.info.client, %channel, code = code.code(), %message, "server-side subscribe failed")
+                        }
+                    }
+                }
+                Control::Unsubscribe(channel) => {
+                    if let Some(m) = self.subs.remove(&channel) {
+                        self.leave(&channel, m).await;
+                        self.session.push(text(encode::unsubscribe_push(
+                            &channel,
+                            UnsubscribeCode::Server,
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The user id (empty for anonymous connections).
+    pub fn user(&self) -> &str {
+        &self.info.user
     }
 
     /// Leaves every channel (presence, leave pushes); call when the connection is gone.
@@ -199,7 +241,7 @@ impl Client {
         }
         self.connected = true;
         self.session.set_expires_at(expires_at);
-        self.node.register(&self.session);
+        self.node.register(&self.session, &self.info.user);
         tracing::debug!(client = %self.info.client, user = %self.info.user, transport = self.transport, name = ?req.name, version = ?req.version, "client connected");
         // Server-side subscriptions from the token: joined before the reply, answered inside it; the
         // publications that arrive meanwhile wait and follow the reply.

@@ -102,6 +102,24 @@ impl Hub {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 
+    /// Channels matching `pattern` (`*` matches any run of characters; `None` matches all) with
+    /// their subscriber counts, sorted by name.
+    pub fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
+        let mut out: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .filter(|(name, _)| pattern.is_none_or(|p| glob(p, name)))
+                    .map(|(name, ch)| (name.clone(), ch.subscribers.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Encodes `publication` once and queues it for every subscriber of `channel`.
     ///
     /// When the offsets of a channel with history do not follow each other (a publication was lost
@@ -163,6 +181,26 @@ impl Hub {
     }
 }
 
+/// Matches `text` against `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// A push or reply as a shareable WebSocket text message.
 pub(crate) fn text(bytes: Bytes) -> SharedMessage {
     SharedMessage::new(Message::Text(bytes))
@@ -189,6 +227,22 @@ mod tests {
         let mut p = Publication::new(Payload::Json(Bytes::from_static(b"{}")));
         p.offset = offset;
         p
+    }
+
+    #[test]
+    fn glob_patterns() {
+        for (p, t, ok) in [
+            ("chat:*", "chat:lobby", true),
+            ("chat:*", "news", false),
+            ("*", "x", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("*ab", "ab", true),
+        ] {
+            assert_eq!(glob(p, t), ok, "{p} {t}");
+        }
     }
 
     #[test]

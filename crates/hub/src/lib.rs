@@ -23,5 +23,5 @@ mod session;
 pub use client::Client;
 pub use hub::Hub;
 pub use namespace::{ChannelsConfig, NamespaceOptions};
-pub use node::{ClientConfig, Node, NodeConfig, PublishError};
-pub use session::Session;
+pub use node::{ClientConfig, Node, NodeConfig, NodeInfo, PublishError, PublishOptions};
+pub use session::{Control, Session, Signal};

@@ -2,14 +2,15 @@
 //! the server API), go through the engine, and come back through [`EngineHandler`] to the hub, which
 //! queues them for every local subscriber.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_auth::Verifier;
-use switchboard_engine::{Engine, EngineError, EngineHandler, PresenceEvent};
+use switchboard_engine::{Engine, EngineError, EngineHandler, PresenceEvent, StreamOptions};
 use switchboard_protocol::{
     ClientInfo, DisconnectCode, ErrorCode, Payload, Publication, StreamPosition,
 };
@@ -17,7 +18,7 @@ use switchboard_protocol::{
 use crate::client::Client;
 use crate::hub::Hub;
 use crate::namespace::ChannelsConfig;
-use crate::session::Session;
+use crate::session::{Control, Session};
 
 /// Settings of client connections, whatever their transport.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -43,7 +44,7 @@ impl Default for ClientConfig {
 }
 
 /// Everything a node is configured with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     /// Namespaces.
     pub channels: ChannelsConfig,
@@ -51,6 +52,19 @@ pub struct NodeConfig {
     pub client: ClientConfig,
     /// Seconds between keepalive pings, told to clients in the connect reply.
     pub ping_interval_secs: u64,
+    /// How long a server publish's idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            channels: ChannelsConfig::default(),
+            client: ClientConfig::default(),
+            ping_interval_secs: 25,
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// One switchboard node.
@@ -60,9 +74,39 @@ pub struct Node {
     pub(crate) config: NodeConfig,
     /// Verifies connection and subscription tokens; `None` when no key is configured.
     pub(crate) auth: Option<Verifier>,
-    /// Connected clients by id: for token expiry (and the server API, later).
-    clients: Mutex<HashMap<String, Arc<Session>>>,
+    /// Connected clients by id, with their user: for token expiry and the server API.
+    clients: Mutex<HashMap<String, (String, Arc<Session>)>>,
+    /// Results of recent server publishes by idempotency key, with when they are forgotten.
+    idempotency: Mutex<HashMap<String, (StreamPosition, Instant)>>,
+    started: Instant,
     next_key: AtomicU64,
+}
+
+/// Options of a server-side publish (the HTTP API's `publish`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Deliver to current subscribers but keep it out of history (offset 0).
+    pub skip_history: bool,
+    /// Tags delivered with the publication.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// A repeated publish with the same key within the idempotency window is not published again;
+    /// it answers the first one's position.
+    pub idempotency_key: Option<String>,
+}
+
+/// What `info` reports about a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    /// Server version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime: u64,
+    /// Connected clients.
+    pub num_clients: usize,
+    /// Distinct users among them.
+    pub num_users: usize,
+    /// Channels with subscribers on this node.
+    pub num_channels: usize,
 }
 
 impl std::fmt::Debug for Node {
@@ -94,6 +138,8 @@ impl Node {
             config,
             auth,
             clients: Mutex::new(HashMap::new()),
+            idempotency: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             next_key: AtomicU64::new(1),
         });
         node.engine
@@ -113,15 +159,121 @@ impl Node {
         channel: &str,
         payload: Payload,
     ) -> Result<StreamPosition, PublishError> {
+        self.publish_with(channel, payload, &PublishOptions::default())
+            .await
+    }
+
+    /// Publishes with options (history, tags, idempotency).
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        payload: Payload,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, PublishError> {
         let ns = self
             .config
             .channels
             .resolve(channel)
             .map_err(PublishError::Channel)?;
-        Ok(self
-            .engine
-            .publish(channel, Publication::new(payload), &ns.stream())
-            .await?)
+        let key = opts
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("{channel}\u{0}{k}"));
+        if let Some(key) = &key
+            && let Some((pos, until)) = self.idempotency.lock().get(key)
+            && *until > Instant::now()
+        {
+            return Ok(pos.clone());
+        }
+        let stream = if opts.skip_history {
+            StreamOptions::NONE
+        } else {
+            ns.stream()
+        };
+        let mut publication = Publication::new(payload);
+        publication.tags = opts.tags.clone();
+        let pos = self.engine.publish(channel, publication, &stream).await?;
+        if let Some(key) = key {
+            let until = Instant::now() + self.config.idempotency_window;
+            self.idempotency.lock().insert(key, (pos.clone(), until));
+        }
+        Ok(pos)
+    }
+
+    /// Orders the clients of `user` (or only `client`) to subscribe to `channel`. Returns how many.
+    pub fn subscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
+        self.each_client(user, client, |s| {
+            s.control(Control::Subscribe(channel.to_owned()))
+        })
+    }
+
+    /// Orders the clients of `user` (or only `client`) to leave `channel`. Returns how many.
+    pub fn unsubscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
+        self.each_client(user, client, |s| {
+            s.control(Control::Unsubscribe(channel.to_owned()))
+        })
+    }
+
+    /// Disconnects the clients of `user` (or only `client`) with `code`. Returns how many.
+    pub fn disconnect_clients(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        code: DisconnectCode,
+    ) -> usize {
+        self.each_client(user, client, |s| s.disconnect(code))
+    }
+
+    /// Sets when the connections of `user` (or only `client`) expire (`None`: never). Returns how many.
+    pub fn refresh_clients(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        expires_at: Option<u64>,
+    ) -> usize {
+        self.each_client(user, client, |s| s.set_expires_at(expires_at))
+    }
+
+    fn each_client(&self, user: &str, client: Option<&str>, f: impl Fn(&Session)) -> usize {
+        let clients = self.clients.lock();
+        let mut n = 0;
+        for (id, (u, session)) in clients.iter() {
+            if u == user && client.is_none_or(|c| c == id) {
+                f(session);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The engine, for reads the API passes through (presence, history).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The namespace configuration.
+    pub fn channels_config(&self) -> &ChannelsConfig {
+        &self.config.channels
+    }
+
+    /// Channels with subscribers on this node matching `pattern` (`*` matches any run of characters),
+    /// with their subscriber counts.
+    pub fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
+        self.hub.channels(pattern)
+    }
+
+    /// Counts for `info`.
+    pub fn info(&self) -> NodeInfo {
+        let clients = self.clients.lock();
+        let users: std::collections::HashSet<&str> =
+            clients.values().map(|(u, _)| u.as_str()).collect();
+        NodeInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime: self.started.elapsed().as_secs(),
+            num_clients: clients.len(),
+            num_users: users.len(),
+            num_channels: self.hub.channel_count(),
+        }
     }
 
     /// The subscriber index, for benchmarks that register sessions without a transport.
@@ -131,14 +283,20 @@ impl Node {
     }
 
     /// Disconnects (code 3005, `expired`) every client whose token expired by `now` (Unix seconds)
-    /// without a `refresh`. The server calls this every second.
+    /// without a `refresh`, and forgets idempotency keys past their window. The server calls this
+    /// every second.
     pub fn expire_clients(&self, now: u64) -> usize {
         let clients = self.clients.lock();
         let mut n = 0;
-        for session in clients.values().filter(|s| s.expired(now)) {
+        for (_, session) in clients.values().filter(|(_, s)| s.expired(now)) {
             session.disconnect(DisconnectCode::Expired);
             n += 1;
         }
+        drop(clients);
+        let instant = Instant::now();
+        self.idempotency
+            .lock()
+            .retain(|_, (_, until)| *until > instant);
         n
     }
 
@@ -147,10 +305,11 @@ impl Node {
         self.clients.lock().len()
     }
 
-    pub(crate) fn register(&self, session: &Arc<Session>) {
-        self.clients
-            .lock()
-            .insert(session.client_id().to_owned(), Arc::clone(session));
+    pub(crate) fn register(&self, session: &Arc<Session>, user: &str) {
+        self.clients.lock().insert(
+            session.client_id().to_owned(),
+            (user.to_owned(), Arc::clone(session)),
+        );
     }
 
     pub(crate) fn unregister(&self, session: &Session) {

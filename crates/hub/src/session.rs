@@ -37,6 +37,27 @@ struct Outbox {
     closed: Option<DisconnectCode>,
     /// Channels the hub dropped this session from; the client forgets them at its next command.
     dropped: Vec<String>,
+    /// Orders from the server API, applied by the client's task.
+    controls: Vec<Control>,
+}
+
+/// An order for a client from the server side (the HTTP API), carried out by the client's own task
+/// because only it owns the client's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Subscribe the client to a channel (a `subscribe` push tells it).
+    Subscribe(String),
+    /// Unsubscribe the client (an `unsubscribe` push with code 2000 tells it).
+    Unsubscribe(String),
+}
+
+/// Why [`Session::poll_drain`] woke the transport besides queued frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Disconnect the client with this code.
+    Disconnect(DisconnectCode),
+    /// Orders are waiting: call [`crate::Client::apply_controls`].
+    Control,
 }
 
 impl Session {
@@ -171,6 +192,21 @@ impl Session {
         }
     }
 
+    /// Queues an order for the client's task.
+    pub fn control(&self, order: Control) {
+        let mut ob = self.outbox.lock();
+        if ob.closed.is_none() {
+            ob.controls.push(order);
+            drop(ob);
+            self.waker.wake();
+        }
+    }
+
+    /// Orders queued since the last call.
+    pub fn take_controls(&self) -> Vec<Control> {
+        std::mem::take(&mut self.outbox.lock().controls)
+    }
+
     /// Bytes queued.
     pub fn queued_bytes(&self) -> usize {
         self.outbox.lock().bytes
@@ -178,16 +214,19 @@ impl Session {
 
     /// For the transport: waits until something is queued or the session is closed, then hands queued
     /// frames to `sink` until it returns `false` (its own buffer is full; the rest stays counted here).
-    /// `Ready(Some(code))` when the client must be disconnected.
+    /// `Ready(Some(signal))` when the client must be disconnected or has orders waiting.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
         mut sink: impl FnMut(SharedMessage) -> bool,
-    ) -> Poll<Option<DisconnectCode>> {
+    ) -> Poll<Option<Signal>> {
         self.waker.register(cx.waker());
         let mut ob = self.outbox.lock();
         if let Some(code) = ob.closed {
-            return Poll::Ready(Some(code));
+            return Poll::Ready(Some(Signal::Disconnect(code)));
+        }
+        if !ob.controls.is_empty() {
+            return Poll::Ready(Some(Signal::Control));
         }
         if ob.items.is_empty() {
             return Poll::Pending;
@@ -237,7 +276,7 @@ mod tests {
         SharedMessage::new(Message::Text(Bytes::copy_from_slice(s.as_bytes())))
     }
 
-    fn drain(s: &Session) -> Poll<Option<DisconnectCode>> {
+    fn drain(s: &Session) -> Poll<Option<Signal>> {
         s.poll_drain(&mut Context::from_waker(Waker::noop()), |_| true)
     }
 
@@ -248,7 +287,10 @@ mod tests {
         s.deliver("c", 2, &msg("12345"));
         assert_eq!(s.queued_bytes(), 10);
         s.deliver("c", 3, &msg("x"));
-        assert_eq!(drain(&s), Poll::Ready(Some(DisconnectCode::Slow)));
+        assert_eq!(
+            drain(&s),
+            Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
+        );
         assert_eq!(s.queued_bytes(), 0);
     }
 

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Address for clients [config: listen; default 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address of the server API for backends [config: api.listen; default 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<SocketAddr>,
     /// Serve the conformance echo endpoint at /echo [config: echo.enabled].
     #[arg(long)]
     pub echo: bool,
@@ -59,6 +62,9 @@ impl ServeArgs {
         let mut fig = Figment::new();
         if let Some(listen) = self.listen {
             fig = fig.merge(Serialized::default("listen", listen.to_string()));
+        }
+        if let Some(addr) = self.api_listen {
+            fig = fig.merge(Serialized::default("api.listen", addr.to_string()));
         }
         if self.echo {
             fig = fig.merge(Serialized::default("echo.enabled", true));

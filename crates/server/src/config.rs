@@ -32,6 +32,8 @@ pub struct Config {
     pub channels: switchboard_hub::ChannelsConfig,
     /// Keys for connection and subscription tokens (JWT).
     pub auth: switchboard_auth::AuthConfig,
+    /// The server HTTP API for backends (its own listener).
+    pub api: switchboard_api::ApiConfig,
     /// The conformance echo endpoint (off unless asked for).
     pub echo: EchoConfig,
     /// Graceful shutdown.
@@ -52,6 +54,7 @@ impl Default for Config {
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
+            api: switchboard_api::ApiConfig::default(),
             echo: EchoConfig::default(),
             shutdown: ShutdownConfig::default(),
         }

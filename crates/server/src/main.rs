@@ -57,7 +57,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %server.local_addr(), version = env!("CARGO_PKG_VERSION"), "switchboard listening");
+        tracing::info!(addr = %server.local_addr(), api = %server.api_addr(), version = env!("CARGO_PKG_VERSION"), "switchboard listening");
         let handle = server.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -46,6 +46,8 @@ pub enum ServerError {
 pub struct Server {
     listener: TcpListener,
     router: Router,
+    /// The server API's own listener and routes.
+    api: (TcpListener, Router),
     config: Arc<Config>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -67,6 +69,11 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let addr = config.listen.0;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let api_addr = config.api.listen;
+        let api_listener = listen(api_addr).map_err(|source| ServerError::Bind {
+            addr: api_addr,
+            source,
+        })?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
@@ -82,14 +89,25 @@ impl Server {
                 channels: config.channels.clone(),
                 client: config.client.clone(),
                 ping_interval_secs: config.websocket.ping_interval.as_secs(),
+                idempotency_window: config.api.idempotency_window,
             },
             auth,
         );
         tracker.spawn(housekeeping(engine, Arc::clone(&node), shutdown.clone()));
         let router = routes(&config, &node, &shutdown, &tracker);
+        if config.api.key.is_empty() {
+            tracing::warn!(
+                "[api] key is empty: the server API refuses every request until one is set"
+            );
+        }
+        let api = (
+            api_listener,
+            switchboard_api::router(Arc::clone(&node), &config.api),
+        );
         Ok(Self {
             listener,
             router,
+            api,
             config,
             shutdown,
             tracker,
@@ -100,6 +118,11 @@ impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has an address; an error here would mean the socket is gone.
         self.listener.local_addr().unwrap_or(self.config.listen.0)
+    }
+
+    /// The address the server API actually bound.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.0.local_addr().unwrap_or(self.config.api.listen)
     }
 
     /// A handle that stops this server.
@@ -113,24 +136,27 @@ impl Server {
         let Self {
             listener,
             router,
+            api,
             config,
             shutdown,
             tracker,
         } = self;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => serve_connection(stream, peer, &router, &config, &shutdown, &tracker),
-                    Err(e) => {
-                        // Out of file descriptors or memory: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        drop(listener);
+        let (api_listener, api_router) = api;
+        let api_loop = accept_loop(
+            api_listener,
+            api_router,
+            Arc::clone(&config),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        let client_loop = accept_loop(
+            listener,
+            router,
+            Arc::clone(&config),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        tokio::join!(api_loop, client_loop);
         tracker.close();
         tracing::info!(
             connections = tracker.len(),
@@ -145,6 +171,29 @@ impl Server {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections until shutdown, then drops the listener (no new connections).
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer, &router, &config, &shutdown, &tracker),
+                Err(e) => {
+                    // Out of file descriptors or memory: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

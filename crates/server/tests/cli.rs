@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .args(["--log-format", "json"])
+        .args(["--log-format", "json", "--api-listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     cmd.env_remove("RUST_LOG");

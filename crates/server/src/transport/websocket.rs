@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_hub::Node;
+use switchboard_hub::{Node, Signal};
 use switchboard_protocol::{DisconnectCode, encode};
 use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +99,10 @@ pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Ar
                         let _ = ws.send_shared(&msg);
                         ws.queued_bytes() < WS_QUEUE_CHUNK
                     }) {
-                        Poll::Ready(Some(code)) => return Poll::Ready(Event::Disconnect(code)),
+                        Poll::Ready(Some(Signal::Disconnect(code))) => {
+                            return Poll::Ready(Event::Disconnect(code));
+                        }
+                        Poll::Ready(Some(Signal::Control)) => return Poll::Ready(Event::Control),
                         Poll::Ready(None) => continue,
                         Poll::Pending => {}
                     }
@@ -126,6 +129,7 @@ pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Ar
             }
             Event::Received(None) => break None,
             Event::Disconnect(code) => break Some(code),
+            Event::Control => client.apply_controls().await,
         }
     };
     if let Some(code) = end
@@ -154,6 +158,7 @@ pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Ar
 enum Event {
     Received(Option<Result<Message, Error>>),
     Disconnect(DisconnectCode),
+    Control,
 }
 
 /// Axum handler for the echo endpoint.

@@ -17,6 +17,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub api: SocketAddr,
     pub handle: ShutdownHandle,
     pub task: JoinHandle<()>,
 }
@@ -24,12 +25,19 @@ pub struct TestServer {
 /// Starts a server with `config` (listening on a free port), with the echo endpoint on.
 pub async fn start(mut config: Config) -> TestServer {
     config.listen.0 = "127.0.0.1:0".parse().unwrap();
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
     config.echo.enabled = true;
     let server = Server::bind(config).await.expect("bind");
     let addr = server.local_addr();
+    let api = server.api_addr();
     let handle = server.shutdown_handle();
     let task = tokio::spawn(server.run());
-    TestServer { addr, handle, task }
+    TestServer {
+        addr,
+        api,
+        handle,
+        task,
+    }
 }
 
 /// A config whose echo endpoint has the real endpoints' default limits.
@@ -286,4 +294,23 @@ pub fn decode(buf: &[u8]) -> Option<(Frame, usize)> {
         },
         hlen + len,
     ))
+}
+
+/// POSTs `body` to the server API's `method` with `key` (if any); the status and the JSON answer.
+pub async fn api_call(
+    api: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = key
+        .map(|k| format!("Authorization: apikey {k}\r\n"))
+        .unwrap_or_default();
+    let raw = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: {api}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (_, resp) = request(api, &raw).await;
+    let json = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
+    (resp.status, json)
 }

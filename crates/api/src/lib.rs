@@ -1,0 +1,171 @@
+//! The server HTTP API: how application backends (PHP, Python, anything that speaks HTTP) push to
+//! clients and manage them, without holding a connection themselves.
+//!
+//! Every method is `POST /api/<method>` with a JSON body, authenticated by the API key
+//! (`Authorization: apikey KEY` or `X-API-Key: KEY`). A success answers `200 {"result": {...}}`; a
+//! failure answers a 4xx/5xx status with `{"error": {"code": N, "message": "..."}}`, the codes being
+//! the client protocol's (docs/protocol.md). `GET /api/openapi.json` describes it all (OpenAPI 3.1).
+//!
+//! The API listens on its own address (127.0.0.1:8081 by default) so that it is never exposed with the
+//! client listener by accident.
+
+mod methods;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+use switchboard_hub::Node;
+use switchboard_protocol::ErrorCode;
+
+pub use methods::METHODS;
+
+/// The OpenAPI 3.1 description served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Settings of the API listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where the API listens. Keep it private: it can publish anywhere and disconnect anyone.
+    pub listen: SocketAddr,
+    /// The key every request must carry. Empty: the API refuses every request (401) until one is set;
+    /// `switchboard genconfig` writes a random one.
+    pub key: String,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// How long a publish's `idempotency_key` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            key: String::new(),
+            max_body_bytes: 1 << 20,
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    key: Arc<str>,
+    max_body: usize,
+}
+
+/// The API's routes.
+pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
+    let api = Api {
+        node,
+        key: Arc::from(config.key.as_str()),
+        max_body: config.max_body_bytes,
+    };
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/{method}", post(call))
+        .with_state(api)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// An API failure: the HTTP status and the protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Protocol error code.
+    pub code: ErrorCode,
+    /// What went wrong, for the backend developer.
+    pub message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    pub(crate) fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code.code(), "message": self.message}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    if key.is_empty() {
+        return false;
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("apikey ")
+                .or_else(|| v.strip_prefix("Apikey "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    // Constant-time comparison: the key must not leak through response timing.
+    given.is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.trim().as_bytes(), key.as_bytes()).into())
+}
+
+async fn call(
+    State(api): State<Api>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !authorized(&headers, &api.key) {
+        let message = if api.key.is_empty() {
+            "the API is disabled until [api] key is set"
+        } else {
+            "wrong or missing API key (Authorization: apikey KEY, or X-API-Key: KEY)"
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+            .into_response();
+    }
+    let bytes: Bytes = match Limited::new(body, api.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::LimitExceeded,
+                format!("request body over {} bytes", api.max_body),
+            )
+            .into_response();
+        }
+    };
+    match methods::dispatch(&api.node, &method, &bytes).await {
+        Ok(result) => axum::Json(serde_json::json!({ "result": result })).into_response(),
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(%method, error = %e.message, "API call failed");
+            }
+            e.into_response()
+        }
+    }
+}

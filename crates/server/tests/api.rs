@@ -1,0 +1,346 @@
+//! The server HTTP API with real HTTP requests against the real server: every method, the API key,
+//! errors with their codes, body limits, idempotency, and the OpenAPI document against the routes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard::Config;
+use switchboard_hub::NamespaceOptions;
+
+const KEY: &str = "api-key-for-tests";
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.api.key = KEY.into();
+    c.api.max_body_bytes = 64 << 10;
+    c.channels.namespaces.insert(
+        "news".into(),
+        NamespaceOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            recover: true,
+            presence: true,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+async fn api(s: SocketAddr, method: &str, body: Value) -> Value {
+    let (status, v) = api_call(s, Some(KEY), method, &body.to_string()).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    v["result"].clone()
+}
+
+/// A protocol client that records everything it receives.
+struct Client {
+    ws: RawClient,
+    id: String,
+    next: u64,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        let (ws, _) = handshake(addr, "/connection/websocket", &[]).await;
+        let mut c = Self {
+            ws,
+            id: String::new(),
+            next: 0,
+        };
+        let r = c.call("connect", json!({})).await;
+        c.id = r["connect"]["client"].as_str().unwrap().to_owned();
+        c
+    }
+
+    async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let f = self.ws.read_frame().await?;
+            match f.opcode {
+                1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
+                8 => {
+                    self.ws.send_frame(true, false, 8, &f.payload, true).await;
+                    return Some(json!({"close": f.close_code()}));
+                }
+                9 => self.ws.send_frame(true, false, 10, &f.payload, true).await,
+                _ => {}
+            }
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        self.ws
+            .send_text(&json!({"id": id, method: params}).to_string())
+            .await;
+        loop {
+            let v = self.recv().await.unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// The next push of `kind`.
+    async fn push(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("connection ended waiting for {kind}"));
+            if let Some(body) = v.get(kind) {
+                return body.clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_broadcast_batch_reach_subscribers() {
+    let s = start(config()).await;
+    let mut c = Client::connect(s.addr).await;
+    c.call("subscribe", json!({"channel": "news:a"})).await;
+    c.call("subscribe", json!({"channel": "news:b"})).await;
+    let r = api(
+        s.api,
+        "publish",
+        json!({"channel": "news:a", "data": {"title": "first"}, "tags": {"kind": "breaking"}}),
+    )
+    .await;
+    assert_eq!(r["offset"], 1);
+    assert!(r["epoch"].is_string());
+    let p = c.push("pub").await;
+    assert_eq!(
+        (p["data"]["title"].as_str(), p["tags"]["kind"].as_str()),
+        (Some("first"), Some("breaking"))
+    );
+    let r = api(
+        s.api,
+        "broadcast",
+        json!({"channels": ["news:a", "news:b", "nope:x"], "b64data": "AQI="}),
+    )
+    .await;
+    assert_eq!(r["responses"][0]["result"]["offset"], 2);
+    assert_eq!(r["responses"][2]["error"]["code"], 102);
+    assert_eq!(c.push("pub").await["b64data"], "AQI=");
+    assert_eq!(c.push("pub").await["channel"], "news:b");
+    let r = api(
+        s.api,
+        "batch",
+        json!({"commands": [{"publish": {"channel": "news:a", "data": 3}}, {"info": {}}, {"dance": {}}]}),
+    )
+    .await;
+    assert_eq!(r["replies"][0]["result"]["offset"], 3);
+    assert_eq!(r["replies"][1]["result"]["nodes"][0]["num_clients"], 1);
+    assert_eq!(r["replies"][2]["error"]["code"], 104);
+    assert_eq!(c.push("pub").await["data"], 3);
+}
+
+#[tokio::test]
+async fn idempotency_and_skip_history() {
+    let s = start(config()).await;
+    let mut c = Client::connect(s.addr).await;
+    c.call("subscribe", json!({"channel": "news:i"})).await;
+    let once = json!({"channel": "news:i", "data": "once", "idempotency_key": "order-42"});
+    let a = api(s.api, "publish", once.clone()).await;
+    let b = api(s.api, "publish", once).await;
+    assert_eq!(a, b, "the repeat answers the first publication's position");
+    let r = api(
+        s.api,
+        "publish",
+        json!({"channel": "news:i", "data": "live only", "skip_history": true}),
+    )
+    .await;
+    assert_eq!(r["offset"], 0);
+    assert_eq!(c.push("pub").await["data"], "once");
+    assert_eq!(c.push("pub").await["data"], "live only", "no second 'once'");
+    let h = api(s.api, "history", json!({"channel": "news:i"})).await;
+    assert_eq!(h["publications"].as_array().unwrap().len(), 1);
+    assert_eq!(h["offset"], 1);
+}
+
+#[tokio::test]
+async fn client_management_methods() {
+    let s = start(config()).await;
+    let mut c = Client::connect(s.addr).await;
+    // Server-side subscribe of the (anonymous) user's connections.
+    let r = api(
+        s.api,
+        "subscribe",
+        json!({"user": "", "channel": "news:srv"}),
+    )
+    .await;
+    assert_eq!(r["clients"], 1);
+    let sub = c.push("subscribe").await;
+    assert_eq!(sub["channel"], "news:srv");
+    api(
+        s.api,
+        "publish",
+        json!({"channel": "news:srv", "data": "pushed"}),
+    )
+    .await;
+    assert_eq!(c.push("pub").await["data"], "pushed");
+    let presence = api(s.api, "presence", json!({"channel": "news:srv"})).await;
+    assert!(
+        presence["presence"][c.id.as_str()].is_object(),
+        "{presence}"
+    );
+    assert_eq!(
+        api(s.api, "presence_stats", json!({"channel": "news:srv"})).await["num_clients"],
+        1
+    );
+    let channels = api(s.api, "channels", json!({"pattern": "news:*"})).await;
+    assert_eq!(channels["channels"]["news:srv"]["num_clients"], 1);
+    assert!(
+        api(s.api, "channels", json!({"pattern": "other*"})).await["channels"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+    // Unsubscribe.
+    assert_eq!(
+        api(
+            s.api,
+            "unsubscribe",
+            json!({"user": "", "client": c.id, "channel": "news:srv"})
+        )
+        .await["clients"],
+        1
+    );
+    let u = c.push("unsubscribe").await;
+    assert_eq!(
+        (u["channel"].as_str(), u["code"].as_u64()),
+        (Some("news:srv"), Some(2000))
+    );
+    // History, then history_remove starts a new epoch.
+    let h1 = api(s.api, "history", json!({"channel": "news:srv", "limit": 1})).await;
+    assert_eq!(h1["publications"][0]["data"], "pushed");
+    let since = json!({"channel": "news:srv", "since": {"offset": 0, "epoch": "wrong"}});
+    let (status, v) = api_call(s.api, Some(KEY), "history", &since.to_string()).await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (400, Some(112)));
+    api(s.api, "history_remove", json!({"channel": "news:srv"})).await;
+    let h2 = api(s.api, "history", json!({"channel": "news:srv"})).await;
+    assert_ne!(h1["epoch"], h2["epoch"]);
+    // Refresh: expire now; the client is told with 3005.
+    let mut d = Client::connect(s.addr).await;
+    assert_eq!(
+        api(
+            s.api,
+            "refresh",
+            json!({"user": "", "client": d.id, "expired": true})
+        )
+        .await["clients"],
+        1
+    );
+    let disc = tokio::time::timeout(Duration::from_secs(5), d.push("disconnect"))
+        .await
+        .unwrap();
+    assert_eq!(disc["code"], 3005);
+    // Disconnect.
+    assert_eq!(
+        api(s.api, "disconnect", json!({"user": "", "client": c.id})).await["clients"],
+        1
+    );
+    assert_eq!(c.push("disconnect").await["code"], 3503);
+    // Both connections end (their close frames answered); the node forgets them.
+    while c.recv().await.is_some() {}
+    while d.recv().await.is_some() {}
+    drop((c, d));
+    let mut clients = Value::Null;
+    for _ in 0..50 {
+        clients = api(s.api, "info", json!({})).await["nodes"][0]["num_clients"].clone();
+        if clients == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(clients, 0);
+}
+
+#[tokio::test]
+async fn keys_errors_and_limits() {
+    let s = start(config()).await;
+    let body = json!({"channel": "news:x", "data": 1}).to_string();
+    assert_eq!(api_call(s.api, None, "publish", &body).await.0, 401);
+    let (status, v) = api_call(s.api, Some("wrong"), "publish", &body).await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (401, Some(101)));
+    // X-API-Key works as well.
+    let raw = format!(
+        "POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    assert_eq!(request(s.api, &raw).await.1.status, 200);
+    let (status, v) = api_call(s.api, Some(KEY), "dance", "{}").await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (404, Some(104)));
+    let (status, v) = api_call(s.api, Some(KEY), "publish", "{not json").await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (400, Some(107)));
+    let (status, v) = api_call(
+        s.api,
+        Some(KEY),
+        "publish",
+        &json!({"channel": "nope:x", "data": 1}).to_string(),
+    )
+    .await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (400, Some(102)));
+    let (status, _) = api_call(
+        s.api,
+        Some(KEY),
+        "publish",
+        &json!({"channel": "news:x", "data": 1, "extra": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let big = json!({"channel": "news:x", "data": "x".repeat(100 << 10)}).to_string();
+    let (status, v) = api_call(s.api, Some(KEY), "publish", &big).await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (413, Some(106)));
+    // An API without a key refuses everything.
+    let s2 = start(Config::default()).await;
+    let (status, v) = api_call(s2.api, Some(""), "info", "{}").await;
+    assert_eq!(status, 401);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[api] key")
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let s = start(config()).await;
+    let (_, resp) = request(
+        s.api,
+        "GET /api/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let doc: Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|p| p.strip_prefix("/api/"))
+        .filter(|m| *m != "openapi.json")
+        .map(str::to_owned)
+        .collect();
+    let routed: BTreeSet<String> = switchboard_api::METHODS
+        .iter()
+        .map(|m| (*m).to_owned())
+        .collect();
+    assert_eq!(documented, routed);
+    for method in &routed {
+        // Every documented method is routed: never 404, whatever the body.
+        let (status, v) = api_call(s.api, Some(KEY), method, "{}").await;
+        assert_ne!(status, 404, "{method}: {v}");
+        let props = &doc["paths"][format!("/api/{method}")]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"];
+        assert!(props.is_object(), "{method} has a request schema");
+    }
+}
