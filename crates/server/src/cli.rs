@@ -31,6 +31,26 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print a commented configuration with a fresh API key and token secret.
+    Genconfig,
+    /// Print a connection token (HS256, signed with [auth] hmac_secret) for a user.
+    Gentoken {
+        /// The user id (`sub`).
+        #[arg(long, short)]
+        user: String,
+        /// Lifetime, e.g. `1h`; without it the token never expires.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// A channel to subscribe the connection to at connect (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Presence info, as JSON.
+        #[arg(long)]
+        info: Option<String>,
+        /// Configuration file with the secret (the environment works too).
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Settings of `serve` that have flags. Every one of them is also a config key.

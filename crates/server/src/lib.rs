@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod generate;
 pub mod logging;
 pub mod server;
 pub mod transport;

@@ -5,13 +5,41 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::cli::{Cli, Command, ServeArgs};
-use switchboard::{Config, Server, logging};
+use switchboard::{Config, Server, generate, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
+        Some(Command::Genconfig) => match generate::config() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Some(Command::Gentoken {
+            user,
+            ttl,
+            channels,
+            info,
+            config,
+        }) => {
+            let made = Config::load(config.as_deref(), &figment::Figment::new())
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    generate::token(&c, &user, ttl, &channels, info.as_deref())
+                        .map_err(|e| e.to_string())
+                });
+            match made {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Some(Command::Checkconfig { file }) => {
             match Config::load(Some(&file), &figment::Figment::new()) {
                 Ok(_) => {
@@ -66,6 +94,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
         server.run().await;
         ExitCode::SUCCESS
     })
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("switchboard: {e}");
+    ExitCode::FAILURE
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -160,3 +160,58 @@ fn bad_configuration_is_refused_with_the_key_name() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn genconfig_and_gentoken_give_a_working_setup() {
+    let dir = std::env::temp_dir().join(format!("switchboard-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("generated.toml");
+    let out = Command::new(BIN).arg("genconfig").output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = Command::new(BIN)
+        .args(["checkconfig", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let out = Command::new(BIN)
+        .args([
+            "gentoken",
+            "--config",
+            file.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--ttl",
+            "10m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (mut child, addr) = spawn(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let (mut c, _) = handshake(addr, "/connection/websocket", &[]).await;
+    c.send_text(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
+        .await;
+    let reply = c.read_frame().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["connect"]["expires"], true, "{v}");
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+}
