@@ -39,73 +39,10 @@ async fn api(s: SocketAddr, method: &str, body: Value) -> Value {
     v["result"].clone()
 }
 
-/// A protocol client that records everything it receives.
-struct Client {
-    ws: RawClient,
-    id: String,
-    next: u64,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
-        let (ws, _) = handshake(addr, "/connection/websocket", &[]).await;
-        let mut c = Self {
-            ws,
-            id: String::new(),
-            next: 0,
-        };
-        let r = c.call("connect", json!({})).await;
-        c.id = r["connect"]["client"].as_str().unwrap().to_owned();
-        c
-    }
-
-    async fn recv(&mut self) -> Option<Value> {
-        loop {
-            let f = self.ws.read_frame().await?;
-            match f.opcode {
-                1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
-                8 => {
-                    self.ws.send_frame(true, false, 8, &f.payload, true).await;
-                    return Some(json!({"close": f.close_code()}));
-                }
-                9 => self.ws.send_frame(true, false, 10, &f.payload, true).await,
-                _ => {}
-            }
-        }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        self.ws
-            .send_text(&json!({"id": id, method: params}).to_string())
-            .await;
-        loop {
-            let v = self.recv().await.unwrap();
-            if v["id"] == id {
-                return v;
-            }
-        }
-    }
-
-    /// The next push of `kind`.
-    async fn push(&mut self, kind: &str) -> Value {
-        loop {
-            let v = self
-                .recv()
-                .await
-                .unwrap_or_else(|| panic!("connection ended waiting for {kind}"));
-            if let Some(body) = v.get(kind) {
-                return body.clone();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn publish_broadcast_batch_reach_subscribers() {
     let s = start(config()).await;
-    let mut c = Client::connect(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     c.call("subscribe", json!({"channel": "news:a"})).await;
     c.call("subscribe", json!({"channel": "news:b"})).await;
     let r = api(
@@ -146,7 +83,7 @@ async fn publish_broadcast_batch_reach_subscribers() {
 #[tokio::test]
 async fn idempotency_and_skip_history() {
     let s = start(config()).await;
-    let mut c = Client::connect(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     c.call("subscribe", json!({"channel": "news:i"})).await;
     let once = json!({"channel": "news:i", "data": "once", "idempotency_key": "order-42"});
     let a = api(s.api, "publish", once.clone()).await;
@@ -169,7 +106,7 @@ async fn idempotency_and_skip_history() {
 #[tokio::test]
 async fn client_management_methods() {
     let s = start(config()).await;
-    let mut c = Client::connect(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     // Server-side subscribe of the (anonymous) user's connections.
     let r = api(
         s.api,
@@ -229,7 +166,7 @@ async fn client_management_methods() {
     let h2 = api(s.api, "history", json!({"channel": "news:srv"})).await;
     assert_ne!(h1["epoch"], h2["epoch"]);
     // Refresh: expire now; the client is told with 3005.
-    let mut d = Client::connect(s.addr).await;
+    let mut d = JsonClient::connected(s.addr).await;
     assert_eq!(
         api(
             s.api,
@@ -250,8 +187,8 @@ async fn client_management_methods() {
     );
     assert_eq!(c.push("disconnect").await["code"], 3503);
     // Both connections end (their close frames answered); the node forgets them.
-    while c.recv().await.is_some() {}
-    while d.recv().await.is_some() {}
+    while c.next().await.is_some() {}
+    while d.next().await.is_some() {}
     drop((c, d));
     let mut clients = Value::Null;
     for _ in 0..50 {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -49,73 +48,13 @@ fn config() -> Config {
     c
 }
 
-struct Client {
-    ws: RawClient,
-    next_id: u64,
-    /// Pushes seen while waiting for replies.
-    pushes: Vec<Value>,
-}
-
-impl Client {
-    async fn open(addr: SocketAddr) -> Self {
-        let (ws, resp) = handshake(addr, "/connection/websocket", &[]).await;
-        assert_eq!(resp.status, 101);
-        Self {
-            ws,
-            next_id: 0,
-            pushes: Vec::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            let f = self.ws.read_frame().await?;
-            match f.opcode {
-                1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
-                8 => {
-                    self.ws.send_frame(true, false, 8, &f.payload, true).await;
-                    return Some(json!({"close": f.close_code()}));
-                }
-                9 => self.ws.send_frame(true, false, 10, &f.payload, true).await,
-                _ => {}
-            }
-        }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.ws
-            .send_text(&json!({"id": id, method: params}).to_string())
-            .await;
-        loop {
-            let v = self.next().await.expect("reply");
-            if v["id"] == id {
-                return v;
-            }
-            self.pushes.push(v);
-        }
-    }
-
-    /// Reads until the end; the `disconnect` push's code.
-    async fn disconnect_code(&mut self) -> Option<u64> {
-        let mut code = None;
-        while let Some(v) = self.next().await {
-            if let Some(d) = v.get("disconnect") {
-                code = d["code"].as_u64();
-            }
-        }
-        code
-    }
-}
-
 #[tokio::test]
 async fn a_valid_token_names_the_user_and_subscribes_its_channels() {
     let s = start(config()).await;
     let t = token(
         json!({"sub": "alice", "aud": "switchboard", "exp": now() + 600, "info": {"name": "Alice"}, "channels": ["room:1"]}),
     );
-    let mut c = Client::open(s.addr).await;
+    let mut c = JsonClient::open(s.addr).await;
     let r = c.call("connect", json!({"token": t})).await;
     let connect = &r["connect"];
     assert!(connect["subs"]["room:1"].is_object(), "{r}");
@@ -140,7 +79,7 @@ async fn a_valid_token_names_the_user_and_subscribes_its_channels() {
     assert!(r.get("error").is_none(), "{r}");
     while !c.pushes.iter().any(|v| v["pub"]["data"] == "hello") {
         let v = c.next().await.unwrap();
-        c.pushes.push(v);
+        c.pushes.push_back(v);
     }
 }
 
@@ -174,7 +113,7 @@ async fn refused_tokens_get_the_documented_codes() {
         ),
     ];
     for (t, error, disconnect) in cases {
-        let mut c = Client::open(s.addr).await;
+        let mut c = JsonClient::open(s.addr).await;
         let params = if t.is_empty() {
             json!({})
         } else {
@@ -182,7 +121,7 @@ async fn refused_tokens_get_the_documented_codes() {
         };
         let r = c.call("connect", params).await;
         assert_eq!(r["error"]["code"], error, "{t}: {r}");
-        assert_eq!(c.disconnect_code().await, Some(disconnect), "{t}");
+        assert_eq!(c.disconnected().await.0, Some(disconnect), "{t}");
     }
 }
 
@@ -192,8 +131,8 @@ async fn an_expiring_connection_is_disconnected_unless_refreshed() {
     let short = |user: &str, secs: u64| {
         token(json!({"sub": user, "aud": "switchboard", "exp": now() + secs}))
     };
-    let mut lazy = Client::open(s.addr).await;
-    let mut diligent = Client::open(s.addr).await;
+    let mut lazy = JsonClient::open(s.addr).await;
+    let mut diligent = JsonClient::open(s.addr).await;
     assert_eq!(
         lazy.call("connect", json!({"token": short("lazy", 2)}))
             .await["connect"]["expires"],
@@ -213,7 +152,7 @@ async fn an_expiring_connection_is_disconnected_unless_refreshed() {
     assert_eq!(r["refresh"]["expires"], true);
     assert!(r["refresh"]["ttl"].as_u64().unwrap() > 500);
     // A refresh for another user is refused.
-    let mut other = Client::open(s.addr).await;
+    let mut other = JsonClient::open(s.addr).await;
     other
         .call("connect", json!({"token": short("x", 600)}))
         .await;
@@ -223,12 +162,13 @@ async fn an_expiring_connection_is_disconnected_unless_refreshed() {
             .await["error"]["code"],
         101
     );
-    assert_eq!(other.disconnect_code().await, Some(3500));
+    assert_eq!(other.disconnected().await.0, Some(3500));
     // The lazy one is told it expired (3005, reconnect with a new token).
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(8), lazy.disconnect_code())
+        tokio::time::timeout(Duration::from_secs(8), lazy.disconnected())
             .await
-            .unwrap(),
+            .unwrap()
+            .0,
         Some(3005)
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -244,7 +184,7 @@ async fn an_expiring_connection_is_disconnected_unless_refreshed() {
 #[tokio::test]
 async fn private_channels_need_a_subscription_token_for_that_channel_and_user() {
     let s = start(config()).await;
-    let mut c = Client::open(s.addr).await;
+    let mut c = JsonClient::open(s.addr).await;
     c.call(
         "connect",
         json!({"token": token(json!({"sub": "alice", "aud": "switchboard"}))}),

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard::Config;
 use switchboard_hub::NamespaceOptions;
 use switchboard_protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
@@ -61,136 +59,11 @@ fn config() -> Config {
     c
 }
 
-/// A protocol client over the raw WebSocket client.
-struct Client {
-    ws: RawClient,
-    next_id: u64,
-    /// Pushes received while waiting for a reply.
-    pushes: VecDeque<Value>,
-    /// The client id the server gave.
-    id: String,
-}
-
-impl Client {
-    async fn open(addr: SocketAddr) -> Self {
-        let (ws, resp) = handshake(
-            addr,
-            "/connection/websocket",
-            &[("Sec-WebSocket-Protocol", "switchboard.json")],
-        )
-        .await;
-        assert_eq!(resp.status, 101);
-        assert_eq!(
-            resp.header("sec-websocket-protocol"),
-            Some("switchboard.json")
-        );
-        Self {
-            ws,
-            next_id: 0,
-            pushes: VecDeque::new(),
-            id: String::new(),
-        }
-    }
-
-    async fn connected(addr: SocketAddr) -> Self {
-        let mut c = Self::open(addr).await;
-        let r = c
-            .call("connect", json!({"name": "test", "version": "1"}))
-            .await;
-        c.id = r["connect"]["client"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned();
-        assert_eq!(r["connect"]["ping"], 25);
-        c
-    }
-
-    async fn send_raw(&mut self, text: &str) {
-        self.ws.send_text(text).await;
-    }
-
-    /// The next JSON object from the server (a reply or a push), or `None` when the connection ends.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            let f = self.ws.read_frame().await?;
-            // Like a browser: answer pings, and answer a close so the server can finish at once.
-            match f.opcode {
-                1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
-                8 => {
-                    self.ws.send_frame(true, false, 8, &f.payload, true).await;
-                    return Some(json!({"close": f.close_code()}));
-                }
-                9 => self.ws.send_frame(true, false, 10, &f.payload, true).await,
-                _ => continue,
-            }
-        }
-    }
-
-    /// Sends a command and returns its reply; pushes seen meanwhile are kept.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send_raw(&json!({"id": id, method: params}).to_string())
-            .await;
-        loop {
-            let v = self.next().await.expect("reply");
-            if v["id"] == id {
-                return v;
-            }
-            assert!(v.get("id").is_none(), "reply to another command: {v}");
-            self.pushes.push_back(v);
-        }
-    }
-
-    async fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params).await;
-        assert!(r.get("error").is_none(), "{method}: {r}");
-        r[method].clone()
-    }
-
-    async fn error(&mut self, method: &str, params: Value) -> u64 {
-        let r = self.call(method, params).await;
-        r["error"]["code"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{method}: expected an error, got {r}"))
-    }
-
-    /// The next push (of a kind, skipping others' kinds).
-    async fn push(&mut self, kind: &str) -> Value {
-        loop {
-            let v = match self.pushes.pop_front() {
-                Some(v) => v,
-                None => self.next().await.expect("push"),
-            };
-            if let Some(body) = v.get(kind) {
-                return body.clone();
-            }
-        }
-    }
-
-    /// Reads until the connection ends; returns the disconnect push's code and the close code.
-    async fn disconnected(&mut self) -> (Option<u64>, Option<u64>) {
-        let (mut push, mut close) = (None, None);
-        while let Some(v) = match self.pushes.pop_front() {
-            Some(v) => Some(v),
-            None => self.next().await,
-        } {
-            if let Some(d) = v.get("disconnect") {
-                push = d["code"].as_u64();
-            }
-            if let Some(c) = v.get("close") {
-                close = c.as_u64();
-            }
-        }
-        (push, close)
-    }
-}
-
 #[tokio::test]
 async fn every_documented_command_works() {
     let s = start(config()).await;
-    let mut a = Client::connected(s.addr).await;
-    let mut b = Client::connected(s.addr).await;
+    let mut a = JsonClient::connected(s.addr).await;
+    let mut b = JsonClient::connected(s.addr).await;
     let sub = a.ok("subscribe", json!({"channel": "chat:lobby"})).await;
     assert_eq!(sub["recoverable"], true);
     assert_eq!(sub["offset"], 0);
@@ -252,7 +125,7 @@ async fn every_documented_command_works() {
 #[tokio::test]
 async fn binary_payloads_travel_as_base64() {
     let s = start(config()).await;
-    let mut a = Client::connected(s.addr).await;
+    let mut a = JsonClient::connected(s.addr).await;
     a.ok("subscribe", json!({"channel": "chat:bin"})).await;
     a.ok(
         "publish",
@@ -277,14 +150,14 @@ async fn binary_payloads_travel_as_base64() {
 #[tokio::test]
 async fn order_is_kept_under_concurrent_publishers() {
     let s = start(config()).await;
-    let mut sub = Client::connected(s.addr).await;
+    let mut sub = JsonClient::connected(s.addr).await;
     sub.ok("subscribe", json!({"channel": "chat:order"})).await;
     let (publishers, each) = (4, 150);
     let mut tasks = Vec::new();
     for p in 0..publishers {
         let addr = s.addr;
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connected(addr).await;
+            let mut c = JsonClient::connected(addr).await;
             for i in 0..each {
                 c.ok(
                     "publish",
@@ -320,8 +193,8 @@ async fn order_is_kept_under_concurrent_publishers() {
 #[tokio::test]
 async fn recovery_after_a_dropped_connection_misses_nothing_and_doubles_nothing() {
     let s = start(config()).await;
-    let mut publisher = Client::connected(s.addr).await;
-    let mut a = Client::connected(s.addr).await;
+    let mut publisher = JsonClient::connected(s.addr).await;
+    let mut a = JsonClient::connected(s.addr).await;
     let sub = a.ok("subscribe", json!({"channel": "chat:rec"})).await;
     let epoch = sub["epoch"].as_str().unwrap().to_owned();
     for i in 1..=5 {
@@ -339,7 +212,7 @@ async fn recovery_after_a_dropped_connection_misses_nothing_and_doubles_nothing(
             .ok("publish", json!({"channel": "chat:rec", "data": i}))
             .await;
     }
-    let mut a = Client::connected(s.addr).await;
+    let mut a = JsonClient::connected(s.addr).await;
     let sub = a
         .ok(
             "subscribe",
@@ -356,7 +229,7 @@ async fn recovery_after_a_dropped_connection_misses_nothing_and_doubles_nothing(
     seen.push(a.push("pub").await["data"].as_u64().unwrap());
     assert_eq!(seen, (1..=9).collect::<Vec<_>>());
     // Recovering from the latest position: recovered, nothing to replay.
-    let mut b = Client::connected(s.addr).await;
+    let mut b = JsonClient::connected(s.addr).await;
     let sub = b
         .ok(
             "subscribe",
@@ -370,8 +243,8 @@ async fn recovery_after_a_dropped_connection_misses_nothing_and_doubles_nothing(
 #[tokio::test]
 async fn recovered_false_when_history_is_gone_or_the_epoch_changed() {
     let s = start(config()).await;
-    let mut p = Client::connected(s.addr).await;
-    let mut a = Client::connected(s.addr).await;
+    let mut p = JsonClient::connected(s.addr).await;
+    let mut a = JsonClient::connected(s.addr).await;
     // Too many missed for a history of 3.
     let epoch = a.ok("subscribe", json!({"channel": "short:x"})).await["epoch"]
         .as_str()
@@ -381,7 +254,7 @@ async fn recovered_false_when_history_is_gone_or_the_epoch_changed() {
         p.ok("publish", json!({"channel": "short:x", "data": i}))
             .await;
     }
-    let mut b = Client::connected(s.addr).await;
+    let mut b = JsonClient::connected(s.addr).await;
     let r = b
         .ok(
             "subscribe",
@@ -394,7 +267,7 @@ async fn recovered_false_when_history_is_gone_or_the_epoch_changed() {
     );
     assert!(r.get("publications").is_none(), "all or nothing");
     // An epoch that is not the stream's.
-    let mut c = Client::connected(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     let r = c
         .ok(
             "subscribe",
@@ -432,14 +305,14 @@ async fn slow_consumer_is_disconnected_while_fast_ones_get_everything() {
     let mut cfg = config();
     cfg.client.queue_bytes = 256 << 10;
     let s = start(cfg).await;
-    let mut fast = Client::connected(s.addr).await;
+    let mut fast = JsonClient::connected(s.addr).await;
     fast.ok("subscribe", json!({"channel": "chat:flood"})).await;
-    let mut slow = Client::connected(s.addr).await;
+    let mut slow = JsonClient::connected(s.addr).await;
     let epoch = slow.ok("subscribe", json!({"channel": "chat:flood"})).await["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut publisher = Client::connected(s.addr).await;
+    let mut publisher = JsonClient::connected(s.addr).await;
     // 20 MB: more than the kernel's socket buffers can absorb for a client that does not read.
     let text = "x".repeat(32 << 10);
     let n = 640u64;
@@ -463,7 +336,7 @@ async fn slow_consumer_is_disconnected_while_fast_ones_get_everything() {
     assert_eq!(close, Some(3008));
     // It reconnects and recovers what it missed (here: as if it had read all but the last five;
     // a reply must fit in the client's queue too).
-    let mut again = Client::connected(s.addr).await;
+    let mut again = JsonClient::connected(s.addr).await;
     let r = again
         .ok(
             "subscribe",
@@ -483,7 +356,7 @@ async fn slow_consumer_is_disconnected_while_fast_ones_get_everything() {
 #[tokio::test]
 async fn namespace_permissions_answer_the_documented_codes() {
     let s = start(config()).await;
-    let mut c = Client::connected(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     let code = |e: ErrorCode| u64::from(e.code());
     assert_eq!(
         c.error("subscribe", json!({"channel": "nowhere:x"})).await,
@@ -545,7 +418,7 @@ async fn channel_limit_per_connection() {
     let mut cfg = config();
     cfg.client.max_channels = 2;
     let s = start(cfg).await;
-    let mut c = Client::connected(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     c.ok("subscribe", json!({"channel": "live:1"})).await;
     c.ok("subscribe", json!({"channel": "live:2"})).await;
     assert_eq!(
@@ -557,7 +430,7 @@ async fn channel_limit_per_connection() {
 #[tokio::test]
 async fn bad_input_is_answered_and_never_disturbs_others() {
     let s = start(config()).await;
-    let mut bystander = Client::connected(s.addr).await;
+    let mut bystander = JsonClient::connected(s.addr).await;
     bystander
         .ok("subscribe", json!({"channel": "live:b"}))
         .await;
@@ -575,7 +448,7 @@ async fn bad_input_is_answered_and_never_disturbs_others() {
         "[]",
         deep.as_str(),
     ] {
-        let mut c = Client::connected(s.addr).await;
+        let mut c = JsonClient::connected(s.addr).await;
         c.send_raw(garbage).await;
         assert_eq!(
             c.disconnected().await,
@@ -584,18 +457,18 @@ async fn bad_input_is_answered_and_never_disturbs_others() {
         );
     }
     // A command before connect.
-    let mut c = Client::open(s.addr).await;
+    let mut c = JsonClient::open(s.addr).await;
     assert_eq!(
         c.error("subscribe", json!({"channel": "live:b"})).await,
         101
     );
     assert_eq!(c.disconnected().await.0, bad_request);
     // A binary frame.
-    let mut c = Client::connected(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     c.ws.send_frame(true, false, 2, b"\x00\x01", true).await;
     assert_eq!(c.disconnected().await.0, bad_request);
     // A token, with no verifier configured.
-    let mut c = Client::open(s.addr).await;
+    let mut c = JsonClient::open(s.addr).await;
     assert_eq!(c.error("connect", json!({"token": "x.y.z"})).await, 101);
     assert_eq!(c.disconnected().await.0, Some(3500));
     // The bystander still works.
@@ -608,7 +481,7 @@ async fn bad_input_is_answered_and_never_disturbs_others() {
 #[tokio::test]
 async fn shutdown_tells_clients_to_reconnect() {
     let s = start(config()).await;
-    let mut c = Client::connected(s.addr).await;
+    let mut c = JsonClient::connected(s.addr).await;
     s.handle.shutdown();
     let (push, close) = c.disconnected().await;
     assert_eq!((push, close), (Some(3001), Some(1001)));

@@ -3,9 +3,11 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use switchboard::{Config, Server, ShutdownHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -313,4 +315,134 @@ pub async fn api_call(
     let (_, resp) = request(api, &raw).await;
     let json = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
     (resp.status, json)
+}
+
+/// A client of the JSON protocol (docs/protocol.md) over the raw WebSocket client. Like a browser, it
+/// answers pings and close frames.
+pub struct JsonClient {
+    pub ws: RawClient,
+    next_id: u64,
+    /// Pushes received while waiting for a reply.
+    pub pushes: VecDeque<Value>,
+    /// The client id the server gave.
+    pub id: String,
+}
+
+impl JsonClient {
+    /// Opens `/connection/websocket` (offering `switchboard.json`) without connecting.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let (ws, resp) = handshake(
+            addr,
+            "/connection/websocket",
+            &[("Sec-WebSocket-Protocol", "switchboard.json")],
+        )
+        .await;
+        assert_eq!(resp.status, 101);
+        assert_eq!(
+            resp.header("sec-websocket-protocol"),
+            Some("switchboard.json")
+        );
+        Self {
+            ws,
+            next_id: 0,
+            pushes: VecDeque::new(),
+            id: String::new(),
+        }
+    }
+
+    /// Opens and sends `connect` with no token.
+    pub async fn connected(addr: SocketAddr) -> Self {
+        Self::connect_with(addr, json!({"name": "test", "version": "1"})).await
+    }
+
+    /// Opens and sends `connect` with `params`; panics unless it succeeds.
+    pub async fn connect_with(addr: SocketAddr, params: Value) -> Self {
+        let mut c = Self::open(addr).await;
+        let r = c.call("connect", params).await;
+        c.id = r["connect"]["client"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_owned();
+        c
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send_text(text).await;
+    }
+
+    /// The next JSON object from the server (a reply or a push), or `None` when the connection ends.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let f = self.ws.read_frame().await?;
+            // Like a browser: answer pings, and answer a close so the server can finish at once.
+            match f.opcode {
+                1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
+                8 => {
+                    self.ws.send_frame(true, false, 8, &f.payload, true).await;
+                    return Some(json!({"close": f.close_code()}));
+                }
+                9 => self.ws.send_frame(true, false, 10, &f.payload, true).await,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply; pushes seen meanwhile are kept.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send_raw(&json!({"id": id, method: params}).to_string())
+            .await;
+        loop {
+            let v = self.next().await.expect("reply");
+            if v["id"] == id {
+                return v;
+            }
+            assert!(v.get("id").is_none(), "reply to another command: {v}");
+            self.pushes.push_back(v);
+        }
+    }
+
+    pub async fn ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params).await;
+        assert!(r.get("error").is_none(), "{method}: {r}");
+        r[method].clone()
+    }
+
+    pub async fn error(&mut self, method: &str, params: Value) -> u64 {
+        let r = self.call(method, params).await;
+        r["error"]["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{method}: expected an error, got {r}"))
+    }
+
+    /// The next push (of a kind, skipping others' kinds).
+    pub async fn push(&mut self, kind: &str) -> Value {
+        loop {
+            let v = match self.pushes.pop_front() {
+                Some(v) => v,
+                None => self.next().await.expect("push"),
+            };
+            if let Some(body) = v.get(kind) {
+                return body.clone();
+            }
+        }
+    }
+
+    /// Reads until the connection ends; returns the disconnect push's code and the close code.
+    pub async fn disconnected(&mut self) -> (Option<u64>, Option<u64>) {
+        let (mut push, mut close) = (None, None);
+        while let Some(v) = match self.pushes.pop_front() {
+            Some(v) => Some(v),
+            None => self.next().await,
+        } {
+            if let Some(d) = v.get("disconnect") {
+                push = d["code"].as_u64();
+            }
+            if let Some(c) = v.get("close") {
+                close = c.as_u64();
+            }
+        }
+        (push, close)
+    }
 }
