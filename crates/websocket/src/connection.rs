@@ -266,11 +266,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     };
                     match done {
                         Poll::Ready(result) => {
-                            let State::Finishing(err) =
-                                std::mem::replace(&mut self.state, State::Closed)
-                            else {
-                                unreachable!("matched Finishing above");
+                            let err = match &mut self.state {
+                                State::Finishing(e) => e.take(),
+                                _ => None,
                             };
+                            self.state = State::Closed;
                             if let Err(e) = result {
                                 return Poll::Ready(Some(Err(err.unwrap_or(e.into()))));
                             }
