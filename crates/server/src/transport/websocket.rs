@@ -5,6 +5,7 @@
 //! tracked by the server's shutdown, which asks it to close with 1001 and waits for it to finish.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -84,8 +85,7 @@ pub async fn client_handler(
 pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Arc<Node>) {
     let mut client = node.client("websocket");
     let session = Arc::clone(client.session());
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let mut stop = ShutdownSignal::new(&shutdown);
     let end = loop {
         let event = std::future::poll_fn(|cx| {
             loop {
@@ -107,7 +107,7 @@ pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Ar
                         Poll::Pending => {}
                     }
                 }
-                if ws.is_open() && cancelled.as_mut().poll(cx).is_ready() {
+                if ws.is_open() && stop.poll(cx).is_ready() {
                     return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
                 }
                 return Poll::Pending;
@@ -171,29 +171,63 @@ pub async fn echo_handler(State(endpoint): State<Endpoint>, req: Request) -> Res
 /// Messages decoded from one read are all queued before the next `recv` writes them, so a pipelining
 /// client gets its echoes in one write rather than one per message.
 pub async fn echo(mut ws: WebSocket<Io>, shutdown: CancellationToken) {
-    // Created once: a fresh `cancelled()` per message would lock the token's waiter list every time.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let mut stop = ShutdownSignal::new(&shutdown);
     loop {
-        tokio::select! {
-            // Messages first: the shutdown signal is only polled when the socket has nothing ready,
-            // which keeps its cost (a lock on the token's waiter list) off the per-message path.
-            biased;
-            next = ws.recv() => match next {
-                Some(Ok(msg)) => {
-                    if ws.send(msg).is_err() {
-                        // Closing: keep polling so the close handshake completes.
-                        continue;
-                    }
-                }
-                Some(Err(e)) => {
-                    log_end(&e);
-                    return;
-                }
-                None => return,
-            },
-            () = &mut cancelled, if ws.is_open() => ws.close(CloseCode::GOING_AWAY, "server shutting down"),
+        let next = std::future::poll_fn(|cx| {
+            // Messages first; the shutdown signal only when the socket has nothing ready.
+            if let Poll::Ready(next) = ws.poll_recv(cx) {
+                return Poll::Ready(next);
+            }
+            if ws.is_open() && stop.poll(cx).is_ready() {
+                ws.close(CloseCode::GOING_AWAY, "server shutting down");
+                // Polling again sends the close frame and registers for the answer.
+                return ws.poll_recv(cx);
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Some(Ok(msg)) => {
+                // An error here means the connection is closing: keep polling so the close handshake
+                // completes.
+                let _ = ws.send(msg);
+            }
+            Some(Err(e)) => {
+                log_end(&e);
+                return;
+            }
+            None => return,
         }
+    }
+}
+
+/// The server's shutdown signal, cheap to check on every wake-up of a connection task.
+///
+/// Polling a `WaitForCancellationFuture` locks the token's waiter list every time, and every
+/// connection shares that lock: with ten thousand tasks woken per publication it was contended.
+/// This polls it once, to register the task's waker, and afterwards only reads the token's flag;
+/// cancelling the token still wakes the task through the registered waker.
+struct ShutdownSignal<'a> {
+    token: &'a CancellationToken,
+    wait: Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+    registered: bool,
+}
+
+impl<'a> ShutdownSignal<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Self {
+            token,
+            wait: Box::pin(token.cancelled()),
+            registered: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !self.token.is_cancelled() {
+            return Poll::Pending;
+        }
+        self.registered = true;
+        self.wait.as_mut().poll(cx)
     }
 }
 
