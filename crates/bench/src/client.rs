@@ -77,10 +77,22 @@ pub async fn handshake(
     path: &str,
     seed: u64,
 ) -> Result<Vec<u8>> {
+    handshake_with(stream, host, path, seed, "").await
+}
+
+/// [`handshake`] with extra request header lines (each ending in `\r\n`), e.g. a
+/// `Sec-WebSocket-Protocol` offer.
+pub async fn handshake_with(
+    stream: &mut TcpStream,
+    host: SocketAddr,
+    path: &str,
+    seed: u64,
+    extra_headers: &str,
+) -> Result<Vec<u8>> {
     let key = new_key(seed);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
 

@@ -8,9 +8,11 @@
 //! switchboard-bench tput --addr 127.0.0.1:9001 --path /echo --server-pid PID
 //! switchboard-bench idle --addr 127.0.0.1:9001 -n 10000 --server-pid PID
 //! switchboard-bench run --quick
+//! switchboard-bench fanout --quick
 //! ```
 
 mod client;
+mod fanout;
 mod idle;
 mod peers;
 mod procfs;
@@ -40,6 +42,11 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Run every server and test, pinned to separate cores, and print the comparison.
     Run(run::RunArgs),
+    /// Fan-out benchmark: switchboard, Nchan and Socket.IO side by side (many subscribers per
+    /// channel, many channels), pinned to separate cores.
+    Fanout(fanout::FanoutArgs),
+    /// The fan-out load generator: subscribers and a publisher against one running server.
+    FanoutLoad(fanout::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Cmd::Tput(args) => tput::main(args),
         Cmd::Idle(args) => idle::main(args),
         Cmd::Run(args) => run::main(args),
+        Cmd::Fanout(args) => fanout::main(args),
+        Cmd::FanoutLoad(args) => fanout::load::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
 /// Clock ticks per second of the times in `/proc/*/stat` (`USER_HZ`, 100 on every Linux
 /// architecture the tool runs on; `getconf CLK_TCK` prints it).
@@ -12,6 +12,12 @@ pub const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU time (user + system, all threads) used so far by process `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let (user, system) = cpu_ticks_split(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time (all threads) used so far by process `pid`, in clock ticks.
+pub fn cpu_ticks_split(pid: u32) -> Result<(u64, u64)> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may contain spaces; the fields after it are plain.
@@ -24,7 +30,7 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no field {n} in {path}"))
     };
-    Ok(field(14)? + field(15)?)
+    Ok((field(14)?, field(15)?))
 }
 
 /// Ticks all processes of the machine spent in user and system mode (all CPUs), from
@@ -40,6 +46,27 @@ pub fn machine_process_ticks() -> Result<u64> {
         .take(3)
         .filter_map(|v| v.parse::<u64>().ok())
         .sum())
+}
+
+/// Busy ticks of CPU `cpu` (user, nice, system, irq, softirq, steal: everything but idle and
+/// iowait), from `/proc/stat`. Unlike a process's own time, this includes the interrupt and softirq
+/// work the kernel does on that core, e.g. loopback TCP receive processing.
+pub fn cpu_busy_ticks(cpu: u32) -> Result<u64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    // Fields: user nice system idle iowait irq softirq steal ...
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ensure!(fields.len() == 8, "short {name} line in /proc/stat");
+    Ok(fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7])
 }
 
 /// Resident set size (`VmRSS`) of process `pid`, in KiB.
@@ -84,6 +111,12 @@ mod tests {
         assert!(open_fds(pid).expect("fds") >= 3);
         assert!(nofile_limit("self").expect("limit") > 0);
         cpu_ticks(pid).expect("cpu");
+        let (user, system) = cpu_ticks_split(pid).expect("cpu split");
+        assert!(
+            user + system <= cpu_ticks(pid).expect("cpu"),
+            "ticks only grow"
+        );
         machine_process_ticks().expect("busy");
+        cpu_busy_ticks(0).expect("cpu0");
     }
 }

@@ -45,7 +45,7 @@ fn opt(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
 
 /// `10000` → `10k`, `1500` → `1.5k`.
 fn short_count(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else if n >= 1000 {
         format!("{:.1}k", n as f64 / 1000.0)

@@ -297,7 +297,12 @@ pub fn main(args: &RunArgs) -> Result<()> {
     let table = report::tables(&results, &settings);
     println!("{table}");
     if let Some(out) = &args.out {
-        let doc = report::document(&results, &settings, &report::command_line());
+        let mut doc = report::document(&results, &settings, &report::command_line());
+        // Keep the fan-out section, which `switchboard-bench fanout` writes.
+        let old = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(section) = crate::fanout::report::find_section(&old) {
+            doc = crate::fanout::report::replace_section(&doc, section);
+        }
         std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
@@ -349,16 +354,18 @@ struct Ctx {
 }
 
 /// A running server process.
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    pid: u32,
-    addr: SocketAddr,
+    /// Its process id.
+    pub pid: u32,
+    /// Where it listens.
+    pub addr: SocketAddr,
     log: PathBuf,
 }
 
 impl Running {
     /// Fails if the server died during the test (a crash would otherwise look like a slow run).
-    fn check_alive(&mut self) -> Result<()> {
+    pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "server exited with {status} during the test; see {}",
@@ -368,21 +375,21 @@ impl Running {
         Ok(())
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
 }
 
 /// A load-generator child process and its stdout.
-struct Client {
+pub(crate) struct Client {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Client {
     /// Reads the one JSON report line the client prints.
-    async fn report<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T> {
+    pub async fn report<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T> {
         match timeout(limit, self.lines.next_line()).await {
             Ok(Ok(Some(line))) => {
                 serde_json::from_str(&line).with_context(|| format!("bad report `{line}`"))
@@ -396,7 +403,7 @@ impl Client {
         }
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -495,57 +502,12 @@ impl Ctx {
     async fn start(&self, server: &Server, test: &str) -> Result<Running> {
         let addr = free_addr()?;
         let log = self.log_dir.join(format!("{}-{test}.log", server.name()));
-        let file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = pinned(SERVER_CPU, &server.argv(&self.self_exe, addr))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {}", server.name()))?;
-        let pid = child.id().context("server has no pid")?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{} exited with {status} before listening; see {}",
-                    server.name(),
-                    log.display()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.start_kill();
-                bail!(
-                    "{} not accepting on {addr} after {START_TIMEOUT:?}; see {}",
-                    server.name(),
-                    log.display()
-                );
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Running {
-            child,
-            pid,
-            addr,
-            log,
-        })
+        start_pinned(server.name(), &server.argv(&self.self_exe, addr), addr, log).await
     }
 
     /// Starts a load-generator subcommand pinned to the client core.
     fn client(&self, args: Vec<String>) -> Result<Client> {
-        let mut argv: Vec<OsString> = vec![self.self_exe.clone().into()];
-        argv.extend(args.into_iter().map(OsString::from));
-        let mut child = pinned(CLIENT_CPU, &argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the load generator")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        Ok(Client {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        })
+        start_client(&self.self_exe, args)
     }
 
     /// The common client arguments for `server` at `addr`.
@@ -681,6 +643,66 @@ impl Ctx {
     }
 }
 
+/// Starts `argv` pinned to the server core, logging to `log`, and waits until it accepts
+/// connections on `addr`.
+pub(crate) async fn start_pinned(
+    name: &str,
+    argv: &[OsString],
+    addr: SocketAddr,
+    log: PathBuf,
+) -> Result<Running> {
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = pinned(SERVER_CPU, argv)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let pid = child.id().context("server has no pid")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{name} exited with {status} before listening; see {}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.start_kill();
+            bail!(
+                "{name} not accepting on {addr} after {START_TIMEOUT:?}; see {}",
+                log.display()
+            );
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Running {
+        child,
+        pid,
+        addr,
+        log,
+    })
+}
+
+/// Starts `self_exe ARGS` (a load-generator subcommand) pinned to the client core, its stdout
+/// piped for the report.
+pub(crate) fn start_client(self_exe: &Path, args: Vec<String>) -> Result<Client> {
+    let mut argv: Vec<OsString> = vec![self_exe.into()];
+    argv.extend(args.into_iter().map(OsString::from));
+    let mut child = pinned(CLIENT_CPU, &argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the load generator")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    Ok(Client {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    })
+}
+
 /// A command that raises the open-file limit, pins to `cpu` and execs `argv`.
 fn pinned(cpu: u32, argv: &[OsString]) -> Command {
     let mut command = Command::new("sh");
@@ -695,6 +717,6 @@ fn pinned(cpu: u32, argv: &[OsString]) -> Command {
 }
 
 /// A free port on 127.0.0.1 (bound to port 0, then released).
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }

@@ -117,20 +117,32 @@ struct Shared {
 }
 
 /// CPU counters at one instant.
-struct Snapshot {
-    at: Instant,
-    own: u64,
-    server: Option<u64>,
-    machine: u64,
+pub(crate) struct Snapshot {
+    /// When.
+    pub at: Instant,
+    /// This process's CPU ticks.
+    pub own: u64,
+    /// The server's CPU ticks.
+    pub server: Option<u64>,
+    /// Of those, the ticks in the kernel (system time).
+    pub server_system: Option<u64>,
+    /// User + system ticks of the whole machine.
+    pub machine: u64,
+    /// Busy ticks (softirq included) of CPU 0 and CPU 1, the server's and the client's cores.
+    pub cores: [u64; 2],
 }
 
 impl Snapshot {
-    fn take(server_pid: Option<u32>) -> Result<Self> {
+    /// Reads the counters now.
+    pub fn take(server_pid: Option<u32>) -> Result<Self> {
+        let split = server_pid.map(procfs::cpu_ticks_split).transpose()?;
         Ok(Self {
             at: Instant::now(),
             own: procfs::cpu_ticks(std::process::id())?,
-            server: server_pid.map(procfs::cpu_ticks).transpose()?,
+            server: split.map(|(user, system)| user + system),
+            server_system: split.map(|(_, system)| system),
             machine: procfs::machine_process_ticks()?,
+            cores: [procfs::cpu_busy_ticks(0)?, procfs::cpu_busy_ticks(1)?],
         })
     }
 }

@@ -19,11 +19,16 @@ pub fn default_dir() -> PathBuf {
 /// Runs `npm ci --prefix DIR` unless `DIR/node_modules/ws` exists. npm's chatter goes to stderr
 /// so it never mixes with a report on stdout.
 pub fn ensure_installed(dir: &Path) -> Result<()> {
+    ensure_package(dir, "ws")
+}
+
+/// Runs `npm ci --prefix DIR` unless `DIR/node_modules/PACKAGE` exists.
+pub fn ensure_package(dir: &Path, package: &str) -> Result<()> {
     // npm mistakes a path through a symlink for a linked package: give it the real one.
     let dir = &dir
         .canonicalize()
         .with_context(|| format!("no Node peer folder at {}", dir.display()))?;
-    if dir.join("node_modules").join("ws").is_dir() {
+    if dir.join("node_modules").join(package).is_dir() {
         return Ok(());
     }
     let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
