@@ -163,7 +163,7 @@ impl Client {
                 if let Some(m) = self.subs.remove(&channel) {
                     self.leave(&channel, m).await;
                 }
-                self.reply(id, "unsubscribe", &serde_json_empty());
+                self.reply(id, "unsubscribe", &serde_json::Map::new());
             }
             Method::Publish(req) => self.publish(id, req).await,
             Method::Presence(ChannelRequest { channel }) => {
@@ -624,9 +624,4 @@ impl Client {
     fn error(&self, id: u64, code: ErrorCode, message: &str) {
         self.session.push(text(encode::error(id, code, message)));
     }
-}
-
-/// `{}` as a reply body.
-fn serde_json_empty() -> std::collections::BTreeMap<String, u8> {
-    std::collections::BTreeMap::new()
 }
