@@ -26,7 +26,7 @@ fn med<T>(runs: &[T], figure: impl Fn(&T) -> Option<f64>) -> Option<f64> {
 }
 
 /// `1234567.8` → `1,234,568`.
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.abs());
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+pub use crate::report::thousands;
+
 use super::load::LoadReport;
 use super::wire::Kind;
 use super::{Outcome, Scenario, Settings};
@@ -19,19 +21,6 @@ const SATURATED: f64 = 90.0;
 /// Targets to check.
 const TARGET_RATIO: f64 = 3.0;
 const TARGET_P99_US: u64 = 10_000;
-
-/// `1234567.8` → `1,234,568`.
-pub fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if value < 0.0 { format!("-{out}") } else { out }
-}
 
 /// Microseconds as milliseconds with a precision that fits the size.
 pub fn ms(us: u64) -> String {
