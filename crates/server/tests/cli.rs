@@ -122,39 +122,37 @@ async fn environment_and_file_with_flags_on_top() {
     assert_eq!(wait_exit(&mut child), 0);
 }
 
+/// Runs the binary to completion: its exit code, stdout and stderr.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_name() {
     let dir = std::env::temp_dir().join(format!("switchboard-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[websocket]\nmax_mesage_size = 10\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["checkconfig", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run(&["checkconfig", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1));
     assert!(err.contains("max_mesage_size"), "{err}");
 
     let good = dir.join("good.toml");
     std::fs::write(&good, "[websocket]\nmax_message_size = 10\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["checkconfig", good.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = run(&["checkconfig", good.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{err}");
 
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("SWITCHBOARD_WEBSOCKET__PING_INTERVAL", "often")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SWITCHBOARD_WEBSOCKET__PING_INTERVAL", "often")],
+    );
+    assert_eq!(code, Some(1));
     assert!(
         err.to_lowercase().contains("websocket.ping_interval"),
         "{err}"
@@ -166,36 +164,20 @@ async fn genconfig_and_gentoken_give_a_working_setup() {
     let dir = std::env::temp_dir().join(format!("switchboard-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("generated.toml");
-    let out = Command::new(BIN).arg("genconfig").output().unwrap();
-    assert!(out.status.success());
-    std::fs::write(&file, &out.stdout).unwrap();
-    let check = Command::new(BIN)
-        .args(["checkconfig", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    let (code, config, _) = run(&["genconfig"], &[]);
+    assert_eq!(code, Some(0));
+    std::fs::write(&file, config).unwrap();
+    let path = file.to_str().unwrap();
+    let (code, _, err) = run(&["checkconfig", path], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, token, err) = run(
+        &[
+            "gentoken", "--config", path, "--user", "alice", "--ttl", "10m",
+        ],
+        &[],
     );
-    let out = Command::new(BIN)
-        .args([
-            "gentoken",
-            "--config",
-            file.to_str().unwrap(),
-            "--user",
-            "alice",
-            "--ttl",
-            "10m",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(code, Some(0), "{err}");
+    let token = token.trim().to_owned();
     let (mut child, addr) = spawn(
         &[
             "serve",
