@@ -5,22 +5,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde_json::value::RawValue;
 use switchboard_auth::TokenError;
-use switchboard_engine::{HistoryQuery, PresenceEvent};
+use switchboard_engine::{HistoryQuery, PresenceEvent, StreamOptions};
 use switchboard_protocol::encode::{
     self, ConnectResult, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
     RawJson, RefreshResult, SubscribeResult,
 };
 use switchboard_protocol::{
     ChannelRequest, ClientInfo, ConnectRequest, DecodeError, DisconnectCode, ErrorCode,
-    HistoryRequest, Method, Publication, PublishRequest, SubscribeRequest, UnsubscribeCode,
-    decode_command, lines,
+    HistoryRequest, Method, Payload, Publication, PublishRequest, RpcRequest, SubscribeRequest,
+    UnsubscribeCode, decode_command, lines,
 };
 
 use crate::hub::text;
 use crate::namespace::NamespaceOptions;
 use crate::node::Node;
+use crate::proxy::{self, ForwardedHeaders, Proxy, ProxyEvent, Refusal};
 use crate::session::{Control, Session};
+
+/// Seconds before asking the refresh or sub_refresh proxy again when it gave no usable answer: a
+/// backend outage must not disconnect everyone whose grant happens to expire during it.
+const PROXY_RETRY_SECS: u64 = 10;
 
 /// A client's protocol state, owned by its transport's task.
 #[derive(Debug)]
@@ -29,22 +38,34 @@ pub struct Client {
     session: Arc<Session>,
     info: Arc<ClientInfo>,
     transport: &'static str,
+    /// Handshake headers for proxy calls (only those the proxy configuration names).
+    headers: Option<ForwardedHeaders>,
     connected: bool,
     subs: HashMap<String, Membership>,
 }
 
-/// What leaving a channel involves.
+/// What leaving a channel involves, and when the subscription expires.
 #[derive(Debug, Clone, Copy)]
 struct Membership {
     presence: bool,
     join_leave: bool,
+    /// Unix seconds when the subscription expires (its token's `exp`, or the subscribe proxy's
+    /// `expire_at`); 0: never.
+    expires_at: u64,
+    /// Granted by the subscribe proxy: at expiry the sub_refresh proxy decides.
+    proxied: bool,
 }
 
 /// The outcome of one command: keep going, or disconnect with a code.
 type Flow = Result<(), DisconnectCode>;
 
 impl Client {
-    pub(crate) fn new(node: Arc<Node>, key: u64, transport: &'static str) -> Self {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        key: u64,
+        transport: &'static str,
+        headers: Option<ForwardedHeaders>,
+    ) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session::new(
             key,
@@ -60,6 +81,7 @@ impl Client {
                 info: None,
             }),
             transport,
+            headers,
             connected: false,
             subs: HashMap::new(),
         }
@@ -116,6 +138,8 @@ impl Client {
                         )));
                     }
                 }
+                Control::Refresh => self.refresh_by_proxy().await,
+                Control::SubscriptionsExpired => self.expire_subscriptions().await,
             }
         }
     }
@@ -158,14 +182,14 @@ impl Client {
         }
         match cmd.method {
             Method::Connect(req) => return self.connect(id, req).await,
-            Method::Subscribe(req) => self.subscribe(id, req).await,
+            Method::Subscribe(req) => return self.subscribe(id, req).await,
             Method::Unsubscribe(ChannelRequest { channel }) => {
                 if let Some(m) = self.subs.remove(&channel) {
                     self.leave(&channel, m).await;
                 }
                 self.reply(id, "unsubscribe", &serde_json::Map::new());
             }
-            Method::Publish(req) => self.publish(id, req).await,
+            Method::Publish(req) => return self.publish(id, req).await,
             Method::Presence(ChannelRequest { channel }) => {
                 if self.presence_allowed(id, &channel) {
                     match self.node.engine.presence(&channel).await {
@@ -190,9 +214,7 @@ impl Client {
                 }
             }
             Method::History(req) => self.history(id, req).await,
-            Method::Rpc(_) => {
-                self.error(id, ErrorCode::NotAvailable, "no RPC handler is configured")
-            }
+            Method::Rpc(req) => return self.rpc(id, req).await,
             Method::Refresh(req) => return self.refresh(id, &req.token),
         }
         Ok(())
@@ -205,39 +227,40 @@ impl Client {
         }
         let mut channels = Vec::new();
         let mut expires_at = None;
-        match (req.token.as_deref(), self.node.auth.as_ref()) {
-            (Some(token), Some(verifier)) => match verifier.connection(token) {
-                Ok(claims) => {
-                    self.info = Arc::new(ClientInfo {
-                        client: self.info.client.clone(),
-                        user: claims.user,
-                        info: claims.info,
-                    });
-                    channels = claims.channels;
-                    expires_at = claims.expires_at;
-                }
-                Err(TokenError::Expired) => {
-                    self.error(id, ErrorCode::TokenExpired, "connection token expired");
-                    return Err(DisconnectCode::Expired);
-                }
-                Err(e) => {
-                    self.error(id, ErrorCode::Unauthorized, &e.to_string());
-                    return Err(DisconnectCode::InvalidToken);
-                }
-            },
-            (Some(_), None) => {
-                self.error(
-                    id,
-                    ErrorCode::Unauthorized,
-                    "token verification is not configured",
-                );
-                return Err(DisconnectCode::InvalidToken);
-            }
-            (None, _) if self.node.config.client.allow_anonymous => {}
-            (None, _) => {
-                self.error(id, ErrorCode::Unauthorized, "a token is required");
-                return Err(DisconnectCode::InvalidToken);
-            }
+        let mut data = None;
+        let by_proxy = match req.token {
+            Some(_) => None,
+            None => self.proxy_for(ProxyEvent::Connect),
+        };
+        if let Some(proxy) = by_proxy {
+            let request = self.request(proxy::ConnectRequest {
+                name: req.name.as_deref(),
+                version: req.version.as_deref(),
+                data: req.data.as_ref(),
+            });
+            let granted: proxy::ConnectResult =
+                match proxy::call(&*proxy, ProxyEvent::Connect, &request, self.headers()).await {
+                    Ok(r) => r,
+                    Err(refusal) => return self.refuse_connect(id, refusal),
+                };
+            self.info = Arc::new(ClientInfo {
+                client: self.info.client.clone(),
+                user: granted.user,
+                info: granted.info,
+            });
+            channels = granted.channels;
+            expires_at = granted.expire_at;
+            data = granted.data.map(raw_json);
+            self.session
+                .set_refresh_by_proxy(self.proxy_for(ProxyEvent::Refresh).is_some());
+        } else if let Some(claims) = self.verify_connect_token(id, req.token.as_deref())? {
+            self.info = Arc::new(ClientInfo {
+                client: self.info.client.clone(),
+                user: claims.user,
+                info: claims.info,
+            });
+            channels = claims.channels;
+            expires_at = claims.expires_at;
         }
         self.connected = true;
         self.session.set_expires_at(expires_at);
@@ -278,6 +301,7 @@ impl Client {
                 subs,
                 expires: expires_at.is_some(),
                 ttl: expires_at.map(|at| at.saturating_sub(now)),
+                data,
             },
         );
         for (channel, after) in joined {
@@ -285,6 +309,58 @@ impl Client {
             self.announce(&channel).await;
         }
         Ok(())
+    }
+
+    /// Checks a connect's token (or its absence): `Ok(Some(claims))` for a verified token,
+    /// `Ok(None)` for an allowed anonymous connection.
+    fn verify_connect_token(
+        &self,
+        id: u64,
+        token: Option<&str>,
+    ) -> Result<Option<switchboard_auth::ConnectionClaims>, DisconnectCode> {
+        match (token, self.node.auth.as_ref()) {
+            (Some(token), Some(verifier)) => match verifier.connection(token) {
+                Ok(claims) => Ok(Some(claims)),
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorCode::TokenExpired, "connection token expired");
+                    Err(DisconnectCode::Expired)
+                }
+                Err(e) => {
+                    self.error(id, ErrorCode::Unauthorized, &e.to_string());
+                    Err(DisconnectCode::InvalidToken)
+                }
+            },
+            (Some(_), None) => {
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "token verification is not configured",
+                );
+                Err(DisconnectCode::InvalidToken)
+            }
+            (None, _) if self.node.config.client.allow_anonymous => Ok(None),
+            (None, _) => {
+                self.error(id, ErrorCode::Unauthorized, "a token is required");
+                Err(DisconnectCode::InvalidToken)
+            }
+        }
+    }
+
+    /// Answers a connect the connect proxy did not grant, and ends the connection: with 3503 when the
+    /// application refused (do not retry), 3004 when it could not answer (retry later).
+    fn refuse_connect(&self, id: u64, refusal: Refusal) -> Flow {
+        match refusal {
+            Refusal::Error { code, message } => {
+                self.session
+                    .push(text(encode::error_code(id, code, &message, false)));
+                Err(DisconnectCode::ForceDisconnect)
+            }
+            Refusal::Disconnect { reconnect } => Err(disconnect_code(reconnect)),
+            Refusal::Failed(code, message) => {
+                self.error(id, code, &message);
+                Err(DisconnectCode::Internal)
+            }
+        }
     }
 
     fn refresh(&mut self, id: u64, token: &str) -> Flow {
@@ -343,43 +419,91 @@ impl Client {
         }
     }
 
-    async fn subscribe(&mut self, id: u64, req: SubscribeRequest) {
+    async fn subscribe(&mut self, id: u64, req: SubscribeRequest) -> Flow {
         let channel = req.channel;
         let Some(ns) = self.namespace(id, &channel) else {
-            return;
+            return Ok(());
         };
-        if ns.private {
-            let checked = match (req.token.as_deref(), self.node.auth.as_ref()) {
-                (Some(token), Some(v)) => v.subscription(token, &channel, &self.info.user),
-                _ => {
-                    return self.error(
-                        id,
-                        ErrorCode::PermissionDenied,
-                        "private channel: a subscription token is required",
-                    );
-                }
-            };
-            match checked {
-                Ok(_) => {}
-                Err(TokenError::Expired) => {
-                    return self.error(id, ErrorCode::TokenExpired, "subscription token expired");
-                }
-                Err(e) => return self.error(id, ErrorCode::PermissionDenied, &e.to_string()),
-            }
-        }
         if self.subs.contains_key(&channel) {
-            return self.error(id, ErrorCode::AlreadySubscribed, "already subscribed");
+            self.error(id, ErrorCode::AlreadySubscribed, "already subscribed");
+            return Ok(());
         }
         if self.subs.len() >= self.node.config.client.max_channels {
-            return self.error(
+            self.error(
                 id,
                 ErrorCode::LimitExceeded,
                 "too many channels for one connection",
             );
+            return Ok(());
+        }
+        // Who grants it: a subscription token where one is given for a private channel, else the
+        // subscribe proxy where the namespace asks for it; private channels need one of the two.
+        let mut grant = Grant::default();
+        if ns.private && (req.token.is_some() || !ns.subscribe_proxy) {
+            let checked = match (req.token.as_deref(), self.node.auth.as_ref()) {
+                (Some(token), Some(v)) => v.subscription(token, &channel, &self.info.user),
+                _ => {
+                    self.error(
+                        id,
+                        ErrorCode::PermissionDenied,
+                        "private channel: a subscription token is required",
+                    );
+                    return Ok(());
+                }
+            };
+            match checked {
+                Ok(claims) => grant.expires_at = claims.expires_at,
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorCode::TokenExpired, "subscription token expired");
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.error(id, ErrorCode::PermissionDenied, &e.to_string());
+                    return Ok(());
+                }
+            }
+        } else if ns.subscribe_proxy {
+            let Some(proxy) = self.proxy_for(ProxyEvent::Subscribe) else {
+                self.error(
+                    id,
+                    ErrorCode::NotAvailable,
+                    "no subscribe handler is configured",
+                );
+                return Ok(());
+            };
+            let request = self.request(proxy::ChannelRequest {
+                channel: &channel,
+                data: req.data.as_ref(),
+            });
+            match proxy::call::<_, proxy::SubscribeResult>(
+                &*proxy,
+                ProxyEvent::Subscribe,
+                &request,
+                self.headers(),
+            )
+            .await
+            {
+                Ok(r) => {
+                    grant = Grant {
+                        expires_at: r.expire_at,
+                        proxied: true,
+                        data: r.data.map(raw_json),
+                    }
+                }
+                Err(refusal) => return self.refused(id, refusal),
+            }
         }
         let recover = req.recover.then(|| (req.epoch, req.offset.unwrap_or(0)));
         match self.join(&channel, &ns, recover).await {
-            Ok((result, after)) => {
+            Ok((mut result, after)) => {
+                result.data = grant.data;
+                if let Some(m) = self.subs.get_mut(&channel) {
+                    m.expires_at = grant.expires_at.unwrap_or(0);
+                    m.proxied = grant.proxied;
+                }
+                if grant.expires_at.is_some() {
+                    self.note_subscription_expiry();
+                }
                 self.session.complete_subscribe(
                     &channel,
                     Some(text(encode::reply(id, "subscribe", &result))),
@@ -389,6 +513,7 @@ impl Client {
             }
             Err((code, message)) => self.error(id, code, &message),
         }
+        Ok(())
     }
 
     /// Joins `channel`: registers with the hub (buffering live publications), reads the stream's
@@ -461,6 +586,8 @@ impl Client {
             Membership {
                 presence: ns.presence,
                 join_leave: ns.join_leave,
+                expires_at: 0,
+                proxied: false,
             },
         );
         Ok((result, after))
@@ -482,34 +609,244 @@ impl Client {
         }
     }
 
-    async fn publish(&mut self, id: u64, req: PublishRequest) {
+    async fn publish(&mut self, id: u64, req: PublishRequest) -> Flow {
         let Some(ns) = self.namespace(id, &req.channel) else {
-            return;
+            return Ok(());
         };
-        if !ns.allow_publish {
-            return self.error(
+        let mut payload = req.payload;
+        let mut stream = ns.stream();
+        if ns.publish_proxy {
+            let Some(proxy) = self.proxy_for(ProxyEvent::Publish) else {
+                self.error(
+                    id,
+                    ErrorCode::NotAvailable,
+                    "no publish handler is configured",
+                );
+                return Ok(());
+            };
+            let (data, b64data) = match &payload {
+                Payload::Json(json) => (serde_json::from_slice::<&RawValue>(json).ok(), None),
+                Payload::Binary(bytes) => (None, Some(BASE64.encode(bytes))),
+            };
+            let request = self.request(proxy::PublishRequest {
+                channel: &req.channel,
+                data,
+                b64data,
+            });
+            match proxy::call::<_, proxy::PublishResult>(
+                &*proxy,
+                ProxyEvent::Publish,
+                &request,
+                self.headers(),
+            )
+            .await
+            {
+                Ok(r) => {
+                    if let Some(data) = r.data {
+                        payload = Payload::Json(Bytes::from(data.get().to_owned()));
+                    } else if let Some(b64) = r.b64data {
+                        match BASE64.decode(b64) {
+                            Ok(bytes) => payload = Payload::Binary(Bytes::from(bytes)),
+                            Err(e) => {
+                                let message = format!(
+                                    "the application's publish handler answered invalid b64data: {e}"
+                                );
+                                self.error(id, ErrorCode::Internal, &message);
+                                return Ok(());
+                            }
+                        }
+                    }
+                    if r.skip_history {
+                        stream = StreamOptions::NONE;
+                    }
+                }
+                Err(refusal) => return self.refused(id, refusal),
+            }
+        } else if !ns.allow_publish {
+            self.error(
                 id,
                 ErrorCode::PermissionDenied,
                 "clients may not publish in this namespace",
             );
+            return Ok(());
         }
-        let mut publication = Publication::new(req.payload);
+        let mut publication = Publication::new(payload);
         publication.info = Some(Arc::clone(&self.info));
         match self
             .node
             .engine
-            .publish(&req.channel, publication, &ns.stream())
+            .publish(&req.channel, publication, &stream)
             .await
         {
             Ok(pos) => self.reply(
                 id,
                 "publish",
                 &PublishResult {
-                    epoch: ns.keeps_history().then_some(pos.epoch),
+                    epoch: stream.keeps_history().then_some(pos.epoch),
                     offset: pos.offset,
                 },
             ),
             Err(e) => self.error(id, ErrorCode::Internal, &e.to_string()),
+        }
+        Ok(())
+    }
+
+    async fn rpc(&mut self, id: u64, req: RpcRequest) -> Flow {
+        let Some(proxy) = self.proxy_for(ProxyEvent::Rpc) else {
+            self.error(id, ErrorCode::NotAvailable, "no RPC handler is configured");
+            return Ok(());
+        };
+        // The decoder checked `data` is JSON; `null` stands in should it ever not be.
+        let null = RawValue::NULL;
+        let data = serde_json::from_slice::<&RawValue>(&req.data).unwrap_or(null);
+        let request = self.request(proxy::RpcRequest {
+            method: &req.method,
+            data,
+        });
+        match proxy::call::<_, proxy::RpcResult>(&*proxy, ProxyEvent::Rpc, &request, self.headers())
+            .await
+        {
+            Ok(r) => {
+                let data = r
+                    .data
+                    .map_or_else(|| RawJson(Bytes::from_static(b"null")), raw_json);
+                self.reply(id, "rpc", &RpcReply { data });
+                Ok(())
+            }
+            Err(refusal) => self.refused(id, refusal),
+        }
+    }
+
+    /// The connection reached its expiry and was granted by the connect proxy: the refresh proxy
+    /// says whether it goes on.
+    async fn refresh_by_proxy(&mut self) {
+        let Some(proxy) = self.proxy_for(ProxyEvent::Refresh) else {
+            return self.session.disconnect(DisconnectCode::Expired);
+        };
+        let request = self.request(proxy::Empty {});
+        match proxy::call::<_, proxy::RefreshResult>(
+            &*proxy,
+            ProxyEvent::Refresh,
+            &request,
+            self.headers(),
+        )
+        .await
+        {
+            Ok(r) if r.expired => self.session.disconnect(DisconnectCode::Expired),
+            Ok(r) => self.session.set_expires_at(r.expire_at),
+            Err(Refusal::Error { .. }) => self.session.disconnect(DisconnectCode::Expired),
+            Err(Refusal::Disconnect { reconnect }) => {
+                self.session.disconnect(disconnect_code(reconnect))
+            }
+            Err(Refusal::Failed(..)) => self
+                .session
+                .set_expires_at(Some(switchboard_auth::now() + PROXY_RETRY_SECS)),
+        }
+    }
+
+    /// Some subscription reached its expiry: those granted by the subscribe proxy ask the
+    /// sub_refresh proxy; the others (subscription tokens) end with an `unsubscribe` push 2501, and
+    /// the client resubscribes with a fresh token, recovering what it missed.
+    async fn expire_subscriptions(&mut self) {
+        let now = switchboard_auth::now();
+        let expired: Vec<(String, Membership)> = self
+            .subs
+            .iter()
+            .filter(|(_, m)| m.expires_at != 0 && m.expires_at <= now)
+            .map(|(c, m)| (c.clone(), *m))
+            .collect();
+        for (channel, m) in expired {
+            let renewed = match self.proxy_for(ProxyEvent::SubRefresh).filter(|_| m.proxied) {
+                None => None,
+                Some(proxy) => {
+                    let request = self.request(proxy::ChannelRequest {
+                        channel: &channel,
+                        data: None,
+                    });
+                    match proxy::call::<_, proxy::RefreshResult>(
+                        &*proxy,
+                        ProxyEvent::SubRefresh,
+                        &request,
+                        self.headers(),
+                    )
+                    .await
+                    {
+                        Ok(r) if !r.expired => Some(r.expire_at.unwrap_or(0)),
+                        Ok(_) | Err(Refusal::Error { .. }) => None,
+                        Err(Refusal::Disconnect { reconnect }) => {
+                            return self.session.disconnect(disconnect_code(reconnect));
+                        }
+                        Err(Refusal::Failed(..)) => Some(now + PROXY_RETRY_SECS),
+                    }
+                }
+            };
+            match renewed {
+                Some(at) => {
+                    if let Some(m) = self.subs.get_mut(&channel) {
+                        m.expires_at = at;
+                    }
+                }
+                None => {
+                    self.subs.remove(&channel);
+                    self.leave(&channel, m).await;
+                    self.session.push(text(encode::unsubscribe_push(
+                        &channel,
+                        UnsubscribeCode::Expired,
+                    )));
+                }
+            }
+        }
+        self.note_subscription_expiry();
+    }
+
+    /// Tells the session when the earliest subscription expires, for the node's expiry sweep.
+    fn note_subscription_expiry(&self) {
+        let earliest = self
+            .subs
+            .values()
+            .map(|m| m.expires_at)
+            .filter(|&at| at != 0)
+            .min();
+        self.session.set_subscriptions_expire_at(earliest);
+    }
+
+    /// The proxy for `event`, when one is configured.
+    fn proxy_for(&self, event: ProxyEvent) -> Option<Arc<dyn Proxy>> {
+        self.node
+            .proxy
+            .as_ref()
+            .filter(|p| p.handles(event))
+            .map(Arc::clone)
+    }
+
+    /// A proxy request on behalf of this client.
+    fn request<T: serde::Serialize>(&self, event: T) -> proxy::Request<'_, T> {
+        proxy::Request {
+            client: &self.info.client,
+            transport: self.transport,
+            protocol: "json",
+            user: &self.info.user,
+            event,
+        }
+    }
+
+    fn headers(&self) -> &[(String, String)] {
+        self.headers.as_deref().unwrap_or(&[])
+    }
+
+    /// Answers a command the backend did not let through.
+    fn refused(&self, id: u64, refusal: Refusal) -> Flow {
+        match refusal {
+            Refusal::Error { code, message } => {
+                self.session
+                    .push(text(encode::error_code(id, code, &message, false)));
+                Ok(())
+            }
+            Refusal::Disconnect { reconnect } => Err(disconnect_code(reconnect)),
+            Refusal::Failed(code, message) => {
+                self.error(id, code, &message);
+                Ok(())
+            }
         }
     }
 
@@ -623,5 +960,35 @@ impl Client {
 
     fn error(&self, id: u64, code: ErrorCode, message: &str) {
         self.session.push(text(encode::error(id, code, message)));
+    }
+}
+
+/// What granted a subscription, besides the namespace.
+#[derive(Debug, Default)]
+struct Grant {
+    /// When it expires (`None`: never).
+    expires_at: Option<u64>,
+    /// Granted by the subscribe proxy.
+    proxied: bool,
+    /// Data from the subscribe proxy for the subscribe reply.
+    data: Option<RawJson>,
+}
+
+/// The result of `rpc`.
+#[derive(Debug, serde::Serialize)]
+struct RpcReply {
+    data: RawJson,
+}
+
+fn raw_json(raw: Box<RawValue>) -> RawJson {
+    RawJson(Bytes::from(String::from(Box::<str>::from(raw))))
+}
+
+/// The disconnect a backend's `disconnect` answer asks for.
+fn disconnect_code(reconnect: bool) -> DisconnectCode {
+    if reconnect {
+        DisconnectCode::Normal
+    } else {
+        DisconnectCode::ForceDisconnect
     }
 }

@@ -12,16 +12,19 @@
 //!    [`Session`] (`session.rs`), whose byte bound is the slow-consumer policy.
 //! 4. Each transport drains its session ([`Session::poll_drain`]) onto its wire.
 //!
-//! Namespaces (`namespace.rs`) say what each channel keeps and allows.
+//! Namespaces (`namespace.rs`) say what each channel keeps and allows; proxies (`proxy.rs`) let the
+//! application's backend decide on connects, subscriptions, publications and RPCs.
 
 mod client;
 mod hub;
 mod namespace;
 mod node;
+mod proxy;
 mod session;
 
 pub use client::Client;
 pub use hub::Hub;
 pub use namespace::{ChannelsConfig, NamespaceOptions};
 pub use node::{ClientConfig, Node, NodeConfig, NodeInfo, PublishError, PublishOptions};
+pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 pub use session::{Control, Session, Signal};

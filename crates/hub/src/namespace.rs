@@ -32,6 +32,12 @@ pub struct NamespaceOptions {
     pub allow_history: bool,
     /// Subscribing needs a subscription token (verified by the auth layer).
     pub private: bool,
+    /// Subscriptions (without a subscription token) are decided by the application's subscribe
+    /// proxy.
+    pub subscribe_proxy: bool,
+    /// Client publications are decided (and may be rewritten) by the application's publish proxy,
+    /// whatever `allow_publish` says.
+    pub publish_proxy: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -46,6 +52,8 @@ impl Default for NamespaceOptions {
             allow_publish: false,
             allow_history: false,
             private: false,
+            subscribe_proxy: false,
+            publish_proxy: false,
         }
     }
 }

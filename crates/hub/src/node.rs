@@ -18,6 +18,7 @@ use switchboard_protocol::{
 use crate::client::Client;
 use crate::hub::Hub;
 use crate::namespace::ChannelsConfig;
+use crate::proxy::{ForwardedHeaders, Proxy};
 use crate::session::{Control, Session};
 
 /// Settings of client connections, whatever their transport.
@@ -74,6 +75,8 @@ pub struct Node {
     pub(crate) config: NodeConfig,
     /// Verifies connection and subscription tokens; `None` when no key is configured.
     pub(crate) auth: Option<Verifier>,
+    /// Forwards client events to the application's backend; `None` when no proxy is configured.
+    pub(crate) proxy: Option<Arc<dyn Proxy>>,
     /// Connected clients by id, with their user: for token expiry and the server API.
     clients: Mutex<HashMap<String, (String, Arc<Session>)>>,
     /// Results of recent server publishes by idempotency key, with when they are forgotten.
@@ -132,11 +135,22 @@ impl Node {
     /// A node on `engine`, verifying tokens with `auth` (none: only anonymous connections, if
     /// allowed). The engine's publications are delivered to this node's hub from now on.
     pub fn new(engine: Arc<dyn Engine>, config: NodeConfig, auth: Option<Verifier>) -> Arc<Self> {
+        Self::with_proxy(engine, config, auth, None)
+    }
+
+    /// A node that also forwards client events to the application's backend through `proxy`.
+    pub fn with_proxy(
+        engine: Arc<dyn Engine>,
+        config: NodeConfig,
+        auth: Option<Verifier>,
+        proxy: Option<Arc<dyn Proxy>>,
+    ) -> Arc<Self> {
         let node = Arc::new(Self {
             engine,
             hub: Hub::default(),
             config,
             auth,
+            proxy,
             clients: Mutex::new(HashMap::new()),
             idempotency: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -149,8 +163,30 @@ impl Node {
 
     /// A new client session for a connection arriving over `transport`.
     pub fn client(self: &Arc<Self>, transport: &'static str) -> Client {
+        self.client_with(transport, None)
+    }
+
+    /// A new client session, with the handshake headers proxy calls forward (see
+    /// [`Node::forwarded_headers`]).
+    pub fn client_with(
+        self: &Arc<Self>,
+        transport: &'static str,
+        headers: Option<ForwardedHeaders>,
+    ) -> Client {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        Client::new(Arc::clone(self), key, transport)
+        Client::new(Arc::clone(self), key, transport, headers)
+    }
+
+    /// The handshake headers (name, value) a proxy wants forwarded, picked from `headers`; `None`
+    /// without a proxy, so connections carry nothing they do not need.
+    pub fn forwarded_headers<'a>(
+        &self,
+        headers: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Option<ForwardedHeaders> {
+        let proxy = self.proxy.as_ref()?;
+        let mut headers = headers;
+        let kept = proxy.forward(&mut headers);
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Publishes to `channel` on behalf of the server (no client, no permission checks).
@@ -283,15 +319,15 @@ impl Node {
     }
 
     /// Disconnects (code 3005, `expired`) every client whose token expired by `now` (Unix seconds)
-    /// without a `refresh`, and forgets idempotency keys past their window. The server calls this
+    /// without a `refresh` (or asks the refresh proxy, see [`crate::Proxy`]), has expired
+    /// subscriptions checked, and forgets idempotency keys past their window. The server calls this
     /// every second.
     pub fn expire_clients(&self, now: u64) -> usize {
         let clients = self.clients.lock();
-        let mut n = 0;
-        for (_, session) in clients.values().filter(|(_, s)| s.expired(now)) {
-            session.disconnect(DisconnectCode::Expired);
-            n += 1;
-        }
+        let n = clients
+            .values()
+            .filter(|(_, session)| session.check_expiry(now))
+            .count();
         drop(clients);
         let instant = Instant::now();
         self.idempotency

@@ -7,7 +7,7 @@
 //! message is lost without the client being told.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -23,6 +23,11 @@ pub struct Session {
     limit: usize,
     /// Unix seconds when the connection's token expires; 0: never. Read by the node's expiry sweep.
     expires_at: AtomicU64,
+    /// Unix seconds when the earliest expiring subscription expires; 0: none does.
+    sub_expires_at: AtomicU64,
+    /// The connection was granted by the connect proxy: at expiry ask the refresh proxy instead of
+    /// disconnecting.
+    refresh_by_proxy: AtomicBool,
     outbox: Mutex<Outbox>,
     waker: AtomicWaker,
 }
@@ -49,6 +54,10 @@ pub enum Control {
     Subscribe(String),
     /// Unsubscribe the client (an `unsubscribe` push with code 2000 tells it).
     Unsubscribe(String),
+    /// The connection reached its expiry and the refresh proxy decides whether it goes on.
+    Refresh,
+    /// Some subscription reached its expiry.
+    SubscriptionsExpired,
 }
 
 /// Why [`Session::poll_drain`] woke the transport besides queued frames.
@@ -68,6 +77,8 @@ impl Session {
             client,
             limit,
             expires_at: AtomicU64::new(0),
+            sub_expires_at: AtomicU64::new(0),
+            refresh_by_proxy: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
         }
@@ -87,6 +98,42 @@ impl Session {
     pub fn expired(&self, now: u64) -> bool {
         let at = self.expires_at.load(Ordering::Relaxed);
         at != 0 && now >= at
+    }
+
+    /// At expiry, ask the refresh proxy (connections the connect proxy granted) rather than
+    /// disconnecting.
+    pub fn set_refresh_by_proxy(&self, yes: bool) {
+        self.refresh_by_proxy.store(yes, Ordering::Relaxed);
+    }
+
+    /// Sets when the earliest expiring subscription expires (`None`: none does).
+    pub fn set_subscriptions_expire_at(&self, at: Option<u64>) {
+        self.sub_expires_at
+            .store(at.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The node's once-a-second expiry check: disconnects an expired connection (3005), or orders its
+    /// task to ask the refresh proxy; orders a check of expired subscriptions. The deadlines are
+    /// cleared when an order is queued, so the order is not repeated while the task works on it.
+    pub(crate) fn check_expiry(&self, now: u64) -> bool {
+        let mut acted = false;
+        if self.expired(now) {
+            acted = true;
+            if self.refresh_by_proxy.load(Ordering::Relaxed) {
+                self.expires_at.store(0, Ordering::Relaxed);
+                self.control(Control::Refresh);
+            } else {
+                self.disconnect(DisconnectCode::Expired);
+                return true;
+            }
+        }
+        let at = self.sub_expires_at.load(Ordering::Relaxed);
+        if at != 0 && now >= at {
+            acted = true;
+            self.sub_expires_at.store(0, Ordering::Relaxed);
+            self.control(Control::SubscriptionsExpired);
+        }
+        acted
     }
 
     /// A number unique to this session within the node (cheaper to hash than the client id).

@@ -174,17 +174,20 @@ pub enum UnsubscribeCode {
     Server,
     /// 2500: the server could not keep the stream complete; resubscribe with `recover`.
     InsufficientState,
+    /// 2501: the subscription's token or grant expired; resubscribe with a new token and `recover`.
+    Expired,
 }
 
 impl UnsubscribeCode {
     /// Every code, for documentation checks.
-    pub const ALL: [Self; 2] = [Self::Server, Self::InsufficientState];
+    pub const ALL: [Self; 3] = [Self::Server, Self::InsufficientState, Self::Expired];
 
     /// The number on the wire.
     pub fn code(self) -> u32 {
         match self {
             Self::Server => 2000,
             Self::InsufficientState => 2500,
+            Self::Expired => 2501,
         }
     }
 
@@ -193,6 +196,7 @@ impl UnsubscribeCode {
         match self {
             Self::Server => "server unsubscribe",
             Self::InsufficientState => "insufficient state",
+            Self::Expired => "subscription expired",
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct ConnectRequest {
     /// Client library version.
     #[serde(default)]
     pub version: Option<String>,
+    /// Data for the application's connect handler (the connect proxy), if any.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
 }
 
 /// `subscribe` parameters.
@@ -101,6 +104,9 @@ pub struct SubscribeRequest {
     /// With `recover`: the offset last seen.
     #[serde(default)]
     pub offset: Option<u64>,
+    /// Data for the application's subscribe handler (the subscribe proxy), if any.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Parameters naming one channel (`unsubscribe`, `presence`, `presence_stats`).
@@ -342,7 +348,8 @@ mod tests {
                 recover: true,
                 epoch: Some("e".into()),
                 offset: Some(3),
-                token: None
+                token: None,
+                data: None,
             })
         );
         let c =

@@ -32,6 +32,9 @@ pub struct ConnectResult {
     /// Seconds until it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// Data from the application's connect handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
 }
 
 /// Result of `subscribe` (and the body of a `subscribe` push).
@@ -52,6 +55,9 @@ pub struct SubscribeResult {
     /// Recovered publications, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publications: Vec<RawJson>,
+    /// Data from the application's subscribe handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
 }
 
 /// Result of `publish`.
@@ -134,14 +140,19 @@ pub fn reply<T: Serialize>(id: u64, method: &str, result: &T) -> Bytes {
 
 /// An error reply `{"id":N,"error":{"code":C,"message":"...","temporary":bool}}`.
 pub fn error(id: u64, code: ErrorCode, message: &str) -> Bytes {
+    error_code(id, code.code(), message, code.temporary())
+}
+
+/// An error reply with a code of the application (from a proxy's backend), not one of [`ErrorCode`].
+pub fn error_code(id: u64, code: u32, message: &str, temporary: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(96);
     out.put_slice(b"{\"id\":");
     out.put_slice(itoa(id).as_bytes());
     out.put_slice(b",\"error\":{\"code\":");
-    out.put_slice(itoa(u64::from(code.code())).as_bytes());
+    out.put_slice(itoa(u64::from(code)).as_bytes());
     out.put_slice(b",\"message\":");
     push_str(&mut out, message);
-    out.put_slice(if code.temporary() {
+    out.put_slice(if temporary {
         b",\"temporary\":true}}"
     } else {
         b",\"temporary\":false}}"

@@ -34,6 +34,8 @@ pub struct Config {
     pub auth: switchboard_auth::AuthConfig,
     /// The server HTTP API for backends (its own listener).
     pub api: switchboard_api::ApiConfig,
+    /// Client events forwarded to the application's backend (connect, rpc, ...).
+    pub proxy: switchboard_proxy::ProxyConfig,
     /// The conformance echo endpoint (off unless asked for).
     pub echo: EchoConfig,
     /// Graceful shutdown.
@@ -55,6 +57,7 @@ impl Default for Config {
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
             api: switchboard_api::ApiConfig::default(),
+            proxy: switchboard_proxy::ProxyConfig::default(),
             echo: EchoConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -233,6 +236,27 @@ impl Config {
         self.channels
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[channels] {e}")))?;
+        self.proxy
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let namespaces = std::iter::once(("(default)", &self.channels.default)).chain(
+            self.channels
+                .namespaces
+                .iter()
+                .map(|(k, v)| (k.as_str(), v)),
+        );
+        for (name, ns) in namespaces {
+            if ns.subscribe_proxy && self.proxy.subscribe.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[channels] namespace {name}: subscribe_proxy needs proxy.subscribe (a URL)"
+                )));
+            }
+            if ns.publish_proxy && self.proxy.publish.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[channels] namespace {name}: publish_proxy needs proxy.publish (a URL)"
+                )));
+            }
+        }
         if !self.websocket_path.starts_with('/') {
             return Err(ConfigError::Invalid(
                 "websocket_path must start with '/'".into(),

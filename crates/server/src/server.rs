@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
-use switchboard_hub::{Node, NodeConfig};
+use switchboard_hub::{Node, NodeConfig, Proxy};
 
 use crate::config::Config;
 use crate::transport::websocket::{self, Endpoint};
@@ -31,6 +31,9 @@ pub enum ServerError {
     /// A token key in `[auth]` cannot be loaded.
     #[error(transparent)]
     Auth(#[from] switchboard_auth::KeyError),
+    /// The proxy settings cannot work.
+    #[error(transparent)]
+    Proxy(#[from] switchboard_proxy::ConfigError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,7 +86,12 @@ impl Server {
         } else {
             None
         };
-        let node = Node::new(
+        let proxy = if config.proxy.enabled() {
+            Some(Arc::new(switchboard_proxy::HttpProxy::new(&config.proxy)?) as Arc<dyn Proxy>)
+        } else {
+            None
+        };
+        let node = Node::with_proxy(
             Arc::clone(&engine) as Arc<dyn Engine>,
             NodeConfig {
                 channels: config.channels.clone(),
@@ -92,6 +100,7 @@ impl Server {
                 idempotency_window: config.api.idempotency_window,
             },
             auth,
+            proxy,
         );
         tracker.spawn(housekeeping(engine, Arc::clone(&node), shutdown.clone()));
         let router = routes(&config, &node, &shutdown, &tracker);

@@ -234,3 +234,38 @@ async fn private_channels_need_a_subscription_token_for_that_channel_and_user() 
         .await;
     assert!(r.get("error").is_none(), "{r}");
 }
+
+#[tokio::test]
+async fn an_expiring_subscription_token_ends_the_subscription_with_2501() {
+    let s = start(config()).await;
+    let mut c = JsonClient::open(s.addr).await;
+    c.call(
+        "connect",
+        json!({"token": token(json!({"sub": "alice", "aud": "switchboard"}))}),
+    )
+    .await;
+    let short = token(
+        json!({"sub": "alice", "aud": "switchboard", "channel": "secret:plans", "exp": now() + 1}),
+    );
+    c.ok(
+        "subscribe",
+        json!({"channel": "secret:plans", "token": short}),
+    )
+    .await;
+    let u = tokio::time::timeout(Duration::from_secs(5), c.push("unsubscribe"))
+        .await
+        .expect("unsubscribed at expiry");
+    assert_eq!(
+        u,
+        json!({"channel": "secret:plans", "code": 2501, "reason": "subscription expired"})
+    );
+    // The connection stays, and a fresh token subscribes again.
+    let fresh = token(
+        json!({"sub": "alice", "aud": "switchboard", "channel": "secret:plans", "exp": now() + 600}),
+    );
+    c.ok(
+        "subscribe",
+        json!({"channel": "secret:plans", "token": fresh}),
+    )
+    .await;
+}

@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_hub::{Node, Signal};
+use switchboard_hub::{ForwardedHeaders, Node, Signal};
 use switchboard_protocol::{DisconnectCode, encode};
 use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
 use tokio_util::sync::CancellationToken;
@@ -75,15 +75,26 @@ pub async fn client_handler(
     State((endpoint, node)): State<(Endpoint, Arc<Node>)>,
     req: Request,
 ) -> Response {
+    // Only the headers a proxy asks for outlive the handshake (none without proxies).
+    let headers = node.forwarded_headers(
+        req.headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
     upgrade(&endpoint, req, move |ws, shutdown| {
-        client(ws, shutdown, node)
+        client(ws, shutdown, node, headers)
     })
 }
 
 /// Runs one client of the protocol in docs/protocol.md over WebSocket: text frames in go to the
 /// client's command handler; replies and pushes queued on its session go out, shared encodings and all.
-pub async fn client(mut ws: WebSocket<Io>, shutdown: CancellationToken, node: Arc<Node>) {
-    let mut client = node.client("websocket");
+pub async fn client(
+    mut ws: WebSocket<Io>,
+    shutdown: CancellationToken,
+    node: Arc<Node>,
+    headers: Option<ForwardedHeaders>,
+) {
+    let mut client = node.client_with("websocket", headers);
     let session = Arc::clone(client.session());
     let mut stop = ShutdownSignal::new(&shutdown);
     let end = loop {

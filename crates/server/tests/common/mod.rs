@@ -331,12 +331,14 @@ pub struct JsonClient {
 impl JsonClient {
     /// Opens `/connection/websocket` (offering `switchboard.json`) without connecting.
     pub async fn open(addr: SocketAddr) -> Self {
-        let (ws, resp) = handshake(
-            addr,
-            "/connection/websocket",
-            &[("Sec-WebSocket-Protocol", "switchboard.json")],
-        )
-        .await;
+        Self::open_with(addr, &[]).await
+    }
+
+    /// Opens with extra handshake headers (cookies, say).
+    pub async fn open_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Self {
+        let mut all = vec![("Sec-WebSocket-Protocol", "switchboard.json")];
+        all.extend_from_slice(headers);
+        let (ws, resp) = handshake(addr, "/connection/websocket", &all).await;
         assert_eq!(resp.status, 101);
         assert_eq!(
             resp.header("sec-websocket-protocol"),
