@@ -10,6 +10,8 @@ AUTOBAHN_VENV=${AUTOBAHN_VENV:-/tmp/autobahn-venv}
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v php >/dev/null || need_apt+=(php-cli)              # examples/php
+command -v redis-server >/dev/null || need_apt+=(redis-server) # the Redis engine's tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
