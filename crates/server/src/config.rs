@@ -22,6 +22,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The HTTP layer in front of every endpoint.
     pub http: HttpConfig,
+    /// TLS on the client listener (certificate reloaded on SIGHUP).
+    pub tls: crate::tls::TlsConfig,
     /// Client WebSocket endpoints: handshake policy, limits, keepalive, compression.
     pub websocket: switchboard_websocket::Config,
     /// Path of the client protocol's WebSocket endpoint.
@@ -48,6 +50,7 @@ impl Default for Config {
             listen: ListenAddr::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             websocket: switchboard_websocket::Config {
                 subprotocols: vec![switchboard_protocol::SUBPROTOCOL.to_owned()],
                 ..Default::default()
@@ -236,6 +239,7 @@ impl Config {
         self.channels
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[channels] {e}")))?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         self.proxy
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

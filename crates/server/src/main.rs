@@ -91,6 +91,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             wait_for_signal().await;
             handle.shutdown();
         });
+        tokio::spawn(reload_on_sighup(server.tls()));
         server.run().await;
         ExitCode::SUCCESS
     })
@@ -99,6 +100,25 @@ fn serve(args: &ServeArgs) -> ExitCode {
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("switchboard: {e}");
     ExitCode::FAILURE
+}
+
+/// On every SIGHUP, reloads the TLS certificate (connections already open keep theirs). Installing
+/// the handler also keeps SIGHUP from killing the process, its default action.
+async fn reload_on_sighup(tls: Option<switchboard::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; certificates reload only on restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP received: no TLS configured, nothing to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP received: TLS certificate reloaded"),
+                Err(e) => tracing::error!("SIGHUP received: {e}; keeping the previous certificate"),
+            },
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

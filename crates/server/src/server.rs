@@ -21,6 +21,9 @@ use tokio_util::task::TaskTracker;
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_hub::{Node, NodeConfig, Proxy};
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::Tls;
 
 use crate::config::Config;
 use crate::transport::websocket::{self, Endpoint};
@@ -31,6 +34,9 @@ pub enum ServerError {
     /// A token key in `[auth]` cannot be loaded.
     #[error(transparent)]
     Auth(#[from] switchboard_auth::KeyError),
+    /// The TLS certificate or key cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The proxy settings cannot work.
     #[error(transparent)]
     Proxy(#[from] switchboard_proxy::ConfigError),
@@ -52,6 +58,8 @@ pub struct Server {
     /// The server API's own listener and routes.
     api: (TcpListener, Router),
     config: Arc<Config>,
+    /// TLS on the client listener, when configured.
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -77,6 +85,11 @@ impl Server {
             addr: api_addr,
             source,
         })?;
+        let tls = if config.tls.enabled() {
+            Some(Tls::new(&config.tls)?)
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
@@ -118,9 +131,15 @@ impl Server {
             router,
             api,
             config,
+            tls,
             shutdown,
             tracker,
         })
+    }
+
+    /// The TLS side, whose [`Tls::reload`] the binary calls on SIGHUP; `None` without TLS.
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
     }
 
     /// The address actually bound.
@@ -147,6 +166,7 @@ impl Server {
             router,
             api,
             config,
+            tls,
             shutdown,
             tracker,
         } = self;
@@ -154,6 +174,7 @@ impl Server {
         let api_loop = accept_loop(
             api_listener,
             api_router,
+            None,
             Arc::clone(&config),
             shutdown.clone(),
             tracker.clone(),
@@ -161,6 +182,7 @@ impl Server {
         let client_loop = accept_loop(
             listener,
             router,
+            tls.map(|t| t.acceptor().clone()),
             Arc::clone(&config),
             shutdown.clone(),
             tracker.clone(),
@@ -187,6 +209,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    tls: Option<TlsAcceptor>,
     config: Arc<Config>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -195,7 +218,7 @@ async fn accept_loop(
         tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(stream, peer, &router, &config, &shutdown, &tracker),
+                Ok((stream, peer)) => serve_connection(stream, peer, &router, tls.as_ref(), &config, &shutdown, &tracker),
                 Err(e) => {
                     // Out of file descriptors or memory: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -254,6 +277,7 @@ fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: &Router,
+    tls: Option<&TlsAcceptor>,
     config: &Config,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
@@ -268,22 +292,54 @@ fn serve_connection(
         .max_buf_size(config.http.max_header_bytes.max(8192));
     let service = TowerToHyperService::new(router.clone());
     let shutdown = shutdown.clone();
+    let tls = tls.cloned();
+    // The TLS handshake counts against the same budget as the request head: a client that opens a
+    // socket and says nothing is dropped either way.
+    let handshake_timeout = config.http.header_read_timeout;
     tracker.spawn(async move {
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let result = match tls {
+            None => serve_http(&http, TokioIo::new(stream), service, &shutdown).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_http(&http, TokioIo::new(stream), service, &shutdown).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
             }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
         }
     });
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the server shuts down.
+async fn serve_http<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 /// Once a second: disconnects clients whose token expired without a refresh, and forgets expired
