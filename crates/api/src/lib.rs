@@ -42,6 +42,10 @@ pub struct ApiConfig {
     pub key: String,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// A request body must arrive within this time (408 beyond): a client trickling bytes does not
+    /// hold a task forever.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// How long a publish's `idempotency_key` is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
@@ -53,6 +57,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             key: String::new(),
             max_body_bytes: 1 << 20,
+            body_read_timeout: Duration::from_secs(10),
             idempotency_window: Duration::from_secs(300),
         }
     }
@@ -63,6 +68,7 @@ struct Api {
     node: Arc<Node>,
     key: Arc<str>,
     max_body: usize,
+    body_timeout: Duration,
 }
 
 /// The API's routes.
@@ -71,6 +77,7 @@ pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
         node,
         key: Arc::from(config.key.as_str()),
         max_body: config.max_body_bytes,
+        body_timeout: config.body_read_timeout,
     };
     Router::new()
         .route("/api/openapi.json", get(openapi))
@@ -148,9 +155,18 @@ async fn call(
         return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
             .into_response();
     }
-    let bytes: Bytes = match Limited::new(body, api.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let collect = Limited::new(body, api.max_body).collect();
+    let bytes: Bytes = match tokio::time::timeout(api.body_timeout, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
         Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!("request body not received within {:?}", api.body_timeout),
+            )
+            .into_response();
+        }
+        Ok(Err(_)) => {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::LimitExceeded,

@@ -42,6 +42,8 @@ pub struct Client {
     headers: Option<ForwardedHeaders>,
     connected: bool,
     subs: HashMap<String, Membership>,
+    /// Token bucket of `max_commands_per_second`: commands left, and when they were counted.
+    budget: (f64, std::time::Instant),
 }
 
 /// What leaving a channel involves, and when the subscription expires.
@@ -67,6 +69,7 @@ impl Client {
         headers: Option<ForwardedHeaders>,
     ) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
+        let burst = f64::from(node.config.client.max_commands_per_second) * 2.0;
         let session = Arc::new(Session::new(
             key,
             id.clone(),
@@ -82,6 +85,7 @@ impl Client {
             }),
             transport,
             headers,
+            budget: (burst, std::time::Instant::now()),
             connected: false,
             subs: HashMap::new(),
         }
@@ -176,6 +180,15 @@ impl Client {
             }
         };
         let id = cmd.id;
+        if !self.take_budget() {
+            let rate = self.node.config.client.max_commands_per_second;
+            self.error(
+                id,
+                ErrorCode::TooManyRequests,
+                &format!("over {rate} commands per second; slow down"),
+            );
+            return Ok(());
+        }
         if !self.connected && !matches!(cmd.method, Method::Connect(_)) {
             self.error(id, ErrorCode::Unauthorized, "connect first");
             return Err(DisconnectCode::BadRequest);
@@ -808,6 +821,23 @@ impl Client {
             .filter(|&at| at != 0)
             .min();
         self.session.set_subscriptions_expire_at(earliest);
+    }
+
+    /// Takes one command from the rate budget; `false` when it is spent.
+    fn take_budget(&mut self) -> bool {
+        let rate = f64::from(self.node.config.client.max_commands_per_second);
+        if rate == 0.0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let (tokens, at) = &mut self.budget;
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate * 2.0);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// The proxy for `event`, when one is configured.

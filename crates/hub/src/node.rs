@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub queue_bytes: usize,
     /// Most channels one connection may subscribe to.
     pub max_channels: usize,
+    /// Commands one connection may send per second (bursts of twice that pass); beyond it each
+    /// command is answered with error 111. 0: no limit.
+    pub max_commands_per_second: u32,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +43,7 @@ impl Default for ClientConfig {
             allow_anonymous: true,
             queue_bytes: 1 << 20,
             max_channels: 128,
+            max_commands_per_second: 0,
         }
     }
 }

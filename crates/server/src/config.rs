@@ -24,6 +24,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// TLS on the client listener (certificate reloaded on SIGHUP).
     pub tls: crate::tls::TlsConfig,
+    /// Limits on client connections: in total, per address, and how fast one address opens them.
+    pub limits: crate::limits::LimitsConfig,
     /// Client WebSocket endpoints: handshake policy, limits, keepalive, compression.
     pub websocket: switchboard_websocket::Config,
     /// Path of the client protocol's WebSocket endpoint.
@@ -51,6 +53,7 @@ impl Default for Config {
             log: LogConfig::default(),
             http: HttpConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             websocket: switchboard_websocket::Config {
                 subprotocols: vec![switchboard_protocol::SUBPROTOCOL.to_owned()],
                 ..Default::default()

@@ -6,6 +6,7 @@
 //! - [`server`]: the TCP listener, the HTTP/1.1 layer (hyper), routing, and graceful shutdown.
 //! - [`transport`]: one module per way a client connects; a connection enters the server there.
 //!   [`transport::websocket`] upgrades a request and runs the connection's task.
+//! - [`limits`]: client connections in total, per address, and per second from one address.
 //! - [`tls`]: rustls on the client listener, with the certificate reloaded on SIGHUP.
 //! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
 //! - [`cli`]: the `switchboard` command line.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod limits;
 pub mod logging;
 pub mod server;
 pub mod tls;

@@ -11,18 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::routing::any;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
 
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_hub::{Node, NodeConfig, Proxy};
 use tokio_rustls::TlsAcceptor;
 
+use crate::limits::Limits;
 use crate::tls::Tls;
 
 use crate::config::Config;
@@ -115,8 +118,14 @@ impl Server {
             auth,
             proxy,
         );
-        tracker.spawn(housekeeping(engine, Arc::clone(&node), shutdown.clone()));
-        let router = routes(&config, &node, &shutdown, &tracker);
+        let limits = Limits::new(config.limits.clone());
+        tracker.spawn(housekeeping(
+            engine,
+            Arc::clone(&node),
+            Arc::clone(&limits),
+            shutdown.clone(),
+        ));
+        let router = routes(&config, &node, &limits, &shutdown, &tracker);
         if config.api.key.is_empty() {
             tracing::warn!(
                 "[api] key is empty: the server API refuses every request until one is set"
@@ -247,6 +256,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 fn routes(
     config: &Config,
     node: &Arc<Node>,
+    limits: &Arc<Limits>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Router {
@@ -254,6 +264,7 @@ fn routes(
         config: Arc::new(config.websocket.clone()),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        limits: Some(Arc::clone(limits)),
     };
     let mut router = Router::new().route(
         &config.websocket_path,
@@ -264,6 +275,7 @@ fn routes(
             config: Arc::new(config.echo.websocket(&config.websocket)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            limits: None,
         };
         router = router.route(
             &config.echo.path,
@@ -290,7 +302,7 @@ fn serve_connection(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.http.header_read_timeout)
         .max_buf_size(config.http.max_header_bytes.max(8192));
-    let service = TowerToHyperService::new(router.clone());
+    let router = router.clone();
     let shutdown = shutdown.clone();
     let tls = tls.cloned();
     // The TLS handshake counts against the same budget as the request head: a client that opens a
@@ -298,11 +310,11 @@ fn serve_connection(
     let handshake_timeout = config.http.header_read_timeout;
     tracker.spawn(async move {
         let result = match tls {
-            None => serve_http(&http, TokioIo::new(stream), service, &shutdown).await,
+            None => serve_http(&http, TokioIo::new(stream), router, peer, &shutdown).await,
             Some(acceptor) => {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        serve_http(&http, TokioIo::new(stream), service, &shutdown).await
+                        serve_http(&http, TokioIo::new(stream), router, peer, &shutdown).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -325,12 +337,20 @@ fn serve_connection(
 async fn serve_http<I>(
     http: &hyper::server::conn::http1::Builder,
     io: I,
-    service: TowerToHyperService<Router>,
+    router: Router,
+    peer: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // Handlers learn the client's address (for limits, logs and proxies) from the request.
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        },
+    ));
     let conn = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -344,7 +364,12 @@ where
 
 /// Once a second: disconnects clients whose token expired without a refresh, and forgets expired
 /// channel streams of the in-memory engine.
-async fn housekeeping(engine: Arc<MemoryEngine>, node: Arc<Node>, shutdown: CancellationToken) {
+async fn housekeeping(
+    engine: Arc<MemoryEngine>,
+    node: Arc<Node>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -352,6 +377,7 @@ async fn housekeeping(engine: Arc<MemoryEngine>, node: Arc<Node>, shutdown: Canc
             _ = every.tick() => {
                 let expired = node.expire_clients(switchboard_auth::now());
                 let removed = engine.sweep();
+                limits.sweep();
                 if expired + removed > 0 {
                     tracing::debug!(expired, removed, "housekeeping");
                 }

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_hub::{ForwardedHeaders, Node, Signal};
+
+use crate::limits::Limits;
 use switchboard_protocol::{DisconnectCode, encode};
 use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,8 @@ pub struct Endpoint {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so that shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Connection limits; `None` for endpoints they do not apply to (the echo endpoint).
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// Upgrades `req` and runs `app` on the connection; answers the handshake error otherwise.
@@ -75,14 +79,26 @@ pub async fn client_handler(
     State((endpoint, node)): State<(Endpoint, Arc<Node>)>,
     req: Request,
 ) -> Response {
+    // Admitted before the handshake is even checked: a refused client costs no state.
+    let permit = match (&endpoint.limits, peer_ip(&req)) {
+        (Some(limits), Some(ip)) => match limits.admit(ip) {
+            Ok(p) => Some(p),
+            Err(refusal) => {
+                tracing::debug!(%ip, ?refusal, "connection refused by a limit");
+                return refusal.response();
+            }
+        },
+        _ => None,
+    };
     // Only the headers a proxy asks for outlive the handshake (none without proxies).
     let headers = node.forwarded_headers(
         req.headers()
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
     );
-    upgrade(&endpoint, req, move |ws, shutdown| {
-        client(ws, shutdown, node, headers)
+    upgrade(&endpoint, req, move |ws, shutdown| async move {
+        client(ws, shutdown, node, headers).await;
+        drop(permit);
     })
 }
 
@@ -163,6 +179,13 @@ pub async fn client(
         while let Some(Ok(_)) = ws.recv().await {}
     }
     client.close().await;
+}
+
+/// The client's address, as the listener saw it.
+pub fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// What woke a client's task.
