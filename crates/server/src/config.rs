@@ -26,6 +26,8 @@ pub struct Config {
     pub websocket: switchboard_websocket::Config,
     /// Path of the client protocol's WebSocket endpoint.
     pub websocket_path: String,
+    /// The HTTP fallback transports (SSE, long polling, ajax polling).
+    pub fallback: crate::transport::http::FallbackConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -51,6 +53,7 @@ impl Default for Config {
                 ..Default::default()
             },
             websocket_path: "/connection/websocket".into(),
+            fallback: crate::transport::http::FallbackConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
@@ -241,6 +244,9 @@ impl Config {
         self.websocket
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[websocket] {e}")))?;
+        self.fallback
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)
@@ -304,6 +310,34 @@ mod tests {
             .unwrap_or_else(|e| panic!("README example: {e}"));
         assert!(c.channels.namespaces["chat"].recover);
         assert_eq!(c.websocket_path, "/connection/websocket");
+        assert_eq!(
+            c.fallback,
+            crate::transport::http::FallbackConfig::default()
+        );
+    }
+
+    #[test]
+    fn fallback_settings_are_checked() {
+        let c = Config::from_toml(
+            "[fallback]\npoll_timeout = \"2s\"\nallowed_origins = [\"https://a.example\"]",
+        )
+        .unwrap();
+        assert_eq!(c.fallback.poll_timeout, Duration::from_secs(2));
+        for (bad, key) in [
+            ("path = \"connection\"", "path"),
+            ("session_timeout = \"0s\"", "session_timeout"),
+            ("allowed_origins = [\"a.example\"]", "allowed_origins"),
+            (
+                "allowed_origins = [\"*\"]\nallow_credentials = true",
+                "allow_credentials",
+            ),
+            ("poll_timeot = \"1s\"", "poll_timeot"),
+        ] {
+            let err = Config::from_toml(&format!("[fallback]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

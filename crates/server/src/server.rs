@@ -23,6 +23,7 @@ use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_hub::{Node, NodeConfig};
 
 use crate::config::Config;
+use crate::transport::http;
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -227,6 +228,10 @@ fn routes(
         &config.websocket_path,
         any(websocket::client_handler).with_state((clients, Arc::clone(node))),
     );
+    if config.fallback.enabled {
+        router = router.merge(http::router(config, node, shutdown, tracker));
+    }
+    router = router.merge(crate::demo::router());
     if config.echo.enabled {
         let echo = Endpoint {
             config: Arc::new(config.echo.websocket(&config.websocket)),
