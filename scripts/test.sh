@@ -58,4 +58,23 @@ step "fuzz smoke (${FUZZ_SECONDS}s per target)"
   done
 )
 
+# ---- JavaScript client and browser end-to-end tests (clients/js, tests/browser) ---------------------
+# Both start target/debug/switchboard themselves (built by the cargo test step above) on free ports.
+# Chromium is Debian's (/usr/bin/chromium); no test tool downloads a browser of its own.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "test: installing chromium (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+for dir in clients/js tests/browser; do
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+done
+
+step "JavaScript client: node tests over every transport"
+(cd clients/js && npm test)
+
+step "browser end-to-end tests: the chat demo in headless Chromium"
+tests/browser/run.sh
+
 step "all tests passed"

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Serve the conformance echo endpoint at /echo [config: echo.enabled].
     #[arg(long)]
     pub echo: bool,
+    /// Serve the chat demo at / with its `chat` namespace, anonymous clients welcome
+    /// [config: demo.enabled].
+    #[arg(long)]
+    pub demo: bool,
     /// Log filter, e.g. `info` or `switchboard=debug` [config: log.level].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -88,6 +92,9 @@ impl ServeArgs {
         }
         if self.echo {
             fig = fig.merge(Serialized::default("echo.enabled", true));
+        }
+        if self.demo {
+            fig = fig.merge(Serialized::default("demo.enabled", true));
         }
         if let Some(level) = &self.log_level {
             fig = fig.merge(Serialized::default("log.level", level));

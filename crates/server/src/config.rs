@@ -30,6 +30,8 @@ pub struct Config {
     pub websocket: switchboard_websocket::Config,
     /// Path of the client protocol's WebSocket endpoint.
     pub websocket_path: String,
+    /// The HTTP fallback transports (SSE, long polling, ajax polling).
+    pub fallback: crate::transport::http::FallbackConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -42,6 +44,8 @@ pub struct Config {
     pub proxy: switchboard_proxy::ProxyConfig,
     /// The conformance echo endpoint (off unless asked for).
     pub echo: EchoConfig,
+    /// The chat demo at `/` (off unless asked for).
+    pub demo: DemoConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
 }
@@ -59,12 +63,14 @@ impl Default for Config {
                 ..Default::default()
             },
             websocket_path: "/connection/websocket".into(),
+            fallback: crate::transport::http::FallbackConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
             api: switchboard_api::ApiConfig::default(),
             proxy: switchboard_proxy::ProxyConfig::default(),
             echo: EchoConfig::default(),
+            demo: DemoConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -176,6 +182,39 @@ impl EchoConfig {
     }
 }
 
+/// The chat demo (`--demo`): the page at `/` and, unless the configuration names one, a `chat`
+/// namespace for it (history with recovery, presence with join/leave, client publications). Meant for
+/// trying switchboard out: anyone who can reach the server may chat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo.
+    pub enabled: bool,
+}
+
+impl Config {
+    /// The configuration the server runs with: the demo's `chat` namespace added when the demo is on
+    /// and no `chat` namespace is configured.
+    pub fn effective(mut self) -> Self {
+        if self.demo.enabled && !self.channels.namespaces.contains_key("chat") {
+            self.channels.namespaces.insert(
+                "chat".into(),
+                switchboard_hub::NamespaceOptions {
+                    history_size: 100,
+                    history_ttl: Duration::from_secs(600),
+                    recover: true,
+                    presence: true,
+                    join_leave: true,
+                    allow_publish: true,
+                    allow_history: true,
+                    ..Default::default()
+                },
+            );
+        }
+        self
+    }
+}
+
 /// Graceful shutdown settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -272,6 +311,9 @@ impl Config {
         self.websocket
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[websocket] {e}")))?;
+        self.fallback
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)
@@ -335,6 +377,34 @@ mod tests {
             .unwrap_or_else(|e| panic!("README example: {e}"));
         assert!(c.channels.namespaces["chat"].recover);
         assert_eq!(c.websocket_path, "/connection/websocket");
+        assert_eq!(
+            c.fallback,
+            crate::transport::http::FallbackConfig::default()
+        );
+    }
+
+    #[test]
+    fn fallback_settings_are_checked() {
+        let c = Config::from_toml(
+            "[fallback]\npoll_timeout = \"2s\"\nallowed_origins = [\"https://a.example\"]",
+        )
+        .unwrap();
+        assert_eq!(c.fallback.poll_timeout, Duration::from_secs(2));
+        for (bad, key) in [
+            ("path = \"connection\"", "path"),
+            ("session_timeout = \"0s\"", "session_timeout"),
+            ("allowed_origins = [\"a.example\"]", "allowed_origins"),
+            (
+                "allowed_origins = [\"*\"]\nallow_credentials = true",
+                "allow_credentials",
+            ),
+            ("poll_timeot = \"1s\"", "poll_timeot"),
+        ] {
+            let err = Config::from_toml(&format!("[fallback]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

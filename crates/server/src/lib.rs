@@ -10,12 +10,14 @@
 //! - [`tls`]: rustls on the client listener, with the certificate reloaded on SIGHUP.
 //! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
 //! - [`cli`]: the `switchboard` command line.
+//! - [`demo`]: the chat demo page at `/`, with the JavaScript client of `clients/js`.
 //!
 //! The WebSocket protocol itself (framing, compression, keepalive, close) is the
 //! `switchboard-websocket` crate.
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod generate;
 pub mod limits;
 pub mod logging;

@@ -42,29 +42,39 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The HTTP answer: 503 or 429 with `Retry-After` and the reason.
+    /// 503 when the server is full, 429 when one address asks too much.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PerIp | Self::Rate => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Seconds to wait before trying again, for `Retry-After`.
+    pub fn retry_after(self) -> &'static str {
+        match self {
+            Self::Full | Self::PerIp => "5",
+            Self::Rate => "1",
+        }
+    }
+
+    /// The reason, one line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Full => "too many connections: this server is full, retry later\n",
+            Self::PerIp => "too many connections from your address\n",
+            Self::Rate => "connecting too fast from your address, retry later\n",
+        }
+    }
+
+    /// The HTTP answer: the status with `Retry-After` and the reason.
     pub fn response(self) -> Response {
-        let (status, retry, reason) = match self {
-            Self::Full => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "5",
-                "too many connections: this server is full, retry later\n",
-            ),
-            Self::PerIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "5",
-                "too many connections from your address\n",
-            ),
-            Self::Rate => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "1",
-                "connecting too fast from your address, retry later\n",
-            ),
-        };
-        let mut r = Response::new(Body::from(reason));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
+        let mut r = Response::new(Body::from(self.reason()));
+        *r.status_mut() = self.status();
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(self.retry_after()),
+        );
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -29,6 +29,7 @@ use crate::limits::Limits;
 use crate::tls::Tls;
 
 use crate::config::Config;
+use crate::transport::http;
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -81,6 +82,7 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the listener and builds the routes. Port 0 picks a free port; see [`Server::local_addr`].
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let config = config.effective();
         let addr = config.listen.0;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let api_addr = config.api.listen;
@@ -270,6 +272,12 @@ fn routes(
         &config.websocket_path,
         any(websocket::client_handler).with_state((clients, Arc::clone(node))),
     );
+    if config.fallback.enabled {
+        router = router.merge(http::router(config, node, limits, shutdown, tracker));
+    }
+    if config.demo.enabled {
+        router = router.merge(crate::demo::router());
+    }
     if config.echo.enabled {
         let echo = Endpoint {
             config: Arc::new(config.echo.websocket(&config.websocket)),

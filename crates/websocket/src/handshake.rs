@@ -173,6 +173,13 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether a request's `Origin` passes the policy `allowed` (as [`Config::allowed_origins`]
+/// describes it); requests without `Origin` pass. Other HTTP endpoints (the fallback transports'
+/// CORS) share the WebSocket handshake's policy through this.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    check_origin(headers, allowed).is_ok()
+}
+
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), HandshakeError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());

@@ -1,4 +1,11 @@
 //! The ways a client connects. Each transport turns its wire into messages for the application and
-//! back; today that is WebSocket, with SSE and HTTP polling to follow.
+//! back: WebSocket, and the HTTP fallbacks (SSE, long polling, ajax polling) for where WebSocket does
+//! not get through.
 
+mod cors;
+mod downstream;
+pub mod http;
+mod http_session;
+mod poll;
+mod sse;
 pub mod websocket;
