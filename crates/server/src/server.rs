@@ -20,9 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
+use switchboard_engine_redis::RedisEngine;
 use switchboard_hub::{Node, NodeConfig};
 
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -31,6 +32,9 @@ pub enum ServerError {
     /// A token key in `[auth]` cannot be loaded.
     #[error(transparent)]
     Auth(#[from] switchboard_auth::KeyError),
+    /// The Redis engine could not start.
+    #[error(transparent)]
+    Redis(#[from] switchboard_engine_redis::RedisError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -77,14 +81,24 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
-        let engine = Arc::new(MemoryEngine::new());
+        let (engine, memory): (Arc<dyn Engine>, _) = match config.engine.kind {
+            EngineKind::Memory => {
+                let memory = Arc::new(MemoryEngine::new());
+                (Arc::clone(&memory) as Arc<dyn Engine>, Some(memory))
+            }
+            EngineKind::Redis => {
+                let redis = RedisEngine::connect(config.engine.redis.clone()).await?;
+                tracing::info!(addresses = ?config.engine.redis.addresses, cluster = config.engine.redis.cluster, "engine: Redis");
+                (Arc::new(redis) as Arc<dyn Engine>, None)
+            }
+        };
         let auth = if config.auth.has_keys() {
             Some(Verifier::new(&config.auth)?)
         } else {
             None
         };
         let node = Node::new(
-            Arc::clone(&engine) as Arc<dyn Engine>,
+            engine,
             NodeConfig {
                 channels: config.channels.clone(),
                 client: config.client.clone(),
@@ -93,7 +107,7 @@ impl Server {
             },
             auth,
         );
-        tracker.spawn(housekeeping(engine, Arc::clone(&node), shutdown.clone()));
+        tracker.spawn(housekeeping(memory, Arc::clone(&node), shutdown.clone()));
         let router = routes(&config, &node, &shutdown, &tracker);
         if config.api.key.is_empty() {
             tracing::warn!(
@@ -278,15 +292,19 @@ fn serve_connection(
 }
 
 /// Once a second: disconnects clients whose token expired without a refresh, and forgets expired
-/// channel streams of the in-memory engine.
-async fn housekeeping(engine: Arc<MemoryEngine>, node: Arc<Node>, shutdown: CancellationToken) {
+/// channel streams of the in-memory engine (Redis expires its own).
+async fn housekeeping(
+    memory: Option<Arc<MemoryEngine>>,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {
                 let expired = node.expire_clients(switchboard_auth::now());
-                let removed = engine.sweep();
+                let removed = memory.as_ref().map_or(0, |m| m.sweep());
                 if expired + removed > 0 {
                     tracing::debug!(expired, removed, "housekeeping");
                 }
