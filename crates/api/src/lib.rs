@@ -80,9 +80,38 @@ pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
         body_timeout: config.body_read_timeout,
     };
     Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/api/openapi.json", get(openapi))
         .route("/api/{method}", post(call))
         .with_state(api)
+}
+
+/// Liveness: 200 whenever the process serves requests. Needs no key: it tells nothing.
+async fn health() -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
+        .into_response()
+}
+
+/// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis).
+/// Clients already connected stay; a load balancer should send new ones elsewhere meanwhile.
+async fn ready(State(api): State<Api>) -> Response {
+    if api.node.ready() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "engine unavailable"})),
+        )
+            .into_response()
+    }
 }
 
 async fn openapi() -> Response {

@@ -93,6 +93,10 @@ pub trait EngineHandler: Send + Sync {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str);
     /// A client joined or left `channel`.
     fn on_presence(&self, channel: &str, event: PresenceEvent, info: Arc<ClientInfo>);
+    /// Publications of `channel` may have been lost on their way to this node (the engine lost its
+    /// connection to the broker, or fell behind): the node's subscribers of `channel` must be told to
+    /// resubscribe with recovery, since nothing tells them otherwise that a hole opened.
+    fn on_stream_gap(&self, channel: &str);
 }
 
 /// Broker, history and presence for a switchboard node.
@@ -151,4 +155,34 @@ pub trait Engine: Send + Sync {
 
     /// How many are present in `channel`.
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+
+    /// Whether the engine can serve: false while a remote engine has lost its backing store (the
+    /// node then reports not ready, so load balancers send new clients elsewhere). In-process
+    /// engines are always ready.
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// True when [`Engine::publish_idempotent`] remembers idempotency keys itself, where every node
+    /// sees them; false (the default) when the node must remember them, in its own memory.
+    fn remembers_idempotency_keys(&self) -> bool {
+        false
+    }
+
+    /// Publishes like [`Engine::publish`], unless a publish to `channel` with the same `key`
+    /// succeeded within `window`: then publishes nothing and returns that publish's position.
+    ///
+    /// The default ignores the key and publishes: engines whose
+    /// [`Engine::remembers_idempotency_keys`] is false leave the keys to the node.
+    async fn publish_idempotent(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &StreamOptions,
+        key: &str,
+        window: Duration,
+    ) -> Result<StreamPosition, EngineError> {
+        let _ = (key, window);
+        self.publish(channel, publication, opts).await
+    }
 }

@@ -306,6 +306,7 @@ mod tests {
             self.0.lock().push((channel.to_owned(), p.offset));
         }
         fn on_presence(&self, _: &str, _: PresenceEvent, _: Arc<ClientInfo>) {}
+        fn on_stream_gap(&self, _: &str) {}
     }
 
     #[tokio::test]

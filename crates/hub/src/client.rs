@@ -968,7 +968,14 @@ impl Client {
 
     async fn unsubscribe_local(&self, channel: &str) {
         if self.node.hub.remove(channel, self.session.key()) {
-            let _ = self.node.engine.unsubscribe(channel).await;
+            let engine = &self.node.engine;
+            let _ = engine.unsubscribe(channel).await;
+            // Another client may have subscribed meanwhile, its engine subscribe racing ours: make
+            // sure the node still receives the channel. (A publication lost in between shows as a gap,
+            // which its subscribers recover from.)
+            if self.node.hub.subscriber_count(channel) > 0 {
+                let _ = engine.subscribe(channel).await;
+            }
         }
     }
 

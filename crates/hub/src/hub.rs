@@ -30,24 +30,54 @@ pub struct Hub {
 #[derive(Debug, Default)]
 struct Channel {
     subscribers: HashMap<u64, Arc<Session>>,
-    /// Epoch and offset of the last publication fanned out, to notice gaps. Publications of one
-    /// channel arrive one at a time (the engine guarantees it), so this lock is never contended; it
-    /// only lets the fan-out run under the shard's read lock.
-    position: Mutex<(String, u64)>,
+    /// Where the channel's stream stands for this node, to notice gaps. Publications of one channel
+    /// arrive one at a time (the engine guarantees it), so this lock is never contended; it only lets
+    /// the fan-out run under the shard's read lock.
+    position: Mutex<Position>,
+}
+
+#[derive(Debug, Default)]
+struct Position {
+    epoch: String,
+    /// The last offset fanned out, or, before the first, the lowest position a subscriber started
+    /// from.
+    offset: u64,
+    /// Whether a publication was fanned out yet.
+    delivered: bool,
+}
+
+/// What to do with a publication, given the channel's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The next one: fan it out.
+    Deliver,
+    /// Already at or behind the position: every subscriber has it or started after it. A remote
+    /// engine delivers asynchronously, so a publication can still be on its way when a subscriber
+    /// reads the stream's position.
+    Stale,
+    /// Publications are missing (or the epoch changed).
+    Gap,
 }
 
 impl Channel {
-    /// Moves the channel to `offset`; false when that skips publications or changes the epoch.
-    fn advance(&self, epoch: &str, offset: u64) -> bool {
+    /// Moves the channel to `offset` when it is the next one.
+    fn advance(&self, epoch: &str, offset: u64) -> Step {
         let mut pos = self.position.lock();
-        let continuous = pos.1 == 0 || (pos.0 == epoch && offset == pos.1 + 1);
-        if continuous {
-            if pos.0 != epoch {
-                pos.0 = epoch.to_owned();
+        let step = if pos.offset == 0 || (pos.epoch == epoch && offset == pos.offset + 1) {
+            Step::Deliver
+        } else if pos.epoch == epoch && offset <= pos.offset {
+            Step::Stale
+        } else {
+            Step::Gap
+        };
+        if step == Step::Deliver {
+            if pos.epoch != epoch {
+                pos.epoch = epoch.to_owned();
             }
-            pos.1 = offset;
+            pos.offset = offset;
+            pos.delivered = true;
         }
-        continuous
+        step
     }
 }
 
@@ -132,22 +162,37 @@ impl Hub {
             let Some(ch) = shard.get(channel) else {
                 return;
             };
-            if epoch.is_empty() || ch.advance(epoch, publication.offset) {
-                let frame = text(encode::pub_push(channel, publication));
-                for s in ch.subscribers.values() {
-                    s.deliver(channel, publication.offset, &frame);
+            let step = if epoch.is_empty() {
+                Step::Deliver
+            } else {
+                ch.advance(epoch, publication.offset)
+            };
+            match step {
+                Step::Deliver => {
+                    let frame = text(encode::pub_push(channel, publication));
+                    for s in ch.subscribers.values() {
+                        s.deliver(channel, publication.offset, &frame);
+                    }
+                    return;
                 }
-                return;
+                Step::Stale => return,
+                Step::Gap => {}
             }
         }
-        let Some(ch) = self.shard(channel).write().remove(channel) else {
-            return;
-        };
         tracing::warn!(
             channel,
             got = publication.offset,
             "gap in channel stream; subscribers must recover"
         );
+        self.gap(channel);
+    }
+
+    /// Unsubscribes every subscriber of `channel` with `insufficient state` (2500), which tells each
+    /// to resubscribe with recovery: publications may have been lost before they reached this node.
+    pub fn gap(&self, channel: &str) {
+        let Some(ch) = self.shard(channel).write().remove(channel) else {
+            return;
+        };
         let push = text(encode::unsubscribe_push(
             channel,
             UnsubscribeCode::InsufficientState,
@@ -169,13 +214,20 @@ impl Hub {
     }
 
     /// Records the position a new subscriber starts from, so that the first live publication it gets
-    /// is checked for continuity against it.
+    /// is checked for continuity against it. Until the first publication is fanned out, the lowest
+    /// such position is kept: every subscriber needs what follows it.
     pub fn note_position(&self, channel: &str, epoch: &str, offset: u64) {
         let shard = self.shard(channel).read();
         if let Some(ch) = shard.get(channel) {
             let mut pos = ch.position.lock();
-            if pos.1 == 0 || pos.0 != epoch {
-                *pos = (epoch.to_owned(), offset);
+            if pos.epoch != epoch {
+                *pos = Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                    delivered: false,
+                };
+            } else if !pos.delivered && (pos.offset == 0 || offset < pos.offset) {
+                pos.offset = offset;
             }
         }
     }
@@ -288,5 +340,33 @@ mod tests {
             Poll::Ready(None)
         ));
         assert_eq!(s.take_dropped(), ["ch"]);
+    }
+
+    #[test]
+    fn a_publication_still_on_its_way_is_not_a_gap() {
+        let hub = Hub::default();
+        let s = Arc::new(Session::new(1, "c".into(), 1 << 20));
+        let late = Arc::new(Session::new(2, "d".into(), 1 << 20));
+        hub.add("ch", Arc::clone(&s));
+        hub.add("ch", Arc::clone(&late));
+        // One subscriber read the stream at 3, another (concurrently) at 4, while 4 was on its way.
+        hub.note_position("ch", "e", 4);
+        hub.note_position("ch", "e", 3);
+        hub.broadcast("ch", &publication(4), "e");
+        hub.broadcast("ch", &publication(4), "e");
+        hub.broadcast("ch", &publication(5), "e");
+        assert_eq!(drain(&s).len(), 2, "4 and 5, once each");
+        assert!(s.take_dropped().is_empty());
+        assert_eq!(hub.subscriber_count("ch"), 2);
+    }
+
+    #[test]
+    fn a_reported_gap_unsubscribes_every_subscriber() {
+        let hub = Hub::default();
+        let s = Arc::new(Session::new(1, "c".into(), 1 << 20));
+        hub.add("ch", Arc::clone(&s));
+        hub.gap("ch");
+        assert_eq!(s.take_dropped(), ["ch"]);
+        assert_eq!(hub.subscriber_count("ch"), 0);
     }
 }

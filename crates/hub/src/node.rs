@@ -215,16 +215,6 @@ impl Node {
             .channels
             .resolve(channel)
             .map_err(PublishError::Channel)?;
-        let key = opts
-            .idempotency_key
-            .as_ref()
-            .map(|k| format!("{channel}\u{0}{k}"));
-        if let Some(key) = &key
-            && let Some((pos, until)) = self.idempotency.lock().get(key)
-            && *until > Instant::now()
-        {
-            return Ok(pos.clone());
-        }
         let stream = if opts.skip_history {
             StreamOptions::NONE
         } else {
@@ -232,11 +222,26 @@ impl Node {
         };
         let mut publication = Publication::new(payload);
         publication.tags = opts.tags.clone();
-        let pos = self.engine.publish(channel, publication, &stream).await?;
-        if let Some(key) = key {
-            let until = Instant::now() + self.config.idempotency_window;
-            self.idempotency.lock().insert(key, (pos.clone(), until));
+        let Some(key) = opts.idempotency_key.as_deref() else {
+            return Ok(self.engine.publish(channel, publication, &stream).await?);
+        };
+        if self.engine.remembers_idempotency_keys() {
+            // Kept where every node sees them: a retry that reaches another node is still caught.
+            let window = self.config.idempotency_window;
+            return Ok(self
+                .engine
+                .publish_idempotent(channel, publication, &stream, key, window)
+                .await?);
         }
+        let key = format!("{channel}\u{0}{key}");
+        if let Some((pos, until)) = self.idempotency.lock().get(&key)
+            && *until > Instant::now()
+        {
+            return Ok(pos.clone());
+        }
+        let pos = self.engine.publish(channel, publication, &stream).await?;
+        let until = Instant::now() + self.config.idempotency_window;
+        self.idempotency.lock().insert(key, (pos.clone(), until));
         Ok(pos)
     }
 
@@ -284,6 +289,11 @@ impl Node {
             }
         }
         n
+    }
+
+    /// Whether the node can serve new work: its engine reaches its backing store.
+    pub fn ready(&self) -> bool {
+        self.engine.ready()
     }
 
     /// The engine, for reads the API passes through (presence, history).
@@ -375,6 +385,16 @@ impl EngineHandler for Delivery {
     fn on_presence(&self, channel: &str, event: PresenceEvent, info: Arc<ClientInfo>) {
         if let Some(node) = self.0.upgrade() {
             node.hub.presence_event(channel, event, &info);
+        }
+    }
+
+    fn on_stream_gap(&self, channel: &str) {
+        if let Some(node) = self.0.upgrade() {
+            tracing::warn!(
+                channel,
+                "engine reports publications may be lost; subscribers must recover"
+            );
+            node.hub.gap(channel);
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Where channels, history and presence live: this process only, or Redis (several nodes).
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             echo: EchoConfig::default(),
             demo: DemoConfig::default(),
             shutdown: ShutdownConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -232,6 +235,29 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The `[engine]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Which engine: `memory` (one node, nothing to install) or `redis` (several nodes share
+    /// channels through Redis; see `[engine.redis]`).
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+    /// Settings of the Redis engine (used when `type = "redis"`).
+    pub redis: switchboard_engine_redis::RedisConfig,
+}
+
+/// The engine's kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// Redis: several nodes.
+    Redis,
+}
+
 /// A configuration that could not be loaded, with the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -314,6 +340,12 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        if self.engine.kind == EngineKind::Redis {
+            self.engine
+                .redis
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)
@@ -405,6 +437,37 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_engine_is_memory_unless_redis_is_asked_for() {
+        assert_eq!(Config::default().engine.kind, EngineKind::Memory);
+        let c = Config::from_toml(
+            r#"
+            [engine]
+            type = "redis"
+            [engine.redis]
+            addresses = ["redis://10.0.0.1:6379", "10.0.0.2:6380"]
+            prefix = "prod"
+            presence_ttl = "30s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Redis);
+        assert_eq!(c.engine.redis.addresses.len(), 2);
+        assert_eq!(c.engine.redis.presence_ttl, Duration::from_secs(30));
+        let err = Config::from_toml("[engine]\ntype = \"mongo\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("type"), "{err}");
+        let err = Config::from_toml("[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("addresses"), "{err}");
+        let err = Config::from_toml("[engine.redis]\nadresses = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adresses"), "{err}");
     }
 
     #[test]

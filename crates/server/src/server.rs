@@ -22,13 +22,13 @@ use tower::ServiceExt as _;
 
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
+use switchboard_engine_redis::RedisEngine;
 use switchboard_hub::{Node, NodeConfig, Proxy};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::{Config, EngineKind};
 use crate::limits::Limits;
 use crate::tls::Tls;
-
-use crate::config::Config;
 use crate::transport::http;
 use crate::transport::websocket::{self, Endpoint};
 
@@ -44,6 +44,9 @@ pub enum ServerError {
     /// The proxy settings cannot work.
     #[error(transparent)]
     Proxy(#[from] switchboard_proxy::ConfigError),
+    /// The Redis engine could not start.
+    #[error(transparent)]
+    Redis(#[from] switchboard_engine_redis::RedisError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,7 +101,17 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(config);
-        let engine = Arc::new(MemoryEngine::new());
+        let (engine, memory): (Arc<dyn Engine>, _) = match config.engine.kind {
+            EngineKind::Memory => {
+                let memory = Arc::new(MemoryEngine::new());
+                (Arc::clone(&memory) as Arc<dyn Engine>, Some(memory))
+            }
+            EngineKind::Redis => {
+                let redis = RedisEngine::connect(config.engine.redis.clone()).await?;
+                tracing::info!(addresses = ?config.engine.redis.addresses, cluster = config.engine.redis.cluster, "engine: Redis");
+                (Arc::new(redis) as Arc<dyn Engine>, None)
+            }
+        };
         let auth = if config.auth.has_keys() {
             Some(Verifier::new(&config.auth)?)
         } else {
@@ -110,7 +123,7 @@ impl Server {
             None
         };
         let node = Node::with_proxy(
-            Arc::clone(&engine) as Arc<dyn Engine>,
+            engine,
             NodeConfig {
                 channels: config.channels.clone(),
                 client: config.client.clone(),
@@ -122,7 +135,7 @@ impl Server {
         );
         let limits = Limits::new(config.limits.clone());
         tracker.spawn(housekeeping(
-            engine,
+            memory,
             Arc::clone(&node),
             Arc::clone(&limits),
             shutdown.clone(),
@@ -371,9 +384,9 @@ where
 }
 
 /// Once a second: disconnects clients whose token expired without a refresh, and forgets expired
-/// channel streams of the in-memory engine.
+/// channel streams of the in-memory engine (Redis expires its own).
 async fn housekeeping(
-    engine: Arc<MemoryEngine>,
+    memory: Option<Arc<MemoryEngine>>,
     node: Arc<Node>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
@@ -384,7 +397,7 @@ async fn housekeeping(
             () = shutdown.cancelled() => return,
             _ = every.tick() => {
                 let expired = node.expire_clients(switchboard_auth::now());
-                let removed = engine.sweep();
+                let removed = memory.as_ref().map_or(0, |m| m.sweep());
                 limits.sweep();
                 if expired + removed > 0 {
                     tracing::debug!(expired, removed, "housekeeping");

@@ -1,0 +1,191 @@
+//! Pub/sub between nodes: each node subscribes, on the Redis instance that holds a channel, to the
+//! channel's pub/sub channel while it has local subscribers, and hands what arrives to the node in
+//! the order Redis sent it (one connection and one task per instance, so offsets stay in order).
+//!
+//! Pub/sub is fire-and-forget: what is published while a node's subscriber connection is down never
+//! reaches it. So after every reconnect the node subscribes again to all its channels and, once that
+//! is done, reports each of them as a possible gap; the node then tells their subscribers to
+//! resubscribe with recovery (2500), and history fills the hole.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Message as RedisMessage;
+use switchboard_engine::{EngineError, PresenceEvent};
+use switchboard_protocol::ClientInfo;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+use crate::codec::{self, Message};
+use crate::{Inner, Shard};
+
+/// Channels per SUBSCRIBE command when resubscribing everything.
+const RESUBSCRIBE_BATCH: usize = 256;
+
+/// Subscribes this node to `channel`. Returns once Redis confirmed: from then on every publication
+/// reaches the node.
+pub(crate) async fn subscribe(inner: &Inner, channel: &str) -> Result<(), EngineError> {
+    let shard = inner.shard(channel);
+    if !shard.subscriber.is_connected() {
+        return Err(EngineError::Unavailable(format!(
+            "Redis at {} is not connected",
+            shard.address
+        )));
+    }
+    // Recorded first: a reconnect racing this call then resubscribes it too.
+    shard.channels.lock().insert(channel.to_owned());
+    let name = inner.keys.pubsub(channel);
+    let result = if inner.config.cluster {
+        shard.subscriber.ssubscribe(name).await
+    } else {
+        shard.subscriber.subscribe(name).await
+    };
+    result.map_err(|e| {
+        shard.channels.lock().remove(channel);
+        shard.error(&e)
+    })
+}
+
+/// Unsubscribes this node from `channel`.
+pub(crate) async fn unsubscribe(inner: &Inner, channel: &str) -> Result<(), EngineError> {
+    let shard = inner.shard(channel);
+    shard.channels.lock().remove(channel);
+    if !shard.subscriber.is_connected() {
+        // The connection is gone, and the subscription with it; the reconnect will not restore it.
+        return Ok(());
+    }
+    let name = inner.keys.pubsub(channel);
+    let result = if inner.config.cluster {
+        shard.subscriber.sunsubscribe(name).await
+    } else {
+        shard.subscriber.unsubscribe(name).await
+    };
+    result.map_err(|e| shard.error(&e))
+}
+
+/// Sends a join or leave to every node subscribed to `channel`.
+pub(crate) async fn publish_presence_event(
+    inner: &Inner,
+    channel: &str,
+    event: PresenceEvent,
+    info: &ClientInfo,
+) -> Result<(), EngineError> {
+    let shard = inner.shard(channel);
+    let msg =
+        codec::encode_presence(event, info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let name = inner.keys.pubsub(channel);
+    let client = shard.commands()?;
+    let result: Result<i64, _> = if inner.config.cluster {
+        client.spublish(name, msg).await
+    } else {
+        client.publish(name, msg).await
+    };
+    result.map(drop).map_err(|e| shard.error(&e))
+}
+
+/// Hands every message of shard `index` to the node, in arrival order. Runs until the engine stops.
+pub(crate) async fn receive(inner: Arc<Inner>, index: usize, mut messages: Receiver<RedisMessage>) {
+    loop {
+        match messages.recv().await {
+            Ok(m) => deliver(&inner, m),
+            Err(RecvError::Lagged(n)) => {
+                // Messages were dropped between the connection and this task: any channel may
+                // have lost publications.
+                tracing::warn!(
+                    shard = %inner.shards[index].address,
+                    lost = n,
+                    "Redis pub/sub reader fell behind; every channel of this shard must recover"
+                );
+                report_gaps(&inner, &inner.shards[index]);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+fn deliver(inner: &Inner, m: RedisMessage) {
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    let Some(channel) = inner.keys.channel_of(&m.channel) else {
+        return;
+    };
+    let Some(bytes) = m.value.into_bytes() else {
+        tracing::warn!(channel, "pub/sub message that is not a string; ignored");
+        return;
+    };
+    match codec::decode_message(&bytes) {
+        Ok(Message::Publication(p, epoch)) => handler.on_publication(channel, Arc::new(p), &epoch),
+        Ok(Message::Presence(event, info)) => handler.on_presence(channel, event, Arc::new(info)),
+        Err(e) => {
+            // Perhaps a publication we cannot read: its subscribers must not silently miss it.
+            tracing::warn!(channel, error = %e, "unreadable pub/sub message");
+            handler.on_stream_gap(channel);
+        }
+    }
+}
+
+/// After each (re)connect of shard `index`'s subscriber: subscribe again to every channel, then
+/// report each as a possible gap. Runs until the engine stops.
+pub(crate) async fn resubscribe_on_reconnect(
+    inner: Arc<Inner>,
+    index: usize,
+    mut reconnects: Receiver<Server>,
+) {
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        let shard = &inner.shards[index];
+        shard.resyncing.store(true, Ordering::Release);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match resubscribe_all(&inner, shard).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(shard = %shard.address, channels = n, "Redis is back: resubscribed; subscribers recover");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %shard.address, error = %e, ?delay, "resubscribing after a Redis reconnect failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        shard.resyncing.store(false, Ordering::Release);
+    }
+}
+
+/// Subscribes again to every channel of `shard`, then reports each as a gap. The number of channels.
+async fn resubscribe_all(inner: &Inner, shard: &Shard) -> Result<usize, fred::error::Error> {
+    let channels: Vec<String> = shard.channels.lock().iter().cloned().collect();
+    for batch in channels.chunks(RESUBSCRIBE_BATCH) {
+        if inner.config.cluster {
+            // Sharded subscriptions go to the node of each channel's slot, one at a time.
+            for c in batch {
+                shard.subscriber.ssubscribe(inner.keys.pubsub(c)).await?;
+            }
+        } else {
+            let names: Vec<String> = batch.iter().map(|c| inner.keys.pubsub(c)).collect();
+            shard.subscriber.subscribe(names).await?;
+        }
+    }
+    // Only now: a subscriber resubscribing with recovery after this report sees every publication,
+    // from history up to its read and live after it.
+    report_gaps(inner, shard);
+    Ok(channels.len())
+}
+
+fn report_gaps(inner: &Inner, shard: &Shard) {
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    let channels: Vec<String> = shard.channels.lock().iter().cloned().collect();
+    for c in &channels {
+        handler.on_stream_gap(c);
+    }
+}

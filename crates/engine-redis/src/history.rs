@@ -1,0 +1,287 @@
+//! Channel streams in Redis: publish (offset, append, broadcast in one script), read, remove.
+//!
+//! A channel's stream is a Redis Stream (`XADD ... MAXLEN size`, the key expiring `history_ttl` after
+//! the last publication) beside a hash with its epoch and latest offset (expiring `history_meta_ttl`
+//! after it). The publish script increments the offset, appends and publishes as one step, so
+//! offsets are gapless, and every node receives them in offset order. When the hash is gone (expired,
+//! removed, or Redis lost its data), the next publish or read starts a new epoch, and recovery from
+//! the old one fails as it must. Publications older than `history_ttl` are left out of reads by their
+//! entry time (Redis's clock), like the in-memory engine's per-publication expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions};
+use switchboard_protocol::{Publication, StreamPosition};
+
+use crate::codec;
+use crate::{Inner, Shard};
+
+/// KEYS: stream, meta, result. ARGV: publication, history size (0: none), history ttl ms, meta ttl
+/// ms, epoch for a new stream, pub/sub channel, `publish` or `spublish`, result ttl ms (0: no
+/// idempotency key). Returns `offset:epoch`.
+const PUBLISH: &str = r"
+local result_ttl = tonumber(ARGV[8])
+if result_ttl > 0 then
+  local done = redis.call('get', KEYS[3])
+  if done then return done end
+end
+local offset = 0
+local epoch = ''
+local size = tonumber(ARGV[2])
+if size > 0 then
+  if redis.call('hsetnx', KEYS[2], 'e', ARGV[5]) == 1 then
+    redis.call('del', KEYS[1])
+  end
+  offset = redis.call('hincrby', KEYS[2], 's', 1)
+  epoch = redis.call('hget', KEYS[2], 'e')
+  redis.call('xadd', KEYS[1], 'MAXLEN', size, '*', 'o', string.format('%d', offset), 'd', ARGV[1])
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  redis.call('pexpire', KEYS[2], ARGV[4])
+end
+local result = string.format('%d', offset) .. ':' .. epoch
+redis.call(ARGV[7], ARGV[6], 'p' .. result .. ':' .. ARGV[1])
+if result_ttl > 0 then
+  redis.call('set', KEYS[3], result, 'PX', result_ttl)
+end
+return result
+";
+
+/// KEYS: stream, meta. ARGV: epoch for a new stream, meta ttl ms, history ttl ms, `1` to read the
+/// publications. Returns epoch, offset, then offset and body of each publication kept.
+const READ: &str = r"
+if redis.call('hsetnx', KEYS[2], 'e', ARGV[1]) == 1 then
+  redis.call('hset', KEYS[2], 's', 0)
+  redis.call('del', KEYS[1])
+  redis.call('pexpire', KEYS[2], ARGV[2])
+end
+local meta = redis.call('hmget', KEYS[2], 'e', 's')
+local out = {meta[1], meta[2] or '0'}
+if ARGV[4] == '1' then
+  local t = redis.call('time')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local min = now - tonumber(ARGV[3]) + 1
+  if min < 0 then min = 0 end
+  local entries = redis.call('xrange', KEYS[1], string.format('%d', min), '+')
+  for _, e in ipairs(entries) do
+    local f = e[2]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[4]
+  end
+end
+return out
+";
+
+/// The engine's Lua scripts, with their SHA-1 for EVALSHA.
+pub(crate) struct Scripts {
+    pub(crate) publish: Script,
+    pub(crate) read: Script,
+    pub(crate) presence_add: Script,
+    pub(crate) presence_remove: Script,
+    pub(crate) presence_get: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            publish: Script::from_lua(PUBLISH),
+            read: Script::from_lua(READ),
+            presence_add: Script::from_lua(crate::presence::ADD),
+            presence_remove: Script::from_lua(crate::presence::REMOVE),
+            presence_get: Script::from_lua(crate::presence::GET),
+        }
+    }
+}
+
+/// Runs `script` on `shard` (loading it first if Redis does not know it, e.g. after a restart).
+pub(crate) async fn run<R: FromValue>(
+    shard: &Shard,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, EngineError> {
+    let client = shard.commands()?;
+    script
+        .evalsha_with_reload(client, keys, args)
+        .await
+        .map_err(|e| shard.error(&e))
+}
+
+/// Milliseconds for a TTL argument: at least 1 (0 would delete the key at once).
+pub(crate) fn millis(d: Duration) -> String {
+    d.as_millis().clamp(1, u128::from(u64::MAX)).to_string()
+}
+
+fn new_epoch() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(8)
+        .collect()
+}
+
+/// Publishes `publication` to `channel`: appended to its stream (when `opts` keeps one) and sent to
+/// every node, in one script. With `idempotency = Some((key, window))`, a publish with the same key
+/// within the window returns the first one's position instead.
+pub(crate) async fn publish(
+    inner: &Inner,
+    channel: &str,
+    publication: &Publication,
+    opts: &StreamOptions,
+    idempotency: Option<(&str, Duration)>,
+) -> Result<StreamPosition, EngineError> {
+    let shard = inner.shard(channel);
+    let body = codec::encode_publication(publication)
+        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let keys = &inner.keys;
+    let size = if opts.keeps_history() {
+        opts.history_size
+    } else {
+        0
+    };
+    let (key, result_ttl) = match idempotency {
+        Some((key, window)) => (key, millis(window)),
+        None => ("", "0".to_owned()),
+    };
+    let result: String = run(
+        shard,
+        &inner.scripts.publish,
+        vec![
+            keys.stream(channel),
+            keys.meta(channel),
+            keys.result(channel, key),
+        ],
+        vec![
+            body,
+            size.to_string(),
+            millis(opts.history_ttl),
+            millis(opts.history_meta_ttl.max(opts.history_ttl)),
+            new_epoch(),
+            keys.pubsub(channel),
+            if inner.config.cluster {
+                "spublish"
+            } else {
+                "publish"
+            }
+            .to_owned(),
+            result_ttl,
+        ],
+    )
+    .await?;
+    parse_position(&result)
+}
+
+/// `offset:epoch` as a position.
+pub(crate) fn parse_position(s: &str) -> Result<StreamPosition, EngineError> {
+    let (offset, epoch) = s
+        .split_once(':')
+        .and_then(|(o, e)| Some((o.parse().ok()?, e)))
+        .ok_or_else(|| {
+            EngineError::Unavailable(format!("unreadable publish result from Redis: {s:?}"))
+        })?;
+    Ok(StreamPosition {
+        offset,
+        epoch: epoch.to_owned(),
+    })
+}
+
+/// Reads `channel`'s stream, creating it (with a new epoch) when it does not exist.
+pub(crate) async fn read(
+    inner: &Inner,
+    channel: &str,
+    query: &HistoryQuery,
+    opts: &StreamOptions,
+) -> Result<History, EngineError> {
+    let shard = inner.shard(channel);
+    let want = query.limit != Some(0);
+    let out: Vec<Value> = run(
+        shard,
+        &inner.scripts.read,
+        vec![inner.keys.stream(channel), inner.keys.meta(channel)],
+        vec![
+            new_epoch(),
+            millis(opts.history_meta_ttl),
+            millis(opts.history_ttl),
+            if want { "1" } else { "0" }.to_owned(),
+        ],
+    )
+    .await?;
+    let unreadable = |what: &str| EngineError::Unavailable(format!("unreadable history: {what}"));
+    let mut it = out.into_iter();
+    let epoch = it
+        .next()
+        .and_then(Value::into_string)
+        .ok_or_else(|| unreadable("epoch"))?;
+    let offset = it
+        .next()
+        .as_ref()
+        .and_then(u64_of)
+        .ok_or_else(|| unreadable("offset"))?;
+    let after = query.since.unwrap_or(0);
+    let mut publications = Vec::new();
+    while let (Some(o), Some(body)) = (it.next(), it.next()) {
+        let o = u64_of(&o).ok_or_else(|| unreadable("publication offset"))?;
+        if o <= after {
+            continue;
+        }
+        let body = body
+            .into_bytes()
+            .ok_or_else(|| unreadable("publication body"))?;
+        let p = codec::decode_publication(&body, o)
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        publications.push(Arc::new(p));
+    }
+    if query.reverse {
+        publications.reverse();
+    }
+    if let Some(limit) = query.limit {
+        publications.truncate(limit);
+    }
+    Ok(History {
+        publications,
+        position: StreamPosition { offset, epoch },
+    })
+}
+
+/// A number Redis sent as an integer or as text.
+fn u64_of(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Drops `channel`'s stream and its epoch.
+pub(crate) async fn remove(inner: &Inner, channel: &str) -> Result<(), EngineError> {
+    let shard = inner.shard(channel);
+    let keys = vec![inner.keys.stream(channel), inner.keys.meta(channel)];
+    shard
+        .commands()?
+        .del::<i64, _>(keys)
+        .await
+        .map(drop)
+        .map_err(|e| shard.error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse() {
+        assert_eq!(
+            parse_position("12:abc").ok(),
+            Some(StreamPosition {
+                offset: 12,
+                epoch: "abc".into()
+            })
+        );
+        assert_eq!(parse_position("0:").ok(), Some(StreamPosition::default()));
+        assert!(parse_position("x:abc").is_err());
+        assert!(parse_position("12").is_err());
+    }
+
+    #[test]
+    fn ttls_are_never_zero_milliseconds() {
+        assert_eq!(millis(Duration::ZERO), "1");
+        assert_eq!(millis(Duration::from_secs(2)), "2000");
+    }
+}

@@ -1,0 +1,360 @@
+//! Several switchboard nodes on one Redis: each test starts its own `redis-server` (a free port, no
+//! persistence, killed at the end) and three servers on 127.0.0.1 with the Redis engine, then checks
+//! what a deployment relies on: a publication through any node reaches clients on every node,
+//! presence and history are the same everywhere, a client recovers on another node, and when Redis
+//! goes away and comes back, clients stay connected and none loses a publication silently.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard::Config;
+use switchboard::config::EngineKind;
+use switchboard_engine_redis::testing::RedisServer;
+use switchboard_hub::NamespaceOptions;
+
+const KEY: &str = "multinode-key";
+
+fn config(redis: &RedisServer) -> Config {
+    let mut c = Config::default();
+    c.api.key = KEY.into();
+    c.engine.kind = EngineKind::Redis;
+    c.engine.redis.addresses = vec![redis.url()];
+    c.engine.redis.prefix = "multinode".into();
+    c.engine.redis.connect_timeout = Duration::from_secs(2);
+    c.engine.redis.command_timeout = Duration::from_secs(2);
+    c.channels.namespaces.insert(
+        "chat".into(),
+        NamespaceOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            recover: true,
+            presence: true,
+            join_leave: true,
+            allow_publish: true,
+            allow_history: true,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start(config(redis)).await);
+    }
+    nodes
+}
+
+async fn api(node: &TestServer, method: &str, body: Value) -> Value {
+    let (status, v) = api_call(node.api, Some(KEY), method, &body.to_string()).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    v["result"].clone()
+}
+
+/// The status of `GET path` on the API listener.
+async fn get_status(api: SocketAddr, path: &str) -> u16 {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    request(api, &raw).await.1.status
+}
+
+/// Waits until every node's `/ready` answers `status`.
+async fn ready_everywhere(nodes: &[TestServer], status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for n in nodes {
+        while get_status(n.api, "/ready").await != status {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The next reply or push, pushes kept aside by `call` first.
+async fn next(c: &mut JsonClient) -> Value {
+    match c.pushes.pop_front() {
+        Some(v) => v,
+        None => c.next().await.expect("connection open"),
+    }
+}
+
+#[tokio::test]
+async fn a_publication_through_one_node_reaches_clients_on_every_node() {
+    let redis = RedisServer::start();
+    let nodes = three_nodes(&redis).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut c = JsonClient::connected(n.addr).await;
+        c.ok("subscribe", json!({"channel": "chat:lobby"})).await;
+        clients.push(c);
+    }
+    // Through node B's API, and from a client on node C.
+    let r = api(
+        &nodes[1],
+        "publish",
+        json!({"channel": "chat:lobby", "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(r["offset"], 1);
+    let r = clients[2]
+        .ok(
+            "publish",
+            json!({"channel": "chat:lobby", "data": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(r["offset"], 2);
+    for c in &mut clients {
+        for n in 1..=2 {
+            let p = c.push("pub").await;
+            assert_eq!(
+                (p["offset"].as_u64(), p["data"]["n"].as_u64()),
+                (Some(n), Some(n))
+            );
+        }
+    }
+    // Presence and history are the same from every node.
+    let ids: BTreeSet<String> = clients.iter().map(|c| c.id.clone()).collect();
+    for n in &nodes {
+        let p = api(n, "presence", json!({"channel": "chat:lobby"})).await;
+        let here: BTreeSet<String> = p["presence"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(here, ids);
+    }
+    let mut histories = Vec::new();
+    for c in &mut clients {
+        let s = c
+            .ok("presence_stats", json!({"channel": "chat:lobby"}))
+            .await;
+        assert_eq!(s["num_clients"], 3);
+        let h = c.ok("history", json!({"channel": "chat:lobby"})).await;
+        assert_eq!(h["publications"].as_array().unwrap().len(), 2);
+        histories.push(h);
+    }
+    assert!(histories.windows(2).all(|w| w[0] == w[1]), "{histories:?}");
+    // An idempotency key is honoured whichever node the retry reaches.
+    let first = api(
+        &nodes[0],
+        "publish",
+        json!({"channel": "chat:lobby", "data": {"n": 3}, "idempotency_key": "k1"}),
+    )
+    .await;
+    let retry = api(
+        &nodes[2],
+        "publish",
+        json!({"channel": "chat:lobby", "data": {"n": 3}, "idempotency_key": "k1"}),
+    )
+    .await;
+    assert_eq!(first, retry);
+    assert_eq!(clients[1].push("pub").await["offset"], 3);
+    for n in &nodes {
+        assert_eq!(get_status(n.api, "/health").await, 200);
+        assert_eq!(get_status(n.api, "/ready").await, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_missed() {
+    let redis = RedisServer::start();
+    let nodes = three_nodes(&redis).await;
+    let mut c = JsonClient::connected(nodes[0].addr).await;
+    let sub = c.ok("subscribe", json!({"channel": "chat:move"})).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=2 {
+        api(
+            &nodes[2],
+            "publish",
+            json!({"channel": "chat:move", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(c.push("pub").await["offset"], n);
+    }
+    drop(c);
+    for n in 3..=5 {
+        api(
+            &nodes[2],
+            "publish",
+            json!({"channel": "chat:move", "data": {"n": n}}),
+        )
+        .await;
+    }
+    let mut c = JsonClient::connected(nodes[1].addr).await;
+    let r = c
+        .ok(
+            "subscribe",
+            json!({"channel": "chat:move", "recover": true, "epoch": epoch, "offset": 2}),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let got: Vec<u64> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [3, 4, 5]);
+    api(
+        &nodes[0],
+        "publish",
+        json!({"channel": "chat:move", "data": {"n": 6}}),
+    )
+    .await;
+    let p = c.push("pub").await;
+    assert_eq!(
+        (p["offset"].as_u64(), p["data"]["n"].as_u64()),
+        (Some(6), Some(6))
+    );
+    // Nothing doubled: the next thing is the reply to this call, not another publication.
+    let h = c
+        .ok("history", json!({"channel": "chat:move", "limit": 0}))
+        .await;
+    assert_eq!(h["offset"], 6);
+    assert!(c.pushes.is_empty(), "{:?}", c.pushes);
+}
+
+#[tokio::test]
+async fn when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_publication() {
+    let mut redis = RedisServer::start();
+    let nodes = three_nodes(&redis).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut c = JsonClient::connected(n.addr).await;
+        c.ok("subscribe", json!({"channel": "chat:r"})).await;
+        clients.push(c);
+    }
+    let mut positions = Vec::new();
+    for n in 1..=2 {
+        api(
+            &nodes[0],
+            "publish",
+            json!({"channel": "chat:r", "data": {"n": n}}),
+        )
+        .await;
+    }
+    for c in &mut clients {
+        let mut last = json!(null);
+        for _ in 1..=2 {
+            last = c.push("pub").await;
+        }
+        let h = c
+            .ok("history", json!({"channel": "chat:r", "limit": 0}))
+            .await;
+        assert_eq!(last["offset"], 2);
+        positions.push((h["epoch"].as_str().unwrap().to_owned(), 2_u64));
+    }
+
+    redis.stop();
+    ready_everywhere(&nodes, 503).await;
+    for n in &nodes {
+        assert_eq!(
+            get_status(n.api, "/health").await,
+            200,
+            "alive while Redis is down"
+        );
+    }
+    let (status, v) = api_call(
+        nodes[1].api,
+        Some(KEY),
+        "publish",
+        &json!({"channel": "chat:r", "data": {"n": 0}}).to_string(),
+    )
+    .await;
+    assert!(
+        status >= 500,
+        "publishing without Redis fails: {status} {v}"
+    );
+
+    redis.restart();
+    ready_everywhere(&nodes, 200).await;
+    let expected: Vec<u64> = (100..110).collect();
+    for (i, n) in expected.iter().enumerate() {
+        let node = &nodes[i % nodes.len()];
+        api(
+            node,
+            "publish",
+            json!({"channel": "chat:r", "data": {"n": n}}),
+        )
+        .await;
+    }
+    for n in &nodes {
+        let info = api(n, "info", json!({})).await;
+        assert_eq!(
+            info["nodes"][0]["num_clients"], 1,
+            "clients stayed connected"
+        );
+    }
+    for (c, (epoch, offset)) in clients.iter_mut().zip(positions) {
+        let got = collect_after_return(c, &epoch, offset, expected.len()).await;
+        assert_eq!(
+            got, expected,
+            "every publication after Redis returned, once each"
+        );
+    }
+}
+
+/// What a well-behaved client does: take live publications; on unsubscribe 2500, resubscribe with
+/// recovery and, when the stream was lost (a new epoch), read the new stream's history. Returns the
+/// `n` of every publication made after Redis returned (`n >= 100`), in arrival order.
+async fn collect_after_return(
+    c: &mut JsonClient,
+    epoch: &str,
+    offset: u64,
+    want: usize,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    let keep = |got: &mut Vec<u64>, p: &Value| {
+        if let Some(n) = p["data"]["n"].as_u64().filter(|n| *n >= 100) {
+            got.push(n);
+        }
+    };
+    let (mut epoch, mut offset) = (epoch.to_owned(), offset);
+    while got.len() < want {
+        let v = next(c).await;
+        if let Some(p) = v.get("pub") {
+            keep(&mut got, p);
+            offset = p["offset"].as_u64().unwrap_or(offset);
+        } else if let Some(u) = v.get("unsubscribe") {
+            assert_eq!(u["code"], 2500, "{v}");
+            let r = c
+                .ok(
+                    "subscribe",
+                    json!({"channel": "chat:r", "recover": true, "epoch": epoch, "offset": offset}),
+                )
+                .await;
+            let pubs = if r["recovered"] == true {
+                r["publications"].clone()
+            } else {
+                // A new stream: what it holds so far is in its history; what follows comes live.
+                let h = c
+                    .ok(
+                        "history",
+                        json!({"channel": "chat:r", "since": {"epoch": r["epoch"], "offset": 0}}),
+                    )
+                    .await;
+                let until = r["offset"].as_u64().unwrap_or(0);
+                Value::Array(
+                    h["publications"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|p| p["offset"].as_u64().unwrap_or(0) <= until)
+                        .cloned()
+                        .collect(),
+                )
+            };
+            for p in pubs.as_array().unwrap() {
+                keep(&mut got, p);
+            }
+            epoch = r["epoch"].as_str().unwrap().to_owned();
+            offset = r["offset"].as_u64().unwrap();
+        }
+    }
+    got
+}
