@@ -82,6 +82,7 @@ pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/{method}", post(call))
         .with_state(api)
@@ -94,6 +95,19 @@ async fn health() -> Response {
         axum::Json(serde_json::json!({"status": "ok"})),
     )
         .into_response()
+}
+
+/// Prometheus metrics (OpenMetrics text). Needs no key, like the health checks: the API listener is
+/// private, and scrapers rarely carry secrets.
+async fn metrics(State(api): State<Api>) -> Response {
+    let mut resp = api.node.metrics_text().into_response();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
 }
 
 /// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis).

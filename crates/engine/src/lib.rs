@@ -69,6 +69,15 @@ pub struct History {
     pub position: StreamPosition,
 }
 
+/// What an engine's history holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Channels with a stream.
+    pub streams: usize,
+    /// Publications kept, over all streams.
+    pub publications: usize,
+}
+
 /// Presence counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PresenceStats {
@@ -161,6 +170,12 @@ pub trait Engine: Send + Sync {
     /// engines are always ready.
     fn ready(&self) -> bool {
         true
+    }
+
+    /// Streams with history and the publications they keep, for metrics; `None` when counting is
+    /// not cheap enough to do at every scrape (remote engines).
+    fn history_stats(&self) -> Option<HistoryStats> {
+        None
     }
 
     /// True when [`Engine::publish_idempotent`] remembers idempotency keys itself, where every node

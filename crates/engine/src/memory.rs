@@ -17,8 +17,8 @@ use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::time::Instant;
 
 use crate::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats,
-    StreamOptions,
+    Engine, EngineError, EngineHandler, History, HistoryQuery, HistoryStats, PresenceEvent,
+    PresenceStats, StreamOptions,
 };
 
 const SHARDS: usize = 64;
@@ -263,6 +263,16 @@ impl Engine for MemoryEngine {
             .get(channel)
             .cloned()
             .unwrap_or_default())
+    }
+
+    fn history_stats(&self) -> Option<HistoryStats> {
+        let mut stats = HistoryStats::default();
+        for shard in self.streams.iter() {
+            let shard = shard.lock();
+            stats.streams += shard.len();
+            stats.publications += shard.values().map(|s| s.lock().items.len()).sum::<usize>();
+        }
+        Some(stats)
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {

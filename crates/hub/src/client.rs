@@ -153,8 +153,23 @@ impl Client {
         &self.info.user
     }
 
-    /// Leaves every channel (presence, leave pushes); call when the connection is gone.
-    pub async fn close(mut self) {
+    /// Leaves every channel (presence, leave pushes); call when the connection is gone, with the
+    /// code it was disconnected with (`None`: it went away by itself).
+    pub async fn close(mut self, code: Option<DisconnectCode>) {
+        if let Some(code) = code {
+            self.node
+                .metrics
+                .disconnects
+                .get_or_create(&vec![("code", code.label())])
+                .inc();
+        }
+        if self.connected {
+            self.node
+                .metrics
+                .connections
+                .get_or_create(&vec![("transport", self.transport)])
+                .dec();
+        }
         self.node.unregister(&self.session);
         for (channel, m) in std::mem::take(&mut self.subs) {
             self.leave(&channel, m).await;
@@ -180,6 +195,11 @@ impl Client {
             }
         };
         let id = cmd.id;
+        self.node
+            .metrics
+            .commands
+            .get_or_create(&vec![("method", cmd.method.name())])
+            .inc();
         if !self.take_budget() {
             let rate = self.node.config.client.max_commands_per_second;
             self.error(
@@ -251,11 +271,18 @@ impl Client {
                 version: req.version.as_deref(),
                 data: req.data.as_ref(),
             });
-            let granted: proxy::ConnectResult =
-                match proxy::call(&*proxy, ProxyEvent::Connect, &request, self.headers()).await {
-                    Ok(r) => r,
-                    Err(refusal) => return self.refuse_connect(id, refusal),
-                };
+            let granted: proxy::ConnectResult = match proxy::call(
+                &*proxy,
+                ProxyEvent::Connect,
+                &request,
+                self.headers(),
+                &self.node.metrics,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(refusal) => return self.refuse_connect(id, refusal),
+            };
             self.info = Arc::new(ClientInfo {
                 client: self.info.client.clone(),
                 user: granted.user,
@@ -276,6 +303,11 @@ impl Client {
             expires_at = claims.expires_at;
         }
         self.connected = true;
+        self.node
+            .metrics
+            .connections
+            .get_or_create(&vec![("transport", self.transport)])
+            .inc();
         self.session.set_expires_at(expires_at);
         self.node.register(&self.session, &self.info.user);
         tracing::debug!(client = %self.info.client, user = %self.info.user, transport = self.transport, name = ?req.name, version = ?req.version, "client connected");
@@ -493,6 +525,7 @@ impl Client {
                 ProxyEvent::Subscribe,
                 &request,
                 self.headers(),
+                &self.node.metrics,
             )
             .await
             {
@@ -651,6 +684,7 @@ impl Client {
                 ProxyEvent::Publish,
                 &request,
                 self.headers(),
+                &self.node.metrics,
             )
             .await
             {
@@ -716,8 +750,14 @@ impl Client {
             method: &req.method,
             data,
         });
-        match proxy::call::<_, proxy::RpcResult>(&*proxy, ProxyEvent::Rpc, &request, self.headers())
-            .await
+        match proxy::call::<_, proxy::RpcResult>(
+            &*proxy,
+            ProxyEvent::Rpc,
+            &request,
+            self.headers(),
+            &self.node.metrics,
+        )
+        .await
         {
             Ok(r) => {
                 let data = r
@@ -742,6 +782,7 @@ impl Client {
             ProxyEvent::Refresh,
             &request,
             self.headers(),
+            &self.node.metrics,
         )
         .await
         {
@@ -781,6 +822,7 @@ impl Client {
                         ProxyEvent::SubRefresh,
                         &request,
                         self.headers(),
+                        &self.node.metrics,
                     )
                     .await
                     {

@@ -150,17 +150,17 @@ impl Hub {
         out
     }
 
-    /// Encodes `publication` once and queues it for every subscriber of `channel`.
+    /// Encodes `publication` once and queues it for every subscriber of `channel`; returns how many.
     ///
     /// When the offsets of a channel with history do not follow each other (a publication was lost
     /// between the engine and this node, or the stream was lost and restarted), the subscribers cannot
     /// be told what they missed from here: each is unsubscribed with `insufficient state` (2500), which
     /// tells it to resubscribe with recovery.
-    pub fn broadcast(&self, channel: &str, publication: &Publication, epoch: &str) {
+    pub fn broadcast(&self, channel: &str, publication: &Publication, epoch: &str) -> usize {
         {
             let shard = self.shard(channel).read();
             let Some(ch) = shard.get(channel) else {
-                return;
+                return 0;
             };
             let step = if epoch.is_empty() {
                 Step::Deliver
@@ -173,9 +173,9 @@ impl Hub {
                     for s in ch.subscribers.values() {
                         s.deliver(channel, publication.offset, &frame);
                     }
-                    return;
+                    return ch.subscribers.len();
                 }
-                Step::Stale => return,
+                Step::Stale => return 0,
                 Step::Gap => {}
             }
         }
@@ -185,6 +185,7 @@ impl Hub {
             "gap in channel stream; subscribers must recover"
         );
         self.gap(channel);
+        0
     }
 
     /// Unsubscribes every subscriber of `channel` with `insufficient state` (2500), which tells each

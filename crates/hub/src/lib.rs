@@ -17,6 +17,7 @@
 
 mod client;
 mod hub;
+mod metrics;
 mod namespace;
 mod node;
 mod proxy;
@@ -24,6 +25,7 @@ mod session;
 
 pub use client::Client;
 pub use hub::Hub;
+pub use metrics::{Labels, Metrics};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
 pub use node::{ClientConfig, Node, NodeConfig, NodeInfo, PublishError, PublishOptions};
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};

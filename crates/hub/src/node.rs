@@ -17,6 +17,7 @@ use switchboard_protocol::{
 
 use crate::client::Client;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::namespace::ChannelsConfig;
 use crate::proxy::{ForwardedHeaders, Proxy};
 use crate::session::{Control, Session};
@@ -81,6 +82,8 @@ pub struct Node {
     pub(crate) auth: Option<Verifier>,
     /// Forwards client events to the application's backend; `None` when no proxy is configured.
     pub(crate) proxy: Option<Arc<dyn Proxy>>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: Metrics,
     /// Connected clients by id, with their user: for token expiry and the server API.
     clients: Mutex<HashMap<String, (String, Arc<Session>)>>,
     /// Results of recent server publishes by idempotency key, with when they are forgotten.
@@ -155,6 +158,7 @@ impl Node {
             config,
             auth,
             proxy,
+            metrics: Metrics::default(),
             clients: Mutex::new(HashMap::new()),
             idempotency: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -350,6 +354,36 @@ impl Node {
         n
     }
 
+    /// The node's metrics, for transports to count their bytes.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in Prometheus' text format, with the values read at scrape time brought up to
+    /// date first.
+    pub fn metrics_text(&self) -> String {
+        let (mut sum, mut max) = (0usize, 0usize);
+        for (_, session) in self.clients.lock().values() {
+            let q = session.waiting_bytes();
+            sum += q;
+            max = max.max(q);
+        }
+        let m = &self.metrics;
+        m.queued_bytes.set(i64::try_from(sum).unwrap_or(i64::MAX));
+        m.queued_bytes_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        m.channels
+            .set(i64::try_from(self.hub.channel_count()).unwrap_or(i64::MAX));
+        if let Some(h) = self.engine.history_stats() {
+            m.history_streams
+                .set(i64::try_from(h.streams).unwrap_or(i64::MAX));
+            m.history_publications
+                .set(i64::try_from(h.publications).unwrap_or(i64::MAX));
+        }
+        m.engine_ready.set(i64::from(self.engine.ready()));
+        m.encode()
+    }
+
     /// Connected clients on this node.
     pub fn client_count(&self) -> usize {
         self.clients.lock().len()
@@ -378,7 +412,9 @@ struct Delivery(Weak<Node>);
 impl EngineHandler for Delivery {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str) {
         if let Some(node) = self.0.upgrade() {
-            node.hub.broadcast(channel, &publication, epoch);
+            let delivered = node.hub.broadcast(channel, &publication, epoch);
+            node.metrics.publications.inc();
+            node.metrics.deliveries.inc_by(delivered as u64);
         }
     }
 

@@ -292,12 +292,19 @@ pub(crate) async fn call<T: Serialize, R: serde::de::DeserializeOwned>(
     event: ProxyEvent,
     request: &Request<'_, T>,
     headers: &[(String, String)],
+    metrics: &crate::metrics::Metrics,
 ) -> Result<R, Refusal> {
     let body = serde_json::to_vec(request)
         .map_err(|e| Refusal::Failed(ErrorCode::Internal, e.to_string()))?;
     let started = std::time::Instant::now();
     let reply = proxy.call(event, Bytes::from(body), headers).await;
-    tracing::debug!(%event, client = request.client, elapsed = ?started.elapsed(), ok = reply.is_ok(), "proxy call");
+    let took = started.elapsed();
+    metrics.proxy_call(
+        event.name(),
+        took,
+        reply.as_ref().err().map(ProxyError::kind),
+    );
+    tracing::debug!(%event, client = request.client, elapsed = ?took, ok = reply.is_ok(), "proxy call");
     match reply.inspect_err(
         |e| tracing::warn!(%event, client = request.client, error = %e, "proxy call failed"),
     )? {
@@ -308,6 +315,18 @@ pub(crate) async fn call<T: Serialize, R: serde::de::DeserializeOwned>(
         }),
         ProxyReply::Error { code, message } => Err(Refusal::Error { code, message }),
         ProxyReply::Disconnect { reconnect } => Err(Refusal::Disconnect { reconnect }),
+    }
+}
+
+impl ProxyError {
+    /// A short name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Failed(_) => "failed",
+            Self::BadReply(_) => "bad_reply",
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Session {
     refresh_by_proxy: AtomicBool,
     outbox: Mutex<Outbox>,
     waker: AtomicWaker,
+    /// Bytes the transport holds for the client beyond this queue (a fallback session's unacknowledged
+    /// batches), reported by the transport for metrics.
+    transport_queued: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +84,7 @@ impl Session {
             refresh_by_proxy: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
+            transport_queued: AtomicU64::new(0),
         }
     }
 
@@ -257,6 +261,18 @@ impl Session {
     /// Bytes queued.
     pub fn queued_bytes(&self) -> usize {
         self.outbox.lock().bytes
+    }
+
+    /// For transports that keep messages after draining them (until the client acknowledges them):
+    /// how many bytes they hold now, so that metrics see the whole queue.
+    pub fn set_transport_queued(&self, bytes: usize) {
+        self.transport_queued.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes waiting for the client: this queue plus what the transport reported holding.
+    pub fn waiting_bytes(&self) -> usize {
+        self.queued_bytes()
+            + usize::try_from(self.transport_queued.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     /// For the transport: waits until something is queued or the session is closed, then hands queued

@@ -145,6 +145,22 @@ impl DisconnectCode {
         }
     }
 
+    /// The code as text, for metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "3000",
+            Self::Shutdown => "3001",
+            Self::Internal => "3004",
+            Self::Expired => "3005",
+            Self::Slow => "3008",
+            Self::InsufficientState => "3010",
+            Self::InvalidToken => "3500",
+            Self::BadRequest => "3501",
+            Self::ForceDisconnect => "3503",
+            Self::ConnectionLimit => "3504",
+        }
+    }
+
     /// The reason sent with it.
     pub fn reason(self) -> &'static str {
         match self {

@@ -346,6 +346,7 @@ async fn open(State(fb): State<Fallback>, req: Request) -> Result<Response, Fall
             "the body holds no command: send connect (newline-delimited JSON)".into(),
         ));
     }
+    count_in(&fb, &body);
     // A session is a client connection like a WebSocket one: the same limits admit it.
     let peer = parts
         .extensions
@@ -391,8 +392,9 @@ async fn send(State(fb): State<Fallback>, uri: Uri, body: Body) -> Result<Respon
     let n = params.number("n")?;
     let _guard = session.begin_request();
     let body = read_body(body, &fb.config).await?;
+    count_in(&fb, &body);
     if let Some(ack) = ack {
-        session.downstream().ack(ack);
+        session.ack(ack);
     }
     let Some(n) = n else {
         if lines(&body).next().is_none() {
@@ -417,6 +419,15 @@ async fn send(State(fb): State<Fallback>, uri: Uri, body: Body) -> Result<Respon
         Outcome::Ended(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Outcome::Gone => Err(FallbackError::UnknownSession(fb.config.path.clone())),
     }
+}
+
+/// Counts upstream bytes for `/metrics`. The three fallbacks send commands the same way, so they share
+/// one label: `http`.
+fn count_in(fb: &Fallback, body: &Bytes) {
+    fb.node
+        .metrics()
+        .bytes("http", "in")
+        .inc_by(body.len() as u64);
 }
 
 /// Seconds for the open answer, rounded up so that a short timeout never reads as 0.

@@ -64,6 +64,8 @@ pub struct HttpSession {
     changed: Notify,
     upstream: mpsc::Sender<Upstream>,
     activity: Mutex<Activity>,
+    /// The client's hub queue, told how much the downstream holds (for metrics).
+    hub: Arc<switchboard_hub::Session>,
 }
 
 /// Requests in progress and when the last one started or ended: what keeps a session alive.
@@ -151,8 +153,21 @@ impl HttpSession {
     /// the session is over.
     pub fn claim(&self, ack: Option<u64>) -> Option<u64> {
         let reader = self.downstream().claim(ack);
+        self.report_queued();
         self.notify();
         reader
+    }
+
+    /// Acknowledges batches up to `ack` (an upstream POST's `ack`).
+    pub fn ack(&self, ack: u64) {
+        self.downstream().ack(ack);
+        self.report_queued();
+    }
+
+    /// Tells the hub's session how many bytes wait here, so metrics count them.
+    fn report_queued(&self) {
+        let held = self.downstream().queued_bytes();
+        self.hub.set_transport_queued(held);
     }
 
     /// Hands `body`, upstream POST number `n`, to the session task and waits for what became of it.
@@ -223,6 +238,7 @@ pub async fn open(
             in_progress: 0,
             last: Instant::now(),
         }),
+        hub: Arc::clone(client.session()),
     });
     // Registered before anyone knows its token, so that the task alone decides when it leaves.
     ctx.sessions.insert(&session);
@@ -269,7 +285,7 @@ impl Task {
         let end: (End, Option<oneshot::Sender<Outcome>>) = match client.handle_frame(&first).await {
             Err(DisconnectCode::BadRequest) => {
                 self.ctx.sessions.remove(&self.session.id);
-                client.close().await;
+                client.close(Some(DisconnectCode::BadRequest)).await;
                 let _ = opened.send(Err(DisconnectCode::BadRequest));
                 return;
             }
@@ -358,6 +374,7 @@ impl Task {
                 ds.push(msg);
             }
             drop(ds);
+            self.session.report_queued();
             self.session.notify();
         }
         signal
@@ -401,7 +418,7 @@ impl Task {
                 // A request that found the session just before it expired gets 404 too.
                 self.session.downstream().close();
                 self.session.notify();
-                client.close().await;
+                client.close(None).await;
                 return;
             }
             End::Disconnect(code) => code,
@@ -410,7 +427,7 @@ impl Task {
             self.finish_downstream(&client, code);
         }
         tracing::debug!(session = %self.session.id, client = %client.id(), code = code.code(), "HTTP session ended");
-        client.close().await;
+        client.close(Some(code)).await;
         if let Some(reply) = owed {
             let _ = reply.send(Outcome::Ended(code));
         }

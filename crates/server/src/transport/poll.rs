@@ -58,6 +58,15 @@ pub(crate) async fn poll(State(fb): State<Fallback>, uri: Uri) -> Result<Respons
             // Wakes the session task waiting for its disconnect push to be handed out.
             session.notify();
         }
+        let transport = if params.get("wait") == Some("0") {
+            "poll"
+        } else {
+            "long-poll"
+        };
+        fb.node
+            .metrics()
+            .bytes(transport, "out")
+            .inc_by(answer.len() as u64);
         return Ok(json(StatusCode::OK, answer));
     }
 }

@@ -48,7 +48,9 @@ pub(crate) async fn sse(
     let period = fb.config.sse_ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let bytes_out = fb.node.metrics().bytes("sse", "out");
     let stream = Stream {
+        bytes_out,
         fb,
         session,
         _guard: guard,
@@ -81,6 +83,8 @@ struct Stream {
     /// The newest batch this stream sent.
     sent: u64,
     ping: Interval,
+    /// Bytes of events sent, for `/metrics`.
+    bytes_out: prometheus_client::metrics::counter::Counter,
     started: bool,
     done: bool,
 }
@@ -118,6 +122,7 @@ impl Stream {
                     session.notify();
                     self.done = true;
                 }
+                self.bytes_out.inc_by(taken.body.len() as u64);
                 let chunk = if first {
                     [RETRY, &taken.body[..]].concat().into()
                 } else {

@@ -21,6 +21,7 @@ use switchboard_protocol::{DisconnectCode, encode};
 use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// The stream a WebSocket connection runs over once hyper has handed it over.
 pub type Io = TokioIo<Upgraded>;
@@ -105,12 +106,26 @@ pub async fn client_handler(
 /// Runs one client of the protocol in docs/protocol.md over WebSocket: text frames in go to the
 /// client's command handler; replies and pushes queued on its session go out, shared encodings and all.
 pub async fn client(
-    mut ws: WebSocket<Io>,
+    ws: WebSocket<Io>,
     shutdown: CancellationToken,
     node: Arc<Node>,
     headers: Option<ForwardedHeaders>,
 ) {
-    let mut client = node.client_with("websocket", headers);
+    let client = node.client_with("websocket", headers);
+    let span = tracing::debug_span!("client", id = %client.id(), transport = "websocket");
+    run_client(ws, shutdown, &node, client)
+        .instrument(span)
+        .await;
+}
+
+async fn run_client(
+    mut ws: WebSocket<Io>,
+    shutdown: CancellationToken,
+    node: &Node,
+    mut client: switchboard_hub::Client,
+) {
+    let bytes_in = node.metrics().bytes("websocket", "in");
+    let bytes_out = node.metrics().bytes("websocket", "out");
     let session = Arc::clone(client.session());
     let mut stop = ShutdownSignal::new(&shutdown);
     let end = loop {
@@ -122,10 +137,16 @@ pub async fn client(
                 }
                 // Move queued replies and pushes into the socket's write queue, a chunk at a time.
                 if ws.queued_bytes() < WS_QUEUE_CHUNK {
-                    match session.poll_drain(cx, |msg| {
+                    let mut sent = 0;
+                    let drained = session.poll_drain(cx, |msg| {
+                        sent += msg.message().payload().len();
                         let _ = ws.send_shared(&msg);
                         ws.queued_bytes() < WS_QUEUE_CHUNK
-                    }) {
+                    });
+                    if sent > 0 {
+                        bytes_out.inc_by(sent as u64);
+                    }
+                    match drained {
                         Poll::Ready(Some(Signal::Disconnect(code))) => {
                             return Poll::Ready(Event::Disconnect(code));
                         }
@@ -143,6 +164,7 @@ pub async fn client(
         .await;
         match event {
             Event::Received(Some(Ok(Message::Text(frame)))) => {
+                bytes_in.inc_by(frame.len() as u64);
                 if let Err(code) = client.handle_frame(&frame).await {
                     break Some(code);
                 }
@@ -178,7 +200,7 @@ pub async fn client(
         ws.close(close, code.reason());
         while let Some(Ok(_)) = ws.recv().await {}
     }
-    client.close().await;
+    client.close(end).await;
 }
 
 /// The client's address, as the listener saw it.
