@@ -400,6 +400,73 @@ mod tests {
         assert!(err.contains("level"), "{err}");
     }
 
+    /// Every setting as a dotted key (`websocket.compression.level`), from the defaults.
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            // An empty section (all of its settings absent by default) has no leaf of its own.
+            toml::Value::Table(t) if t.is_empty() => {}
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    keys(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn docs_configuration_md_documents_every_setting_and_only_real_ones() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut all = Vec::new();
+        keys("", &defaults, &mut all);
+        // Settings whose default is an empty map or absent (None) do not show in the defaults.
+        all.extend(
+            [
+                "channels.namespaces",
+                "tls.cert_file",
+                "tls.key_file",
+                "proxy.connect",
+                "proxy.refresh",
+                "proxy.subscribe",
+                "proxy.publish",
+                "proxy.rpc",
+                "proxy.sub_refresh",
+                "proxy.headers",
+                "auth.hmac_secret",
+                "auth.rsa_public_key",
+                "auth.ecdsa_public_key",
+                "auth.ed25519_public_key",
+                "auth.jwks_file",
+                "auth.audience",
+                "auth.issuer",
+            ]
+            .map(String::from),
+        );
+        all.sort();
+        all.dedup();
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|k| !doc.contains(&format!("| `{k}` |")))
+            .collect();
+        assert!(missing.is_empty(), "not in docs/configuration.md: {missing:#?}");
+        // Conversely, every key in the tables is a real setting.
+        let documented: Vec<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(k, _)| k))
+            .collect();
+        let unknown: Vec<_> = documented
+            .iter()
+            .filter(|k| !all.iter().any(|a| a == *k))
+            .collect();
+        assert!(unknown.is_empty(), "documented but not settings: {unknown:#?}");
+    }
+
     #[test]
     fn the_readme_example_is_a_valid_configuration() {
         let readme = include_str!("../../../README.md");
