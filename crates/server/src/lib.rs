@@ -7,7 +7,8 @@
 //! - [`transport`]: one module per way a client connects; a connection enters the server there.
 //!   [`transport::websocket`] upgrades a request and runs the connection's task.
 //! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
-//! - [`cli`]: the `switchboard` command line.
+//! - [`cli`]: the `switchboard` command line; [`tools`] runs its client subcommands (`subscribe`,
+//!   `publish`).
 //!
 //! The WebSocket protocol itself (framing, compression, keepalive, close) is the
 //! `switchboard-websocket` crate.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod generate;
 pub mod logging;
 pub mod server;
+pub mod tools;
 pub mod transport;
 
 pub use config::Config;
