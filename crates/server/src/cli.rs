@@ -51,6 +51,66 @@ pub enum Command {
         #[arg(long, short, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print every publication of a channel as one JSON line on stdout, as a WebSocket client that
+    /// reconnects and recovers what it missed. Progress goes to stderr.
+    Subscribe(SubscribeArgs),
+    /// Publish to a channel through the server API (or, with --as-client, a WebSocket connection).
+    Publish(PublishArgs),
+}
+
+/// Where a client subcommand connects, and as whom.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ClientArgs {
+    /// The server's client endpoint [default: from the configuration's `listen` and
+    /// `websocket_path`, i.e. ws://127.0.0.1:8080/connection/websocket].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Connection token (a JWT, see `gentoken`); anonymous without one.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Configuration file for the defaults of --url, --api and --api-key (the environment works too).
+    #[arg(long, short, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `switchboard subscribe`.
+#[derive(Debug, Clone, Args)]
+pub struct SubscribeArgs {
+    /// The channel, `name` or `namespace:name`.
+    pub channel: String,
+    /// Exit after this many publications.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub count: Option<u64>,
+    /// Connection settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `switchboard publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The channel, `name` or `namespace:name`.
+    pub channel: String,
+    /// The publication, as JSON (`'{"text":"hi"}'`, `'"a string"'`); `-` reads one publication per
+    /// line from stdin until it ends.
+    pub data: String,
+    /// Publish each line (or DATA) as a JSON string, as is, instead of parsing it as JSON.
+    #[arg(long)]
+    pub text: bool,
+    /// The server API [default: http:// and the configuration's `api.listen`, i.e.
+    /// http://127.0.0.1:8081].
+    #[arg(long, value_name = "URL", conflicts_with = "as_client")]
+    pub api: Option<String>,
+    /// The API key [default: the configuration's `api.key`, e.g. from SWITCHBOARD_API__KEY].
+    #[arg(long, value_name = "KEY", conflicts_with = "as_client")]
+    pub api_key: Option<String>,
+    /// Publish as a client, through a WebSocket connection (the namespace must allow client
+    /// publications), instead of through the server API.
+    #[arg(long)]
+    pub as_client: bool,
+    /// Connection settings (--url and --token apply with --as-client).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Settings of `serve` that have flags. Every one of them is also a config key.

@@ -454,7 +454,10 @@ mod tests {
             .iter()
             .filter(|k| !doc.contains(&format!("| `{k}` |")))
             .collect();
-        assert!(missing.is_empty(), "not in docs/configuration.md: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md: {missing:#?}"
+        );
         // Conversely, every key in the tables is a real setting.
         let documented: Vec<&str> = doc
             .lines()
@@ -464,7 +467,10 @@ mod tests {
             .iter()
             .filter(|k| !all.iter().any(|a| a == *k))
             .collect();
-        assert!(unknown.is_empty(), "documented but not settings: {unknown:#?}");
+        assert!(
+            unknown.is_empty(),
+            "documented but not settings: {unknown:#?}"
+        );
     }
 
     #[test]

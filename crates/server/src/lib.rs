@@ -9,7 +9,8 @@
 //! - [`limits`]: client connections in total, per address, and per second from one address.
 //! - [`tls`]: rustls on the client listener, with the certificate reloaded on SIGHUP.
 //! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
-//! - [`cli`]: the `switchboard` command line.
+//! - [`cli`]: the `switchboard` command line; [`tools`] runs its client subcommands (`subscribe`,
+//!   `publish`).
 //! - [`demo`]: the chat demo page at `/`, with the JavaScript client of `clients/js`.
 //!
 //! The WebSocket protocol itself (framing, compression, keepalive, close) is the
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod logging;
 pub mod server;
 pub mod tls;
+pub mod tools;
 pub mod transport;
 
 pub use config::Config;

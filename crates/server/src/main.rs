@@ -5,11 +5,25 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::cli::{Cli, Command, ServeArgs};
-use switchboard::{Config, Server, generate, logging};
+use switchboard::{Config, Server, generate, logging, tools};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version end here too, on stdout and with 0; a usage error exits with 1
+            // (2 means the server refused, for the client subcommands).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
+        Some(Command::Subscribe(args)) => tools::run(tools::subscribe(args)),
+        Some(Command::Publish(args)) => tools::run(tools::publish(args)),
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
         Some(Command::Genconfig) => match generate::config() {
