@@ -365,9 +365,10 @@ export class Client extends Emitter {
   }
 
   /** Schedules the next round of attempts after a backoff delay. */
-  _retry() {
+  /** Reconnects after a backoff delay, and not before `atLeast` ms (a restarting server's advice). */
+  _retry(atLeast = 0) {
     const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
-    const delay = backoff(this._attempt++, min, max);
+    const delay = Math.max(backoff(this._attempt++, min, max), atLeast);
     this._setState('connecting');
     this._later(delay, () => this._startAttempt());
   }
@@ -424,7 +425,8 @@ export class Client extends Emitter {
     }
     // 3005: the token expired; the next connect needs a fresh one.
     if (info.code === 3005) this._token = null;
-    this._retry();
+    // A restarting server spreads its clients' returns: `delay` says how long this one should wait.
+    this._retry(info.delay ?? 0);
   }
 
   /** A command the transport cannot carry (an HTTP body over the server's limit) fails alone. */
@@ -476,8 +478,8 @@ export class Client extends Emitter {
       return;
     }
     if (msg.disconnect) {
-      const { code, reason, reconnect } = msg.disconnect;
-      this._closed(conn, { code, reason, reconnect: reconnect ?? shouldReconnect(code) });
+      const { code, reason, reconnect, delay } = msg.disconnect;
+      this._closed(conn, { code, reason, delay, reconnect: reconnect ?? shouldReconnect(code) });
       return;
     }
     const [kind, body] = Object.entries(msg)[0] ?? [];

@@ -254,7 +254,7 @@ impl Driver {
                 false
             }
             Err(e) => {
-                self.retry_later(e.to_string());
+                self.retry_later(e.to_string(), Duration::ZERO);
                 true
             }
         }
@@ -291,16 +291,21 @@ impl Driver {
                 self.finish(Closed::ByServer { code, reason });
                 return false;
             }
-            self.retry_later(format!("disconnected by the server: {code} {reason}"));
+            let at_least = self.session.reconnect_delay().unwrap_or_default();
+            self.retry_later(
+                format!("disconnected by the server: {code} {reason}"),
+                at_least,
+            );
         } else {
-            self.retry_later(why);
+            self.retry_later(why, Duration::ZERO);
         }
         true
     }
 
-    fn retry_later(&mut self, reason: String) {
+    /// Schedules a reconnect after the backoff delay, and not before `at_least` (the server's advice).
+    fn retry_later(&mut self, reason: String, at_least: Duration) {
         self.attempt = self.attempt.saturating_add(1);
-        let delay = self.settings.backoff.delay(self.attempt);
+        let delay = self.settings.backoff.delay(self.attempt).max(at_least);
         tracing::debug!(attempt = self.attempt, ?delay, reason, "reconnecting");
         self.state.send_replace(State::Reconnecting {
             attempt: self.attempt,

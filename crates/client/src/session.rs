@@ -144,6 +144,8 @@ pub(crate) struct Session {
     connected: bool,
     out: Vec<String>,
     disconnect: Option<(u16, String)>,
+    /// The `delay` (ms) of the current connection's `disconnect` push.
+    reconnect_delay: Option<u64>,
 }
 
 impl Session {
@@ -249,6 +251,7 @@ impl Session {
     pub(crate) fn on_connected(&mut self) {
         self.connected = true;
         self.disconnect = None;
+        self.reconnect_delay = None;
         let mut channels: Vec<String> = self.subs.keys().cloned().collect();
         channels.sort();
         for channel in channels {
@@ -286,6 +289,11 @@ impl Session {
     /// The `disconnect` push of the current connection, if one came: its code and reason.
     pub(crate) fn disconnect_push(&self) -> Option<(u16, String)> {
         self.disconnect.clone()
+    }
+
+    /// How long the server asked this client to wait before reconnecting, if it did.
+    pub(crate) fn reconnect_delay(&self) -> Option<std::time::Duration> {
+        self.reconnect_delay.map(std::time::Duration::from_millis)
     }
 
     /// The next frame to send: queued objects, one per line.
@@ -504,7 +512,15 @@ impl Session {
                     let _ = sub.events.send(Event::Unsubscribed { code, reason });
                 }
             }
-            Push::Disconnect { code, reason, .. } => self.disconnect = Some((code, reason)),
+            Push::Disconnect {
+                code,
+                reason,
+                delay,
+                ..
+            } => {
+                self.disconnect = Some((code, reason));
+                self.reconnect_delay = delay;
+            }
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) enum Push {
         code: u16,
         reason: String,
         reconnect: bool,
+        /// Wait at least this long (ms) before reconnecting.
+        delay: Option<u64>,
     },
 }
 
@@ -127,6 +129,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
                 code: p.code,
                 reason: p.reason,
                 reconnect: p.reconnect,
+                delay: p.delay,
             }
         }
         other => return Err(format!("unknown push {other:?}")),
@@ -215,6 +218,9 @@ struct DisconnectPush {
     reason: String,
     #[serde(default)]
     reconnect: bool,
+    /// Milliseconds to wait before reconnecting (a restarting server spreads its clients' returns).
+    #[serde(default)]
+    delay: Option<u64>,
 }
 
 /// The result of `connect`.
@@ -309,7 +315,8 @@ mod tests {
             Ok(Incoming::Push(Push::Disconnect {
                 code: 3008,
                 reason: "slow".into(),
-                reconnect: true
+                reconnect: true,
+                delay: None
             }))
         );
         assert_eq!(

@@ -259,11 +259,21 @@ pub fn unsubscribe_push(channel: &str, code: UnsubscribeCode) -> Bytes {
 
 /// `disconnect` push.
 pub fn disconnect_push(code: DisconnectCode) -> Bytes {
-    let mut out = BytesMut::with_capacity(80);
+    disconnect_push_after(code, None)
+}
+
+/// `disconnect` push advising the client to wait `delay_ms` before reconnecting (a restarting server
+/// spreads its clients' returns over time, so they do not all come back in the same instant).
+pub fn disconnect_push_after(code: DisconnectCode, delay_ms: Option<u64>) -> Bytes {
+    let mut out = BytesMut::with_capacity(96);
     out.put_slice(b"{\"disconnect\":{\"code\":");
     out.put_slice(itoa(u64::from(code.code())).as_bytes());
     out.put_slice(b",\"reason\":");
     push_str(&mut out, code.reason());
+    if let Some(ms) = delay_ms {
+        out.put_slice(b",\"delay\":");
+        out.put_slice(itoa(ms).as_bytes());
+    }
     out.put_slice(if code.reconnect() {
         b",\"reconnect\":true}}"
     } else {

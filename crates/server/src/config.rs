@@ -225,12 +225,29 @@ pub struct ShutdownConfig {
     /// After SIGTERM/SIGINT, clients get close 1001 and this long to finish; then the process exits.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Each client is told to wait a random time up to this before reconnecting (the `delay` of its
+    /// `disconnect` push), so that a restart does not bring every client back in the same second.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_spread: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(10),
+            reconnect_spread: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// A random reconnect delay for one client, in milliseconds: uniform in `[0, reconnect_spread]`.
+    pub fn reconnect_delay_ms(&self) -> u64 {
+        let spread = u64::try_from(self.reconnect_spread.as_millis()).unwrap_or(u64::MAX);
+        match spread {
+            0 => 0,
+            // The OS random source failing is not worth a panic: no spread for this client then.
+            s => getrandom::u64().map_or(0, |r| r % (s + 1)),
         }
     }
 }

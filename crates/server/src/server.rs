@@ -280,6 +280,7 @@ fn routes(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         limits: Some(Arc::clone(limits)),
+        restart: config.shutdown.clone(),
     };
     let mut router = Router::new().route(
         &config.websocket_path,
@@ -297,6 +298,7 @@ fn routes(
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             limits: None,
+            restart: config.shutdown.clone(),
         };
         router = router.route(
             &config.echo.path,

@@ -145,6 +145,7 @@ pub fn router(
             queue_bytes: config.client.queue_bytes,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            restart: config.shutdown.clone(),
         },
         limits: Arc::clone(limits),
     };

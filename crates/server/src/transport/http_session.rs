@@ -214,6 +214,8 @@ pub struct SessionEnv {
     pub shutdown: CancellationToken,
     /// Tracks session tasks for graceful shutdown.
     pub tracker: TaskTracker,
+    /// How clients are told to come back after a shutdown (the push's `delay`).
+    pub restart: crate::config::ShutdownConfig,
 }
 
 /// How the first commands (those of the open request) went.
@@ -404,9 +406,11 @@ impl Task {
         if !slow {
             self.drain_now(client);
         }
+        let delay =
+            (code == DisconnectCode::Shutdown).then(|| self.ctx.restart.reconnect_delay_ms());
         self.session
             .downstream()
-            .end(encode::disconnect_push(code), slow);
+            .end(encode::disconnect_push_after(code, delay), slow);
         self.session.notify();
     }
 

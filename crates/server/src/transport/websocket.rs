@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub tracker: TaskTracker,
     /// Connection limits; `None` for endpoints they do not apply to (the echo endpoint).
     pub limits: Option<Arc<Limits>>,
+    /// How clients are told to come back after a shutdown (the push's `delay`).
+    pub restart: crate::config::ShutdownConfig,
 }
 
 /// Upgrades `req` and runs `app` on the connection; answers the handshake error otherwise.
@@ -97,8 +99,9 @@ pub async fn client_handler(
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
     );
+    let restart = endpoint.restart.clone();
     upgrade(&endpoint, req, move |ws, shutdown| async move {
-        client(ws, shutdown, node, headers).await;
+        client(ws, shutdown, node, headers, restart).await;
         drop(permit);
     })
 }
@@ -110,10 +113,11 @@ pub async fn client(
     shutdown: CancellationToken,
     node: Arc<Node>,
     headers: Option<ForwardedHeaders>,
+    restart: crate::config::ShutdownConfig,
 ) {
     let client = node.client_with("websocket", headers);
     let span = tracing::debug_span!("client", id = %client.id(), transport = "websocket");
-    run_client(ws, shutdown, &node, client)
+    run_client(ws, shutdown, &node, client, &restart)
         .instrument(span)
         .await;
 }
@@ -123,6 +127,7 @@ async fn run_client(
     shutdown: CancellationToken,
     node: &Node,
     mut client: switchboard_hub::Client,
+    restart: &crate::config::ShutdownConfig,
 ) {
     let bytes_in = node.metrics().bytes("websocket", "in");
     let bytes_out = node.metrics().bytes("websocket", "out");
@@ -190,7 +195,8 @@ async fn run_client(
             let _ = ws.send_shared(&msg);
             true
         });
-        let _ = ws.send(Message::Text(encode::disconnect_push(code)));
+        let delay = (code == DisconnectCode::Shutdown).then(|| restart.reconnect_delay_ms());
+        let _ = ws.send(Message::Text(encode::disconnect_push_after(code, delay)));
         // A restart is what WebSocket's own 1001 says; other codes travel as themselves.
         let close = if code == DisconnectCode::Shutdown {
             CloseCode::GOING_AWAY
