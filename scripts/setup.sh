@@ -12,10 +12,18 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v php >/dev/null || need_apt+=(php-cli)              # examples/php
 command -v redis-server >/dev/null || need_apt+=(redis-server) # the Redis engine's tests
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)               # browser tests (never downloaded)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The JS client and the browser tests need Node 20 or later (its WebSocket and fetch).
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: Node.js 20 or later is required for clients/js and tests/browser (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
 fi
 
 # Autobahn|Testsuite (WebSocket conformance), ported to Python 3 by the shared tools.

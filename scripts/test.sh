@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the full Autobahn conformance
-# run against /echo (permessage-deflate required), and a short fuzz run of every fuzz target.
+# run against /echo (permessage-deflate required), a short fuzz run of every fuzz target, the JS
+# client's tests and the browser end-to-end tests. scripts/setup.sh installs what they need.
 # README's Quick start names this command and CI (.ci/run) calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,11 +62,6 @@ step "fuzz smoke (${FUZZ_SECONDS}s per target)"
 # ---- JavaScript client and browser end-to-end tests (clients/js, tests/browser) ---------------------
 # Both start target/debug/switchboard themselves (built by the cargo test step above) on free ports.
 # Chromium is Debian's (/usr/bin/chromium); no test tool downloads a browser of its own.
-if [ ! -x /usr/bin/chromium ]; then
-  echo "test: installing chromium (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq chromium
-fi
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 for dir in clients/js tests/browser; do
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
