@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use switchboard::cli::{Cli, Command, ServeArgs};
 use switchboard::{Config, Server, generate, logging, tools};
 
@@ -99,13 +100,14 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let signals = Signals::install();
         tracing::info!(addr = %server.local_addr(), api = %server.api_addr(), version = env!("CARGO_PKG_VERSION"), "switchboard listening");
         let handle = server.shutdown_handle();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stopped(signals.stop).await;
             handle.shutdown();
         });
-        tokio::spawn(reload_on_sighup(server.tls()));
+        tokio::spawn(reload_on_sighup(signals.hup, server.tls()));
         server.run().await;
         ExitCode::SUCCESS
     })
@@ -116,12 +118,48 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// On every SIGHUP, reloads the TLS certificate (connections already open keep theirs). Installing
-/// the handler also keeps SIGHUP from killing the process, its default action.
-async fn reload_on_sighup(tls: Option<switchboard::tls::Tls>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; certificates reload only on restart");
+/// The signals the server acts on, installed before it says it is listening: a SIGTERM that comes
+/// right after the "listening" line must stop it gracefully, not kill it with the default action.
+struct Signals {
+    stop: Option<(Signal, Signal)>,
+    hup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        let stop = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Some((int, term)),
+            _ => {
+                tracing::warn!("cannot install SIGINT/SIGTERM handlers; stop with SIGKILL");
+                None
+            }
+        };
+        let hup = signal(SignalKind::hangup()).ok();
+        if hup.is_none() {
+            tracing::warn!("cannot install the SIGHUP handler; certificates reload only on restart");
+        }
+        Self { stop, hup }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stopped(stop: Option<(Signal, Signal)>) {
+    let Some((mut int, mut term)) = stop else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// On every SIGHUP, reloads the TLS certificate (connections already open keep theirs). Handling it
+/// also keeps SIGHUP from killing the process, its default action.
+async fn reload_on_sighup(hup: Option<Signal>, tls: Option<switchboard::tls::Tls>) {
+    let Some(mut hup) = hup else {
         return;
     };
     while hup.recv().await.is_some() {
@@ -131,26 +169,6 @@ async fn reload_on_sighup(tls: Option<switchboard::tls::Tls>) {
                 Ok(()) => tracing::info!("SIGHUP received: TLS certificate reloaded"),
                 Err(e) => tracing::error!("SIGHUP received: {e}; keeping the previous certificate"),
             },
-        }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => tracing::info!("SIGINT received"),
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-            }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
         }
     }
 }
