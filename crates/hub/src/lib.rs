@@ -25,6 +25,8 @@ mod session;
 pub use client::Client;
 pub use hub::Hub;
 pub use namespace::{ChannelsConfig, NamespaceOptions};
-pub use node::{ClientConfig, Node, NodeConfig, NodeInfo, PublishError, PublishOptions};
+pub use node::{
+    ClientConfig, Node, NodeConfig, NodeInfo, NodeMessageHandler, PublishError, PublishOptions,
+};
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 pub use session::{Control, Session, Signal};
