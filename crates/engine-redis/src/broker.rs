@@ -6,11 +6,16 @@
 //! reaches it. So after every reconnect the node subscribes again to all its channels and, once that
 //! is done, reports each of them as a possible gap; the node then tells their subscribers to
 //! resubscribe with recovery (2500), and history fills the hole.
+//!
+//! Each node also listens on a channel of its own (`P.node.{id}`), on the instance its id hashes to,
+//! where other nodes send it messages ([`send_to_node`]): PUBLISH says how many listened, so a node
+//! that is gone is known at once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Message as RedisMessage;
 use switchboard_engine::{EngineError, PresenceEvent};
@@ -84,6 +89,37 @@ pub(crate) async fn publish_presence_event(
     result.map(drop).map_err(|e| shard.error(&e))
 }
 
+/// Sends `message` to node `node`'s channel; [`EngineError::UnknownNode`] when nobody listens there.
+pub(crate) async fn send_to_node(
+    inner: &Inner,
+    node: &str,
+    message: Bytes,
+) -> Result<(), EngineError> {
+    let shard = inner.node_shard(node);
+    let name = inner.keys.node(node);
+    let client = shard.commands()?;
+    let result: Result<i64, _> = if inner.config.cluster {
+        client.spublish(name, message).await
+    } else {
+        client.publish(name, message).await
+    };
+    match result.map_err(|e| shard.error(&e))? {
+        0 => Err(EngineError::UnknownNode(node.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// Subscribes this node to its own channel (at start, and again after each reconnect).
+pub(crate) async fn subscribe_node(inner: &Inner) -> Result<(), fred::error::Error> {
+    let shard = inner.node_shard(&inner.node_id);
+    let name = inner.keys.node(&inner.node_id);
+    if inner.config.cluster {
+        shard.subscriber.ssubscribe(name).await
+    } else {
+        shard.subscriber.subscribe(name).await
+    }
+}
+
 /// Hands every message of shard `index` to the node, in arrival order. Runs until the engine stops.
 pub(crate) async fn receive(inner: Arc<Inner>, index: usize, mut messages: Receiver<RedisMessage>) {
     loop {
@@ -108,6 +144,13 @@ fn deliver(inner: &Inner, m: RedisMessage) {
     let Some(handler) = inner.handler() else {
         return;
     };
+    if *m.channel == *inner.node_channel {
+        match m.value.into_bytes() {
+            Some(bytes) => handler.on_node_message(bytes),
+            None => tracing::warn!("node message that is not a string; ignored"),
+        }
+        return;
+    }
     let Some(channel) = inner.keys.channel_of(&m.channel) else {
         return;
     };
@@ -142,7 +185,7 @@ pub(crate) async fn resubscribe_on_reconnect(
         shard.resyncing.store(true, Ordering::Release);
         let mut delay = Duration::from_millis(50);
         loop {
-            match resubscribe_all(&inner, shard).await {
+            match resubscribe_all(&inner, index).await {
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(shard = %shard.address, channels = n, "Redis is back: resubscribed; subscribers recover");
@@ -160,8 +203,13 @@ pub(crate) async fn resubscribe_on_reconnect(
     }
 }
 
-/// Subscribes again to every channel of `shard`, then reports each as a gap. The number of channels.
-async fn resubscribe_all(inner: &Inner, shard: &Shard) -> Result<usize, fred::error::Error> {
+/// Subscribes again to every channel of shard `index` (and to the node's own channel, if it is
+/// there), then reports each as a gap. The number of channels.
+async fn resubscribe_all(inner: &Inner, index: usize) -> Result<usize, fred::error::Error> {
+    let shard = &inner.shards[index];
+    if std::ptr::eq(shard, inner.node_shard(&inner.node_id)) {
+        subscribe_node(inner).await?;
+    }
     let channels: Vec<String> = shard.channels.lock().iter().cloned().collect();
     for batch in channels.chunks(RESUBSCRIBE_BATCH) {
         if inner.config.cluster {

@@ -13,6 +13,7 @@
 //! | `P.presence.{C}` | hash | client id to its info (JSON) |
 //! | `P.presence_expiry.{C}` | sorted set | client id scored by when its entry expires (Unix ms) |
 //! | `P.pub.{C}` | pub/sub channel | publications and join/leave events, in order |
+//! | `P.node.{N}` | pub/sub channel | messages to node `N` (its random id) from other nodes |
 
 /// Names of the Redis keys and channels under one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +64,12 @@ impl Keys {
         self.key("pub", channel)
     }
 
+    /// The pub/sub channel of node `node`, where other nodes send it messages. Its id is the hash tag,
+    /// so that in Redis Cluster it is a sharded channel like the others.
+    pub fn node(&self, node: &str) -> String {
+        self.key("node", node)
+    }
+
     /// The switchboard channel of a pub/sub channel name, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub
@@ -98,6 +105,8 @@ mod tests {
         assert_eq!(k.presence("news"), "sb.presence.{news}");
         assert_eq!(k.presence_expiry("news"), "sb.presence_expiry.{news}");
         assert_eq!(k.pubsub("news"), "sb.pub.{news}");
+        assert_eq!(k.node("0a1b2c3d"), "sb.node.{0a1b2c3d}");
+        assert_eq!(k.channel_of(&k.node("0a1b2c3d")), None);
     }
 
     #[test]

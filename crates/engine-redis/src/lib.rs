@@ -8,7 +8,8 @@
 //!   section.
 //! - `broker.rs`: pub/sub between nodes. One subscriber connection per Redis instance; after it
 //!   reconnects, every channel is subscribed again and reported to the node as a possible gap, whose
-//!   subscribers then resubscribe with recovery (push 2500).
+//!   subscribers then resubscribe with recovery (push 2500). Also messages from node to node
+//!   ([`Engine::send_to_node`]), each node listening on a channel named after its random id.
 //! - `history.rs`: the channel streams (Redis Streams). One Lua script increments the offset, appends
 //!   to the stream and publishes, so offsets are gapless and every node sees them in order.
 //! - `presence.rs`: who is in a channel, each entry expiring unless its node refreshes it.
@@ -34,6 +35,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Builder;
@@ -187,12 +189,21 @@ pub(crate) struct Inner {
     /// Presence entries of this node's clients, refreshed in Redis periodically.
     pub(crate) local_presence: Mutex<HashMap<String, HashMap<String, Arc<ClientInfo>>>>,
     pub(crate) scripts: history::Scripts,
+    /// This node's id ([`Engine::node_id`]).
+    pub(crate) node_id: String,
+    /// The pub/sub channel where this node receives messages from others.
+    pub(crate) node_channel: String,
 }
 
 impl Inner {
     /// The shard holding `channel`.
     pub(crate) fn shard(&self, channel: &str) -> &Shard {
         &self.shards[shard_of(channel, self.shards.len())]
+    }
+
+    /// The shard where node `node` listens for messages: every node computes the same one.
+    pub(crate) fn node_shard(&self, node: &str) -> &Shard {
+        &self.shards[shard_of(node, self.shards.len())]
     }
 
     pub(crate) fn handler(&self) -> Option<&Arc<dyn EngineHandler>> {
@@ -265,8 +276,18 @@ impl RedisEngine {
                 resyncing: AtomicBool::new(false),
             });
         }
+        let keys = Keys::new(&config.prefix);
+        let node_id = match free_node_id(&config, &keys, &shards).await {
+            Ok(id) => id,
+            Err(e) => {
+                abort_all(&tasks);
+                return Err(e);
+            }
+        };
         let inner = Arc::new(Inner {
-            keys: Keys::new(&config.prefix),
+            node_channel: keys.node(&node_id),
+            node_id,
+            keys,
             config,
             shards,
             handler: OnceLock::new(),
@@ -288,6 +309,12 @@ impl RedisEngine {
         }
         let h = tokio::spawn(presence::refresh(Arc::clone(&inner)));
         tasks.push(h.abort_handle());
+        // Listening before anyone can learn the id: from the first session on, others reach us.
+        if let Err(e) = broker::subscribe_node(&inner).await {
+            abort_all(&tasks);
+            let address = inner.node_shard(&inner.node_id).address.clone();
+            return Err(connect_error(&address, &inner.config, e.to_string()));
+        }
         Ok(Self { inner, tasks })
     }
 
@@ -295,6 +322,35 @@ impl RedisEngine {
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
     }
+}
+
+/// A random node id (8 hex digits) that no other node listening through these Redis uses.
+async fn free_node_id(
+    config: &RedisConfig,
+    keys: &Keys,
+    shards: &[Shard],
+) -> Result<String, RedisError> {
+    for _ in 0..8 {
+        let id: String = std::iter::repeat_with(|| fastrand::digit(16))
+            .take(8)
+            .collect();
+        let shard = &shards[shard_of(&id, shards.len())];
+        let name = keys.node(&id);
+        // [channel, count]
+        let counts: Result<Vec<Value>, _> = if config.cluster {
+            shard.client.pubsub_shardnumsub(name).await
+        } else {
+            shard.client.pubsub_numsub(name).await
+        };
+        let counts = counts.map_err(|e| connect_error(&shard.address, config, e.to_string()))?;
+        if counts.get(1).and_then(Value::as_i64).unwrap_or(0) == 0 {
+            return Ok(id);
+        }
+    }
+    // 8 collisions of 32 random bits in a row: something else is wrong.
+    Err(RedisError::Config(
+        "no free node id: every id tried already listens (check [engine.redis] prefix)".into(),
+    ))
 }
 
 /// Connects `client`; the handle of its connection task.
@@ -376,6 +432,14 @@ impl Engine for RedisEngine {
     fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
         // A second call is a wiring bug; keeping the first handler is the safe answer.
         let _ = self.inner.handler.set(handler);
+    }
+
+    fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        broker::send_to_node(&self.inner, node, message).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use parking_lot::Mutex;
-use switchboard_engine::{Engine, EngineHandler, HistoryQuery, PresenceEvent, StreamOptions};
+use switchboard_engine::{
+    Engine, EngineError, EngineHandler, HistoryQuery, PresenceEvent, StreamOptions,
+};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
 use switchboard_protocol::{ClientInfo, Payload, Publication};
@@ -45,6 +47,7 @@ struct Recorder {
     pubs: Mutex<Vec<(String, u64, String)>>,
     presence: Mutex<Vec<(String, PresenceEvent, String)>>,
     gaps: Mutex<Vec<String>>,
+    node_messages: Mutex<Vec<Bytes>>,
 }
 
 impl EngineHandler for Recorder {
@@ -60,6 +63,9 @@ impl EngineHandler for Recorder {
     }
     fn on_stream_gap(&self, channel: &str) {
         self.gaps.lock().push(channel.to_owned());
+    }
+    fn on_node_message(&self, message: Bytes) {
+        self.node_messages.lock().push(message);
     }
 }
 
@@ -378,4 +384,74 @@ async fn a_missing_redis_stops_the_start_with_its_address() {
     c.prefix = "a{b".into();
     let err = RedisEngine::connect(c).await.unwrap_err().to_string();
     assert!(err.contains("prefix"), "{err}");
+}
+
+#[tokio::test]
+async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() {
+    // Two Redis: each node listens on the one its id hashes to, and every node computes the same.
+    let mut r1 = RedisServer::start();
+    let mut r2 = RedisServer::start();
+    let (a, rec_a) = engine(&[&r1, &r2]).await;
+    let (b, rec_b) = engine(&[&r1, &r2]).await;
+    let (c, rec_c) = engine(&[&r1, &r2]).await;
+    let ids = [a.node_id(), b.node_id(), c.node_id()];
+    for id in ids {
+        assert_eq!(id.len(), 8);
+        assert!(id.bytes().all(|x| x.is_ascii_hexdigit()), "{id}");
+    }
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    // Binary bodies go through as they are.
+    let message = Bytes::from_static(b"Q{\"x\":1}\n\x00\xff");
+    a.send_to_node(b.node_id(), message.clone()).await.unwrap();
+    c.send_to_node(b.node_id(), Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    b.send_to_node(a.node_id(), Bytes::from_static(b"back"))
+        .await
+        .unwrap();
+    until("b's two messages", || rec_b.node_messages.lock().len() == 2).await;
+    until("a's answer", || rec_a.node_messages.lock().len() == 1).await;
+    assert!(rec_b.node_messages.lock().contains(&message));
+    assert_eq!(*rec_a.node_messages.lock(), [Bytes::from_static(b"back")]);
+    assert!(rec_c.node_messages.lock().is_empty(), "only the node named");
+    // Nobody listens: known at once, not after a timeout.
+    let err = a.send_to_node("00000000", Bytes::new()).await.unwrap_err();
+    assert_eq!(err, EngineError::UnknownNode("00000000".into()));
+    let gone = c.node_id().to_owned();
+    drop(c);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.send_to_node(&gone, Bytes::new()).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a gone node still listens"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // After its Redis restarts, a node listens again on its channel.
+    let holder = if shard_of(b.node_id(), 2) == 0 {
+        &mut r1
+    } else {
+        &mut r2
+    };
+    holder.stop();
+    until("not ready", || !b.ready()).await;
+    holder.restart();
+    until("ready", || a.ready() && b.ready()).await;
+    let before = rec_b.node_messages.lock().len();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a
+        .send_to_node(b.node_id(), Bytes::from_static(b"again"))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never listened again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until("after the restart", || {
+        rec_b.node_messages.lock().len() > before
+    })
+    .await;
 }

@@ -8,7 +8,7 @@
 //!   important is that appending to a channel's history and broadcasting the publication happen as
 //!   one step per channel, so every node sees a channel's publications in offset order.
 //! - [`EngineHandler`] is how an engine hands publications and presence events (from any node) back
-//!   to the node that runs it.
+//!   to the node that runs it, and messages other nodes sent to this one ([`Engine::send_to_node`]).
 //! - [`MemoryEngine`] implements it in one process.
 
 mod memory;
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 
 pub use memory::MemoryEngine;
@@ -93,6 +94,9 @@ pub enum EngineError {
     /// The backing store cannot be reached; clients get a temporary error.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// No node with this id is reachable through the engine (it never existed, or it stopped).
+    #[error("unknown node {0:?}")]
+    UnknownNode(String),
 }
 
 /// Receives what the engine delivers: publications and presence events, from this node or others.
@@ -106,6 +110,12 @@ pub trait EngineHandler: Send + Sync {
     /// connection to the broker, or fell behind): the node's subscribers of `channel` must be told to
     /// resubscribe with recovery, since nothing tells them otherwise that a hole opened.
     fn on_stream_gap(&self, channel: &str);
+    /// A message another node sent to this one with [`Engine::send_to_node`]. Called from the
+    /// engine's delivery task: hand the message over and return, never wait here. The default drops
+    /// it, for nodes that exchange no messages.
+    fn on_node_message(&self, message: Bytes) {
+        drop(message);
+    }
 }
 
 /// Broker, history and presence for a switchboard node.
@@ -113,6 +123,21 @@ pub trait EngineHandler: Send + Sync {
 pub trait Engine: Send + Sync {
     /// Sets the receiver of publications and presence events. Called once, before any other method.
     fn set_handler(&self, handler: Arc<dyn EngineHandler>);
+
+    /// This node's id among the nodes sharing the engine: short, random per process, and what other
+    /// nodes pass to [`Engine::send_to_node`] to reach it.
+    fn node_id(&self) -> &str;
+
+    /// Sends `message` to the node `node`, whose handler gets it in
+    /// [`EngineHandler::on_node_message`]. At most once and fire-and-forget: it may be lost on the way
+    /// (an answer expected back needs a timeout), but a node that is known not to listen is reported
+    /// at once as [`EngineError::UnknownNode`].
+    ///
+    /// The default knows no node at all: engines that do not connect nodes have nobody to send to.
+    async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        drop(message);
+        Err(EngineError::UnknownNode(node.to_owned()))
+    }
 
     /// This node wants publications of `channel` (its first local subscriber arrived).
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;

@@ -12,6 +12,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::time::Instant;
@@ -29,6 +30,8 @@ pub struct MemoryEngine {
     streams: Box<[Mutex<HashMap<String, SharedStream>>]>,
     presence: Box<[Mutex<HashMap<String, Members>>]>,
     handler: OnceLock<Arc<dyn EngineHandler>>,
+    /// This node's id: the only node this engine knows.
+    node_id: String,
 }
 
 type SharedStream = Arc<Mutex<Stream>>;
@@ -103,6 +106,9 @@ impl MemoryEngine {
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             handler: OnceLock::new(),
+            node_id: std::iter::repeat_with(|| fastrand::digit(16))
+                .take(8)
+                .collect(),
         }
     }
 
@@ -150,6 +156,21 @@ impl Engine for MemoryEngine {
     fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
         // A second call is a wiring bug; keeping the first handler is the safe answer.
         let _ = self.handler.set(handler);
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// One process: the only node there is is this one, whose handler gets the message at once.
+    async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        match self.handler() {
+            Some(handler) if node == self.node_id => {
+                handler.on_node_message(message);
+                Ok(())
+            }
+            _ => Err(EngineError::UnknownNode(node.to_owned())),
+        }
     }
 
     async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
@@ -310,13 +331,40 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, u64)>>);
+    struct Recorder(Mutex<Vec<(String, u64)>>, Mutex<Vec<Bytes>>);
     impl EngineHandler for Recorder {
         fn on_publication(&self, channel: &str, p: Arc<Publication>, _: &str) {
             self.0.lock().push((channel.to_owned(), p.offset));
         }
         fn on_presence(&self, _: &str, _: PresenceEvent, _: Arc<ClientInfo>) {}
         fn on_stream_gap(&self, _: &str) {}
+        fn on_node_message(&self, message: Bytes) {
+            self.1.lock().push(message);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_only_node_a_memory_engine_reaches_is_its_own() {
+        let e = MemoryEngine::new();
+        let rec = Arc::new(Recorder::default());
+        e.set_handler(rec.clone());
+        let me = e.node_id().to_owned();
+        assert_eq!(me.len(), 8);
+        assert!(me.bytes().all(|b| b.is_ascii_hexdigit()));
+        e.send_to_node(&me, Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+        assert_eq!(*rec.1.lock(), [Bytes::from_static(b"hi")]);
+        let other = if me == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        };
+        assert_eq!(
+            e.send_to_node(other, Bytes::new()).await,
+            Err(EngineError::UnknownNode(other.into()))
+        );
+        assert_ne!(MemoryEngine::new().node_id(), me, "random per engine");
     }
 
     #[tokio::test]

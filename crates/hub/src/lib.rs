@@ -27,6 +27,8 @@ pub use client::Client;
 pub use hub::Hub;
 pub use metrics::{Labels, Metrics};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
-pub use node::{ClientConfig, Node, NodeConfig, NodeInfo, PublishError, PublishOptions};
+pub use node::{
+    ClientConfig, Node, NodeConfig, NodeInfo, NodeMessageHandler, PublishError, PublishOptions,
+};
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 pub use session::{Control, Session, Signal};

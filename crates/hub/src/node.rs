@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_auth::Verifier;
@@ -90,7 +91,13 @@ pub struct Node {
     idempotency: Mutex<HashMap<String, (StreamPosition, Instant)>>,
     started: Instant,
     next_key: AtomicU64,
+    /// Receives messages from other nodes, once a transport that exchanges them is set up.
+    node_messages: OnceLock<NodeMessageHandler>,
 }
+
+/// What receives the messages other nodes send to this one (see [`Node::send_to_node`]). Called on
+/// the engine's delivery task: it must hand the message over and return at once.
+pub type NodeMessageHandler = Arc<dyn Fn(Bytes) + Send + Sync>;
 
 /// Options of a server-side publish (the HTTP API's `publish`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,6 +170,7 @@ impl Node {
             idempotency: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_key: AtomicU64::new(1),
+            node_messages: OnceLock::new(),
         });
         node.engine
             .set_handler(Arc::new(Delivery(Arc::downgrade(&node))));
@@ -293,6 +301,25 @@ impl Node {
             }
         }
         n
+    }
+
+    /// This node's id among the nodes sharing the engine (random per process).
+    pub fn node_id(&self) -> &str {
+        self.engine.node_id()
+    }
+
+    /// Sends `message` to the node `node` through the engine: at most once, and
+    /// [`EngineError::UnknownNode`] at once when no such node listens.
+    pub async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        self.engine.send_to_node(node, message).await
+    }
+
+    /// Sets what receives messages from other nodes; until then (and for a second handler, a wiring
+    /// bug) they are dropped.
+    pub fn set_node_message_handler(&self, handler: NodeMessageHandler) {
+        if self.node_messages.set(handler).is_err() {
+            tracing::warn!("a node message handler was already set; keeping the first");
+        }
     }
 
     /// Whether the node can serve new work: its engine reaches its backing store.
@@ -431,6 +458,16 @@ impl EngineHandler for Delivery {
                 "engine reports publications may be lost; subscribers must recover"
             );
             node.hub.gap(channel);
+        }
+    }
+
+    fn on_node_message(&self, message: Bytes) {
+        if let Some(handler) = self
+            .0
+            .upgrade()
+            .and_then(|n| n.node_messages.get().cloned())
+        {
+            handler(message);
         }
     }
 }

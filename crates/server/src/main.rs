@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use switchboard::cli::{Cli, Command, ServeArgs};
 use switchboard::{Config, Server, generate, logging, tools};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -139,7 +139,9 @@ impl Signals {
         };
         let hup = signal(SignalKind::hangup()).ok();
         if hup.is_none() {
-            tracing::warn!("cannot install the SIGHUP handler; certificates reload only on restart");
+            tracing::warn!(
+                "cannot install the SIGHUP handler; certificates reload only on restart"
+            );
         }
         Self { stop, hup }
     }

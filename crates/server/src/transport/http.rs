@@ -10,10 +10,15 @@
 //! GET  {path}/sse?session=S[&ack=N]        the same as a text/event-stream, one event per batch
 //! ```
 //!
+//! Any node may serve any request of a session: one that lands on another node than the session's is
+//! relayed there through the engine (`relay.rs`), so a load balancer needs no stickiness.
+//!
 //! This module holds the configuration, the routes, open and send, and the JSON errors;
 //! `http_session.rs` the sessions and their task, `downstream.rs` the seq/ack buffer, `poll.rs` and
-//! `sse.rs` the two ways down, `cors.rs` the cross-origin policy.
+//! `sse.rs` the two ways down, `relay.rs` requests for other nodes' sessions, `cors.rs` the
+//! cross-origin policy.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http_session::{self, Outcome, SessionEnv, Sessions};
+use super::relay::{self, Op, Relay, RelayError};
 use super::{cors, poll, sse};
 use crate::limits::{Limits, Refusal};
 
@@ -66,6 +72,15 @@ pub struct FallbackConfig {
     /// a task forever.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// A request relayed to the node holding its session (it landed on another node) is answered
+    /// 404 when that node does not answer within this time, beyond how long the request may be held
+    /// there (`poll_timeout`, `sse_ping_interval`; for a send, this time again).
+    #[serde(with = "humantime_serde")]
+    pub relay_timeout: Duration,
+    /// Requests this node relays to other nodes at once, and relayed requests it runs at once; beyond
+    /// it: 503. Each held long poll or open SSE stream landing on another node than its session's
+    /// takes one on both nodes.
+    pub max_relayed_requests: usize,
 }
 
 impl Default for FallbackConfig {
@@ -81,6 +96,8 @@ impl Default for FallbackConfig {
             allowed_origins: Vec::new(),
             allow_credentials: false,
             body_read_timeout: Duration::from_secs(10),
+            relay_timeout: Duration::from_secs(5),
+            max_relayed_requests: 16384,
         }
     }
 }
@@ -99,6 +116,12 @@ impl FallbackConfig {
         }
         if self.sse_ping_interval.is_zero() {
             return Err("sse_ping_interval must be more than 0s".into());
+        }
+        if self.relay_timeout.is_zero() {
+            return Err("relay_timeout must be more than 0s".into());
+        }
+        if self.max_relayed_requests == 0 {
+            return Err("max_relayed_requests must be at least 1".into());
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !origin.contains("://") {
@@ -125,6 +148,51 @@ pub(crate) struct Fallback {
     pub node: Arc<Node>,
     pub env: SessionEnv,
     pub limits: Arc<Limits>,
+    pub relay: Arc<Relay>,
+}
+
+impl Fallback {
+    /// The node holding the session a request names, when it is another one.
+    pub fn remote_node<'a>(&self, params: &Params<'a>) -> Option<&'a str> {
+        self.relay.remote_node(params.get("session")?)
+    }
+
+    /// Relays `op` to `node` and answers what it answered (see `relay.rs`).
+    pub async fn relay_http(
+        &self,
+        node: &str,
+        op: Op,
+        body: Bytes,
+        hold: Duration,
+    ) -> Result<Response, FallbackError> {
+        let (answer, body) = self
+            .relay
+            .call(node, op, body, hold)
+            .await
+            .map_err(|e| self.relay_error(e))?;
+        relay::from_answer(&answer, body).ok_or_else(|| {
+            FallbackError::Internal(format!(
+                "node {node} answered {answer:?} to an HTTP request"
+            ))
+        })
+    }
+
+    /// How a relay failure looks to the client: a gone node like an unknown session.
+    pub fn relay_error(&self, e: RelayError) -> FallbackError {
+        match e {
+            RelayError::Gone(_) => FallbackError::UnknownSession(self.config.path.clone()),
+            RelayError::Busy => FallbackError::Busy,
+            RelayError::Unavailable(m) => {
+                // The detail names Redis addresses: for the log, not for clients.
+                tracing::debug!(error = %m, "cannot relay a fallback request");
+                FallbackError::Unavailable
+            }
+            RelayError::Malformed(m) => {
+                tracing::warn!(error = %m, "unreadable answer from another node");
+                FallbackError::Internal("unreadable answer from the session's node".into())
+            }
+        }
+    }
 }
 
 /// The fallback routes under `config.fallback.path`.
@@ -136,11 +204,17 @@ pub fn router(
     tracker: &TaskTracker,
 ) -> Router {
     let fb = &config.fallback;
+    let relay = Relay::new(
+        Arc::clone(node.engine()),
+        fb.max_relayed_requests,
+        fb.relay_timeout,
+    );
     let state = Fallback {
         config: Arc::new(fb.clone()),
         node: Arc::clone(node),
         env: SessionEnv {
             sessions: Arc::new(Sessions::default()),
+            node_id: relay.node_id().to_owned(),
             session_timeout: fb.session_timeout,
             queue_bytes: config.client.queue_bytes,
             shutdown: shutdown.clone(),
@@ -148,7 +222,9 @@ pub fn router(
             restart: config.shutdown.clone(),
         },
         limits: Arc::clone(limits),
+        relay: Arc::new(relay),
     };
+    serve_relayed(&state);
     let policy = Arc::new(cors::Policy {
         allowed_origins: fb.allowed_origins.clone(),
         allow_credentials: fb.allow_credentials,
@@ -167,6 +243,36 @@ pub fn router(
         )
         .layer(axum::middleware::from_fn_with_state(policy, cors::apply))
         .with_state(state)
+}
+
+/// Runs the requests other nodes relay to this one's sessions, each in a task of its own.
+fn serve_relayed(state: &Fallback) {
+    // The node owns this handler: holding it strongly here would keep it alive forever.
+    let node = Arc::downgrade(&state.node);
+    let (config, env, limits, relay) = (
+        Arc::clone(&state.config),
+        state.env.clone(),
+        Arc::clone(&state.limits),
+        Arc::clone(&state.relay),
+    );
+    state
+        .node
+        .set_node_message_handler(Arc::new(move |message: Bytes| {
+            let Some(incoming) = relay.receive(&message) else {
+                return;
+            };
+            let Some(node) = node.upgrade() else {
+                return;
+            };
+            let fb = Fallback {
+                config: Arc::clone(&config),
+                node,
+                env: env.clone(),
+                limits: Arc::clone(&limits),
+                relay: Arc::clone(&relay),
+            };
+            env.tracker.spawn(relay::run(fb, incoming));
+        }));
 }
 
 /// Why a fallback request failed; each answers its status with
@@ -206,6 +312,14 @@ pub enum FallbackError {
     /// The request's `Origin` is not allowed.
     #[error("origin {0} is not allowed: add it to [fallback] allowed_origins")]
     Origin(String),
+    /// Too many requests are relayed between nodes at once (503 with `Retry-After`).
+    #[error(
+        "too many requests relayed between nodes at once ([fallback] max_relayed_requests): retry shortly"
+    )]
+    Busy,
+    /// The session's node cannot be reached for now: the engine is down (503 with `Retry-After`).
+    #[error("the session's node cannot be reached for now: retry shortly")]
+    Unavailable,
     /// The server failed.
     #[error("internal server error: {0}")]
     Internal(String),
@@ -222,6 +336,7 @@ impl FallbackError {
             Self::BadRequest(_) | Self::BadCommands(_) => StatusCode::BAD_REQUEST,
             Self::OutOfOrder { .. } => StatusCode::CONFLICT,
             Self::Origin(_) => StatusCode::FORBIDDEN,
+            Self::Busy | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -235,9 +350,9 @@ impl FallbackError {
             | Self::BadCommands(_)
             | Self::OutOfOrder { .. }
             | Self::BodyTimeout(_) => ErrorCode::BadRequest,
-            Self::Limited(_) => ErrorCode::TooManyRequests,
+            Self::Limited(_) | Self::Busy => ErrorCode::TooManyRequests,
             Self::Origin(_) => ErrorCode::PermissionDenied,
-            Self::Internal(_) => ErrorCode::Internal,
+            Self::Internal(_) | Self::Unavailable => ErrorCode::Internal,
         }
     }
 }
@@ -247,11 +362,14 @@ impl IntoResponse for FallbackError {
         let body =
             serde_json::json!({"error": {"code": self.code().code(), "message": self.to_string()}});
         let mut resp = json(self.status(), Bytes::from(body.to_string()));
-        if let Self::Limited(r) = self {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(r.retry_after()),
-            );
+        let retry_after = match self {
+            Self::Limited(r) => Some(r.retry_after()),
+            Self::Busy | Self::Unavailable => Some("1"),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
         }
         resp
     }
@@ -273,9 +391,13 @@ pub(crate) struct Params<'a>(Vec<(&'a str, &'a str)>);
 
 impl<'a> Params<'a> {
     pub fn parse(uri: &'a Uri) -> Self {
+        Self::from_query(uri.query().unwrap_or(""))
+    }
+
+    /// The parameters of a query string (what a relayed request carries).
+    pub fn from_query(query: &'a str) -> Self {
         Self(
-            uri.query()
-                .unwrap_or("")
+            query
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| p.split_once('=').unwrap_or((p, "")))
@@ -388,12 +510,30 @@ async fn open(State(fb): State<Fallback>, req: Request) -> Result<Response, Fall
 /// `POST {path}/send?session=S&n=K[&ack=N]`: more commands, and/or an acknowledgement.
 async fn send(State(fb): State<Fallback>, uri: Uri, body: Body) -> Result<Response, FallbackError> {
     let params = Params::parse(&uri);
-    let session = params.session(&fb)?;
+    if let Some(node) = fb.remote_node(&params) {
+        // Read here, with this node's limits, so that the session's node gets it whole.
+        let body = read_body(body, &fb.config).await?;
+        let query = uri.query().unwrap_or_default().to_owned();
+        // The commands may wait on the application's handlers: give them a relay timeout too.
+        let hold = fb.config.relay_timeout;
+        return fb.relay_http(node, Op::Send { query }, body, hold).await;
+    }
+    send_here(&fb, &params, read_body(body, &fb.config)).await
+}
+
+/// A `send` to a session of this node, whether it arrived here or was relayed from another node;
+/// `body` is read once the session is known.
+pub(crate) async fn send_here(
+    fb: &Fallback,
+    params: &Params<'_>,
+    body: impl Future<Output = Result<Bytes, FallbackError>>,
+) -> Result<Response, FallbackError> {
+    let session = params.session(fb)?;
     let ack = params.number("ack")?;
     let n = params.number("n")?;
     let _guard = session.begin_request();
-    let body = read_body(body, &fb.config).await?;
-    count_in(&fb, &body);
+    let body = body.await?;
+    count_in(fb, &body);
     if let Some(ack) = ack {
         session.ack(ack);
     }

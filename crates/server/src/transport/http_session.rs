@@ -115,7 +115,7 @@ impl Drop for RequestGuard {
 }
 
 impl HttpSession {
-    /// `<id>.<secret>`, what the client names the session by.
+    /// `<id>.<secret>`, what the client names the session by; the id is `<node>-<random>`.
     pub fn token(&self) -> String {
         format!("{}.{}", self.id, self.secret)
     }
@@ -206,6 +206,8 @@ impl HttpSession {
 pub struct SessionEnv {
     /// The registry the session is in.
     pub sessions: Arc<Sessions>,
+    /// This node's id, which session ids start with so that any node can tell where a session is.
+    pub node_id: String,
     /// Idle time after which a session expires.
     pub session_timeout: Duration,
     /// Most bytes waiting for the client (`[client] queue_bytes`); beyond it: disconnect 3008.
@@ -231,7 +233,7 @@ pub async fn open(
 ) -> Result<Opened, getrandom::Error> {
     let (upstream, commands) = mpsc::channel(4);
     let session = Arc::new(HttpSession {
-        id: random_hex(16)?,
+        id: format!("{}-{}", ctx.node_id, random_hex(16)?),
         secret: random_hex(16)?,
         downstream: Mutex::new(Downstream::default()),
         changed: Notify::new(),

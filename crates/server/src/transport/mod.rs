@@ -7,5 +7,6 @@ mod downstream;
 pub mod http;
 mod http_session;
 mod poll;
+mod relay;
 mod sse;
 pub mod websocket;

@@ -6,9 +6,14 @@
 //! `send`; a stream whose unacknowledged bytes pass `sse_max_unacked_bytes` is closed, and EventSource
 //! reconnects with `Last-Event-ID`, which acknowledges. The stream also ends when a newer downstream
 //! request replaces it, and after the `disconnect` push.
+//!
+//! A stream for another node's session is served here all the same, its events fetched from the
+//! session's node one step at a time ([`Op::SseNext`], see `relay.rs`), where [`open_here`] and
+//! [`next_held`] run exactly what a local stream runs.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -18,6 +23,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::http::{Fallback, FallbackError, Params};
 use super::http_session::{HttpSession, RequestGuard};
+use super::relay::{self, Answer, Op, RelayError};
 
 /// The SSE handler.
 pub(crate) async fn sse(
@@ -26,8 +32,51 @@ pub(crate) async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, FallbackError> {
     let params = Params::parse(&uri);
-    let session = params.session(&fb)?;
-    let ack = match headers.get("last-event-id") {
+    let last_event_id = headers.get("last-event-id");
+    if let Some(node) = fb.remote_node(&params) {
+        let node = node.to_owned();
+        return remote(fb, node, &uri, last_event_id).await;
+    }
+    let open = open_here(&fb, &params, last_event_id)?;
+    let period = fb.config.sse_ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let bytes_out = fb.node.metrics().bytes("sse", "out");
+    let stream = Stream {
+        bytes_out,
+        fb,
+        session: open.session,
+        _guard: open.guard,
+        reader: open.reader,
+        sent: open.sent,
+        ping,
+        started: false,
+        done: false,
+    };
+    Ok(event_stream(Body::from_stream(
+        futures_util::stream::unfold(stream, Stream::next),
+    )))
+}
+
+/// A stream of a session of this node, opened: it is the session's downstream reader now.
+pub(crate) struct Opened {
+    pub session: Arc<HttpSession>,
+    pub guard: RequestGuard,
+    /// The reader number: the stream lasts while it is the current one.
+    pub reader: u64,
+    /// The acknowledged sequence number: events follow it.
+    pub sent: u64,
+}
+
+/// Opens a stream of a session of this node, whether the request arrived here or was relayed from
+/// another node.
+pub(crate) fn open_here(
+    fb: &Fallback,
+    params: &Params<'_>,
+    last_event_id: Option<&HeaderValue>,
+) -> Result<Opened, FallbackError> {
+    let session = params.session(fb)?;
+    let ack = match last_event_id {
         Some(id) => Some(
             id.to_str()
                 .ok()
@@ -45,22 +94,82 @@ pub(crate) async fn sse(
         .claim(ack)
         .ok_or_else(|| FallbackError::UnknownSession(fb.config.path.clone()))?;
     let sent = session.downstream().acked();
-    let period = fb.config.sse_ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let bytes_out = fb.node.metrics().bytes("sse", "out");
-    let stream = Stream {
-        bytes_out,
-        fb,
+    Ok(Opened {
         session,
-        _guard: guard,
+        guard,
         reader,
         sent,
-        ping,
-        started: false,
-        done: false,
+    })
+}
+
+/// What a stream sends next.
+pub(crate) enum Next {
+    /// These events, the newest numbered `seq`; `end`: the stream ends after them.
+    Events { body: Bytes, seq: u64, end: bool },
+    /// Nothing yet.
+    Nothing,
+    /// The stream is over: a newer downstream request replaced it, or the session ended.
+    Ended,
+}
+
+/// The events after `after` for downstream reader `reader`, taken under the session's lock. When
+/// they carry the `disconnect` push, the session is over.
+pub(crate) fn next_events(fb: &Fallback, session: &HttpSession, reader: u64, after: u64) -> Next {
+    let (taken, over) = {
+        let mut ds = session.downstream();
+        if !ds.is_reader(reader) {
+            return Next::Ended;
+        }
+        let Some(taken) = ds.take_events(after) else {
+            return Next::Nothing;
+        };
+        let over = ds.unacked_bytes() > fb.config.sse_max_unacked_bytes;
+        (taken, over)
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, Stream::next));
+    if taken.last {
+        fb.env.sessions.remove(session.id());
+        // Wakes the session task waiting for its disconnect push to be handed out.
+        session.notify();
+    }
+    Next::Events {
+        body: taken.body,
+        seq: taken.seq,
+        end: taken.last || over,
+    }
+}
+
+/// One step of a stream relayed from another node: the events after `after`, waiting for them up to
+/// `sse_ping_interval` (then [`Answer::Quiet`]: the other node writes a ping).
+pub(crate) async fn next_held(
+    fb: &Fallback,
+    token: &str,
+    reader: u64,
+    after: u64,
+) -> (Answer, Bytes) {
+    let Some(session) = fb.env.sessions.find(token) else {
+        return (Answer::Ended, Bytes::new());
+    };
+    // Like a local stream's, this keeps the session alive while it waits.
+    let _guard = session.begin_request();
+    let deadline = tokio::time::Instant::now() + fb.config.sse_ping_interval;
+    loop {
+        let changed = session.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match next_events(fb, &session, reader, after) {
+            Next::Events { body, seq, end } => return (Answer::Events { seq, end }, body),
+            Next::Ended => return (Answer::Ended, Bytes::new()),
+            Next::Nothing => {}
+        }
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(deadline) => return (Answer::Quiet, Bytes::new()),
+        }
+    }
+}
+
+/// An SSE response around `body`.
+fn event_stream(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -70,7 +179,7 @@ pub(crate) async fn sse(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx would otherwise buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    resp
 }
 
 /// One open event stream.
@@ -92,6 +201,8 @@ struct Stream {
 /// How long EventSource waits before reconnecting, in milliseconds.
 const RETRY: &[u8] = b"retry: 1000\n\n";
 
+const PING: &[u8] = b": ping\n\n";
+
 impl Stream {
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
         if self.done {
@@ -102,31 +213,20 @@ impl Stream {
             let changed = session.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let taken = {
-                let mut ds = session.downstream();
-                if !ds.is_reader(self.reader) {
-                    return None;
-                }
-                let taken = ds.take_events(self.sent);
-                if taken.is_some() {
-                    self.done = ds.unacked_bytes() > self.fb.config.sse_max_unacked_bytes;
-                }
-                taken
-            };
+            let next = next_events(&self.fb, &session, self.reader, self.sent);
+            if let Next::Ended = next {
+                return None;
+            }
             let first = !std::mem::replace(&mut self.started, true);
-            if let Some(taken) = taken {
-                self.sent = taken.seq;
+            if let Next::Events { body, seq, end } = next {
+                self.sent = seq;
                 self.ping.reset();
-                if taken.last {
-                    self.fb.env.sessions.remove(session.id());
-                    session.notify();
-                    self.done = true;
-                }
-                self.bytes_out.inc_by(taken.body.len() as u64);
+                self.done = end;
+                self.bytes_out.inc_by(body.len() as u64);
                 let chunk = if first {
-                    [RETRY, &taken.body[..]].concat().into()
+                    [RETRY, &body[..]].concat().into()
                 } else {
-                    taken.body
+                    body
                 };
                 return Some((Ok(chunk), self));
             }
@@ -135,8 +235,91 @@ impl Stream {
             }
             tokio::select! {
                 () = changed => {}
-                _ = self.ping.tick() => return Some((Ok(Bytes::from_static(b": ping\n\n")), self)),
+                _ = self.ping.tick() => return Some((Ok(Bytes::from_static(PING)), self)),
             }
+        }
+    }
+}
+
+/// Opens, through the session's node, a stream of one of its sessions, and serves it from here.
+async fn remote(
+    fb: Fallback,
+    node: String,
+    uri: &Uri,
+    last_event_id: Option<&HeaderValue>,
+) -> Result<Response, FallbackError> {
+    let op = Op::SseOpen {
+        query: uri.query().unwrap_or_default().to_owned(),
+        last_event_id: last_event_id.map(|v| v.as_bytes().to_vec()),
+    };
+    let (answer, body) = fb
+        .relay
+        .call(&node, op, Bytes::new(), Duration::ZERO)
+        .await
+        .map_err(|e| fb.relay_error(e))?;
+    let Answer::Opened { reader, sent } = answer else {
+        return relay::from_answer(&answer, body).ok_or_else(|| {
+            FallbackError::Internal(format!("node {node} answered {answer:?} to an SSE open"))
+        });
+    };
+    let token = Params::parse(uri)
+        .get("session")
+        .unwrap_or_default()
+        .to_owned();
+    let stream = RemoteStream {
+        fb,
+        node,
+        token,
+        reader,
+        sent,
+        started: false,
+        done: false,
+    };
+    Ok(event_stream(Body::from_stream(
+        futures_util::stream::unfold(stream, RemoteStream::next),
+    )))
+}
+
+/// An event stream served here for a session of another node.
+struct RemoteStream {
+    fb: Fallback,
+    node: String,
+    token: String,
+    reader: u64,
+    /// The newest batch this stream sent.
+    sent: u64,
+    started: bool,
+    done: bool,
+}
+
+impl RemoteStream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        if self.done {
+            return None;
+        }
+        if !std::mem::replace(&mut self.started, true) {
+            return Some((Ok(Bytes::from_static(RETRY)), self));
+        }
+        let op = Op::SseNext {
+            session: self.token.clone(),
+            reader: self.reader,
+            after: self.sent,
+        };
+        let hold = self.fb.config.sse_ping_interval;
+        match self.fb.relay.call(&self.node, op, Bytes::new(), hold).await {
+            Ok((Answer::Events { seq, end }, body)) => {
+                self.sent = seq;
+                self.done = end;
+                Some((Ok(body), self))
+            }
+            Ok((Answer::Quiet, _)) => Some((Ok(Bytes::from_static(PING)), self)),
+            Err(RelayError::Busy | RelayError::Unavailable(_)) => {
+                // The session is still there: try again shortly, keeping the connection alive.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((Ok(Bytes::from_static(PING)), self))
+            }
+            // Replaced, over, or its node is gone: EventSource reconnects and learns which.
+            Ok(_) | Err(_) => None,
         }
     }
 }
