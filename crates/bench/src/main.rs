@@ -9,6 +9,7 @@
 //! switchboard-bench idle --addr 127.0.0.1:9001 -n 10000 --server-pid PID
 //! switchboard-bench run --quick
 //! switchboard-bench fanout --quick
+//! switchboard-bench transports --quick
 //! ```
 
 mod client;
@@ -19,6 +20,7 @@ mod procfs;
 mod report;
 mod run;
 mod tput;
+mod transports;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,11 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// The fan-out load generator: subscribers and a publisher against one running server.
     FanoutLoad(fanout::load::LoadArgs),
+    /// "Why WebSocket, measured": one chat room over WebSocket, SSE, long polling, ajax polling
+    /// and Socket.IO's long-polling, side by side (requests, bytes, CPU, latency per message).
+    Transports(transports::TransportsArgs),
+    /// The transports load generator: N clients of one transport in one room, and a publisher.
+    TransportsLoad(transports::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::main(args),
         Cmd::Fanout(args) => fanout::main(args),
         Cmd::FanoutLoad(args) => fanout::load::main(args),
+        Cmd::Transports(args) => transports::main(args),
+        Cmd::TransportsLoad(args) => transports::load::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@
 //! a busy subscriber loop cannot hold it back more than the kernel's scheduler allows.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSliceMut;
 use std::io::{ErrorKind, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -105,6 +105,22 @@ pub struct LoadArgs {
     /// Server process id, for its CPU and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// More server-side processes (a second node, Redis) whose CPU is reported apart
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub other_pids: Vec<u32>,
+    /// switchboard: spread the subscribers over these nodes (subscriber i on node i mod K)
+    /// instead of all on `--addr` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<SocketAddr>,
+    /// switchboard: publish through the server API at this address (`POST /api/publish`,
+    /// pipelined on `--http-conns` keep-alive connections) instead of a WebSocket client, and
+    /// time every call.
+    #[arg(long)]
+    pub api_addr: Option<SocketAddr>,
+    /// switchboard: the `[api] key` for `--api-addr`.
+    #[arg(long, default_value = "switchboard-bench")]
+    pub api_key: String,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -195,6 +211,15 @@ pub struct LoadReport {
     pub client_cpu_pct: f64,
     /// User + system CPU of all other processes in the window, % of one core (noise).
     pub other_cpu_pct: Option<f64>,
+    /// CPU of each of `--other-pids` in the window, % of one core.
+    #[serde(default)]
+    pub server_others_cpu_pct: Vec<f64>,
+    /// Publish API calls (request written to response read), median, µs (`--api-addr`).
+    #[serde(default)]
+    pub publish_call_p50_us: Option<u64>,
+    /// Publish API calls, 99th percentile, µs.
+    #[serde(default)]
+    pub publish_call_p99_us: Option<u64>,
     /// Server RSS before the first connection, KiB.
     pub rss_before_kib: Option<u64>,
     /// Server RSS with every subscriber subscribed (after `--settle`), KiB.
@@ -276,6 +301,8 @@ struct Control {
     acked: AtomicU64,
     max_late_us: AtomicU64,
     error: Mutex<Option<String>>,
+    /// Publish API call times, µs.
+    call_us: Mutex<Histogram<u64>>,
 }
 
 impl Control {
@@ -389,6 +416,7 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         acked: AtomicU64::new(0),
         max_late_us: AtomicU64::new(0),
         error: Mutex::new(None),
+        call_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
     });
     let shared = Rc::new(Shared {
         kind: args.kind,
@@ -425,7 +453,11 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         .map(|id| {
             let (shared, gate) = (Rc::clone(&shared), Rc::clone(&gate));
             let source = Ipv4Addr::new(127, 0, 0, args.source_start + (id / args.per_source) as u8);
-            let (addr, channel) = (args.addr, id % args.channels);
+            let addr = match args.nodes.len() {
+                0 => args.addr,
+                k => args.nodes[id % k],
+            };
+            let channel = id % args.channels;
             tokio::task::spawn_local(async move {
                 let opened = async {
                     let _permit = gate.acquire().await?;
@@ -487,6 +519,7 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     let publisher = {
         let (control, kind, addr) = (Arc::clone(&control), args.kind, args.addr);
         let (channels, rate, http_conns) = (args.channels, args.rate, args.http_conns);
+        let api = args.api_addr.map(|a| (a, args.api_key.clone()));
         std::thread::Builder::new()
             .name("publisher".into())
             .spawn(move || {
@@ -498,7 +531,7 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
                         let local = tokio::task::LocalSet::new();
                         local.block_on(
                             &rt,
-                            publish(kind, addr, channels, rate, http_conns, &control),
+                            publish(kind, addr, api, channels, rate, http_conns, &control),
                         )
                     });
                 if let Err(e) = result {
@@ -521,11 +554,13 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     }
     sleep(Duration::from_secs_f64(args.warmup)).await;
     let start = Snapshot::take(args.server_pid)?;
+    let others_before = others_ticks(&args.other_pids)?;
     let delivered_before = shared.deliveries_window.get();
     control.phase.store(MEASURE, Ordering::Release);
     sleep(Duration::from_secs_f64(args.duration)).await;
     control.phase.store(STOP, Ordering::Release);
     let end = Snapshot::take(args.server_pid)?;
+    let others_after = others_ticks(&args.other_pids)?;
     let deliveries_window = shared.deliveries_window.get() - delivered_before;
     let rss_window = rss()?;
 
@@ -563,6 +598,20 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     let ticks_to_pct = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SEC / seconds * 100.0;
     let own = end.own - start.own;
     let server = start.server.zip(end.server).map(|(a, b)| b - a);
+    let others: Vec<u64> = others_before
+        .iter()
+        .zip(&others_after)
+        .map(|(a, b)| b.saturating_sub(*a))
+        .collect();
+    let others_sum: u64 = others.iter().sum();
+    let call_hist = control
+        .call_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))?
+        .clone();
+    let call_quantile = |q: f64| {
+        (args.api_addr.is_some() && !call_hist.is_empty()).then(|| call_hist.value_at_quantile(q))
+    };
     let published: Vec<u64> = control
         .published
         .iter()
@@ -642,8 +691,12 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             .zip(end.server_system)
             .map(|(a, b)| ticks_to_pct(b - a)),
         client_cpu_pct: ticks_to_pct(own),
-        other_cpu_pct: server
-            .map(|s| ticks_to_pct((end.machine - start.machine).saturating_sub(own + s))),
+        other_cpu_pct: server.map(|s| {
+            ticks_to_pct((end.machine - start.machine).saturating_sub(own + s + others_sum))
+        }),
+        server_others_cpu_pct: others.iter().map(|&t| ticks_to_pct(t)).collect(),
+        publish_call_p50_us: call_quantile(0.5),
+        publish_call_p99_us: call_quantile(0.99),
         rss_before_kib: rss_before,
         rss_subscribed_kib: rss_subscribed,
         rss_window_kib: rss_window,
@@ -658,6 +711,27 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         setup_failures: shared.failed.get(),
         first_error: shared.first_error.borrow().clone(),
     })
+}
+
+/// CPU ticks so far of each of `pids`.
+fn others_ticks(pids: &[u32]) -> Result<Vec<u64>> {
+    pids.iter().map(|&pid| procfs::cpu_ticks(pid)).collect()
+}
+
+/// Appends a pipelined `POST /api/publish` of publication `seq` of `channel` to `out`.
+fn push_api_publish(out: &mut Vec<u8>, key: &str, channel: &str, t_ns: u64, seq: u64) {
+    let body = format!(
+        "{{\"channel\":\"{channel}\",\"data\":{}}}",
+        wire::payload(t_ns, seq)
+    );
+    out.extend_from_slice(
+        format!(
+            "POST /api/publish HTTP/1.1\r\nHost: bench\r\nAuthorization: apikey {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Now, in ns since the Unix epoch (the clock of the kernel's receive timestamps).
@@ -1075,6 +1149,7 @@ async fn nchan_subscribers(addr: SocketAddr, channels: usize) -> Result<u64> {
 async fn publish(
     kind: Kind,
     addr: SocketAddr,
+    api: Option<(SocketAddr, String)>,
     channels: usize,
     rate: f64,
     http_conns: usize,
@@ -1082,12 +1157,21 @@ async fn publish(
 ) -> Result<()> {
     let pongs: Rc<RefCell<Vec<u8>>> = Rc::default();
     let mut writers: Vec<OwnedWriteHalf> = Vec::new();
-    let conns = match kind {
-        Kind::Nchan => http_conns.clamp(1, channels),
-        _ => 1,
+    // HTTP publishers (Nchan, switchboard's API) answer in order on each connection: the send
+    // times queued here pair up with the responses.
+    let http = kind == Kind::Nchan || api.is_some();
+    let mut in_flight: Vec<Rc<RefCell<VecDeque<Instant>>>> = Vec::new();
+    let conns = if http {
+        http_conns.clamp(1, channels)
+    } else {
+        1
     };
     for _ in 0..conns {
         let (reader, writer) = match kind {
+            _ if api.is_some() => {
+                let (api_addr, _) = api.as_ref().context("no API address")?;
+                client::connect(None, *api_addr).await?.into_split()
+            }
             Kind::Nchan => client::connect(None, addr).await?.into_split(),
             Kind::Switchboard => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
@@ -1109,8 +1193,10 @@ async fn publish(
             }
         };
         let (control, pongs) = (Arc::clone(control), Rc::clone(&pongs));
+        let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
+        in_flight.push(Rc::clone(&sent_at));
         tokio::task::spawn_local(async move {
-            if let Err(e) = publisher_replies(kind, reader, &control, &pongs).await
+            if let Err(e) = publisher_replies(kind, http, reader, &control, &pongs, &sent_at).await
                 && control.phase.load(Ordering::Relaxed) < EXIT
             {
                 control.fail(format!("publisher connection: {e:#}"));
@@ -1145,7 +1231,14 @@ async fn publish(
             control.max_late_us.fetch_max(late, Ordering::Relaxed);
             let t_ns = realtime_ns();
             let out = &mut bufs[c % conns];
+            if http {
+                in_flight[c % conns].borrow_mut().push_back(Instant::now());
+            }
             match kind {
+                _ if api.is_some() => {
+                    let key = api.as_ref().map_or("", |(_, k)| k.as_str());
+                    push_api_publish(out, key, &names[c], t_ns, seq[c]);
+                }
                 Kind::Nchan => wire::push_http_request(
                     out,
                     "POST",
@@ -1191,9 +1284,11 @@ async fn publish(
 /// responses. Counts errors; queues pongs for the writer.
 async fn publisher_replies(
     kind: Kind,
+    http: bool,
     mut reader: OwnedReadHalf,
     control: &Control,
     pongs: &RefCell<Vec<u8>>,
+    sent_at: &RefCell<VecDeque<Instant>>,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut frag = (0u8, Vec::new());
@@ -1202,9 +1297,14 @@ async fn publisher_replies(
         let n = reader.read(&mut chunk).await?;
         ensure!(n > 0, "server closed the publisher's connection");
         buf.extend_from_slice(&chunk[..n]);
-        if kind == Kind::Nchan {
+        if http {
             let mut at = 0;
             while let Some((response, used)) = wire::parse_http_response(&buf[at..])? {
+                if let Some(sent) = sent_at.borrow_mut().pop_front()
+                    && let Ok(mut h) = control.call_us.lock()
+                {
+                    h.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                }
                 if matches!(response.status, 200..=202) {
                     control.acked.fetch_add(1, Ordering::Relaxed);
                 } else {

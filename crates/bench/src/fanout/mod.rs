@@ -6,8 +6,9 @@
 //! markdown file (the rest of the file is kept).
 
 pub mod load;
+pub mod redis;
 pub mod report;
-mod servers;
+pub mod servers;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -73,6 +74,20 @@ pub struct FanoutArgs {
     /// worst round.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// `redis`: run switchboard alone, one node in memory side by side with two nodes sharing
+    /// one Redis (started by the bench), both publishing through the server API, and write the
+    /// "Fan-out with Redis" section instead of "Fan-out".
+    #[arg(long, value_enum, default_value = "memory")]
+    pub engine: EngineChoice,
+}
+
+/// Which comparison `fanout` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineChoice {
+    /// switchboard (in memory), Nchan and Socket.IO.
+    Memory,
+    /// switchboard in memory vs switchboard on two nodes with Redis.
+    Redis,
 }
 
 /// One scenario.
@@ -188,6 +203,9 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         }
         chosen.retain(|s| args.scenarios.contains(&s.key));
     }
+    if args.engine == EngineChoice::Redis {
+        return main_redis(args, settings, &chosen);
+    }
     let kinds: Vec<Kind> = if args.servers.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -294,6 +312,69 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         let doc = report::replace_section(&old, &section);
         std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote the Fan-out section of {}", out.display());
+    }
+    Ok(())
+}
+
+/// `fanout --engine redis`: switchboard in memory vs two nodes and Redis (see [`redis`]).
+fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Result<()> {
+    let self_exe = std::env::current_exe().context("locating this executable")?;
+    let switchboard = match &args.switchboard {
+        Some(path) => path.clone(),
+        None => self_exe
+            .parent()
+            .map(|dir| dir.join("switchboard"))
+            .context("no directory of this executable")?,
+    };
+    ensure!(
+        switchboard.is_file(),
+        "no switchboard binary at {} (build it or pass --switchboard PATH)",
+        switchboard.display()
+    );
+    ensure!(
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "`redis-server` is needed for --engine redis (apt-get install redis-server)"
+    );
+    let work = std::env::temp_dir().join("switchboard-bench");
+    std::fs::create_dir_all(&work)?;
+    check_switchboard_config(Some(&switchboard), &work)?;
+    eprintln!(
+        "fan-out with Redis: scenarios {}; logs in {}",
+        chosen
+            .iter()
+            .map(|s| s.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        work.display()
+    );
+    let ctx = redis::Ctx {
+        settings: settings.clone(),
+        self_exe,
+        switchboard,
+        work,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let load_before = crate::transports::report::load_average();
+    let results = runtime.block_on(redis::run_all(&ctx, chosen));
+    let load_after = crate::transports::report::load_average();
+    println!("{}", redis::tables(&results));
+    if let Some(out) = &args.out {
+        let section = redis::section(
+            &results,
+            &settings,
+            &crate::report::command_line(),
+            (&load_before, &load_after),
+        );
+        let old = std::fs::read_to_string(out).unwrap_or_default();
+        let doc =
+            crate::transports::report::replace_between(&old, redis::BEGIN, redis::END, &section);
+        std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote the Fan-out with Redis section of {}", out.display());
     }
     Ok(())
 }

@@ -1,0 +1,805 @@
+//! `switchboard-bench transports-load`: the load generator of the transports benchmark. It opens N
+//! clients of one transport (WebSocket, SSE, long polling, ajax polling, or Socket.IO's
+//! long-polling), subscribes them all to one room, then a publisher thread publishes R messages per
+//! second into the room through the server's HTTP API, each carrying its send time and a sequence
+//! number. After a warm-up it measures a window: the HTTP requests and the bytes (heads included)
+//! the clients' sockets carried, the deliveries, their latency, and the server's CPU. Then it stops
+//! publishing, waits for the last deliveries (a poll interval and more), and counts per client what
+//! is missing, doubled or out of order.
+//!
+//! Every client runs as a task on one thread (a current-thread runtime) and does what a browser
+//! client does for its transport (see `clients/js/switchboard.js`), with browser-like request
+//! headers; the publisher runs on a second thread, so the clients' work cannot delay publications.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, timeout};
+
+use super::clients;
+use super::http::{BROWSER_HEADERS, Counters, HttpConn};
+use crate::procfs;
+use crate::tput::Snapshot;
+
+/// Phases, shared by the clients and the publisher thread.
+pub const WARMUP: u8 = 0;
+/// The measured window.
+pub const MEASURE: u8 = 1;
+/// Publishing stopped; the last deliveries drain.
+pub const STOP: u8 = 2;
+/// The run is over; connections may end.
+pub const EXIT: u8 = 3;
+
+/// Highest sequence number accepted.
+const MAX_SEQ: u64 = 10_000_000;
+
+/// The ways a client can connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// switchboard's JSON protocol over WebSocket.
+    Websocket,
+    /// switchboard's HTTP fallback, downstream by server-sent events.
+    Sse,
+    /// switchboard's HTTP fallback, downstream by long polling.
+    LongPoll,
+    /// switchboard's HTTP fallback, downstream by ajax (short) polling every `--poll-interval`.
+    Poll,
+    /// Socket.IO 4 forced to Engine.IO's HTTP long-polling.
+    SocketioPolling,
+}
+
+impl Transport {
+    /// All of them, in the order they run and are shown.
+    pub const ALL: [Transport; 5] = [
+        Transport::Websocket,
+        Transport::Sse,
+        Transport::LongPoll,
+        Transport::Poll,
+        Transport::SocketioPolling,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Websocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "long-poll",
+            Transport::Poll => "poll",
+            Transport::SocketioPolling => "socketio-polling",
+        }
+    }
+
+    /// Whether the server is the Socket.IO peer rather than switchboard.
+    pub fn is_socketio(self) -> bool {
+        self == Transport::SocketioPolling
+    }
+}
+
+/// Arguments of `switchboard-bench transports-load`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// How the clients connect.
+    #[arg(long, value_enum)]
+    pub transport: Transport,
+    /// The server's client address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Where publications go: switchboard's server API (`POST /api/publish`), or the Socket.IO
+    /// peer's `/publish` [default: --addr].
+    #[arg(long)]
+    pub api_addr: Option<SocketAddr>,
+    /// switchboard's `[api] key`.
+    #[arg(long, default_value = "switchboard-bench")]
+    pub api_key: String,
+    /// The room every client joins.
+    #[arg(long, default_value = "chat:bench")]
+    pub channel: String,
+    /// Clients.
+    #[arg(short = 'n', long, default_value_t = 1_000)]
+    pub clients: usize,
+    /// Publications per second into the room.
+    #[arg(short, long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Seconds of publishing before the measured window.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup: f64,
+    /// Measured window, in seconds.
+    #[arg(short, long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// After the window: at most this many seconds for the last publications to arrive
+    /// [default: 5 + 2 × --poll-interval].
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// Ajax polling: seconds between the end of a poll and the next (the JS client's
+    /// `pollInterval`).
+    #[arg(long, default_value_t = 1.0)]
+    pub poll_interval: f64,
+    /// Seconds to wait after the last subscription before reading the server's RSS.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// Clients being set up at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Clients per source address (127.0.0.x).
+    #[arg(long, default_value_t = 1_000)]
+    pub per_source: usize,
+    /// Give up when the clients are not all set up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub setup_timeout: f64,
+    /// Send only the headers the protocol needs, not a browser's.
+    #[arg(long)]
+    pub bare_headers: bool,
+    /// Server process id, for its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The outcome of one transport's run.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TransportReport {
+    /// The transport.
+    pub transport: Transport,
+    /// Clients asked for.
+    pub clients: usize,
+    /// Clients whose subscription was confirmed.
+    pub subscribed: usize,
+    /// Publications per second.
+    pub rate: f64,
+    /// Ajax polling interval, seconds.
+    pub poll_interval: f64,
+    /// Whether requests carried browser-like headers.
+    pub browser_headers: bool,
+    /// Seconds to open and subscribe every client.
+    pub setup_s: f64,
+    /// HTTP requests of the set-up (opens, subscriptions, upgrades).
+    pub setup_requests: u64,
+    /// Bytes of the set-up, both ways.
+    pub setup_bytes: u64,
+    /// Length of the measured window, seconds.
+    pub seconds: f64,
+    /// Publications the server accepted, in all.
+    pub published: u64,
+    /// Of them, in the window.
+    pub published_window: u64,
+    /// Publications refused or failed.
+    pub publish_errors: u64,
+    /// The first publish error.
+    pub publish_first_error: Option<String>,
+    /// Publish API call (request to response), median, µs.
+    pub publish_p50_us: u64,
+    /// Publish API call, 99th percentile, µs.
+    pub publish_p99_us: u64,
+    /// Deliveries received in the window.
+    pub deliveries_window: u64,
+    /// Deliveries received in all.
+    pub deliveries: u64,
+    /// Deliveries due: Σ over subscribed clients of the publications.
+    pub expected: u64,
+    /// Due deliveries that never arrived (within the drain).
+    pub missing: u64,
+    /// Deliveries received twice or more.
+    pub duplicates: u64,
+    /// Deliveries older than one already received by the same client.
+    pub out_of_order: u64,
+    /// HTTP requests the clients made in the window.
+    pub requests_window: u64,
+    /// Bytes the clients' sockets read in the window.
+    pub bytes_down_window: u64,
+    /// Bytes the clients' sockets wrote in the window.
+    pub bytes_up_window: u64,
+    /// TCP connections the clients opened in all.
+    pub connections: u64,
+    /// Requests per delivered message (window).
+    pub requests_per_msg: f64,
+    /// Bytes (both ways) per delivered message (window).
+    pub bytes_per_msg: f64,
+    /// Bytes read per delivered message.
+    pub bytes_down_per_msg: f64,
+    /// Bytes written per delivered message.
+    pub bytes_up_per_msg: f64,
+    /// Server CPU (user + system, from the scheduler's per-thread accounting) in the window,
+    /// seconds.
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU seconds per 1,000 deliveries.
+    pub server_cpu_s_per_1k: Option<f64>,
+    /// Latency samples (every delivery in the window).
+    pub latency_samples: u64,
+    /// Publish-to-receive latency, median, µs.
+    pub latency_p50_us: u64,
+    /// 99th percentile, µs.
+    pub latency_p99_us: u64,
+    /// Largest, µs.
+    pub latency_max_us: u64,
+    /// Server RSS before the first client, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS with every client subscribed (after `--settle`), KiB.
+    pub rss_ready_kib: Option<u64>,
+    /// Server RSS at the end of the window, KiB.
+    pub rss_window_kib: Option<u64>,
+    /// (RSS ready − RSS before) ÷ subscribed clients, KiB.
+    pub kib_per_client: Option<f64>,
+    /// This process's CPU (clients and publisher) in the window, % of one core.
+    pub client_cpu_pct: f64,
+    /// User + system CPU of all other processes in the window, % of one core (noise).
+    pub other_cpu_pct: Option<f64>,
+    /// Whether every client had every publication at the end of the drain.
+    pub drained: bool,
+    /// Clients whose connection or session ended before the end.
+    pub ended: usize,
+    /// Why they ended, with counts.
+    pub end_reasons: BTreeMap<String, usize>,
+    /// Clients that could not be set up.
+    pub setup_failures: usize,
+    /// The first set-up failure.
+    pub first_error: Option<String>,
+}
+
+/// Runs the load and prints the report.
+pub fn main(args: &LoadArgs) -> Result<()> {
+    let report = run(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_text(&report);
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Runs the load on a current-thread runtime (the publisher on a thread of its own).
+pub fn run(args: &LoadArgs) -> Result<TransportReport> {
+    ensure!(args.clients > 0, "need at least one client");
+    ensure!(
+        args.rate > 0.0 && args.duration > 0.0 && args.poll_interval > 0.0,
+        "--rate, --duration and --poll-interval must be positive"
+    );
+    ensure!(
+        args.per_source > 0 && args.concurrency > 0,
+        "counts must be at least 1"
+    );
+    let last = 2 + args.clients.div_ceil(args.per_source) - 1;
+    ensure!(last <= 254, "too many source addresses: raise --per-source");
+    let limit = procfs::nofile_limit("self")?;
+    // SSE clients hold two connections each (the stream and the one for acks).
+    ensure!(
+        2 * args.clients as u64 + 64 <= limit,
+        "{} clients need more than this process's open-file limit of {limit}",
+        args.clients
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, measure(args))
+}
+
+/// What the publisher thread and the clients share.
+pub struct Control {
+    /// The phase (`WARMUP` … `EXIT`).
+    pub phase: AtomicU8,
+    started: AtomicBool,
+    stopped: AtomicBool,
+    published: AtomicU64,
+    published_window: AtomicU64,
+    errors: AtomicU64,
+    error: Mutex<Option<String>>,
+    publish_us: Mutex<Histogram<u64>>,
+}
+
+impl Control {
+    fn fail(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(message);
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientState {
+    subscribed: bool,
+    distinct: u64,
+    max_seq: u64,
+    seen: Vec<u64>,
+    duplicates: u64,
+    out_of_order: u64,
+    ended: bool,
+}
+
+/// The client side's state (one thread).
+pub struct Shared {
+    /// The clients' transport.
+    pub transport: Transport,
+    /// The server's client address.
+    pub addr: SocketAddr,
+    /// The room.
+    pub channel: String,
+    /// Ajax polling interval.
+    pub poll_interval: Duration,
+    /// Headers sent with every request.
+    pub headers: &'static str,
+    /// Bytes and requests of every client socket.
+    pub counters: Rc<Counters>,
+    /// Shared with the publisher.
+    pub control: Arc<Control>,
+    clients: RefCell<Vec<ClientState>>,
+    ready: Cell<usize>,
+    failed: Cell<usize>,
+    first_error: RefCell<Option<String>>,
+    deliveries: Cell<u64>,
+    deliveries_window: Cell<u64>,
+    latency_us: RefCell<Histogram<u64>>,
+    end_reasons: RefCell<BTreeMap<String, usize>>,
+}
+
+impl Shared {
+    /// The current phase.
+    pub fn phase(&self) -> u8 {
+        self.control.phase.load(Ordering::Relaxed)
+    }
+
+    /// Client `id` received publication `seq`, published at `t_ns` (ns since the Unix epoch).
+    pub fn deliver(&self, id: usize, seq: u64, t_ns: u64) -> Result<()> {
+        ensure!(
+            (1..MAX_SEQ).contains(&seq),
+            "sequence number {seq} out of range"
+        );
+        self.deliveries.set(self.deliveries.get() + 1);
+        if self.phase() == MEASURE {
+            self.deliveries_window.set(self.deliveries_window.get() + 1);
+            let us = realtime_ns().saturating_sub(t_ns) / 1000;
+            self.latency_us.borrow_mut().saturating_record(us.max(1));
+        }
+        let mut clients = self.clients.borrow_mut();
+        let c = clients.get_mut(id).context("no such client")?;
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if c.seen.len() <= word {
+            c.seen.resize(word + 1, 0);
+        }
+        if c.seen[word] & (1 << bit) != 0 {
+            c.duplicates += 1;
+            return Ok(());
+        }
+        c.seen[word] |= 1 << bit;
+        c.distinct += 1;
+        if seq < c.max_seq {
+            c.out_of_order += 1;
+        } else {
+            c.max_seq = seq;
+        }
+        Ok(())
+    }
+
+    /// Records why client `id` ended, unless the run is over anyway.
+    fn ended(&self, id: usize, reason: &str) {
+        if self.phase() == EXIT {
+            return;
+        }
+        if let Some(c) = self.clients.borrow_mut().get_mut(id) {
+            c.ended = true;
+        }
+        let key: String = reason.chars().take(120).collect();
+        *self.end_reasons.borrow_mut().entry(key).or_default() += 1;
+    }
+}
+
+/// Now, in ns since the Unix epoch (the publisher stamps publications with the same clock).
+pub fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn quantile(hist: &Histogram<u64>, q: f64) -> u64 {
+    if hist.is_empty() {
+        0
+    } else {
+        hist.value_at_quantile(q)
+    }
+}
+
+async fn measure(args: &LoadArgs) -> Result<TransportReport> {
+    let control = Arc::new(Control {
+        phase: AtomicU8::new(WARMUP),
+        started: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        published: AtomicU64::new(0),
+        published_window: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        error: Mutex::new(None),
+        publish_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+    });
+    let shared = Rc::new(Shared {
+        transport: args.transport,
+        addr: args.addr,
+        channel: args.channel.clone(),
+        poll_interval: Duration::from_secs_f64(args.poll_interval),
+        headers: if args.bare_headers {
+            ""
+        } else {
+            BROWSER_HEADERS
+        },
+        counters: Rc::new(Counters::default()),
+        control: Arc::clone(&control),
+        clients: RefCell::new((0..args.clients).map(|_| ClientState::default()).collect()),
+        ready: Cell::new(0),
+        failed: Cell::new(0),
+        first_error: RefCell::new(None),
+        deliveries: Cell::new(0),
+        deliveries_window: Cell::new(0),
+        latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        end_reasons: RefCell::new(BTreeMap::new()),
+    });
+    let rss = || args.server_pid.map(procfs::rss_kib).transpose();
+
+    // Set every client up.
+    let rss_before = rss()?;
+    let started = Instant::now();
+    let gate = Rc::new(Semaphore::new(args.concurrency));
+    let setup_limit = Duration::from_secs_f64(args.setup_timeout);
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|id| {
+            let (shared, gate) = (Rc::clone(&shared), Rc::clone(&gate));
+            let source = Ipv4Addr::new(127, 0, 0, 2 + (id / args.per_source) as u8);
+            tokio::task::spawn_local(async move {
+                let opened = async {
+                    let _permit = gate.acquire().await?;
+                    timeout(setup_limit, clients::open(&shared, id, source))
+                        .await
+                        .context("subscription not confirmed in time")?
+                };
+                let client = match opened.await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        shared.failed.set(shared.failed.get() + 1);
+                        shared
+                            .first_error
+                            .borrow_mut()
+                            .get_or_insert_with(|| format!("client {id} from {source}: {e:#}"));
+                        return;
+                    }
+                };
+                shared.clients.borrow_mut()[id].subscribed = true;
+                shared.ready.set(shared.ready.get() + 1);
+                if let Err(e) = client.run(&shared, id).await {
+                    shared.ended(id, &format!("{e:#}"));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + setup_limit + Duration::from_secs(5);
+    while shared.ready.get() + shared.failed.get() < args.clients {
+        ensure!(
+            Instant::now() < deadline,
+            "clients not set up after {setup_limit:?}: {} ready, {} failed",
+            shared.ready.get(),
+            shared.failed.get()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let setup_s = started.elapsed().as_secs_f64();
+    let subscribed = shared.ready.get();
+    ensure!(
+        subscribed > 0,
+        "no client could subscribe: {}",
+        shared.first_error.borrow().as_deref().unwrap_or("-")
+    );
+    let (setup_down, setup_up, setup_requests) = shared.counters.snapshot();
+    sleep(Duration::from_secs_f64(args.settle)).await;
+    let rss_ready = rss()?;
+
+    // Publish: warm-up, window, stop.
+    let publisher = spawn_publisher(args, &control)?;
+    let publisher_ready = Instant::now() + Duration::from_secs(30);
+    while !control.started.load(Ordering::Acquire) {
+        if let Some(e) = control.error() {
+            control.phase.store(EXIT, Ordering::Release);
+            bail!("{e}");
+        }
+        ensure!(
+            Instant::now() < publisher_ready,
+            "publisher not connected after 30 s"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_secs_f64(args.warmup)).await;
+    let start = Snapshot::take(args.server_pid)?;
+    let server_ns_before = args.server_pid.map(procfs::cpu_ns).transpose()?;
+    let counted_before = shared.counters.snapshot();
+    let delivered_before = shared.deliveries_window.get();
+    control.phase.store(MEASURE, Ordering::Release);
+    sleep(Duration::from_secs_f64(args.duration)).await;
+    control.phase.store(STOP, Ordering::Release);
+    let end = Snapshot::take(args.server_pid)?;
+    let server_ns_after = args.server_pid.map(procfs::cpu_ns).transpose()?;
+    let counted_after = shared.counters.snapshot();
+    let deliveries_window = shared.deliveries_window.get() - delivered_before;
+    let rss_window = rss()?;
+
+    // Drain: wait until the publisher stopped and every live client has everything.
+    let drain_limit = Duration::from_secs_f64(args.drain.unwrap_or(5.0 + 2.0 * args.poll_interval));
+    let drain_start = Instant::now();
+    let mut drained = false;
+    while drain_start.elapsed() < drain_limit {
+        if control.stopped.load(Ordering::Acquire) {
+            let published = control.published.load(Ordering::Acquire);
+            drained = shared
+                .clients
+                .borrow()
+                .iter()
+                .filter(|c| c.subscribed && !c.ended)
+                .all(|c| c.distinct >= published);
+            if drained {
+                break;
+            }
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    control.phase.store(EXIT, Ordering::Release);
+    for task in &tasks {
+        task.abort();
+    }
+    let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+
+    let seconds = end.at.duration_since(start.at).as_secs_f64();
+    let ticks_to_pct = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SEC / seconds * 100.0;
+    let own = end.own - start.own;
+    let server = start.server.zip(end.server).map(|(a, b)| b - a);
+    // The scheduler's ns rather than /proc's 10 ms ticks: a WebSocket window is a few ticks only.
+    let server_cpu_s = server_ns_before
+        .zip(server_ns_after)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
+    let published = control.published.load(Ordering::Acquire);
+    let clients = shared.clients.borrow();
+    let (mut expected, mut distinct, mut duplicates, mut out_of_order) = (0, 0, 0, 0);
+    for c in clients.iter().filter(|c| c.subscribed) {
+        expected += published;
+        distinct += c.distinct;
+        duplicates += c.duplicates;
+        out_of_order += c.out_of_order;
+    }
+    let ended = clients.iter().filter(|c| c.ended).count();
+    let requests_window = counted_after.2 - counted_before.2;
+    let bytes_down_window = counted_after.0 - counted_before.0;
+    let bytes_up_window = counted_after.1 - counted_before.1;
+    let per_msg = |v: u64| {
+        if deliveries_window == 0 {
+            f64::NAN
+        } else {
+            v as f64 / deliveries_window as f64
+        }
+    };
+    let hist = shared.latency_us.borrow();
+    let publish_hist = control
+        .publish_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
+    Ok(TransportReport {
+        transport: args.transport,
+        clients: args.clients,
+        subscribed,
+        rate: args.rate,
+        poll_interval: args.poll_interval,
+        browser_headers: !args.bare_headers,
+        setup_s,
+        setup_requests,
+        setup_bytes: setup_down + setup_up,
+        seconds,
+        published,
+        published_window: control.published_window.load(Ordering::Acquire),
+        publish_errors: control.errors.load(Ordering::Acquire),
+        publish_first_error: control.error(),
+        publish_p50_us: quantile(&publish_hist, 0.5),
+        publish_p99_us: quantile(&publish_hist, 0.99),
+        deliveries_window,
+        deliveries: shared.deliveries.get(),
+        expected,
+        missing: expected.saturating_sub(distinct),
+        duplicates,
+        out_of_order,
+        requests_window,
+        bytes_down_window,
+        bytes_up_window,
+        connections: shared.counters.connections.get(),
+        requests_per_msg: per_msg(requests_window),
+        bytes_per_msg: per_msg(bytes_down_window + bytes_up_window),
+        bytes_down_per_msg: per_msg(bytes_down_window),
+        bytes_up_per_msg: per_msg(bytes_up_window),
+        server_cpu_s,
+        server_cpu_s_per_1k: server_cpu_s
+            .filter(|_| deliveries_window > 0)
+            .map(|s| s / deliveries_window as f64 * 1000.0),
+        latency_samples: hist.len(),
+        latency_p50_us: quantile(&hist, 0.5),
+        latency_p99_us: quantile(&hist, 0.99),
+        latency_max_us: hist.max(),
+        rss_before_kib: rss_before,
+        rss_ready_kib: rss_ready,
+        rss_window_kib: rss_window,
+        kib_per_client: rss_before
+            .zip(rss_ready)
+            .map(|(b, a)| (a as f64 - b as f64) / subscribed as f64),
+        client_cpu_pct: ticks_to_pct(own),
+        other_cpu_pct: server
+            .map(|s| ticks_to_pct((end.machine - start.machine).saturating_sub(own + s))),
+        drained,
+        ended,
+        end_reasons: shared.end_reasons.borrow().clone(),
+        setup_failures: shared.failed.get(),
+        first_error: shared.first_error.borrow().clone(),
+    })
+}
+
+/// Starts the publisher thread: `rate` publications per second into the room, through
+/// switchboard's server API or the Socket.IO peer's `/publish`, until the phase is `STOP`.
+fn spawn_publisher(args: &LoadArgs, control: &Arc<Control>) -> Result<std::thread::JoinHandle<()>> {
+    let control = Arc::clone(control);
+    let api = args.api_addr.unwrap_or(args.addr);
+    let (socketio, rate) = (args.transport.is_socketio(), args.rate);
+    let (key, channel) = (args.api_key.clone(), args.channel.clone());
+    Ok(std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, publish(api, socketio, &key, &channel, rate, &control))
+                });
+            if let Err(e) = result {
+                control.fail(format!("publisher: {e:#}"));
+            }
+            control.stopped.store(true, Ordering::Release);
+        })?)
+}
+
+/// The publisher's loop: one request per publication on a keep-alive connection (not counted:
+/// it is the application's backend, the same for every transport).
+async fn publish(
+    api: SocketAddr,
+    socketio: bool,
+    key: &str,
+    channel: &str,
+    rate: f64,
+    control: &Control,
+) -> Result<()> {
+    let counters = Rc::new(Counters::default());
+    let mut conn = HttpConn::new(Ipv4Addr::LOCALHOST, api, &counters, "");
+    let auth = format!("Authorization: apikey {key}\r\n");
+    let target = if socketio {
+        format!("/publish?room={channel}")
+    } else {
+        "/api/publish".to_string()
+    };
+    control.started.store(true, Ordering::Release);
+    let start = tokio::time::Instant::now();
+    let mut seq = 0u64;
+    loop {
+        let phase = control.phase.load(Ordering::Acquire);
+        if phase >= STOP {
+            return Ok(());
+        }
+        seq += 1;
+        let data = crate::fanout::wire::payload(realtime_ns(), seq);
+        let body = if socketio {
+            data
+        } else {
+            format!("{{\"channel\":\"{channel}\",\"data\":{data}}}")
+        };
+        let sent = Instant::now();
+        let response = timeout(
+            Duration::from_secs(10),
+            conn.request("POST", &target, body.as_bytes(), &auth),
+        )
+        .await
+        .context("publish timed out")??;
+        let us = sent.elapsed().as_micros() as u64;
+        if response.status == 200 && (socketio || response.body.starts_with(b"{\"result\"")) {
+            control.published.fetch_add(1, Ordering::AcqRel);
+            if phase == MEASURE {
+                control.published_window.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Ok(mut h) = control.publish_us.lock() {
+                h.saturating_record(us.max(1));
+            }
+        } else {
+            // A refused publication is not due to anyone; its number is skipped for good, so
+            // clients see a hole they are not blamed for only if the server delivered it anyway.
+            control.fail(format!(
+                "publish answered {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+            bail!("publish refused");
+        }
+        tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
+    }
+}
+
+fn print_text(r: &TransportReport) {
+    println!(
+        "{}: {}/{} clients subscribed in {:.1} s ({} requests, {} bytes)",
+        r.transport.name(),
+        r.subscribed,
+        r.clients,
+        r.setup_s,
+        r.setup_requests,
+        r.setup_bytes
+    );
+    println!(
+        "published {} ({} in the {:.1} s window, {} errors), publish call p50 {} µs p99 {} µs",
+        r.published,
+        r.published_window,
+        r.seconds,
+        r.publish_errors,
+        r.publish_p50_us,
+        r.publish_p99_us
+    );
+    println!(
+        "window: {} deliveries, {} requests, {} B down, {} B up: {:.3} requests/msg, {:.0} B/msg \
+         ({:.0} down, {:.0} up)",
+        r.deliveries_window,
+        r.requests_window,
+        r.bytes_down_window,
+        r.bytes_up_window,
+        r.requests_per_msg,
+        r.bytes_per_msg,
+        r.bytes_down_per_msg,
+        r.bytes_up_per_msg
+    );
+    println!(
+        "latency ms p50 {:.1} p99 {:.1} max {:.1}; server CPU {} s ({} s per 1k msgs); client CPU {:.0} %, other {}",
+        r.latency_p50_us as f64 / 1000.0,
+        r.latency_p99_us as f64 / 1000.0,
+        r.latency_max_us as f64 / 1000.0,
+        r.server_cpu_s.map_or("-".into(), |v| format!("{v:.2}")),
+        r.server_cpu_s_per_1k
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        r.client_cpu_pct,
+        r.other_cpu_pct.map_or("-".into(), |v| format!("{v:.0} %"))
+    );
+    println!(
+        "delivered {} of {} due: missing {}, duplicates {}, out of order {}; drained: {}; \
+         RSS KiB before {:?} ready {:?}: {} KiB per client",
+        r.deliveries,
+        r.expected,
+        r.missing,
+        r.duplicates,
+        r.out_of_order,
+        r.drained,
+        r.rss_before_kib,
+        r.rss_ready_kib,
+        r.kib_per_client.map_or("-".into(), |v| format!("{v:.1}"))
+    );
+    if r.ended > 0 || r.setup_failures > 0 {
+        println!(
+            "ended early: {} {:?}; setup failures: {} ({})",
+            r.ended,
+            r.end_reasons,
+            r.setup_failures,
+            r.first_error.as_deref().unwrap_or("-")
+        );
+    }
+}
