@@ -245,7 +245,9 @@ struct PublishBody<'a> {
 impl PublishBody<'_> {
     fn payload(&self) -> Result<Payload> {
         match (self.data, &self.b64data) {
-            (Some(d), None) => Ok(Payload::Json(Bytes::copy_from_slice(d.get().as_bytes()))),
+            (Some(d), None) => Ok(Payload::Json(Bytes::copy_from_slice(
+                switchboard_protocol::single_line(d.get()).as_bytes(),
+            ))),
             (None, Some(b)) => BASE64
                 .decode(b)
                 .map(|v| Payload::Binary(v.into()))

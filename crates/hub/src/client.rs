@@ -18,7 +18,7 @@ use switchboard_protocol::encode::{
 use switchboard_protocol::{
     ChannelRequest, ClientInfo, ConnectRequest, DecodeError, DisconnectCode, ErrorCode,
     HistoryRequest, Method, Payload, Publication, PublishRequest, RpcRequest, SubscribeRequest,
-    UnsubscribeCode, decode_command, lines,
+    UnsubscribeCode, decode_command, lines, single_line, single_line_raw,
 };
 
 use crate::hub::text;
@@ -286,7 +286,7 @@ impl Client {
             self.info = Arc::new(ClientInfo {
                 client: self.info.client.clone(),
                 user: granted.user,
-                info: granted.info,
+                info: granted.info.map(single_line_raw),
             });
             channels = granted.channels;
             expires_at = granted.expire_at;
@@ -297,7 +297,7 @@ impl Client {
             self.info = Arc::new(ClientInfo {
                 client: self.info.client.clone(),
                 user: claims.user,
-                info: claims.info,
+                info: claims.info.map(single_line_raw),
             });
             channels = claims.channels;
             expires_at = claims.expires_at;
@@ -690,7 +690,7 @@ impl Client {
             {
                 Ok(r) => {
                     if let Some(data) = r.data {
-                        payload = Payload::Json(Bytes::from(data.get().to_owned()));
+                        payload = Payload::Json(Bytes::from(single_line(data.get()).into_owned()));
                     } else if let Some(b64) = r.b64data {
                         match BASE64.decode(b64) {
                             Ok(bytes) => payload = Payload::Binary(Bytes::from(bytes)),
@@ -1059,8 +1059,9 @@ struct RpcReply {
     data: RawJson,
 }
 
+/// Raw JSON from the application's handlers, on one line (see [`single_line`]).
 fn raw_json(raw: Box<RawValue>) -> RawJson {
-    RawJson(Bytes::from(String::from(Box::<str>::from(raw))))
+    RawJson(Bytes::from(single_line(raw.get()).into_owned()))
 }
 
 /// The disconnect a backend's `disconnect` answer asks for.

@@ -21,7 +21,7 @@ pub use command::{
     ChannelRequest, Command, ConnectRequest, DecodeError, HistoryRequest, MAX_ID, Method,
     PublishRequest, RefreshRequest, RpcRequest, SubscribeRequest, decode_command, lines,
 };
-pub use types::{ClientInfo, Payload, Publication, StreamPosition};
+pub use types::{ClientInfo, Payload, Publication, StreamPosition, single_line, single_line_raw};
 
 /// The WebSocket subprotocol name of this protocol.
 pub const SUBPROTOCOL: &str = "switchboard.json";

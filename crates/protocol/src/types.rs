@@ -88,3 +88,46 @@ impl Publication {
         }
     }
 }
+
+/// `raw` JSON on one line: raw line breaks, which JSON allows only as whitespace between tokens (never
+/// inside strings), become spaces. Frames carry newline-separated messages, so JSON from outside
+/// (the server API, the application's handlers, token claims) must not split one message in two.
+/// Borrows when there is nothing to change, which is nearly always.
+pub fn single_line(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(raw.replace(['\n', '\r'], " "))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+/// [`single_line`] for an owned raw value.
+pub fn single_line_raw(raw: Box<serde_json::value::RawValue>) -> Box<serde_json::value::RawValue> {
+    match single_line(raw.get()) {
+        std::borrow::Cow::Borrowed(_) => raw,
+        // Spaces for line breaks outside strings keep the text valid JSON.
+        std::borrow::Cow::Owned(text) => {
+            serde_json::value::RawValue::from_string(text).unwrap_or(raw)
+        }
+    }
+}
+
+#[cfg(test)]
+mod single_line_tests {
+    use super::*;
+
+    #[test]
+    fn line_breaks_between_tokens_become_spaces() {
+        assert_eq!(
+            single_line("{\n  \"a\": [1,\r\n 2]\n}"),
+            "{   \"a\": [1,   2] }"
+        );
+        assert!(matches!(
+            single_line(r#"{"a":"b\nc"}"#),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let raw = serde_json::value::RawValue::from_string("{\n\"x\": 1}".into()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(single_line_raw(raw).get()).unwrap();
+        assert_eq!(v, serde_json::json!({"x": 1}));
+    }
+}

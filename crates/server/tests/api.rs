@@ -281,3 +281,23 @@ async fn openapi_document_matches_the_routes() {
         assert!(props.is_object(), "{method} has a request schema");
     }
 }
+
+#[tokio::test]
+async fn pretty_printed_data_reaches_clients_on_one_line() {
+    let s = start(config()).await;
+    let mut c = JsonClient::connected(s.addr).await;
+    c.ok("subscribe", json!({"channel": "pretty"})).await;
+    // A backend's json_encode(..., JSON_PRETTY_PRINT): line breaks between tokens, and one escaped
+    // inside a string, which must stay.
+    let body = "{\"channel\": \"pretty\",\n \"data\": {\n    \"text\": \"two\\nlines\",\r\n    \"n\": [1,\n 2]\n}\n}";
+    let (status, v) = api_call(s.api, Some(KEY), "publish", body).await;
+    assert_eq!(status, 200, "{v}");
+    let frame = c.ws.read_frame().await.unwrap();
+    let text = String::from_utf8(frame.payload).unwrap();
+    assert!(
+        !text.contains(['\n', '\r']),
+        "one line per message: {text:?}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["pub"]["data"], json!({"text": "two\nlines", "n": [1, 2]}));
+}
