@@ -290,7 +290,7 @@ impl Client {
             });
             channels = granted.channels;
             expires_at = granted.expire_at;
-            data = granted.data.map(raw_json);
+            data = granted.data.as_deref().map(raw_json);
             self.session
                 .set_refresh_by_proxy(self.proxy_for(ProxyEvent::Refresh).is_some());
         } else if let Some(claims) = self.verify_connect_token(id, req.token.as_deref())? {
@@ -533,7 +533,7 @@ impl Client {
                     grant = Grant {
                         expires_at: r.expire_at,
                         proxied: true,
-                        data: r.data.map(raw_json),
+                        data: r.data.as_deref().map(raw_json),
                     }
                 }
                 Err(refusal) => return self.refused(id, refusal),
@@ -762,6 +762,7 @@ impl Client {
             Ok(r) => {
                 let data = r
                     .data
+                    .as_deref()
                     .map_or_else(|| RawJson(Bytes::from_static(b"null")), raw_json);
                 self.reply(id, "rpc", &RpcReply { data });
                 Ok(())
@@ -1060,7 +1061,7 @@ struct RpcReply {
 }
 
 /// Raw JSON from the application's handlers, on one line (see [`single_line`]).
-fn raw_json(raw: Box<RawValue>) -> RawJson {
+fn raw_json(raw: &RawValue) -> RawJson {
     RawJson(Bytes::from(single_line(raw.get()).into_owned()))
 }
 
