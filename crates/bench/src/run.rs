@@ -298,10 +298,11 @@ pub fn main(args: &RunArgs) -> Result<()> {
     println!("{table}");
     if let Some(out) = &args.out {
         let mut doc = report::document(&results, &settings, &report::command_line());
-        // Keep the fan-out section, which `switchboard-bench fanout` writes.
+        // This run owns the document's head; everything from the first section another command
+        // generates (fan-out, transports, Redis) to the hand-written reading at the end is kept.
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        if let Some(section) = crate::fanout::report::find_section(&old) {
-            doc = crate::fanout::report::replace_section(&doc, section);
+        if let Some(start) = old.find(crate::fanout::report::BEGIN) {
+            doc = format!("{}\n\n{}", doc.trim_end(), &old[start..]);
         }
         std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
