@@ -23,19 +23,9 @@ fn config() -> Config {
     let mut c = Config::default();
     c.api.key = KEY.into();
     c.fallback.poll_timeout = Duration::from_secs(5);
-    c.channels.namespaces.insert(
-        "chat".into(),
-        NamespaceOptions {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(300),
-            recover: true,
-            presence: true,
-            join_leave: true,
-            allow_publish: true,
-            allow_history: true,
-            ..Default::default()
-        },
-    );
+    c.channels
+        .namespaces
+        .insert("chat".into(), chat_namespace());
     c.channels.namespaces.insert(
         "feed".into(),
         NamespaceOptions {

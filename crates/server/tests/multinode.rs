@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use switchboard::Config;
 use switchboard::config::EngineKind;
 use switchboard_engine_redis::testing::RedisServer;
-use switchboard_hub::NamespaceOptions;
 
 const KEY: &str = "multinode-key";
 
@@ -29,19 +28,9 @@ fn config(redis: &RedisServer) -> Config {
     c.engine.redis.prefix = "multinode".into();
     c.engine.redis.connect_timeout = Duration::from_secs(2);
     c.engine.redis.command_timeout = Duration::from_secs(2);
-    c.channels.namespaces.insert(
-        "chat".into(),
-        NamespaceOptions {
-            history_size: 100,
-            history_ttl: Duration::from_secs(300),
-            recover: true,
-            presence: true,
-            join_leave: true,
-            allow_publish: true,
-            allow_history: true,
-            ..Default::default()
-        },
-    );
+    c.channels
+        .namespaces
+        .insert("chat".into(), chat_namespace());
     c
 }
 

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use switchboard::Config;
 use switchboard::config::EngineKind;
 use switchboard_engine_redis::testing::RedisServer;
-use switchboard_hub::NamespaceOptions;
 
 const KEY: &str = "multinode-fallback-key";
 const PATH: &str = "/connection/http";
@@ -37,19 +36,9 @@ fn config(redis: &RedisServer) -> Config {
     c.fallback.poll_timeout = Duration::from_secs(2);
     c.fallback.sse_ping_interval = Duration::from_secs(1);
     c.fallback.relay_timeout = Duration::from_secs(2);
-    c.channels.namespaces.insert(
-        "chat".into(),
-        NamespaceOptions {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(300),
-            recover: true,
-            presence: true,
-            join_leave: true,
-            allow_publish: true,
-            allow_history: true,
-            ..Default::default()
-        },
-    );
+    c.channels
+        .namespaces
+        .insert("chat".into(), chat_namespace());
     c
 }
 

@@ -44,6 +44,21 @@ pub async fn start(mut config: Config) -> TestServer {
     }
 }
 
+/// A namespace with everything on (history of 1,000 for 5 minutes with recovery, presence with
+/// join/leave, client publications and history reads), as tests of several features want it.
+pub fn chat_namespace() -> switchboard_hub::NamespaceOptions {
+    switchboard_hub::NamespaceOptions {
+        history_size: 1000,
+        history_ttl: Duration::from_secs(300),
+        recover: true,
+        presence: true,
+        join_leave: true,
+        allow_publish: true,
+        allow_history: true,
+        ..Default::default()
+    }
+}
+
 /// A config whose echo endpoint has the real endpoints' default limits.
 pub fn default_limits() -> Config {
     let mut c = Config::default();
