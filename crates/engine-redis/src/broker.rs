@@ -10,6 +10,10 @@
 //! Each node also listens on a channel of its own (`P.node.{id}`), on the instance its id hashes to,
 //! where other nodes send it messages ([`send_to_node`]): PUBLISH says how many listened, so a node
 //! that is gone is known at once.
+//!
+//! In a Redis Cluster the channels are sharded channels (`SSUBSCRIBE`/`SPUBLISH`), each served by the
+//! master owning its slot; the subscriber client keeps one connection per master. Slots that move
+//! are handled like a reconnect ([`follow_slot_moves`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -181,26 +185,99 @@ pub(crate) async fn resubscribe_on_reconnect(
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
-        let shard = &inner.shards[index];
-        shard.resyncing.store(true, Ordering::Release);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match resubscribe_all(&inner, index).await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(shard = %shard.address, channels = n, "Redis is back: resubscribed; subscribers recover");
-                    }
-                    break;
+        resync(&inner, index, "Redis is back").await;
+    }
+}
+
+/// Subscribes shard `index` to every channel again and reports each as a gap, retrying until it
+/// succeeds; the node is not ready meanwhile.
+async fn resync(inner: &Inner, index: usize, why: &str) {
+    let shard = &inner.shards[index];
+    let _one_at_a_time = shard.resync_lock.lock().await;
+    shard.resyncing.store(true, Ordering::Release);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match resubscribe_all(inner, index).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(shard = %shard.address, channels = n, "{why}: resubscribed; subscribers recover");
                 }
-                Err(e) => {
-                    tracing::warn!(shard = %shard.address, error = %e, ?delay, "resubscribing after a Redis reconnect failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(shard = %shard.address, error = %e, ?delay, "resubscribing ({why}) failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    shard.resyncing.store(false, Ordering::Release);
+}
+
+/// How often a node in a Redis Cluster reads the slot map, to notice slots that moved.
+const SLOT_MAP_CHECK: Duration = Duration::from_secs(1);
+
+/// In a Redis Cluster: follows slots moving between masters (resharding, a replica taking over).
+///
+/// A master that gives up a slot unsubscribes every sharded subscriber of the slot's channels, and
+/// fred drops that notice; publications then go to the new master while this node listens on the
+/// old one, and nothing would tell the subscribers. So the subscriber reads the slot map every
+/// [`SLOT_MAP_CHECK`], and at once when the command connection was redirected (`MOVED`); when the
+/// map changed, every channel is subscribed again, where it now lives, and reported as a gap:
+/// subscribers recover from history (which moved with the slot) what was published meanwhile.
+/// Runs until the engine stops.
+pub(crate) async fn follow_slot_moves(inner: Arc<Inner>, index: usize) {
+    let shard = &inner.shards[index];
+    let mut redirected = shard.client.cluster_change_rx();
+    let mut every = tokio::time::interval(SLOT_MAP_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known = slot_map(&shard.subscriber);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = redirected.recv() => {
+                if matches!(changed, Err(RecvError::Closed)) {
+                    return;
                 }
             }
         }
-        shard.resyncing.store(false, Ordering::Release);
+        if !shard.subscriber.is_connected() {
+            // The reconnect resubscribes everything anyway, on the map it reads.
+            continue;
+        }
+        if let Err(e) = shard.subscriber.sync_cluster().await {
+            tracing::debug!(shard = %shard.address, error = %e, "reading the cluster's slot map failed");
+            continue;
+        }
+        let now = slot_map(&shard.subscriber);
+        if now != known {
+            tracing::info!(shard = %shard.address, "Redis Cluster slots moved; resubscribing");
+            known = now;
+            // The command connection too: else its next command to a moved slot is redirected, and
+            // fails (commands are written once; see `builder`).
+            if let Err(e) = shard.client.sync_cluster().await {
+                tracing::debug!(shard = %shard.address, error = %e, "reading the cluster's slot map failed");
+            }
+            resync(&inner, index, "Redis Cluster slots moved").await;
+        }
     }
+}
+
+/// The slot ranges and the master serving each, as the subscriber routes them; sorted, so that only
+/// a real change compares unequal (a false one would send every subscriber recovering).
+fn slot_map(subscriber: &fred::clients::SubscriberClient) -> Vec<(u16, u16, String)> {
+    let mut map: Vec<(u16, u16, String)> = subscriber
+        .cached_cluster_state()
+        .map(|state| {
+            state
+                .slots()
+                .iter()
+                .map(|r| (r.start, r.end, r.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    map.sort_unstable();
+    map
 }
 
 /// Subscribes again to every channel of shard `index` (and to the node's own channel, if it is

@@ -18,7 +18,10 @@
 //! - `keys.rs`: the key layout; `codec.rs`: how publications are written into Redis.
 //!
 //! Redis Cluster (`cluster = true`) is one logical instance: keys of a channel share a hash slot, and
-//! publications go through sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0+).
+//! publications go through sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0+), each channel on the
+//! master serving its slot. When a slot moves to another master, Redis unsubscribes the slot's
+//! sharded subscribers and fred does not pass the notice on, so every node watches the slot map and
+//! resubscribes (reporting gaps) when it changes; see `broker.rs`.
 
 mod broker;
 mod codec;
@@ -158,6 +161,9 @@ pub(crate) struct Shard {
     pub(crate) channels: Mutex<HashSet<String>>,
     /// True while the subscriber resubscribes after a reconnect: the node is not ready yet.
     pub(crate) resyncing: AtomicBool,
+    /// Held while resubscribing: a reconnect and a slot move noticed together resubscribe one after
+    /// the other, and `resyncing` stays set until both are done.
+    pub(crate) resync_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shard {
@@ -274,6 +280,7 @@ impl RedisEngine {
                 subscriber,
                 channels: Mutex::new(HashSet::new()),
                 resyncing: AtomicBool::new(false),
+                resync_lock: tokio::sync::Mutex::new(()),
             });
         }
         let keys = Keys::new(&config.prefix);
@@ -306,6 +313,10 @@ impl RedisEngine {
                 reconnects,
             ));
             tasks.push(h.abort_handle());
+            if inner.config.cluster {
+                let h = tokio::spawn(broker::follow_slot_moves(Arc::clone(&inner), i));
+                tasks.push(h.abort_handle());
+            }
         }
         let h = tokio::spawn(presence::refresh(Arc::clone(&inner)));
         tasks.push(h.abort_handle());
@@ -408,6 +419,9 @@ fn builder(config: &RedisConfig, urls: &[String]) -> Result<Builder, RedisError>
     b.with_connection_config(|c| {
         c.connection_timeout = connect;
         c.internal_command_timeout = command;
+        // In a Redis Cluster, fred counts following a MOVED redirect as another write: a command
+        // sent to a slot that just moved fails (a temporary error) instead of being redirected,
+        // unless the slot watcher (`broker::follow_slot_moves`) refreshed the routing first.
         c.max_command_attempts = 1;
         c.tcp = TcpConfig {
             nodelay: Some(true),

@@ -2,7 +2,8 @@
 //! persistence, killed at the end) and three servers on 127.0.0.1 with the Redis engine, then checks
 //! what a deployment relies on: a publication through any node reaches clients on every node,
 //! presence and history are the same everywhere, a client recovers on another node, and when Redis
-//! goes away and comes back, clients stay connected and none loses a publication silently.
+//! goes away and comes back, clients stay connected and none loses a publication silently. The same
+//! holds on a Redis Cluster of three masters (`cluster = true`), channels spread over its shards.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,15 +17,20 @@ use common::*;
 use serde_json::{Value, json};
 use switchboard::Config;
 use switchboard::config::EngineKind;
-use switchboard_engine_redis::testing::RedisServer;
+use switchboard_engine_redis::testing::{RedisCluster, RedisServer};
 
 const KEY: &str = "multinode-key";
 
 fn config(redis: &RedisServer) -> Config {
+    config_for(vec![redis.url()], false)
+}
+
+fn config_for(addresses: Vec<String>, cluster: bool) -> Config {
     let mut c = Config::default();
     c.api.key = KEY.into();
     c.engine.kind = EngineKind::Redis;
-    c.engine.redis.addresses = vec![redis.url()];
+    c.engine.redis.addresses = addresses;
+    c.engine.redis.cluster = cluster;
     c.engine.redis.prefix = "multinode".into();
     c.engine.redis.connect_timeout = Duration::from_secs(2);
     c.engine.redis.command_timeout = Duration::from_secs(2);
@@ -346,4 +352,139 @@ async fn collect_after_return(
         }
     }
     got
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_publications_reach_every_node_and_clients_recover_on_another() {
+    let cluster = RedisCluster::start();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        // Each node knows one seed only; it discovers the rest of the cluster.
+        let seed = cluster.urls()[i].clone();
+        nodes.push(start(config_for(vec![seed], true)).await);
+    }
+    // Channels whose slots are served by every master (asked of the cluster, not of the engine).
+    let channels: Vec<String> = (0..9).map(|i| format!("chat:c{i}")).collect();
+    let owners: BTreeSet<usize> = channels
+        .iter()
+        .map(|c| cluster.owner_of(&format!("multinode.pub.{{{c}}}")))
+        .collect();
+    assert_eq!(owners.len(), 3, "channels on every master");
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut c = JsonClient::connected(n.addr).await;
+        for ch in &channels {
+            c.ok("subscribe", json!({"channel": ch})).await;
+        }
+        clients.push(c);
+    }
+    // Through node B's API, then from a client on node C: everyone receives both, in order.
+    for ch in &channels {
+        let r = api(
+            &nodes[1],
+            "publish",
+            json!({"channel": ch, "data": {"n": 1}}),
+        )
+        .await;
+        assert_eq!(r["offset"], 1);
+        let r = clients[2]
+            .ok("publish", json!({"channel": ch, "data": {"n": 2}}))
+            .await;
+        assert_eq!(r["offset"], 2);
+    }
+    for c in &mut clients {
+        let mut got: Vec<(String, u64, u64)> = Vec::new();
+        for _ in 0..channels.len() * 2 {
+            let p = c.push("pub").await;
+            got.push((
+                p["channel"].as_str().unwrap().to_owned(),
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            ));
+        }
+        for ch in &channels {
+            let mine: Vec<(u64, u64)> = got
+                .iter()
+                .filter(|(c, _, _)| c == ch)
+                .map(|(_, o, n)| (*o, *n))
+                .collect();
+            assert_eq!(mine, [(1, 1), (2, 2)], "{ch}");
+        }
+    }
+    // Presence, history and idempotency keys are the same from every node.
+    let ids: BTreeSet<String> = clients.iter().map(|c| c.id.clone()).collect();
+    for ch in &channels {
+        for n in &nodes {
+            let p = api(n, "presence", json!({"channel": ch})).await;
+            let here: BTreeSet<String> =
+                p["presence"].as_object().unwrap().keys().cloned().collect();
+            assert_eq!(here, ids, "{ch}");
+            let h = api(n, "history", json!({"channel": ch})).await;
+            assert_eq!(h["publications"].as_array().unwrap().len(), 2, "{ch}");
+        }
+        let publish = json!({"channel": ch, "data": {"n": 3}, "idempotency_key": "k1"});
+        let first = api(&nodes[0], "publish", publish.clone()).await;
+        let retry = api(&nodes[2], "publish", publish).await;
+        assert_eq!(first, retry, "{ch}");
+    }
+    for c in &mut clients {
+        for _ in &channels {
+            assert_eq!(c.push("pub").await["offset"], 3);
+        }
+    }
+
+    // A client of node A leaves, misses publications made through node C, and recovers exactly
+    // those on node B, on every shard.
+    let mut positions = Vec::new();
+    for ch in &channels {
+        let h = clients[0]
+            .ok("history", json!({"channel": ch, "limit": 0}))
+            .await;
+        assert_eq!(h["offset"], 3);
+        positions.push(h["epoch"].as_str().unwrap().to_owned());
+    }
+    let gone = clients.remove(0);
+    drop(gone);
+    for ch in &channels {
+        for n in 4..=5 {
+            api(
+                &nodes[2],
+                "publish",
+                json!({"channel": ch, "data": {"n": n}}),
+            )
+            .await;
+        }
+    }
+    let mut c = JsonClient::connected(nodes[1].addr).await;
+    for (ch, epoch) in channels.iter().zip(&positions) {
+        let r = c
+            .ok(
+                "subscribe",
+                json!({"channel": ch, "recover": true, "epoch": epoch, "offset": 3}),
+            )
+            .await;
+        assert_eq!(r["recovered"], true, "{ch}: {r}");
+        let got: Vec<u64> = r["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, [4, 5], "{ch}");
+    }
+    // And live from then on, published through node A.
+    api(
+        &nodes[0],
+        "publish",
+        json!({"channel": channels[0], "data": {"n": 6}}),
+    )
+    .await;
+    let p = c.push("pub").await;
+    assert_eq!(
+        (p["channel"].as_str(), p["offset"].as_u64()),
+        (Some(channels[0].as_str()), Some(6))
+    );
+    for n in &nodes {
+        assert_eq!(get_status(n.api, "/ready").await, 200);
+    }
 }
