@@ -3,6 +3,11 @@
 //! WebSocket crate under test is also on the client side), and the orchestrator that runs them
 //! all pinned to separate cores and prints the comparison table. See docs/benchmarks.md.
 //!
+//! The fan-out and transports benchmarks share code: their load generators (`fanout-load`,
+//! `transports-load`) the phases, publisher thread, set-up and sequence checks of [`load`]; their
+//! orchestrators the rounds, noise retries, load-generator child and versions of [`harness`]
+//! (processes are started pinned by [`run`]).
+//!
 //! ```text
 //! switchboard-bench peer tungstenite --listen 127.0.0.1:9001
 //! switchboard-bench tput --addr 127.0.0.1:9001 --path /echo --server-pid PID
@@ -14,7 +19,9 @@
 
 mod client;
 mod fanout;
+mod harness;
 mod idle;
+mod load;
 mod peers;
 mod procfs;
 mod report;

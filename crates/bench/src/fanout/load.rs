@@ -13,14 +13,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::io::ErrorKind;
 use std::io::IoSliceMut;
-use std::io::{ErrorKind, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
@@ -31,19 +31,17 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout};
 
 use super::wire::{self, Delivery, Event, Kind};
 use crate::client::{self, OP_CLOSE, OP_TEXT, masked_frame, parse_server_frame};
+use crate::load::control::{EXIT, MEASURE, STOP};
+use crate::load::latency::{histogram, quantile, realtime_ns};
+use crate::load::seq::{self, Seen};
+use crate::load::setup::Setup;
+use crate::load::{self, CpuWindow, control};
 use crate::procfs;
 use crate::tput::Snapshot;
-
-/// Phases, shared by the subscriber loop and the publisher thread.
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const STOP: u8 = 2;
-const EXIT: u8 = 3;
 
 /// Highest sequence number accepted (a larger one is a parse error, not a publication).
 const MAX_SEQ: u64 = 100_000_000;
@@ -246,14 +244,7 @@ pub struct LoadReport {
 
 /// Runs the load and prints the report.
 pub fn main(args: &LoadArgs) -> Result<()> {
-    let report = run(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report);
-    }
-    std::io::stdout().flush()?;
-    Ok(())
+    load::print_report(&run(args)?, args.json, print_text)
 }
 
 /// Runs the load on a current-thread runtime (the publisher on a thread of its own).
@@ -276,46 +267,25 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport> {
         "sources 127.0.0.{}..127.0.0.{last} are out of range: raise --per-source",
         args.source_start
     );
-    let limit = procfs::nofile_limit("self")?;
-    ensure!(
-        args.subs as u64 + 64 <= limit,
-        "{} subscribers need more than this process's open-file limit of {limit}",
-        args.subs
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, measure(args))
+    load::ensure_open_files(args.subs, 1, "subscribers")?;
+    load::run_local(measure(args))
 }
 
-/// What the publisher thread and the subscriber loop share.
-struct Control {
-    phase: AtomicU8,
-    started: AtomicBool,
-    stopped: AtomicBool,
+/// What the publisher thread counts.
+struct Published {
+    /// Publications per channel.
     published: Vec<AtomicU64>,
     sent: AtomicU64,
     sent_window: AtomicU64,
     reply_errors: AtomicU64,
     acked: AtomicU64,
     max_late_us: AtomicU64,
-    error: Mutex<Option<String>>,
     /// Publish API call times, µs.
     call_us: Mutex<Histogram<u64>>,
 }
 
-impl Control {
-    fn fail(&self, message: String) {
-        if let Ok(mut e) = self.error.lock() {
-            e.get_or_insert(message);
-        }
-    }
-
-    fn error(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|e| e.clone())
-    }
-}
+/// What the publisher thread and the subscriber loop share.
+type Control = control::Control<Published>;
 
 /// What one subscriber saw.
 #[derive(Default)]
@@ -324,37 +294,17 @@ struct SubState {
     subscribed: bool,
     last_offset: Option<u64>,
     received: u64,
-    distinct: u64,
-    max_seq: u64,
-    seen: Vec<u64>,
-    duplicates: u64,
-    out_of_order: u64,
+    seen: Seen,
     offset_gaps: u64,
     ended: bool,
 }
 
 impl SubState {
     fn record(&mut self, d: Delivery) -> Result<()> {
-        ensure!(
-            (1..MAX_SEQ).contains(&d.seq),
-            "sequence number {} out of range",
-            d.seq
-        );
+        seq::check(d.seq, MAX_SEQ)?;
         self.received += 1;
-        let (word, bit) = ((d.seq / 64) as usize, d.seq % 64);
-        if self.seen.len() <= word {
-            self.seen.resize(word + 1, 0);
-        }
-        if self.seen[word] & (1 << bit) != 0 {
-            self.duplicates += 1;
+        if !self.seen.record(d.seq) {
             return Ok(());
-        }
-        self.seen[word] |= 1 << bit;
-        self.distinct += 1;
-        if d.seq < self.max_seq {
-            self.out_of_order += 1;
-        } else {
-            self.max_seq = d.seq;
         }
         if let Some(offset) = d.offset {
             if self.last_offset.is_some_and(|last| offset != last + 1) {
@@ -372,9 +322,7 @@ struct Shared {
     control: Arc<Control>,
     sample_every: usize,
     subs: RefCell<Vec<SubState>>,
-    ready: Cell<usize>,
-    failed: Cell<usize>,
-    first_error: RefCell<Option<String>>,
+    setup: Setup,
     deliveries: Cell<u64>,
     deliveries_window: Cell<u64>,
     latency_us: RefCell<Histogram<u64>>,
@@ -405,19 +353,15 @@ impl Shared {
 }
 
 async fn measure(args: &LoadArgs) -> Result<LoadReport> {
-    let control = Arc::new(Control {
-        phase: AtomicU8::new(WARMUP),
-        started: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
+    let control = Arc::new(Control::new(Published {
         published: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
         sent: AtomicU64::new(0),
         sent_window: AtomicU64::new(0),
         reply_errors: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         max_late_us: AtomicU64::new(0),
-        error: Mutex::new(None),
-        call_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-    });
+        call_us: Mutex::new(histogram()?),
+    }));
     let shared = Rc::new(Shared {
         kind: args.kind,
         control: Arc::clone(&control),
@@ -430,13 +374,11 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
                 })
                 .collect(),
         ),
-        ready: Cell::new(0),
-        failed: Cell::new(0),
-        first_error: RefCell::new(None),
+        setup: Setup::new(args.concurrency, args.setup_timeout),
         deliveries: Cell::new(0),
         deliveries_window: Cell::new(0),
-        latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-        read_latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        latency_us: RefCell::new(histogram()?),
+        read_latency_us: RefCell::new(histogram()?),
         stamped: Cell::new(0),
         scratch: RefCell::new(vec![0; SCRATCH]),
         cmsg: RefCell::new(nix::cmsg_space!(TimeSpec)),
@@ -447,11 +389,9 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     // Subscribe everyone.
     let rss_before = rss()?;
     let started = Instant::now();
-    let gate = Rc::new(Semaphore::new(args.concurrency));
-    let setup_limit = Duration::from_secs_f64(args.setup_timeout);
     let tasks: Vec<_> = (0..args.subs)
         .map(|id| {
-            let (shared, gate) = (Rc::clone(&shared), Rc::clone(&gate));
+            let shared = Rc::clone(&shared);
             let source = Ipv4Addr::new(127, 0, 0, args.source_start + (id / args.per_source) as u8);
             let addr = match args.nodes.len() {
                 0 => args.addr,
@@ -459,23 +399,12 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             };
             let channel = id % args.channels;
             tokio::task::spawn_local(async move {
-                let opened = async {
-                    let _permit = gate.acquire().await?;
-                    timeout(
-                        setup_limit,
-                        open_subscriber(shared.kind, addr, source, id, channel),
-                    )
-                    .await
-                    .context("subscription not confirmed in time")?
-                };
-                let (conn, offset) = match opened.await {
+                let opening = open_subscriber(shared.kind, addr, source, id, channel);
+                let (conn, offset) = match shared.setup.open(opening).await {
                     Ok(ok) => ok,
                     Err(e) => {
-                        shared.failed.set(shared.failed.get() + 1);
-                        shared
-                            .first_error
-                            .borrow_mut()
-                            .get_or_insert_with(|| format!("subscriber {id} from {source}: {e:#}"));
+                        let error = || format!("subscriber {id} from {source}: {e:#}");
+                        shared.setup.fail(error);
                         return;
                     }
                 };
@@ -484,30 +413,17 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
                     subs[id].subscribed = true;
                     subs[id].last_offset = offset;
                 }
-                shared.ready.set(shared.ready.get() + 1);
+                shared.setup.ready();
                 if let Err(e) = receive(id, conn, &shared).await {
                     shared.ended(id, format!("{e:#}"));
                 }
             })
         })
         .collect();
-    let deadline = Instant::now() + setup_limit + Duration::from_secs(5);
-    while shared.ready.get() + shared.failed.get() < args.subs {
-        ensure!(
-            Instant::now() < deadline,
-            "subscriptions not set up after {setup_limit:?}: {} ready, {} failed",
-            shared.ready.get(),
-            shared.failed.get()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let subscribed = (shared.setup)
+        .wait(args.subs, "subscriptions", "subscriber")
+        .await?;
     let subscribe_s = started.elapsed().as_secs_f64();
-    let subscribed = shared.ready.get();
-    ensure!(
-        subscribed > 0,
-        "no subscriber could subscribe: {}",
-        shared.first_error.borrow().as_deref().unwrap_or("-")
-    );
     let server_counted_subs = match args.kind {
         Kind::Nchan => Some(nchan_subscribers(args.addr, args.channels).await?),
         _ => None,
@@ -517,87 +433,44 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
 
     // Publish: warm-up, window, stop.
     let publisher = {
-        let (control, kind, addr) = (Arc::clone(&control), args.kind, args.addr);
+        let (kind, addr) = (args.kind, args.addr);
         let (channels, rate, http_conns) = (args.channels, args.rate, args.http_conns);
         let api = args.api_addr.map(|a| (a, args.api_key.clone()));
-        std::thread::Builder::new()
-            .name("publisher".into())
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|rt| {
-                        let local = tokio::task::LocalSet::new();
-                        local.block_on(
-                            &rt,
-                            publish(kind, addr, api, channels, rate, http_conns, &control),
-                        )
-                    });
-                if let Err(e) = result {
-                    control.fail(format!("publisher: {e:#}"));
-                }
-                control.stopped.store(true, Ordering::Release);
-            })?
+        control.spawn_publisher(
+            move |control| async move {
+                publish(kind, addr, api, channels, rate, http_conns, &control).await
+            },
+            Control::fail,
+        )?
     };
-    let publisher_ready = Instant::now() + Duration::from_secs(30);
-    while !control.started.load(Ordering::Acquire) {
-        if let Some(e) = control.error() {
-            control.phase.store(EXIT, Ordering::Release);
-            bail!("{e}");
-        }
-        ensure!(
-            Instant::now() < publisher_ready,
-            "publisher not connected after 30 s"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
+    control.publisher_started().await?;
     sleep(Duration::from_secs_f64(args.warmup)).await;
     let start = Snapshot::take(args.server_pid)?;
     let others_before = others_ticks(&args.other_pids)?;
     let delivered_before = shared.deliveries_window.get();
-    control.phase.store(MEASURE, Ordering::Release);
-    sleep(Duration::from_secs_f64(args.duration)).await;
-    control.phase.store(STOP, Ordering::Release);
+    control.measure(args.duration).await;
     let end = Snapshot::take(args.server_pid)?;
     let others_after = others_ticks(&args.other_pids)?;
     let deliveries_window = shared.deliveries_window.get() - delivered_before;
     let rss_window = rss()?;
 
     // Drain: wait until the publisher stopped and every connected subscriber has everything.
-    let drain_start = Instant::now();
     let drain_limit = Duration::from_secs_f64(args.drain);
-    let mut drained = false;
-    while drain_start.elapsed() < drain_limit {
-        if control.stopped.load(Ordering::Acquire) {
+    let (drained, drain_start) = control
+        .drain(drain_limit, || {
             let subs = shared.subs.borrow();
-            let published: Vec<u64> = control
-                .published
-                .iter()
-                .map(|p| p.load(Ordering::Acquire))
-                .collect();
-            drained = subs
-                .iter()
+            let published = published(&control);
+            subs.iter()
                 .filter(|s| s.subscribed && !s.ended)
-                .all(|s| s.distinct >= published[s.channel]);
-            if drained {
-                break;
-            }
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
+                .all(|s| s.seen.distinct >= published[s.channel])
+        })
+        .await;
     let drain_s = drain_start.elapsed().as_secs_f64();
     let rss_end = rss()?;
-    control.phase.store(EXIT, Ordering::Release);
-    for task in &tasks {
-        task.abort();
-    }
-    let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+    control.finish(&tasks, publisher).await;
 
-    let seconds = end.at.duration_since(start.at).as_secs_f64();
-    let ticks_to_pct = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SEC / seconds * 100.0;
-    let own = end.own - start.own;
-    let server = start.server.zip(end.server).map(|(a, b)| b - a);
+    let cpu = CpuWindow::new(&start, &end);
+    let (seconds, own, server) = (cpu.seconds, cpu.own, cpu.server);
     let others: Vec<u64> = others_before
         .iter()
         .zip(&others_after)
@@ -605,6 +478,7 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         .collect();
     let others_sum: u64 = others.iter().sum();
     let call_hist = control
+        .counts
         .call_us
         .lock()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))?
@@ -612,43 +486,25 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     let call_quantile = |q: f64| {
         (args.api_addr.is_some() && !call_hist.is_empty()).then(|| call_hist.value_at_quantile(q))
     };
-    let published: Vec<u64> = control
-        .published
-        .iter()
-        .map(|p| p.load(Ordering::Acquire))
-        .collect();
+    let published = published(&control);
     let subs = shared.subs.borrow();
     let (mut expected, mut distinct, mut duplicates, mut out_of_order, mut offset_gaps) =
         (0, 0, 0, 0, 0);
     let (mut gaps, mut undelivered) = (0, 0);
     for s in subs.iter().filter(|s| s.subscribed) {
         expected += published[s.channel];
-        distinct += s.distinct;
-        gaps += s.max_seq.saturating_sub(s.distinct);
-        undelivered += published[s.channel].saturating_sub(s.max_seq);
-        duplicates += s.duplicates;
-        out_of_order += s.out_of_order;
+        distinct += s.seen.distinct;
+        gaps += s.seen.max_seq.saturating_sub(s.seen.distinct);
+        undelivered += published[s.channel].saturating_sub(s.seen.max_seq);
+        duplicates += s.seen.duplicates;
+        out_of_order += s.seen.out_of_order;
         offset_gaps += s.offset_gaps;
     }
     let ended = subs.iter().filter(|s| s.ended).count();
     let subs_per_channel = args.subs as f64 / args.channels as f64;
-    let published_window = control.sent_window.load(Ordering::Acquire);
+    let published_window = control.counts.sent_window.load(Ordering::Acquire);
     let hist = shared.latency_us.borrow();
-    let quantile = |q: f64| {
-        if hist.is_empty() {
-            0
-        } else {
-            hist.value_at_quantile(q)
-        }
-    };
     let read_hist = shared.read_latency_us.borrow();
-    let read_quantile = |q: f64| {
-        if read_hist.is_empty() {
-            0
-        } else {
-            read_hist.value_at_quantile(q)
-        }
-    };
     Ok(LoadReport {
         kind: args.kind,
         subs: args.subs,
@@ -658,12 +514,13 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         subscribe_s,
         rate: args.rate,
         seconds,
-        published: control.sent.load(Ordering::Acquire),
+        published: control.counts.sent.load(Ordering::Acquire),
         published_window,
-        publish_errors: control.reply_errors.load(Ordering::Acquire),
-        publish_acked: (args.kind != Kind::Socketio).then(|| control.acked.load(Ordering::Acquire)),
+        publish_errors: control.counts.reply_errors.load(Ordering::Acquire),
+        publish_acked: (args.kind != Kind::Socketio)
+            .then(|| control.counts.acked.load(Ordering::Acquire)),
         publish_first_error: control.error(),
-        publish_max_late_ms: control.max_late_us.load(Ordering::Acquire) as f64 / 1000.0,
+        publish_max_late_ms: control.counts.max_late_us.load(Ordering::Acquire) as f64 / 1000.0,
         deliveries_window,
         deliveries_per_s: deliveries_window as f64 / seconds,
         offered_per_s: published_window as f64 * subs_per_channel / seconds,
@@ -676,25 +533,24 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         out_of_order,
         offset_gaps,
         latency_samples: hist.len(),
-        latency_p50_us: quantile(0.50),
-        latency_p99_us: quantile(0.99),
-        latency_p999_us: quantile(0.999),
+        latency_p50_us: quantile(&hist, 0.50),
+        latency_p99_us: quantile(&hist, 0.99),
+        latency_p999_us: quantile(&hist, 0.999),
         latency_max_us: hist.max(),
-        read_latency_p50_us: read_quantile(0.50),
-        read_latency_p99_us: read_quantile(0.99),
+        read_latency_p50_us: quantile(&read_hist, 0.50),
+        read_latency_p99_us: quantile(&read_hist, 0.99),
         stamped_reads: shared.stamped.get(),
-        server_cpu_pct: server.map(ticks_to_pct),
-        server_core_busy_pct: ticks_to_pct(end.cores[0] - start.cores[0]),
-        client_core_busy_pct: ticks_to_pct(end.cores[1] - start.cores[1]),
+        server_cpu_pct: server.map(|t| cpu.pct(t)),
+        server_core_busy_pct: cpu.pct(end.cores[0] - start.cores[0]),
+        client_core_busy_pct: cpu.pct(end.cores[1] - start.cores[1]),
         server_system_pct: start
             .server_system
             .zip(end.server_system)
-            .map(|(a, b)| ticks_to_pct(b - a)),
-        client_cpu_pct: ticks_to_pct(own),
-        other_cpu_pct: server.map(|s| {
-            ticks_to_pct((end.machine - start.machine).saturating_sub(own + s + others_sum))
-        }),
-        server_others_cpu_pct: others.iter().map(|&t| ticks_to_pct(t)).collect(),
+            .map(|(a, b)| cpu.pct(b - a)),
+        client_cpu_pct: cpu.pct(own),
+        other_cpu_pct: server
+            .map(|s| cpu.pct((end.machine - start.machine).saturating_sub(own + s + others_sum))),
+        server_others_cpu_pct: others.iter().map(|&t| cpu.pct(t)).collect(),
         publish_call_p50_us: call_quantile(0.5),
         publish_call_p99_us: call_quantile(0.99),
         rss_before_kib: rss_before,
@@ -708,9 +564,19 @@ async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         drained,
         ended,
         end_reasons: shared.end_reasons.borrow().clone(),
-        setup_failures: shared.failed.get(),
-        first_error: shared.first_error.borrow().clone(),
+        setup_failures: shared.setup.failed(),
+        first_error: shared.setup.first_error(),
     })
+}
+
+/// Publications so far, per channel.
+fn published(control: &Control) -> Vec<u64> {
+    control
+        .counts
+        .published
+        .iter()
+        .map(|p| p.load(Ordering::Acquire))
+        .collect()
 }
 
 /// CPU ticks so far of each of `pids`.
@@ -732,13 +598,6 @@ fn push_api_publish(out: &mut Vec<u8>, key: &str, channel: &str, t_ns: u64, seq:
         )
         .as_bytes(),
     );
-}
-
-/// Now, in ns since the Unix epoch (the clock of the kernel's receive timestamps).
-fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// One non-blocking `recvmsg` into `buf`: the bytes read and the kernel's receive timestamp of
@@ -1212,7 +1071,7 @@ async fn publish(
     let mut sent = 0u64;
     let tick = Duration::from_millis(1);
     let mut next = tokio::time::Instant::now();
-    control.started.store(true, Ordering::Release);
+    control.mark_started();
     loop {
         let phase = control.phase.load(Ordering::Acquire);
         if phase >= STOP {
@@ -1228,7 +1087,10 @@ async fn publish(
             seq[c] += 1;
             let scheduled = Duration::from_secs_f64(sent as f64 / rate);
             let late = start.elapsed().saturating_sub(scheduled).as_micros() as u64;
-            control.max_late_us.fetch_max(late, Ordering::Relaxed);
+            control
+                .counts
+                .max_late_us
+                .fetch_max(late, Ordering::Relaxed);
             let t_ns = realtime_ns();
             let out = &mut bufs[c % conns];
             if http {
@@ -1247,10 +1109,10 @@ async fn publish(
                 ),
                 _ => wire::push_ws_publish(out, kind, sent + 2, &names[c], t_ns, seq[c]),
             }
-            control.published[c].fetch_add(1, Ordering::AcqRel);
-            control.sent.fetch_add(1, Ordering::Relaxed);
+            control.counts.published[c].fetch_add(1, Ordering::AcqRel);
+            control.counts.sent.fetch_add(1, Ordering::Relaxed);
             if phase == MEASURE {
-                control.sent_window.fetch_add(1, Ordering::Relaxed);
+                control.counts.sent_window.fetch_add(1, Ordering::Relaxed);
             }
             sent += 1;
             batch += 1;
@@ -1269,7 +1131,7 @@ async fn publish(
         }
         tokio::time::sleep_until(next).await;
     }
-    control.stopped.store(true, Ordering::Release);
+    control.mark_stopped();
     while control.phase.load(Ordering::Acquire) < EXIT {
         let pending = std::mem::take(&mut *pongs.borrow_mut());
         if !pending.is_empty() {
@@ -1301,14 +1163,14 @@ async fn publisher_replies(
             let mut at = 0;
             while let Some((response, used)) = wire::parse_http_response(&buf[at..])? {
                 if let Some(sent) = sent_at.borrow_mut().pop_front()
-                    && let Ok(mut h) = control.call_us.lock()
+                    && let Ok(mut h) = control.counts.call_us.lock()
                 {
                     h.saturating_record((sent.elapsed().as_micros() as u64).max(1));
                 }
                 if matches!(response.status, 200..=202) {
-                    control.acked.fetch_add(1, Ordering::Relaxed);
+                    control.counts.acked.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    control.reply_errors.fetch_add(1, Ordering::Relaxed);
+                    control.counts.reply_errors.fetch_add(1, Ordering::Relaxed);
                     control.fail(format!(
                         "publish answered {}: {}",
                         response.status,
@@ -1327,12 +1189,12 @@ async fn publisher_replies(
                 0xA => {}
                 _ => wire::events(kind, payload, |event| match event {
                     Event::Reply { ok: true, .. } => {
-                        control.acked.fetch_add(1, Ordering::Relaxed);
+                        control.counts.acked.fetch_add(1, Ordering::Relaxed);
                     }
                     Event::Reply {
                         ok: false, text, ..
                     } => {
-                        control.reply_errors.fetch_add(1, Ordering::Relaxed);
+                        control.counts.reply_errors.fetch_add(1, Ordering::Relaxed);
                         control.fail(format!("publish error: {text}"));
                     }
                     Event::EnginePing => pongs.borrow_mut().extend_from_slice(&masked_frame(
@@ -1419,13 +1281,10 @@ fn print_text(r: &LoadReport) {
         kib(r.rss_end_kib),
         r.kib_per_sub.map_or("-".into(), |v| format!("{v:.1}"))
     );
-    if r.ended > 0 || r.setup_failures > 0 {
-        println!(
-            "ended early: {} {:?}; setup failures: {} ({})",
-            r.ended,
-            r.end_reasons,
-            r.setup_failures,
-            r.first_error.as_deref().unwrap_or("-")
-        );
-    }
+    load::print_ended(
+        r.ended,
+        &r.end_reasons,
+        r.setup_failures,
+        r.first_error.as_deref(),
+    );
 }

@@ -11,19 +11,17 @@ pub mod report;
 pub mod servers;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
-use tokio::time::sleep;
 
-use crate::run::{self, Running};
+use crate::harness::rounds::{Retries, rotated};
+use crate::harness::{self, child};
+use crate::run;
 use load::LoadReport;
 use wire::Kind;
-
-/// Pause before repeating a noisy run.
-const NOISE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Arguments of `switchboard-bench fanout`.
 #[derive(Args, Debug)]
@@ -161,6 +159,57 @@ pub fn scenarios(subs: usize, low_rates: &[f64]) -> Vec<Scenario> {
     all
 }
 
+/// The keys of `scenarios`, comma-separated.
+fn keys(scenarios: &[Scenario]) -> String {
+    harness::names(scenarios, |s| s.key.as_str())
+}
+
+/// What noisy runs are repeated by.
+fn retries(s: &Settings) -> Retries {
+    Retries {
+        retries: s.noise_retries,
+        max_noise: s.max_noise,
+    }
+}
+
+/// The load generator's command line for `scenario` against `kind` at `addr` (the server
+/// measured is `server_pid`); callers add their own options.
+fn load_args(
+    s: &Settings,
+    scenario: &Scenario,
+    kind: Kind,
+    addr: SocketAddr,
+    setup_timeout: f64,
+    server_pid: u32,
+) -> Vec<String> {
+    child::strings(&[
+        "fanout-load",
+        "--json",
+        "--kind",
+        kind.name(),
+        "--addr",
+        &addr.to_string(),
+        "--subs",
+        &scenario.subs.to_string(),
+        "--channels",
+        &scenario.channels.to_string(),
+        "--rate",
+        &scenario.rate.to_string(),
+        "--warmup",
+        &s.warmup.to_string(),
+        "--duration",
+        &s.duration.to_string(),
+        "--drain",
+        &s.drain.to_string(),
+        "--sample-every",
+        &s.sample_every.to_string(),
+        "--setup-timeout",
+        &setup_timeout.to_string(),
+        "--server-pid",
+        &server_pid.to_string(),
+    ])
+}
+
 /// One server in one scenario.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -194,11 +243,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
             ensure!(
                 chosen.iter().any(|s| &s.key == key),
                 "unknown scenario `{key}` (one of: {})",
-                chosen
-                    .iter()
-                    .map(|s| s.key.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                keys(&chosen)
             );
         }
         chosen.retain(|s| args.scenarios.contains(&s.key));
@@ -243,16 +288,8 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
     }
     eprintln!(
         "fan-out: servers {}; scenarios {}; logs in {}",
-        kinds
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        chosen
-            .iter()
-            .map(|s| s.key.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        harness::names(&kinds, |k| k.name()),
+        keys(&chosen),
         work.display()
     );
 
@@ -284,11 +321,10 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         for round in 0..settings.rounds {
             for (scenario, outcomes) in &mut results {
                 // Rotate the order each round, so no server always runs first.
-                let count = outcomes.len();
-                for i in 0..count {
-                    let outcome = &mut outcomes[(i + round) % count];
+                rotated(outcomes, round, async |outcome| {
                     ctx.scenario(scenario, outcome, round).await;
-                }
+                })
+                .await;
             }
         }
     });
@@ -319,18 +355,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
 /// `fanout --engine redis`: switchboard in memory vs two nodes and Redis (see [`redis`]).
 fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Result<()> {
     let self_exe = std::env::current_exe().context("locating this executable")?;
-    let switchboard = match &args.switchboard {
-        Some(path) => path.clone(),
-        None => self_exe
-            .parent()
-            .map(|dir| dir.join("switchboard"))
-            .context("no directory of this executable")?,
-    };
-    ensure!(
-        switchboard.is_file(),
-        "no switchboard binary at {} (build it or pass --switchboard PATH)",
-        switchboard.display()
-    );
+    let switchboard = harness::switchboard_binary(args.switchboard.as_deref(), &self_exe)?;
     ensure!(
         std::process::Command::new("redis-server")
             .arg("--version")
@@ -343,11 +368,7 @@ fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Res
     check_switchboard_config(Some(&switchboard), &work)?;
     eprintln!(
         "fan-out with Redis: scenarios {}; logs in {}",
-        chosen
-            .iter()
-            .map(|s| s.key.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        keys(chosen),
         work.display()
     );
     let ctx = redis::Ctx {
@@ -416,45 +437,24 @@ impl Ctx {
             scenario.key,
             kind.name()
         );
-        let mut kept: Option<LoadReport> = None;
-        for attempt in 0..=self.settings.noise_retries {
-            if attempt > 0 {
-                eprintln!("{tag}: noisy run, retrying in {NOISE_PAUSE:?}");
-                sleep(NOISE_PAUSE).await;
-            }
-            let r = match self.once(scenario, kind).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{tag}: failed: {e:#}");
-                    outcome
-                        .notes
-                        .push(format!("round {} failed: {e:#}", round + 1));
-                    break;
-                }
-            };
-            let other = r.other_cpu_pct.unwrap_or(0.0);
-            eprintln!(
-                "{tag}: {:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, server CPU {:.0} %, \
-                 client CPU {:.0} %, missing {}, ended {}, other processes {other:.0} %",
-                r.deliveries_per_s,
-                r.offered_per_s,
-                r.latency_p50_us,
-                r.latency_p99_us,
-                r.server_cpu_pct.unwrap_or(f64::NAN),
-                r.client_cpu_pct,
-                r.missing,
-                r.ended,
-            );
-            let quieter = kept
-                .as_ref()
-                .is_none_or(|k| other < k.other_cpu_pct.unwrap_or(0.0));
-            if quieter {
-                kept = Some(r);
-            }
-            if other <= self.settings.max_noise {
-                break;
-            }
-        }
+        let once = async || self.once(scenario, kind).await;
+        let kept = retries(&self.settings)
+            .quietest(&tag, round, &mut outcome.notes, once, |r| {
+                let other = r.other_cpu_pct.unwrap_or(0.0);
+                format!(
+                    "{:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, server CPU {:.0} %, \
+                     client CPU {:.0} %, missing {}, ended {}, other processes {other:.0} %",
+                    r.deliveries_per_s,
+                    r.offered_per_s,
+                    r.latency_p50_us,
+                    r.latency_p99_us,
+                    r.server_cpu_pct.unwrap_or(f64::NAN),
+                    r.client_cpu_pct,
+                    r.missing,
+                    r.ended,
+                )
+            })
+            .await;
         outcome.runs.extend(kept);
     }
 
@@ -468,49 +468,11 @@ impl Ctx {
             .join(format!("fanout-{}-{}.log", kind.name(), scenario.key));
         let mut server = run::start_pinned(kind.name(), &argv, addr, log).await?;
         let setup_timeout = 180.0;
-        let args: Vec<String> = [
-            "fanout-load",
-            "--json",
-            "--kind",
-            kind.name(),
-            "--addr",
-            &addr.to_string(),
-            "--subs",
-            &scenario.subs.to_string(),
-            "--channels",
-            &scenario.channels.to_string(),
-            "--rate",
-            &scenario.rate.to_string(),
-            "--warmup",
-            &s.warmup.to_string(),
-            "--duration",
-            &s.duration.to_string(),
-            "--drain",
-            &s.drain.to_string(),
-            "--sample-every",
-            &s.sample_every.to_string(),
-            "--setup-timeout",
-            &setup_timeout.to_string(),
-            "--server-pid",
-            &server.pid.to_string(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        let limit = Duration::from_secs_f64(setup_timeout + s.warmup + s.duration + s.drain + 60.0);
-        let result = async {
-            let mut client = run::start_client(&self.self_exe, args)?;
-            let report = client.report::<LoadReport>(limit).await;
-            client.stop().await;
-            server.check_alive()?;
-            report
-        }
-        .await;
-        stop(server).await;
+        let args = load_args(s, scenario, kind, addr, setup_timeout, server.pid);
+        let limit = child::report_limit(setup_timeout, s.warmup, s.duration, s.drain);
+        let servers = std::slice::from_mut(&mut server);
+        let result = child::load_report(&self.self_exe, args, limit, servers).await;
+        server.stop().await;
         result
     }
-}
-
-async fn stop(server: Running) {
-    server.stop().await;
 }

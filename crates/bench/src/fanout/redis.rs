@@ -11,15 +11,15 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use tokio::time::sleep;
+use anyhow::Result;
 
 use super::load::LoadReport;
 use super::report::{ms, thousands};
 use super::servers::SWITCHBOARD_TOML;
-use super::{NOISE_PAUSE, Scenario, Settings};
+use super::{Kind, Scenario, Settings, load_args, retries};
+use crate::harness::rounds::rotated;
+use crate::harness::{self, child};
 use crate::run::{self, Running};
 
 /// First line of the generated section.
@@ -101,11 +101,10 @@ pub async fn run_all(ctx: &Ctx, scenarios: &[Scenario]) -> Vec<(Scenario, Vec<Ou
         .collect();
     for round in 0..ctx.settings.rounds {
         for (scenario, outcomes) in &mut results {
-            let count = outcomes.len();
-            for i in 0..count {
-                let outcome = &mut outcomes[(i + round) % count];
+            rotated(outcomes, round, async |outcome| {
                 ctx.scenario(scenario, outcome, round).await;
-            }
+            })
+            .await;
         }
     }
     results
@@ -120,45 +119,25 @@ impl Ctx {
             scenario.key,
             outcome.engine.label()
         );
-        let mut kept: Option<LoadReport> = None;
-        for attempt in 0..=self.settings.noise_retries {
-            if attempt > 0 {
-                eprintln!("{tag}: noisy run, retrying in {NOISE_PAUSE:?}");
-                sleep(NOISE_PAUSE).await;
-            }
-            let r = match self.once(scenario, outcome.engine).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{tag}: failed: {e:#}");
-                    outcome
-                        .notes
-                        .push(format!("round {} failed: {e:#}", round + 1));
-                    break;
-                }
-            };
-            let other = r.other_cpu_pct.unwrap_or(0.0);
-            eprintln!(
-                "{tag}: {:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, publish call p50 {:?} µs, \
-                 server CPU {:.0} % + {:?}, missing {}, other processes {other:.0} %",
-                r.deliveries_per_s,
-                r.offered_per_s,
-                r.latency_p50_us,
-                r.latency_p99_us,
-                r.publish_call_p50_us,
-                r.server_cpu_pct.unwrap_or(f64::NAN),
-                r.server_others_cpu_pct,
-                r.missing,
-            );
-            if kept
-                .as_ref()
-                .is_none_or(|k| other < k.other_cpu_pct.unwrap_or(0.0))
-            {
-                kept = Some(r);
-            }
-            if other <= self.settings.max_noise {
-                break;
-            }
-        }
+        let engine = outcome.engine;
+        let once = async || self.once(scenario, engine).await;
+        let kept = retries(&self.settings)
+            .quietest(&tag, round, &mut outcome.notes, once, |r| {
+                let other = r.other_cpu_pct.unwrap_or(0.0);
+                format!(
+                    "{:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, publish call p50 {:?} µs, \
+                     server CPU {:.0} % + {:?}, missing {}, other processes {other:.0} %",
+                    r.deliveries_per_s,
+                    r.offered_per_s,
+                    r.latency_p50_us,
+                    r.latency_p99_us,
+                    r.publish_call_p50_us,
+                    r.server_cpu_pct.unwrap_or(f64::NAN),
+                    r.server_others_cpu_pct,
+                    r.missing,
+                )
+            })
+            .await;
         outcome.runs.extend(kept);
     }
 
@@ -170,16 +149,8 @@ impl Ctx {
     ) -> Result<(Running, SocketAddr, SocketAddr)> {
         let (addr, api) = (run::free_addr()?, run::free_addr()?);
         let config = self.work.join(format!("fanout-{name}.toml"));
-        std::fs::write(&config, node_toml(api, redis))
-            .with_context(|| format!("writing {}", config.display()))?;
-        let argv: Vec<OsString> = vec![
-            self.switchboard.clone().into(),
-            "serve".into(),
-            "--config".into(),
-            config.into(),
-            "--listen".into(),
-            addr.to_string().into(),
-        ];
+        let argv =
+            harness::switchboard_serve(&self.switchboard, &config, &node_toml(api, redis), addr)?;
         let log = self
             .work
             .join(format!("fanout-{name}-{}.log", scenario.key));
@@ -253,39 +224,14 @@ impl Ctx {
             .map(|(_, r)| r.pid.to_string())
             .collect();
         let setup_timeout = 180.0;
-        let mut args: Vec<String> = [
-            "fanout-load",
-            "--json",
-            "--kind",
-            "switchboard",
-            "--addr",
-            &nodes[0].to_string(),
+        let (kind, pid) = (Kind::Switchboard, servers[node1].pid);
+        let mut args = load_args(s, scenario, kind, nodes[0], setup_timeout, pid);
+        args.extend(child::strings(&[
             "--api-addr",
             &api.to_string(),
             "--api-key",
             API_KEY,
-            "--subs",
-            &scenario.subs.to_string(),
-            "--channels",
-            &scenario.channels.to_string(),
-            "--rate",
-            &scenario.rate.to_string(),
-            "--warmup",
-            &s.warmup.to_string(),
-            "--duration",
-            &s.duration.to_string(),
-            "--drain",
-            &s.drain.to_string(),
-            "--sample-every",
-            &s.sample_every.to_string(),
-            "--setup-timeout",
-            &setup_timeout.to_string(),
-            "--server-pid",
-            &servers[node1].pid.to_string(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+        ]));
         if nodes.len() > 1 {
             args.push("--nodes".into());
             args.push(
@@ -300,14 +246,8 @@ impl Ctx {
             args.push("--other-pids".into());
             args.push(others.join(","));
         }
-        let limit = Duration::from_secs_f64(setup_timeout + s.warmup + s.duration + s.drain + 60.0);
-        let mut client = run::start_client(&self.self_exe, args)?;
-        let report = client.report::<LoadReport>(limit).await;
-        client.stop().await;
-        for server in servers.iter_mut() {
-            server.check_alive()?;
-        }
-        report
+        let limit = child::report_limit(setup_timeout, s.warmup, s.duration, s.drain);
+        child::load_report(&self.self_exe, args, limit, servers).await
     }
 }
 

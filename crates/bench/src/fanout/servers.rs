@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 
 use super::wire::Kind;
+use crate::harness::{self, built_version, first_line};
 
 /// The switchboard configuration of the benchmark: namespace `bench` with client publishing and a
 /// history (like the peers' message buffers), the default 1 MiB client queue, warnings-only logs.
@@ -154,16 +155,7 @@ pub fn argv(
                 bail!("no switchboard binary (build it or pass --switchboard PATH)");
             };
             let config = work.join("switchboard-fanout.toml");
-            std::fs::write(&config, SWITCHBOARD_TOML)
-                .with_context(|| format!("writing {}", config.display()))?;
-            vec![
-                binary.into(),
-                "serve".into(),
-                "--config".into(),
-                config.into(),
-                "--listen".into(),
-                listen.to_string().into(),
-            ]
+            harness::switchboard_serve(binary, &config, SWITCHBOARD_TOML, listen)?
         }
         Kind::Nchan => {
             let module = nchan_module().context("the Nchan module is not installed")?;
@@ -191,39 +183,13 @@ pub fn argv(
     })
 }
 
-/// The first line of a command's output (stdout, else stderr).
-fn first_line(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program).args(args).output().ok()?;
-    let text = if output.stdout.is_empty() {
-        output.stderr
-    } else {
-        output.stdout
-    };
-    String::from_utf8(text)
-        .ok()?
-        .lines()
-        .next()
-        .map(str::to_string)
-}
-
 /// What each server is, for the report: `(server, version)`.
 pub fn versions(kinds: &[Kind], switchboard: Option<&Path>) -> Vec<(String, String)> {
     kinds
         .iter()
         .map(|kind| {
             let version = match kind {
-                Kind::Switchboard => match switchboard {
-                    Some(path) => {
-                        let path = path.display().to_string();
-                        format!(
-                            "{} ({path}, built {})",
-                            first_line(&path, &["--version"]).unwrap_or_default(),
-                            first_line("date", &["-u", "-r", &path, "+%Y-%m-%d %H:%M UTC"])
-                                .unwrap_or_default()
-                        )
-                    }
-                    None => "unknown".into(),
-                },
+                Kind::Switchboard => switchboard.map_or_else(|| "unknown".into(), built_version),
                 Kind::Nchan => format!(
                     "{}, Nchan {}",
                     first_line("nginx", &["-v"]).unwrap_or_else(|| "nginx not found".into()),

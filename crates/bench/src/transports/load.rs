@@ -13,33 +13,27 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout};
 
 use super::clients;
 use super::http::{BROWSER_HEADERS, Counters, HttpConn};
+use crate::load::control::{EXIT, MEASURE, STOP};
+use crate::load::latency::{histogram, quantile, realtime_ns};
+use crate::load::seq::{self, Seen};
+use crate::load::setup::Setup;
+use crate::load::{self, CpuWindow, control};
 use crate::procfs;
 use crate::tput::Snapshot;
-
-/// Phases, shared by the clients and the publisher thread.
-pub const WARMUP: u8 = 0;
-/// The measured window.
-pub const MEASURE: u8 = 1;
-/// Publishing stopped; the last deliveries drain.
-pub const STOP: u8 = 2;
-/// The run is over; connections may end.
-pub const EXIT: u8 = 3;
 
 /// Highest sequence number accepted.
 const MAX_SEQ: u64 = 10_000_000;
@@ -251,14 +245,7 @@ pub struct TransportReport {
 
 /// Runs the load and prints the report.
 pub fn main(args: &LoadArgs) -> Result<()> {
-    let report = run(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report);
-    }
-    std::io::stdout().flush()?;
-    Ok(())
+    load::print_report(&run(args)?, args.json, print_text)
 }
 
 /// Runs the load on a current-thread runtime (the publisher on a thread of its own).
@@ -274,55 +261,34 @@ pub fn run(args: &LoadArgs) -> Result<TransportReport> {
     );
     let last = 2 + args.clients.div_ceil(args.per_source) - 1;
     ensure!(last <= 254, "too many source addresses: raise --per-source");
-    let limit = procfs::nofile_limit("self")?;
     // SSE clients hold two connections each (the stream and the one for acks).
-    ensure!(
-        2 * args.clients as u64 + 64 <= limit,
-        "{} clients need more than this process's open-file limit of {limit}",
-        args.clients
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, measure(args))
+    load::ensure_open_files(args.clients, 2, "clients")?;
+    load::run_local(measure(args))
 }
 
-/// What the publisher thread and the clients share.
-pub struct Control {
-    /// The phase (`WARMUP` … `EXIT`).
-    pub phase: AtomicU8,
-    started: AtomicBool,
-    stopped: AtomicBool,
+/// What the publisher thread counts.
+pub struct Published {
     published: AtomicU64,
     published_window: AtomicU64,
     errors: AtomicU64,
-    error: Mutex<Option<String>>,
     publish_us: Mutex<Histogram<u64>>,
 }
 
-impl Control {
-    fn fail(&self, message: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut e) = self.error.lock() {
-            e.get_or_insert(message);
-        }
-    }
+/// What the publisher thread and the clients share.
+pub type Control = control::Control<Published>;
 
-    fn error(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|e| e.clone())
-    }
+/// A publication failed: counted (whatever failed, it is a publish error here), and kept if it
+/// is the first error.
+fn fail(control: &Control, message: String) {
+    control.counts.errors.fetch_add(1, Ordering::Relaxed);
+    control.fail(message);
 }
 
 /// What one client saw.
 #[derive(Default)]
 struct ClientState {
     subscribed: bool,
-    distinct: u64,
-    max_seq: u64,
-    seen: Vec<u64>,
-    duplicates: u64,
-    out_of_order: u64,
+    seen: Seen,
     ended: bool,
 }
 
@@ -343,9 +309,7 @@ pub struct Shared {
     /// Shared with the publisher.
     pub control: Arc<Control>,
     clients: RefCell<Vec<ClientState>>,
-    ready: Cell<usize>,
-    failed: Cell<usize>,
-    first_error: RefCell<Option<String>>,
+    setup: Setup,
     deliveries: Cell<u64>,
     deliveries_window: Cell<u64>,
     latency_us: RefCell<Histogram<u64>>,
@@ -360,10 +324,7 @@ impl Shared {
 
     /// Client `id` received publication `seq`, published at `t_ns` (ns since the Unix epoch).
     pub fn deliver(&self, id: usize, seq: u64, t_ns: u64) -> Result<()> {
-        ensure!(
-            (1..MAX_SEQ).contains(&seq),
-            "sequence number {seq} out of range"
-        );
+        seq::check(seq, MAX_SEQ)?;
         self.deliveries.set(self.deliveries.get() + 1);
         if self.phase() == MEASURE {
             self.deliveries_window.set(self.deliveries_window.get() + 1);
@@ -372,21 +333,7 @@ impl Shared {
         }
         let mut clients = self.clients.borrow_mut();
         let c = clients.get_mut(id).context("no such client")?;
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        if c.seen.len() <= word {
-            c.seen.resize(word + 1, 0);
-        }
-        if c.seen[word] & (1 << bit) != 0 {
-            c.duplicates += 1;
-            return Ok(());
-        }
-        c.seen[word] |= 1 << bit;
-        c.distinct += 1;
-        if seq < c.max_seq {
-            c.out_of_order += 1;
-        } else {
-            c.max_seq = seq;
-        }
+        c.seen.record(seq);
         Ok(())
     }
 
@@ -403,32 +350,13 @@ impl Shared {
     }
 }
 
-/// Now, in ns since the Unix epoch (the publisher stamps publications with the same clock).
-pub fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn quantile(hist: &Histogram<u64>, q: f64) -> u64 {
-    if hist.is_empty() {
-        0
-    } else {
-        hist.value_at_quantile(q)
-    }
-}
-
 async fn measure(args: &LoadArgs) -> Result<TransportReport> {
-    let control = Arc::new(Control {
-        phase: AtomicU8::new(WARMUP),
-        started: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
+    let control = Arc::new(Control::new(Published {
         published: AtomicU64::new(0),
         published_window: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        error: Mutex::new(None),
-        publish_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-    });
+        publish_us: Mutex::new(histogram()?),
+    }));
     let shared = Rc::new(Shared {
         transport: args.transport,
         addr: args.addr,
@@ -442,12 +370,10 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         counters: Rc::new(Counters::default()),
         control: Arc::clone(&control),
         clients: RefCell::new((0..args.clients).map(|_| ClientState::default()).collect()),
-        ready: Cell::new(0),
-        failed: Cell::new(0),
-        first_error: RefCell::new(None),
+        setup: Setup::new(args.concurrency, args.setup_timeout),
         deliveries: Cell::new(0),
         deliveries_window: Cell::new(0),
-        latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        latency_us: RefCell::new(histogram()?),
         end_reasons: RefCell::new(BTreeMap::new()),
     });
     let rss = || args.server_pid.map(procfs::rss_kib).transpose();
@@ -455,81 +381,42 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
     // Set every client up.
     let rss_before = rss()?;
     let started = Instant::now();
-    let gate = Rc::new(Semaphore::new(args.concurrency));
-    let setup_limit = Duration::from_secs_f64(args.setup_timeout);
     let tasks: Vec<_> = (0..args.clients)
         .map(|id| {
-            let (shared, gate) = (Rc::clone(&shared), Rc::clone(&gate));
+            let shared = Rc::clone(&shared);
             let source = Ipv4Addr::new(127, 0, 0, 2 + (id / args.per_source) as u8);
             tokio::task::spawn_local(async move {
-                let opened = async {
-                    let _permit = gate.acquire().await?;
-                    timeout(setup_limit, clients::open(&shared, id, source))
-                        .await
-                        .context("subscription not confirmed in time")?
-                };
-                let client = match opened.await {
+                let client = match shared.setup.open(clients::open(&shared, id, source)).await {
                     Ok(client) => client,
                     Err(e) => {
-                        shared.failed.set(shared.failed.get() + 1);
-                        shared
-                            .first_error
-                            .borrow_mut()
-                            .get_or_insert_with(|| format!("client {id} from {source}: {e:#}"));
+                        let error = || format!("client {id} from {source}: {e:#}");
+                        shared.setup.fail(error);
                         return;
                     }
                 };
                 shared.clients.borrow_mut()[id].subscribed = true;
-                shared.ready.set(shared.ready.get() + 1);
+                shared.setup.ready();
                 if let Err(e) = client.run(&shared, id).await {
                     shared.ended(id, &format!("{e:#}"));
                 }
             })
         })
         .collect();
-    let deadline = Instant::now() + setup_limit + Duration::from_secs(5);
-    while shared.ready.get() + shared.failed.get() < args.clients {
-        ensure!(
-            Instant::now() < deadline,
-            "clients not set up after {setup_limit:?}: {} ready, {} failed",
-            shared.ready.get(),
-            shared.failed.get()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let subscribed = shared.setup.wait(args.clients, "clients", "client").await?;
     let setup_s = started.elapsed().as_secs_f64();
-    let subscribed = shared.ready.get();
-    ensure!(
-        subscribed > 0,
-        "no client could subscribe: {}",
-        shared.first_error.borrow().as_deref().unwrap_or("-")
-    );
     let (setup_down, setup_up, setup_requests) = shared.counters.snapshot();
     sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_ready = rss()?;
 
     // Publish: warm-up, window, stop.
     let publisher = spawn_publisher(args, &control)?;
-    let publisher_ready = Instant::now() + Duration::from_secs(30);
-    while !control.started.load(Ordering::Acquire) {
-        if let Some(e) = control.error() {
-            control.phase.store(EXIT, Ordering::Release);
-            bail!("{e}");
-        }
-        ensure!(
-            Instant::now() < publisher_ready,
-            "publisher not connected after 30 s"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
+    control.publisher_started().await?;
     sleep(Duration::from_secs_f64(args.warmup)).await;
     let start = Snapshot::take(args.server_pid)?;
     let server_ns_before = args.server_pid.map(procfs::cpu_ns).transpose()?;
     let counted_before = shared.counters.snapshot();
     let delivered_before = shared.deliveries_window.get();
-    control.phase.store(MEASURE, Ordering::Release);
-    sleep(Duration::from_secs_f64(args.duration)).await;
-    control.phase.store(STOP, Ordering::Release);
+    control.measure(args.duration).await;
     let end = Snapshot::take(args.server_pid)?;
     let server_ns_after = args.server_pid.map(procfs::cpu_ns).transpose()?;
     let counted_after = shared.counters.snapshot();
@@ -538,45 +425,33 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
 
     // Drain: wait until the publisher stopped and every live client has everything.
     let drain_limit = Duration::from_secs_f64(args.drain.unwrap_or(5.0 + 2.0 * args.poll_interval));
-    let drain_start = Instant::now();
-    let mut drained = false;
-    while drain_start.elapsed() < drain_limit {
-        if control.stopped.load(Ordering::Acquire) {
-            let published = control.published.load(Ordering::Acquire);
-            drained = shared
+    let (drained, _) = control
+        .drain(drain_limit, || {
+            let published = control.counts.published.load(Ordering::Acquire);
+            shared
                 .clients
                 .borrow()
                 .iter()
                 .filter(|c| c.subscribed && !c.ended)
-                .all(|c| c.distinct >= published);
-            if drained {
-                break;
-            }
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    control.phase.store(EXIT, Ordering::Release);
-    for task in &tasks {
-        task.abort();
-    }
-    let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+                .all(|c| c.seen.distinct >= published)
+        })
+        .await;
+    control.finish(&tasks, publisher).await;
 
-    let seconds = end.at.duration_since(start.at).as_secs_f64();
-    let ticks_to_pct = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SEC / seconds * 100.0;
-    let own = end.own - start.own;
-    let server = start.server.zip(end.server).map(|(a, b)| b - a);
+    let cpu = CpuWindow::new(&start, &end);
+    let (seconds, own, server) = (cpu.seconds, cpu.own, cpu.server);
     // The scheduler's ns rather than /proc's 10 ms ticks: a WebSocket window is a few ticks only.
     let server_cpu_s = server_ns_before
         .zip(server_ns_after)
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
-    let published = control.published.load(Ordering::Acquire);
+    let published = control.counts.published.load(Ordering::Acquire);
     let clients = shared.clients.borrow();
     let (mut expected, mut distinct, mut duplicates, mut out_of_order) = (0, 0, 0, 0);
     for c in clients.iter().filter(|c| c.subscribed) {
         expected += published;
-        distinct += c.distinct;
-        duplicates += c.duplicates;
-        out_of_order += c.out_of_order;
+        distinct += c.seen.distinct;
+        duplicates += c.seen.duplicates;
+        out_of_order += c.seen.out_of_order;
     }
     let ended = clients.iter().filter(|c| c.ended).count();
     let requests_window = counted_after.2 - counted_before.2;
@@ -591,6 +466,7 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
     };
     let hist = shared.latency_us.borrow();
     let publish_hist = control
+        .counts
         .publish_us
         .lock()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))?;
@@ -606,8 +482,8 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         setup_bytes: setup_down + setup_up,
         seconds,
         published,
-        published_window: control.published_window.load(Ordering::Acquire),
-        publish_errors: control.errors.load(Ordering::Acquire),
+        published_window: control.counts.published_window.load(Ordering::Acquire),
+        publish_errors: control.counts.errors.load(Ordering::Acquire),
         publish_first_error: control.error(),
         publish_p50_us: quantile(&publish_hist, 0.5),
         publish_p99_us: quantile(&publish_hist, 0.99),
@@ -639,40 +515,27 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         kib_per_client: rss_before
             .zip(rss_ready)
             .map(|(b, a)| (a as f64 - b as f64) / subscribed as f64),
-        client_cpu_pct: ticks_to_pct(own),
+        client_cpu_pct: cpu.pct(own),
         other_cpu_pct: server
-            .map(|s| ticks_to_pct((end.machine - start.machine).saturating_sub(own + s))),
+            .map(|s| cpu.pct((end.machine - start.machine).saturating_sub(own + s))),
         drained,
         ended,
         end_reasons: shared.end_reasons.borrow().clone(),
-        setup_failures: shared.failed.get(),
-        first_error: shared.first_error.borrow().clone(),
+        setup_failures: shared.setup.failed(),
+        first_error: shared.setup.first_error(),
     })
 }
 
 /// Starts the publisher thread: `rate` publications per second into the room, through
 /// switchboard's server API or the Socket.IO peer's `/publish`, until the phase is `STOP`.
 fn spawn_publisher(args: &LoadArgs, control: &Arc<Control>) -> Result<std::thread::JoinHandle<()>> {
-    let control = Arc::clone(control);
     let api = args.api_addr.unwrap_or(args.addr);
     let (socketio, rate) = (args.transport.is_socketio(), args.rate);
     let (key, channel) = (args.api_key.clone(), args.channel.clone());
-    Ok(std::thread::Builder::new()
-        .name("publisher".into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, publish(api, socketio, &key, &channel, rate, &control))
-                });
-            if let Err(e) = result {
-                control.fail(format!("publisher: {e:#}"));
-            }
-            control.stopped.store(true, Ordering::Release);
-        })?)
+    control.spawn_publisher(
+        move |control| async move { publish(api, socketio, &key, &channel, rate, &control).await },
+        fail,
+    )
 }
 
 /// The publisher's loop: one request per publication on a keep-alive connection (not counted:
@@ -693,7 +556,7 @@ async fn publish(
     } else {
         "/api/publish".to_string()
     };
-    control.started.store(true, Ordering::Release);
+    control.mark_started();
     let start = tokio::time::Instant::now();
     let mut seq = 0u64;
     loop {
@@ -717,21 +580,27 @@ async fn publish(
         .context("publish timed out")??;
         let us = sent.elapsed().as_micros() as u64;
         if response.status == 200 && (socketio || response.body.starts_with(b"{\"result\"")) {
-            control.published.fetch_add(1, Ordering::AcqRel);
+            control.counts.published.fetch_add(1, Ordering::AcqRel);
             if phase == MEASURE {
-                control.published_window.fetch_add(1, Ordering::Relaxed);
+                control
+                    .counts
+                    .published_window
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            if let Ok(mut h) = control.publish_us.lock() {
+            if let Ok(mut h) = control.counts.publish_us.lock() {
                 h.saturating_record(us.max(1));
             }
         } else {
             // A refused publication is not due to anyone; its number is skipped for good, so
             // clients see a hole they are not blamed for only if the server delivered it anyway.
-            control.fail(format!(
-                "publish answered {}: {}",
-                response.status,
-                String::from_utf8_lossy(&response.body)
-            ));
+            fail(
+                control,
+                format!(
+                    "publish answered {}: {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body)
+                ),
+            );
             bail!("publish refused");
         }
         tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
@@ -793,13 +662,10 @@ fn print_text(r: &TransportReport) {
         r.rss_ready_kib,
         r.kib_per_client.map_or("-".into(), |v| format!("{v:.1}"))
     );
-    if r.ended > 0 || r.setup_failures > 0 {
-        println!(
-            "ended early: {} {:?}; setup failures: {} ({})",
-            r.ended,
-            r.end_reasons,
-            r.setup_failures,
-            r.first_error.as_deref().unwrap_or("-")
-        );
-    }
+    load::print_ended(
+        r.ended,
+        &r.end_reasons,
+        r.setup_failures,
+        r.first_error.as_deref(),
+    );
 }

@@ -20,18 +20,16 @@ pub mod svg;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
-use tokio::time::sleep;
 
 use crate::fanout::servers::peer_dir;
+use crate::harness::rounds::{Retries, rotated};
+use crate::harness::{self, child};
 use crate::run;
 use load::{Transport, TransportReport};
 
-/// Pause before repeating a noisy run.
-const NOISE_PAUSE: Duration = Duration::from_secs(10);
 /// The room of the benchmark.
 pub const CHANNEL: &str = "chat:bench";
 /// The API key of the bench server (it listens on 127.0.0.1 only, for the run's length).
@@ -148,18 +146,7 @@ pub fn main(args: &TransportsArgs) -> Result<()> {
         args.transports.clone()
     };
     let self_exe = std::env::current_exe().context("locating this executable")?;
-    let switchboard = match &args.switchboard {
-        Some(path) => path.clone(),
-        None => self_exe
-            .parent()
-            .map(|dir| dir.join("switchboard"))
-            .context("no directory of this executable")?,
-    };
-    ensure!(
-        switchboard.is_file(),
-        "no switchboard binary at {} (build it or pass --switchboard PATH)",
-        switchboard.display()
-    );
+    let switchboard = harness::switchboard_binary(args.switchboard.as_deref(), &self_exe)?;
     if transports.iter().any(|t| t.is_socketio()) {
         crate::peers::node::ensure_package(&peer_dir("socketio"), "socket.io")?;
     }
@@ -180,11 +167,7 @@ pub fn main(args: &TransportsArgs) -> Result<()> {
         .or_else(|| args.docs.then(|| root.join("README.md")));
     eprintln!(
         "transports: {}; {} clients, {} msg/s, {} s measured; logs in {}",
-        transports
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        harness::names(&transports, |t| t.name()),
         settings.clients,
         settings.rate,
         settings.duration,
@@ -195,7 +178,10 @@ pub fn main(args: &TransportsArgs) -> Result<()> {
         self_exe,
         switchboard: switchboard.clone(),
         work,
-        noise_retries: args.noise_retries,
+        retries: Retries {
+            retries: args.noise_retries,
+            max_noise: settings.max_noise,
+        },
     };
     let mut outcomes: Vec<Outcome> = transports
         .iter()
@@ -211,12 +197,11 @@ pub fn main(args: &TransportsArgs) -> Result<()> {
     let load_before = report::load_average();
     runtime.block_on(async {
         for round in 0..settings.rounds {
-            let count = outcomes.len();
-            for i in 0..count {
-                // Rotate the order each round, so no transport always runs first.
-                let outcome = &mut outcomes[(i + round) % count];
+            // Rotate the order each round, so no transport always runs first.
+            rotated(&mut outcomes, round, async |outcome| {
                 ctx.transport(outcome, round).await;
-            }
+            })
+            .await;
         }
     });
     let load_after = report::load_average();
@@ -266,7 +251,7 @@ struct Ctx {
     self_exe: PathBuf,
     switchboard: PathBuf,
     work: PathBuf,
-    noise_retries: usize,
+    retries: Retries,
 }
 
 /// switchboard's configuration for the benchmark: the server API on `api`, and a `chat` namespace
@@ -296,47 +281,15 @@ impl Ctx {
     async fn transport(&self, outcome: &mut Outcome, round: usize) {
         let t = outcome.transport;
         let tag = format!("[{}/{}] {}", round + 1, self.settings.rounds, t.name());
-        let mut kept: Option<TransportReport> = None;
-        for attempt in 0..=self.noise_retries {
-            if attempt > 0 {
-                eprintln!("{tag}: noisy run, retrying in {NOISE_PAUSE:?}");
-                sleep(NOISE_PAUSE).await;
-            }
-            let r = match self.once(t).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{tag}: failed: {e:#}");
-                    outcome
-                        .notes
-                        .push(format!("round {} failed: {e:#}", round + 1));
-                    break;
-                }
-            };
-            let other = r.other_cpu_pct.unwrap_or(0.0);
-            eprintln!(
-                "{tag}: {} deliveries, {:.3} requests/msg, {:.0} B/msg, server CPU {} s/1k msgs, \
-                 p50 {:.1} ms, p99 {:.1} ms, missing {}, dup {}, reordered {}, other processes {other:.0} %",
-                r.deliveries_window,
-                r.requests_per_msg,
-                r.bytes_per_msg,
-                r.server_cpu_s_per_1k
-                    .map_or("-".into(), |v| format!("{v:.4}")),
-                r.latency_p50_us as f64 / 1000.0,
-                r.latency_p99_us as f64 / 1000.0,
-                r.missing,
-                r.duplicates,
-                r.out_of_order,
-            );
-            let quieter = kept
-                .as_ref()
-                .is_none_or(|k| other < k.other_cpu_pct.unwrap_or(0.0));
-            if quieter {
-                kept = Some(r);
-            }
-            if other <= self.settings.max_noise {
-                break;
-            }
-        }
+        let kept = (self.retries)
+            .quietest(
+                &tag,
+                round,
+                &mut outcome.notes,
+                async || self.once(t).await,
+                describe,
+            )
+            .await;
         outcome.runs.extend(kept);
     }
 
@@ -356,16 +309,7 @@ impl Ctx {
             ]
         } else {
             let config = self.work.join("switchboard-transports.toml");
-            std::fs::write(&config, switchboard_toml(api))
-                .with_context(|| format!("writing {}", config.display()))?;
-            vec![
-                self.switchboard.clone().into(),
-                "serve".into(),
-                "--config".into(),
-                config.into(),
-                "--listen".into(),
-                addr.to_string().into(),
-            ]
+            harness::switchboard_serve(&self.switchboard, &config, &switchboard_toml(api), addr)?
         };
         let log = self
             .work
@@ -373,7 +317,7 @@ impl Ctx {
         let mut server = run::start_pinned(transport.name(), &argv, addr, log).await?;
         let api_addr = if transport.is_socketio() { addr } else { api };
         let setup_timeout = 120.0;
-        let mut args: Vec<String> = [
+        let mut args = child::strings(&[
             "transports-load",
             "--json",
             "--transport",
@@ -400,26 +344,36 @@ impl Ctx {
             &setup_timeout.to_string(),
             "--server-pid",
             &server.pid.to_string(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+        ]);
         if !s.browser_headers {
             args.push("--bare-headers".into());
         }
         let drain = 5.0 + 2.0 * s.poll_interval;
-        let limit = Duration::from_secs_f64(setup_timeout + s.warmup + s.duration + drain + 60.0);
-        let result = async {
-            let mut client = run::start_client(&self.self_exe, args)?;
-            let report = client.report::<TransportReport>(limit).await;
-            client.stop().await;
-            server.check_alive()?;
-            report
-        }
-        .await;
+        let limit = child::report_limit(setup_timeout, s.warmup, s.duration, drain);
+        let servers = std::slice::from_mut(&mut server);
+        let result = child::load_report(&self.self_exe, args, limit, servers).await;
         server.stop().await;
         result
     }
+}
+
+/// One run's line on the terminal.
+fn describe(r: &TransportReport) -> String {
+    let other = r.other_cpu_pct.unwrap_or(0.0);
+    format!(
+        "{} deliveries, {:.3} requests/msg, {:.0} B/msg, server CPU {} s/1k msgs, \
+         p50 {:.1} ms, p99 {:.1} ms, missing {}, dup {}, reordered {}, other processes {other:.0} %",
+        r.deliveries_window,
+        r.requests_per_msg,
+        r.bytes_per_msg,
+        r.server_cpu_s_per_1k
+            .map_or("-".into(), |v| format!("{v:.4}")),
+        r.latency_p50_us as f64 / 1000.0,
+        r.latency_p99_us as f64 / 1000.0,
+        r.missing,
+        r.duplicates,
+        r.out_of_order,
+    )
 }
 
 #[cfg(test)]

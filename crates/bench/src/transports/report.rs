@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
+use crate::harness::{built_version, first_line};
 use crate::report::{median, thousands};
 
 use super::load::{Transport, TransportReport};
@@ -234,31 +234,9 @@ pub fn load_average() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn first_line(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program).args(args).output().ok()?;
-    let text = if output.stdout.is_empty() {
-        output.stderr
-    } else {
-        output.stdout
-    };
-    String::from_utf8(text)
-        .ok()?
-        .lines()
-        .next()
-        .map(str::to_string)
-}
-
 /// What was measured, as `(label, value)` pairs.
 pub fn versions(switchboard: &Path, transports: &[Transport]) -> Vec<(String, String)> {
-    let path = switchboard.display().to_string();
-    let mut out = vec![(
-        "switchboard".to_string(),
-        format!(
-            "{} ({path}, built {})",
-            first_line(&path, &["--version"]).unwrap_or_default(),
-            first_line("date", &["-u", "-r", &path, "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default()
-        ),
-    )];
+    let mut out = vec![("switchboard".to_string(), built_version(switchboard))];
     if transports.iter().any(|t| t.is_socketio()) {
         out.push((
             "socketio".into(),

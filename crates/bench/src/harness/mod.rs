@@ -1,0 +1,86 @@
+//! What the orchestrators of `fanout` (both engines) and `transports` share, besides starting
+//! pinned processes and the load-generator child ([`crate::run`]):
+//!
+//! - [`rounds`]: every round in a rotated order, and a noisy run repeated with the quietest kept;
+//! - [`child`]: running the load generator as a child process and parsing its JSON report;
+//! - here: finding the switchboard binary, its command line, and telling versions.
+
+pub mod child;
+pub mod rounds;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+/// The switchboard binary: `arg` (`--switchboard`), else `switchboard` next to this executable
+/// (`self_exe`); fails when there is none.
+pub fn switchboard_binary(arg: Option<&Path>, self_exe: &Path) -> Result<PathBuf> {
+    let switchboard = match arg {
+        Some(path) => path.to_path_buf(),
+        None => self_exe
+            .parent()
+            .map(|dir| dir.join("switchboard"))
+            .context("no directory of this executable")?,
+    };
+    ensure!(
+        switchboard.is_file(),
+        "no switchboard binary at {} (build it or pass --switchboard PATH)",
+        switchboard.display()
+    );
+    Ok(switchboard)
+}
+
+/// The command line of `switchboard serve` on `listen` with the configuration `toml`, which it
+/// writes to `config` first.
+pub fn switchboard_serve(
+    binary: &Path,
+    config: &Path,
+    toml: &str,
+    listen: SocketAddr,
+) -> Result<Vec<OsString>> {
+    std::fs::write(config, toml).with_context(|| format!("writing {}", config.display()))?;
+    Ok(vec![
+        binary.into(),
+        "serve".into(),
+        "--config".into(),
+        config.into(),
+        "--listen".into(),
+        listen.to_string().into(),
+    ])
+}
+
+/// The first line of a command's output (stdout, else stderr: `nginx -v` writes there).
+pub fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    let text = if output.stdout.is_empty() {
+        output.stderr
+    } else {
+        output.stdout
+    };
+    String::from_utf8(text)
+        .ok()?
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// What a built binary is, for the reports: its `--version`, its path and when it was built.
+pub fn built_version(binary: &Path) -> String {
+    let path = binary.display().to_string();
+    format!(
+        "{} ({path}, built {})",
+        first_line(&path, &["--version"]).unwrap_or_default(),
+        first_line("date", &["-u", "-r", &path, "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default()
+    )
+}
+
+/// The names of `items`, comma-separated (for the lines saying what a run will do).
+pub fn names<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    name: impl Fn(&'a T) -> &'a str,
+) -> String {
+    items.into_iter().map(name).collect::<Vec<_>>().join(", ")
+}
