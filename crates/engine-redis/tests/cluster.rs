@@ -4,21 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Recorder, WAIT, until};
 use fred::prelude::*;
-use parking_lot::Mutex;
-use switchboard_engine::{
-    Engine, EngineError, EngineHandler, HistoryQuery, PresenceEvent, StreamOptions,
-};
+use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, StreamOptions};
 use switchboard_engine_redis::testing::RedisCluster;
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
 use switchboard_protocol::{ClientInfo, Payload, Publication};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn config(seeds: Vec<String>) -> RedisConfig {
     RedisConfig {
@@ -51,58 +49,11 @@ fn client_info(client: &str, user: &str) -> Arc<ClientInfo> {
     })
 }
 
-#[derive(Default)]
-struct Recorder {
-    pubs: Mutex<Vec<(String, u64, String)>>,
-    presence: Mutex<Vec<(String, PresenceEvent, String)>>,
-    gaps: Mutex<Vec<String>>,
-    node_messages: Mutex<Vec<Bytes>>,
-}
-
-impl EngineHandler for Recorder {
-    fn on_publication(&self, channel: &str, p: Arc<Publication>, epoch: &str) {
-        self.pubs
-            .lock()
-            .push((channel.to_owned(), p.offset, epoch.to_owned()));
-    }
-    fn on_presence(&self, channel: &str, event: PresenceEvent, info: Arc<ClientInfo>) {
-        self.presence
-            .lock()
-            .push((channel.to_owned(), event, info.client.clone()));
-    }
-    fn on_stream_gap(&self, channel: &str) {
-        self.gaps.lock().push(channel.to_owned());
-    }
-    fn on_node_message(&self, message: Bytes) {
-        self.node_messages.lock().push(message);
-    }
-}
-
-impl Recorder {
-    fn offsets(&self, channel: &str) -> Vec<u64> {
-        self.pubs
-            .lock()
-            .iter()
-            .filter(|(c, _, _)| c == channel)
-            .map(|(_, o, _)| *o)
-            .collect()
-    }
-}
-
 async fn engine(seeds: Vec<String>) -> (RedisEngine, Arc<Recorder>) {
     let e = RedisEngine::connect(config(seeds)).await.unwrap();
     let rec = Arc::new(Recorder::default());
     e.set_handler(rec.clone());
     (e, rec)
-}
-
-/// Waits until `f` holds, or fails the test.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// `n` channel names, and which cluster node serves each (by `CLUSTER KEYSLOT` and `CLUSTER NODES`,
