@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -471,20 +471,11 @@ async fn open(State(fb): State<Fallback>, req: Request) -> Result<Response, Fall
     }
     count_in(&fb, &body);
     // A session is a client connection like a WebSocket one: the same limits admit it.
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let permit = match peer {
+    let permit = match super::peer_ip(&parts.extensions) {
         Some(ip) => Some(fb.limits.admit(ip).map_err(FallbackError::Limited)?),
         None => None,
     };
-    let headers = fb.node.forwarded_headers(
-        parts
-            .headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
-    );
+    let headers = super::forwarded_headers(&fb.node, &parts.headers);
     let client = fb.node.client_with(transport, headers);
     let session = match http_session::open(&fb.env, client, body, permit).await {
         Ok(Ok(session)) => session,

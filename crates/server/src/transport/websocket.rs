@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -83,7 +83,7 @@ pub async fn client_handler(
     req: Request,
 ) -> Response {
     // Admitted before the handshake is even checked: a refused client costs no state.
-    let permit = match (&endpoint.limits, peer_ip(&req)) {
+    let permit = match (&endpoint.limits, super::peer_ip(req.extensions())) {
         (Some(limits), Some(ip)) => match limits.admit(ip) {
             Ok(p) => Some(p),
             Err(refusal) => {
@@ -94,11 +94,7 @@ pub async fn client_handler(
         _ => None,
     };
     // Only the headers a proxy asks for outlive the handshake (none without proxies).
-    let headers = node.forwarded_headers(
-        req.headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
-    );
+    let headers = super::forwarded_headers(&node, req.headers());
     let restart = endpoint.restart.clone();
     upgrade(&endpoint, req, move |ws, shutdown| async move {
         client(ws, shutdown, node, headers, restart).await;
@@ -207,13 +203,6 @@ async fn run_client(
         while let Some(Ok(_)) = ws.recv().await {}
     }
     client.close(end).await;
-}
-
-/// The client's address, as the listener saw it.
-pub fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
 }
 
 /// What woke a client's task.
