@@ -84,6 +84,33 @@ pub fn check(json: &str) -> Result<(), JsonError> {
     Ok(())
 }
 
+/// How deep arrays and objects nest in `json`, outside strings. For a reader that must bound its parser's
+/// stack before parsing (a client reading frames that wrap a payload in a few more levels).
+pub fn depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Scans a string from just after its opening quote; returns the index after its closing quote.
 fn check_string(bytes: &[u8], mut i: usize) -> Result<usize, JsonError> {
     // A high surrogate escape waiting for its low half, which must be the very next escape.
@@ -249,6 +276,8 @@ mod tests {
         assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH - 1)).is_ok());
         assert_eq!(check(&deep(MAX_DEPTH + 1)), Err(JsonError::TooDeep));
         assert_eq!(check(&deep(100_000)), Err(JsonError::TooDeep));
+        assert_eq!(depth(&deep(300)), 300);
+        assert_eq!(depth(r#"[{"a":"[[\\"}]"#), 2);
     }
 
     #[test]
