@@ -6,7 +6,7 @@
 //! The fan-out and transports benchmarks share code: their load generators (`fanout-load`,
 //! `transports-load`) the phases, publisher thread, set-up and sequence checks of [`load`]; their
 //! orchestrators the rounds, noise retries, load-generator child and versions of [`harness`]
-//! (processes are started pinned by [`run`]).
+//! (processes started pinned, markdown helpers).
 //!
 //! ```text
 //! switchboard-bench peer tungstenite --listen 127.0.0.1:9001
@@ -24,7 +24,6 @@ mod idle;
 mod load;
 mod peers;
 mod procfs;
-mod report;
 mod run;
 mod tput;
 mod transports;

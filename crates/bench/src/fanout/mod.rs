@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 
+use crate::harness::process;
 use crate::harness::rounds::{Retries, rotated};
 use crate::harness::{self, child};
-use crate::run;
 use load::LoadReport;
 use wire::Kind;
 
@@ -342,7 +342,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
             &results,
             &settings,
             &versions,
-            &crate::report::command_line(),
+            &crate::harness::markdown::command_line(),
         );
         let old = std::fs::read_to_string(out).unwrap_or_default();
         let doc = report::replace_section(&old, &section);
@@ -388,7 +388,7 @@ fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Res
         let section = redis::section(
             &results,
             &settings,
-            &crate::report::command_line(),
+            &crate::harness::markdown::command_line(),
             (&load_before, &load_after),
         );
         let old = std::fs::read_to_string(out).unwrap_or_default();
@@ -461,12 +461,12 @@ impl Ctx {
     /// One run against a fresh server.
     async fn once(&self, scenario: &Scenario, kind: Kind) -> Result<LoadReport> {
         let s = &self.settings;
-        let addr = run::free_addr()?;
+        let addr = process::free_addr()?;
         let argv = servers::argv(kind, self.switchboard.as_deref(), addr, &self.work)?;
         let log = self
             .work
             .join(format!("fanout-{}-{}.log", kind.name(), scenario.key));
-        let mut server = run::start_pinned(kind.name(), &argv, addr, log).await?;
+        let mut server = process::start_pinned(kind.name(), &argv, addr, log).await?;
         let setup_timeout = 180.0;
         let args = load_args(s, scenario, kind, addr, setup_timeout, server.pid);
         let limit = child::report_limit(setup_timeout, s.warmup, s.duration, s.drain);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::de::DeserializeOwned;
 
-use crate::run::{self, Running};
+use super::process::{self, Running};
 
 /// How long to wait for a load generator's report: its set-up, warm-up, window and drain
 /// (seconds each), and a minute more.
@@ -24,7 +24,7 @@ pub async fn load_report<R: DeserializeOwned>(
     limit: Duration,
     servers: &mut [Running],
 ) -> Result<R> {
-    let mut client = run::start_client(self_exe, args)?;
+    let mut client = process::start_client(self_exe, args)?;
     let report = client.report::<R>(limit).await;
     client.stop().await;
     for server in servers.iter_mut() {

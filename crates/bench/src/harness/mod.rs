@@ -1,19 +1,24 @@
-//! What the orchestrators of `fanout` (both engines) and `transports` share, besides starting
-//! pinned processes and the load-generator child ([`crate::run`]):
+//! What the orchestrators of `run` (echo), `fanout` (both engines) and `transports` share:
 //!
-//! - [`rounds`]: every round in a rotated order, and a noisy run repeated with the quietest kept;
+//! - [`process`]: servers and load generators started pinned to their cores, free ports, the
+//!   first line a command prints;
 //! - [`child`]: running the load generator as a child process and parsing its JSON report;
+//! - [`rounds`]: every round in a rotated order, and a noisy run repeated with the quietest kept;
+//! - [`markdown`]: medians, number formats, the machine and the command line of the reports;
 //! - here: finding the switchboard binary, its command line, and telling versions.
 
 pub mod child;
+pub mod markdown;
+pub mod process;
 pub mod rounds;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+
+pub use process::first_line;
 
 /// The switchboard binary: `arg` (`--switchboard`), else `switchboard` next to this executable
 /// (`self_exe`); fails when there is none.
@@ -50,21 +55,6 @@ pub fn switchboard_serve(
         "--listen".into(),
         listen.to_string().into(),
     ])
-}
-
-/// The first line of a command's output (stdout, else stderr: `nginx -v` writes there).
-pub fn first_line(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program).args(args).output().ok()?;
-    let text = if output.stdout.is_empty() {
-        output.stderr
-    } else {
-        output.stdout
-    };
-    String::from_utf8(text)
-        .ok()?
-        .lines()
-        .next()
-        .map(str::to_string)
 }
 
 /// What a built binary is, for the reports: its `--version`, its path and when it was built.

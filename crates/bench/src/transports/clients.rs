@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 
 use super::http::{Counted, HttpConn};
-use super::load::{Shared, Transport};
+use super::shared::{Shared, Transport};
 use crate::client::{self, OP_CLOSE, OP_TEXT, masked_frame, parse_server_frame};
 use crate::fanout::wire::{find, mask};
 use crate::load::control::EXIT;

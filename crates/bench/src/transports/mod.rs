@@ -15,6 +15,7 @@ pub mod clients;
 pub mod http;
 pub mod load;
 pub mod report;
+pub mod shared;
 pub mod svg;
 
 use std::ffi::OsString;
@@ -25,9 +26,9 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 
 use crate::fanout::servers::peer_dir;
+use crate::harness::process;
 use crate::harness::rounds::{Retries, rotated};
 use crate::harness::{self, child};
-use crate::run;
 use load::{Transport, TransportReport};
 
 /// The room of the benchmark.
@@ -220,7 +221,7 @@ pub fn main(args: &TransportsArgs) -> Result<()> {
             &outcomes,
             &settings,
             &versions,
-            &crate::report::command_line(),
+            &crate::harness::markdown::command_line(),
             (&load_before, &load_after),
         );
         let old = std::fs::read_to_string(path).unwrap_or_default();
@@ -296,8 +297,8 @@ impl Ctx {
     /// One run against a fresh server.
     async fn once(&self, transport: Transport) -> Result<TransportReport> {
         let s = &self.settings;
-        let addr = run::free_addr()?;
-        let api = run::free_addr()?;
+        let addr = process::free_addr()?;
+        let api = process::free_addr()?;
         let argv: Vec<OsString> = if transport.is_socketio() {
             vec![
                 "node".into(),
@@ -314,7 +315,7 @@ impl Ctx {
         let log = self
             .work
             .join(format!("transports-{}.log", transport.name()));
-        let mut server = run::start_pinned(transport.name(), &argv, addr, log).await?;
+        let mut server = process::start_pinned(transport.name(), &argv, addr, log).await?;
         let api_addr = if transport.is_socketio() { addr } else { api };
         let setup_timeout = 120.0;
         let mut args = child::strings(&[

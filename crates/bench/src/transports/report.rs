@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::harness::markdown::{median, thousands};
 use crate::harness::{built_version, first_line};
-use crate::report::{median, thousands};
 
 use super::load::{Transport, TransportReport};
 use super::{CHANNEL, Outcome, Settings};
@@ -311,7 +311,7 @@ pub fn section(
     if let Some(rev) = first_line("git", &["describe", "--always", "--dirty"]) {
         let _ = writeln!(out, "- git revision: {rev}");
     }
-    for (label, value) in crate::report::machine()
+    for (label, value) in crate::harness::markdown::machine()
         .into_iter()
         .filter(|(l, _)| matches!(*l, "CPUs (nproc)" | "CPU model" | "kernel"))
     {

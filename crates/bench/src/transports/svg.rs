@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::Settings;
 use super::load::Transport;
 use super::report::{Summary, figure, label};
-use crate::report::thousands;
+use crate::harness::markdown::thousands;
 
 const WIDTH: f64 = 820.0;
 const LEFT: f64 = 190.0;

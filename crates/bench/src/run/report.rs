@@ -3,45 +3,11 @@
 //! document with the machine and the exact command.
 
 use std::fmt::Write as _;
-use std::process::Command;
 
-use crate::run::{Results, Server, Settings};
+use super::results::{Results, Server, Settings};
+use crate::harness::markdown::{machine, med, opt, thousands};
+use crate::harness::process::stdout_line;
 use crate::tput::TputReport;
-
-/// Median of `values` (mean of the middle two for an even count); `None` if empty.
-pub fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
-/// Median of one figure over a server's runs.
-fn med<T>(runs: &[T], figure: impl Fn(&T) -> Option<f64>) -> Option<f64> {
-    median(runs.iter().filter_map(figure).collect())
-}
-
-/// `1234567.8` → `1,234,568`.
-pub fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if value < 0.0 { format!("-{out}") } else { out }
-}
-
-/// Formats an optional figure, `–` when missing.
-fn opt(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
-    value.map_or_else(|| "–".to_string(), format)
-}
 
 /// `10000` → `10k`, `1500` → `1.5k`.
 fn short_count(n: usize) -> String {
@@ -197,79 +163,20 @@ pub fn tables(results: &[Results], s: &Settings) -> String {
     out
 }
 
-/// The machine, as `(label, value)` pairs.
-pub fn machine() -> Vec<(&'static str, String)> {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|v| v.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let memory = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(
-            || "unknown".into(),
-            |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0),
-        );
-    let nproc =
-        std::thread::available_parallelism().map_or_else(|_| "unknown".into(), |n| n.to_string());
-    let version = |program: &str| {
-        Command::new(program)
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.lines().next().map(str::to_string))
-            .unwrap_or_else(|| "not found".into())
-    };
-    vec![
-        ("CPUs (nproc)", nproc),
-        ("CPU model", cpu),
-        ("memory", memory),
-        (
-            "kernel",
-            read("/proc/sys/kernel/osrelease").trim().to_string(),
-        ),
-        ("rustc", version("rustc")),
-        ("node", version("node")),
-        (
-            "open-file limit per process",
-            crate::procfs::nofile_limit("self")
-                .map_or_else(|_| "unknown".into(), |n| n.to_string()),
-        ),
-    ]
-}
-
-/// The first line a command prints, if it runs.
-fn first_line(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program).args(args).output().ok()?;
-    let text = String::from_utf8(output.stdout).ok()?;
-    text.lines()
-        .next()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-}
-
 /// What was measured: the date, the source revision and the switchboard binary.
 fn subject(results: &[Results]) -> Vec<(&'static str, String)> {
     let mut lines = vec![(
         "date",
-        first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        stdout_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
     )];
-    if let Some(rev) = first_line("git", &["describe", "--always", "--dirty"]) {
+    if let Some(rev) = stdout_line("git", &["describe", "--always", "--dirty"]) {
         lines.push(("git revision", rev));
     }
     for r in results {
         if let Server::Switchboard(path) = &r.server {
             let path_text = path.display().to_string();
-            let version = first_line(&path_text, &["--version"]).unwrap_or_default();
-            let built = first_line("date", &["-u", "-r", &path_text, "+%Y-%m-%d %H:%M UTC"])
+            let version = stdout_line(&path_text, &["--version"]).unwrap_or_default();
+            let built = stdout_line("date", &["-u", "-r", &path_text, "+%Y-%m-%d %H:%M UTC"])
                 .unwrap_or_default();
             lines.push((
                 "switchboard binary",
@@ -278,20 +185,6 @@ fn subject(results: &[Results]) -> Vec<(&'static str, String)> {
         }
     }
     lines
-}
-
-/// This process's command line, quoted for a shell where needed.
-pub fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The part of the document that explains how to run the tool.
@@ -371,13 +264,6 @@ pub fn document(results: &[Results], s: &Settings, command: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median(vec![]), None);
-    }
-
     fn run(msgs_per_s: f64, other_cpu_pct: f64) -> TputReport {
         TputReport {
             conns: 100,
@@ -431,9 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_thousands() {
-        assert_eq!(thousands(1_234_567.8), "1,234,568");
-        assert_eq!(thousands(999.0), "999");
+    fn formats_short_counts() {
         assert_eq!(short_count(10_000), "10k");
         assert_eq!(short_count(1_500), "1.5k");
     }

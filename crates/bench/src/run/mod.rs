@@ -7,36 +7,28 @@
 //! one client process, then as many more as the server's open-file limit allows, from several
 //! client processes since each is capped by its own limit).
 
+mod report;
+mod results;
+
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
-use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::sleep;
 
+use crate::harness::markdown::{self, FANOUT_BEGIN};
+use crate::harness::process::{LoadChild, Running, free_addr, start_client, start_pinned};
 use crate::idle::IdleReport;
 use crate::peers::{Peer, node};
 use crate::procfs;
-use crate::report;
 use crate::tput::TputReport;
+pub use results::{MaxReport, Results, Server, Settings};
 
-/// Raises the open-file limit to the hard limit, pins to the CPU given as `$1`, runs the rest.
-const PINNED: &str =
-    r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; cpu=$1; shift; exec taskset -c "$cpu" "$@""#;
-/// The server's core.
-const SERVER_CPU: u32 = 0;
-/// The load generator's core.
-const CLIENT_CPU: u32 = 1;
 /// The WebSocket path of the echo endpoint (the peers answer on any path).
 const ECHO_PATH: &str = "/echo";
-/// How long a server may take to accept connections after it is started.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle client may take to open its connections and report.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long idle clients hold their connections at most (the orchestrator ends them sooner).
@@ -93,33 +85,6 @@ pub struct RunArgs {
     pub noise_retries: Option<usize>,
 }
 
-/// The parameters of a run, after defaults.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Connections of the throughput test.
-    pub conns: usize,
-    /// Message payload bytes.
-    pub size: usize,
-    /// Messages in flight per connection.
-    pub in_flight: usize,
-    /// Warm-up seconds.
-    pub warmup: f64,
-    /// Measured seconds.
-    pub duration: f64,
-    /// Connections of the first idle step.
-    pub idle_conns: usize,
-    /// Connections aimed at in the second idle step.
-    pub max_conns: usize,
-    /// Most connections per idle client process (each is capped by its own open-file limit).
-    pub per_process: usize,
-    /// Rounds.
-    pub rounds: usize,
-    /// A throughput run is noisy when other processes use more than this % of a core.
-    pub max_noise: f64,
-    /// How often a noisy throughput run is repeated.
-    pub noise_retries: usize,
-}
-
 impl Settings {
     fn new(args: &RunArgs) -> Self {
         let quick = args.quick;
@@ -141,29 +106,7 @@ impl Settings {
     }
 }
 
-/// A server under test.
-#[derive(Debug, Clone)]
-pub enum Server {
-    /// switchboard itself, from this binary path.
-    Switchboard(PathBuf),
-    /// One of the bench peers.
-    Peer(Peer),
-}
-
 impl Server {
-    /// Name in reports.
-    pub fn name(&self) -> &str {
-        match self {
-            Server::Switchboard(_) => "switchboard",
-            Server::Peer(peer) => peer.name(),
-        }
-    }
-
-    /// Whether this is a peer framed by a Rust WebSocket crate (the reference for ratios).
-    pub fn is_rust_peer(&self) -> bool {
-        matches!(self, Server::Peer(peer) if peer.is_rust_crate())
-    }
-
     fn raw(&self) -> bool {
         matches!(self, Server::Peer(Peer::Rawtcp))
     }
@@ -190,51 +133,6 @@ impl Server {
                     listen.into(),
                 ]
             }
-        }
-    }
-}
-
-/// The second idle step: as many connections as fit, from several client processes.
-#[derive(Debug, Clone)]
-pub struct MaxReport {
-    /// Connections open at once.
-    pub conns: usize,
-    /// Client processes that held them.
-    pub processes: usize,
-    /// Server RSS with all of them open (after one echo each), KiB.
-    pub rss_kib: u64,
-    /// (RSS − RSS before the first connection) / connections, KiB.
-    pub kib_per_conn: f64,
-    /// The server's open-file limit.
-    pub fd_limit: u64,
-    /// Whether `--max-conns` was cut down to what that limit allows.
-    pub capped: bool,
-}
-
-/// Everything measured for one server, over all rounds.
-#[derive(Debug, Clone)]
-pub struct Results {
-    /// The server.
-    pub server: Server,
-    /// One report per successful throughput run.
-    pub tput: Vec<TputReport>,
-    /// One report per successful first idle step.
-    pub idle: Vec<IdleReport>,
-    /// One report per successful second idle step.
-    pub max: Vec<MaxReport>,
-    /// Failures and remarks, shown under the table.
-    pub notes: Vec<String>,
-}
-
-impl Results {
-    /// No runs yet.
-    pub fn new(server: Server) -> Self {
-        Self {
-            server,
-            tput: vec![],
-            idle: vec![],
-            max: vec![],
-            notes: vec![],
         }
     }
 }
@@ -297,11 +195,11 @@ pub fn main(args: &RunArgs) -> Result<()> {
     let table = report::tables(&results, &settings);
     println!("{table}");
     if let Some(out) = &args.out {
-        let mut doc = report::document(&results, &settings, &report::command_line());
+        let mut doc = report::document(&results, &settings, &markdown::command_line());
         // This run owns the document's head; everything from the first section another command
         // generates (fan-out, transports, Redis) to the hand-written reading at the end is kept.
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        if let Some(start) = old.find(crate::fanout::report::BEGIN) {
+        if let Some(start) = old.find(FANOUT_BEGIN) {
             doc = format!("{}\n\n{}", doc.trim_end(), &old[start..]);
         }
         std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
@@ -352,62 +250,6 @@ struct Ctx {
     settings: Settings,
     self_exe: PathBuf,
     log_dir: PathBuf,
-}
-
-/// A running server process.
-pub(crate) struct Running {
-    child: Child,
-    /// Its process id.
-    pub pid: u32,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Running {
-    /// Fails if the server died during the test (a crash would otherwise look like a slow run).
-    pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "server exited with {status} during the test; see {}",
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
-}
-
-/// A load-generator child process and its stdout.
-pub(crate) struct Client {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Client {
-    /// Reads the one JSON report line the client prints.
-    pub async fn report<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<T> {
-        match timeout(limit, self.lines.next_line()).await {
-            Ok(Ok(Some(line))) => {
-                serde_json::from_str(&line).with_context(|| format!("bad report `{line}`"))
-            }
-            Ok(Ok(None)) => {
-                let status = self.child.wait().await?;
-                bail!("load generator exited with {status} without a report")
-            }
-            Ok(Err(e)) => Err(e).context("reading the load generator's output"),
-            Err(_) => bail!("no report from the load generator within {limit:?}"),
-        }
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
 }
 
 impl Ctx {
@@ -507,7 +349,7 @@ impl Ctx {
     }
 
     /// Starts a load-generator subcommand pinned to the client core.
-    fn client(&self, args: Vec<String>) -> Result<Client> {
+    fn client(&self, args: Vec<String>) -> Result<LoadChild> {
         start_client(&self.self_exe, args)
     }
 
@@ -572,7 +414,7 @@ impl Ctx {
         &self,
         server: &Server,
         running: &mut Running,
-        clients: &mut Vec<Client>,
+        clients: &mut Vec<LoadChild>,
     ) -> Result<(IdleReport, Option<MaxReport>)> {
         let s = &self.settings;
         let (pid, addr) = (running.pid, running.addr);
@@ -642,82 +484,4 @@ impl Ctx {
         };
         Ok((first, Some(max)))
     }
-}
-
-/// Starts `argv` pinned to the server core, logging to `log`, and waits until it accepts
-/// connections on `addr`.
-pub(crate) async fn start_pinned(
-    name: &str,
-    argv: &[OsString],
-    addr: SocketAddr,
-    log: PathBuf,
-) -> Result<Running> {
-    let file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = pinned(SERVER_CPU, argv)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let pid = child.id().context("server has no pid")?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "{name} exited with {status} before listening; see {}",
-                log.display()
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.start_kill();
-            bail!(
-                "{name} not accepting on {addr} after {START_TIMEOUT:?}; see {}",
-                log.display()
-            );
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    Ok(Running {
-        child,
-        pid,
-        addr,
-        log,
-    })
-}
-
-/// Starts `self_exe ARGS` (a load-generator subcommand) pinned to the client core, its stdout
-/// piped for the report.
-pub(crate) fn start_client(self_exe: &Path, args: Vec<String>) -> Result<Client> {
-    let mut argv: Vec<OsString> = vec![self_exe.into()];
-    argv.extend(args.into_iter().map(OsString::from));
-    let mut child = pinned(CLIENT_CPU, &argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the load generator")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    Ok(Client {
-        child,
-        lines: BufReader::new(stdout).lines(),
-    })
-}
-
-/// A command that raises the open-file limit, pins to `cpu` and execs `argv`.
-fn pinned(cpu: u32, argv: &[OsString]) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(PINNED)
-        .arg("sh")
-        .arg(cpu.to_string())
-        .args(argv)
-        .kill_on_drop(true);
-    command
-}
-
-/// A free port on 127.0.0.1 (bound to port 0, then released).
-pub(crate) fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
