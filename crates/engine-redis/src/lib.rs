@@ -29,6 +29,7 @@ mod history;
 mod idempotency;
 mod keys;
 mod presence;
+mod scripts;
 mod shard;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -195,7 +196,7 @@ pub(crate) struct Inner {
     pub(crate) handler: OnceLock<Arc<dyn EngineHandler>>,
     /// Presence entries of this node's clients, refreshed in Redis periodically.
     pub(crate) local_presence: Mutex<HashMap<String, HashMap<String, Arc<ClientInfo>>>>,
-    pub(crate) scripts: history::Scripts,
+    pub(crate) scripts: scripts::Scripts,
     /// This node's id ([`Engine::node_id`]).
     pub(crate) node_id: String,
     /// The pub/sub channel where this node receives messages from others.
@@ -300,7 +301,7 @@ impl RedisEngine {
             shards,
             handler: OnceLock::new(),
             local_presence: Mutex::new(HashMap::new()),
-            scripts: history::Scripts::new(),
+            scripts: scripts::Scripts::new(),
         });
         for (i, (messages, reconnects)) in receivers.into_iter().enumerate() {
             // The first connection is announced as a reconnect too; with nothing subscribed yet there

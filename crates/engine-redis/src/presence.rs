@@ -12,42 +12,7 @@ use switchboard_engine::{EngineError, PresenceStats};
 use switchboard_protocol::ClientInfo;
 
 use crate::Inner;
-use crate::history::{millis, run};
-
-/// KEYS: presence, expiry. ARGV: ttl ms, then client id and info pairs.
-pub(crate) const ADD: &str = r"
-local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('zadd', KEYS[2], string.format('%d', now + ttl), ARGV[i])
-end
-redis.call('pexpire', KEYS[1], ARGV[1])
-redis.call('pexpire', KEYS[2], ARGV[1])
-return 1
-";
-
-/// KEYS: presence, expiry. ARGV: client id.
-pub(crate) const REMOVE: &str = r"
-redis.call('hdel', KEYS[1], ARGV[1])
-redis.call('zrem', KEYS[2], ARGV[1])
-return 1
-";
-
-/// KEYS: presence, expiry. Drops expired entries; returns the rest as id, info pairs.
-pub(crate) const GET: &str = r"
-local t = redis.call('time')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
-for _, client in ipairs(expired) do
-  redis.call('hdel', KEYS[1], client)
-end
-if #expired > 0 then
-  redis.call('zremrangebyscore', KEYS[2], '-inf', now)
-end
-return redis.call('hgetall', KEYS[1])
-";
+use crate::scripts::{millis, run};
 
 /// Records `info.client` in `channel`'s presence, and keeps refreshing it until removed.
 pub(crate) async fn add(
