@@ -20,8 +20,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::client::{self, Messages, Wire};
+use crate::echo::{Messages, Wire};
 use crate::procfs;
+use crate::ws;
 
 /// File descriptors the process keeps for itself besides the connections.
 const FD_RESERVE: u64 = 64;
@@ -274,12 +275,10 @@ async fn open(
     messages: &Messages,
     id: usize,
 ) -> Result<(TcpStream, Vec<u8>)> {
-    let mut stream = client::connect(Some(source), addr)
-        .await
-        .context("connect")?;
+    let mut stream = ws::connect(Some(source), addr).await.context("connect")?;
     let mut rest = Vec::new();
     match messages.wire() {
-        Wire::WebSocket => rest = client::handshake(&mut stream, addr, path, id as u64).await?,
+        Wire::WebSocket => rest = ws::handshake(&mut stream, addr, path, id as u64).await?,
         Wire::Raw => echo_once(&mut stream, &mut rest, messages).await?,
     }
     Ok((stream, rest))

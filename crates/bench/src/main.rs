@@ -17,7 +17,7 @@
 //! switchboard-bench transports --quick
 //! ```
 
-mod client;
+mod echo;
 mod fanout;
 mod harness;
 mod idle;
@@ -27,6 +27,7 @@ mod procfs;
 mod run;
 mod tput;
 mod transports;
+mod ws;
 
 use std::process::ExitCode;
 

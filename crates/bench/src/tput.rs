@@ -19,8 +19,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::client::{self, Messages, Wire};
+use crate::echo::{Messages, Wire};
 use crate::procfs;
+use crate::ws;
 
 /// How long all connections may take to open before the run is abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,12 +269,12 @@ async fn connection(
     wire: Wire,
     shared: &Shared,
 ) -> Result<()> {
-    let mut stream = client::connect(None, addr)
+    let mut stream = ws::connect(None, addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     if wire == Wire::WebSocket {
-        buf.extend_from_slice(&client::handshake(&mut stream, addr, path, id as u64).await?);
+        buf.extend_from_slice(&ws::handshake(&mut stream, addr, path, id as u64).await?);
     }
     shared.connected.set(shared.connected.get() + 1);
 

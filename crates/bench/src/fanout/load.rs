@@ -34,7 +34,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{sleep, timeout};
 
 use super::wire::{self, Delivery, Event, Kind};
-use crate::client::{self, OP_CLOSE, OP_TEXT, masked_frame, parse_server_frame};
 use crate::load::control::{EXIT, MEASURE, STOP};
 use crate::load::latency::{histogram, quantile, realtime_ns};
 use crate::load::seq::{self, Seen};
@@ -42,6 +41,10 @@ use crate::load::setup::Setup;
 use crate::load::{self, CpuWindow, control};
 use crate::procfs;
 use crate::tput::Snapshot;
+use crate::ws::{
+    self, Fragments, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_text, frames, mask, masked_frame,
+    parse_server_frame, pong,
+};
 
 /// Highest sequence number accepted (a larger one is a parse error, not a publication).
 const MAX_SEQ: u64 = 100_000_000;
@@ -632,57 +635,11 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// A close frame's code and reason, as text.
-fn close_text(payload: &[u8]) -> String {
-    match payload {
-        [a, b, reason @ ..] => format!(
-            "close {} {}",
-            u16::from_be_bytes([*a, *b]),
-            String::from_utf8_lossy(reason)
-        ),
-        _ => "close (no code)".into(),
-    }
-}
-
-/// A pong for `payload`, masked.
-fn pong(payload: &[u8]) -> Vec<u8> {
-    masked_frame(0xA, payload, [7, 1, 3, 9])
-}
-
-/// Parses the complete frames at the start of `data`: messages (reassembled when fragmented) and
-/// control frames go to `on_frame(opcode, payload)`. Returns the bytes used.
-fn frames(
-    data: &[u8],
-    frag: &mut (u8, Vec<u8>),
-    mut on_frame: impl FnMut(u8, &[u8]) -> Result<()>,
-) -> Result<usize> {
-    let mut at = 0;
-    while let Some((frame, used)) = parse_server_frame(&data[at..])? {
-        at += used;
-        match frame.opcode {
-            0x0 => {
-                ensure!(frag.0 != 0, "continuation frame without a message");
-                frag.1.extend_from_slice(frame.payload);
-                if frame.fin {
-                    let (op, message) = (frag.0, std::mem::take(&mut frag.1));
-                    frag.0 = 0;
-                    on_frame(op, &message)?;
-                }
-            }
-            op @ (0x1 | 0x2) if !frame.fin => {
-                *frag = (op, frame.payload.to_vec());
-            }
-            op => on_frame(op, frame.payload)?,
-        }
-    }
-    Ok(at)
-}
-
 /// A WebSocket client connection during set-up.
 struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
-    frag: (u8, Vec<u8>),
+    frag: Fragments,
     sent: u64,
 }
 
@@ -694,25 +651,25 @@ impl Ws {
         path: &str,
         seed: u64,
     ) -> Result<Self> {
-        let mut stream = client::connect(source, addr)
+        let mut stream = ws::connect(source, addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         // Kernel receive timestamps on every read (SO_TIMESTAMPNS): the latency is taken at the
         // data's arrival, not when this single-threaded loop gets to it.
         setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
             .context("setting SO_TIMESTAMPNS")?;
-        let buf = client::handshake_with(&mut stream, addr, path, seed, kind.ws_headers()).await?;
+        let buf = ws::handshake_with(&mut stream, addr, path, seed, kind.ws_headers()).await?;
         Ok(Self {
             stream,
             buf,
-            frag: (0, Vec::new()),
+            frag: Fragments::default(),
             sent: 0,
         })
     }
 
     async fn send_text(&mut self, text: &str) -> Result<()> {
         self.sent += 1;
-        let frame = masked_frame(OP_TEXT, text.as_bytes(), wire::mask(self.sent));
+        let frame = masked_frame(OP_TEXT, text.as_bytes(), mask(self.sent));
         self.stream.write_all(&frame).await?;
         Ok(())
     }
@@ -729,8 +686,8 @@ impl Ws {
                     frames(&data, &mut self.frag, |op, payload| {
                         match op {
                             OP_CLOSE => return Err(Closed(close_text(payload)).into()),
-                            0x9 => reply = pong(payload),
-                            0xA => {}
+                            OP_PING => reply = pong(payload),
+                            OP_PONG => {}
                             _ => message = Some(payload.to_vec()),
                         }
                         Ok(())
@@ -900,11 +857,11 @@ async fn receive(id: usize, ws: Ws, shared: &Shared) -> Result<()> {
                         closed.get_or_insert_with(|| close_text(payload));
                         Ok(())
                     }
-                    0x9 => {
+                    OP_PING => {
                         out.extend_from_slice(&pong(payload));
                         Ok(())
                     }
-                    0xA => Ok(()),
+                    OP_PONG => Ok(()),
                     _ => wire::events(kind, payload, |event| match event {
                         Event::Delivery(d) => {
                             delivered += 1;
@@ -919,7 +876,7 @@ async fn receive(id: usize, ws: Ws, shared: &Shared) -> Result<()> {
                             }
                         }
                         Event::EnginePing => {
-                            out.extend_from_slice(&masked_frame(OP_TEXT, b"3", wire::mask(now_ns)))
+                            out.extend_from_slice(&masked_frame(OP_TEXT, b"3", mask(now_ns)))
                         }
                         Event::Disconnect { text, .. } => {
                             closed.get_or_insert(text);
@@ -958,7 +915,7 @@ async fn receive(id: usize, ws: Ws, shared: &Shared) -> Result<()> {
 
 /// Nchan: the subscribers its channel-info answers count, over all channels.
 async fn nchan_subscribers(addr: SocketAddr, channels: usize) -> Result<u64> {
-    let mut stream = client::connect(None, addr).await?;
+    let mut stream = ws::connect(None, addr).await?;
     let mut total = 0;
     for chunk in (0..channels).collect::<Vec<_>>().chunks(100) {
         let mut request = Vec::new();
@@ -1029,9 +986,9 @@ async fn publish(
         let (reader, writer) = match kind {
             _ if api.is_some() => {
                 let (api_addr, _) = api.as_ref().context("no API address")?;
-                client::connect(None, *api_addr).await?.into_split()
+                ws::connect(None, *api_addr).await?.into_split()
             }
-            Kind::Nchan => client::connect(None, addr).await?.into_split(),
+            Kind::Nchan => ws::connect(None, addr).await?.into_split(),
             Kind::Switchboard => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
                 ws.send_text("{\"id\":1,\"connect\":{}}").await?;
@@ -1153,7 +1110,7 @@ async fn publisher_replies(
     sent_at: &RefCell<VecDeque<Instant>>,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut frag = (0u8, Vec::new());
+    let mut frag = Fragments::default();
     loop {
         let mut chunk = vec![0u8; 64 * 1024];
         let n = reader.read(&mut chunk).await?;
@@ -1185,8 +1142,8 @@ async fn publisher_replies(
         let used = frames(&buf, &mut frag, |op, payload| {
             match op {
                 OP_CLOSE => bail!(Closed(close_text(payload))),
-                0x9 => pongs.borrow_mut().extend_from_slice(&pong(payload)),
-                0xA => {}
+                OP_PING => pongs.borrow_mut().extend_from_slice(&pong(payload)),
+                OP_PONG => {}
                 _ => wire::events(kind, payload, |event| match event {
                     Event::Reply { ok: true, .. } => {
                         control.counts.acked.fetch_add(1, Ordering::Relaxed);
@@ -1197,11 +1154,11 @@ async fn publisher_replies(
                         control.counts.reply_errors.fetch_add(1, Ordering::Relaxed);
                         control.fail(format!("publish error: {text}"));
                     }
-                    Event::EnginePing => pongs.borrow_mut().extend_from_slice(&masked_frame(
-                        OP_TEXT,
-                        b"3",
-                        wire::mask(0),
-                    )),
+                    Event::EnginePing => {
+                        pongs
+                            .borrow_mut()
+                            .extend_from_slice(&masked_frame(OP_TEXT, b"3", mask(0)))
+                    }
                     Event::Disconnect { text, .. } => {
                         control.fail(format!("publisher disconnected: {text}"));
                     }

@@ -8,7 +8,7 @@ use anyhow::{Result, bail, ensure};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{OP_TEXT, masked_frame};
+use crate::ws::{OP_TEXT, find, mask, masked_frame};
 
 /// The servers of the fan-out benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -113,21 +113,6 @@ pub fn num_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     hay[at..at + digits].iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-/// Position of `needle` in `hay`.
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let last_start = hay.len().checked_sub(needle.len())?;
-    let mut i = 0;
-    while i <= last_start {
-        let pos = hay[i..=last_start].iter().position(|&b| b == first)? + i;
-        if &hay[pos..pos + needle.len()] == needle {
-            return Some(pos);
-        }
-        i = pos + 1;
-    }
-    None
 }
 
 /// The `seq` and `t` of a publication payload `{"t":..,"seq":..}` somewhere in `text`.
@@ -263,11 +248,6 @@ pub fn push_ws_publish(out: &mut Vec<u8>, kind: Kind, id: u64, channel: &str, t_
     out.extend_from_slice(&masked_frame(OP_TEXT, text.as_bytes(), mask(id)));
 }
 
-/// A mask key for frame `n`.
-pub fn mask(n: u64) -> [u8; 4] {
-    ((n as u32).wrapping_mul(0x9E37_79B9) ^ 0xA5A5_5A5A).to_le_bytes()
-}
-
 /// Appends an HTTP/1.1 request to `out`: `method path` with `body` (keep-alive).
 pub fn push_http_request(out: &mut Vec<u8>, method: &str, path: &str, body: &str) {
     out.extend_from_slice(
@@ -366,8 +346,6 @@ mod tests {
         assert_eq!(num_after(b"{\"t\":123,\"seq\":7}", b"\"t\":"), Some(123));
         assert_eq!(num_after(b"{\"offset\":5}", b"\"t\":"), None);
         assert_eq!(num_after(b"{\"seq\":x}", b"\"seq\":"), None);
-        assert_eq!(find(b"aab", b"ab"), Some(1));
-        assert_eq!(find(b"a", b"ab"), None);
     }
 
     #[test]
@@ -468,7 +446,7 @@ mod tests {
         let mut out = vec![];
         push_ws_publish(&mut out, Kind::Switchboard, 7, "bench:0", 1, 2);
         let plain = unmask(&out);
-        let (frame, _) = crate::client::parse_server_frame(&plain).unwrap().unwrap();
+        let (frame, _) = crate::ws::parse_server_frame(&plain).unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_slice(frame.payload).unwrap();
         assert_eq!(v["publish"]["data"]["seq"], 2);
         assert_eq!(v["id"], 7);

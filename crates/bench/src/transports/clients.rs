@@ -13,8 +13,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -23,9 +21,10 @@ use tokio::time::{sleep, timeout};
 
 use super::http::{Counted, HttpConn};
 use super::shared::{Shared, Transport};
-use crate::client::{self, OP_CLOSE, OP_TEXT, masked_frame, parse_server_frame};
-use crate::fanout::wire::{find, mask};
 use crate::load::control::EXIT;
+use crate::ws::{
+    self, Fragments, OP_CLOSE, OP_PING, OP_TEXT, close_text, find, mask, masked_frame, pong,
+};
 
 /// switchboard's HTTP fallback base path.
 const HTTP_BASE: &str = "/connection/http";
@@ -41,8 +40,13 @@ const SSE_ACK_DELAY: Duration = Duration::from_secs(1);
 
 /// A set-up client, ready to receive.
 pub enum Client {
-    /// A WebSocket connection and the bytes read after the subscribe reply.
-    Websocket { io: Counted, buf: Vec<u8> },
+    /// A WebSocket connection, the bytes read after the subscribe reply and a message being
+    /// reassembled.
+    Websocket {
+        io: Counted,
+        buf: Vec<u8>,
+        partial: Fragments,
+    },
     /// A fallback session polled for its downstream (long or ajax polling).
     Poll {
         conn: HttpConn,
@@ -201,43 +205,22 @@ async fn open_websocket(shared: &Shared, id: usize, source: Ipv4Addr) -> Result<
     let mut io = Counted::connect(source, shared.addr, &shared.counters).await?;
     let counters = &shared.counters;
     counters.requests.set(counters.requests.get() + 1);
-    let nonce: Vec<u8> = (0..16u64)
-        .map(|i| {
-            (id as u64)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(i as u32 * 4) as u8
-        })
-        .collect();
-    let key = BASE64.encode(nonce);
-    let request = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Protocol: switchboard.json\r\n{}\r\n",
-        shared.addr, shared.headers
+    let headers = format!(
+        "Sec-WebSocket-Protocol: switchboard.json\r\n{}",
+        shared.headers
     );
-    io.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(p) = find(&buf, b"\r\n\r\n") {
-            break p + 4;
-        }
-        ensure!(buf.len() < 16 * 1024, "upgrade answer head too long");
-        let mut chunk = [0u8; 4096];
-        let n = io.read(&mut chunk).await?;
-        ensure!(n > 0, "server closed the connection during the upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    client::check_response(&buf[..head_end], &client::accept_key(&key))?;
-    buf.drain(..head_end);
+    let path = "/connection/websocket";
+    let mut buf = ws::handshake_with(&mut io, shared.addr, path, id as u64, &headers).await?;
     let frame = masked_frame(
         OP_TEXT,
         opening_commands(&shared.channel).as_bytes(),
         mask(id as u64),
     );
     io.write_all(&frame).await?;
+    let mut partial = Fragments::default();
     loop {
-        if websocket_frames(&mut io, &mut buf, shared, id).await? {
-            return Ok(Client::Websocket { io, buf });
+        if websocket_frames(&mut io, &mut buf, &mut partial, shared, id).await? {
+            return Ok(Client::Websocket { io, buf, partial });
         }
         let mut chunk = [0u8; 4096];
         let n = io.read(&mut chunk).await?;
@@ -251,24 +234,22 @@ async fn open_websocket(shared: &Shared, id: usize, source: Ipv4Addr) -> Result<
 async fn websocket_frames(
     io: &mut Counted,
     buf: &mut Vec<u8>,
+    partial: &mut Fragments,
     shared: &Shared,
     id: usize,
 ) -> Result<bool> {
-    let mut at = 0;
     let mut subscribed = false;
     let mut reply = Vec::new();
-    while let Some((frame, used)) = parse_server_frame(&buf[at..])? {
-        at += used;
-        // switchboard does not fragment messages this small.
-        ensure!(frame.fin, "fragmented message");
-        match frame.opcode {
-            OP_TEXT => subscribed |= switchboard_lines(shared, id, frame.payload)?,
-            0x9 => reply.extend_from_slice(&masked_frame(0xA, frame.payload, mask(at as u64))),
-            OP_CLOSE => bail!("server closed the WebSocket"),
+    let used = ws::frames(buf, partial, |op, payload| {
+        match op {
+            OP_TEXT => subscribed |= switchboard_lines(shared, id, payload)?,
+            OP_PING => reply.extend_from_slice(&pong(payload)),
+            OP_CLOSE => bail!("server closed the WebSocket: {}", close_text(payload)),
             _ => {}
         }
-    }
-    buf.drain(..at);
+        Ok(())
+    })?;
+    buf.drain(..used);
     if !reply.is_empty() {
         io.write_all(&reply).await?;
     }
@@ -279,12 +260,12 @@ impl Client {
     /// Receives until the connection ends (an error says why) or the run is over.
     pub async fn run(mut self, shared: &Shared, id: usize) -> Result<()> {
         match &mut self {
-            Client::Websocket { io, buf } => loop {
+            Client::Websocket { io, buf, partial } => loop {
                 let mut chunk = [0u8; 4096];
                 let n = io.read(&mut chunk).await?;
                 ensure!(n > 0, "server closed the connection");
                 buf.extend_from_slice(&chunk[..n]);
-                websocket_frames(io, buf, shared, id).await?;
+                websocket_frames(io, buf, partial, shared, id).await?;
             },
             Client::Poll { ajax, .. } => {
                 let ajax = *ajax;

@@ -15,8 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::client;
-use crate::fanout::wire::find;
+use crate::ws::{self, find};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -68,7 +67,7 @@ impl Counted {
         addr: SocketAddr,
         counters: &Rc<Counters>,
     ) -> Result<Self> {
-        let stream = client::connect(Some(source), addr)
+        let stream = ws::connect(Some(source), addr)
             .await
             .with_context(|| format!("connecting to {addr} from {source}"))?;
         Counters::add(&counters.connections, 1);

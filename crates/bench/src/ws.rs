@@ -1,9 +1,11 @@
-//! The load generator's own minimal RFC 6455 client: connect, upgrade handshake, pre-built masked
-//! frames and a parser for (unmasked) server frames.
+//! The one minimal RFC 6455 client of every load generator (echo, fan-out, transports): connect,
+//! upgrade handshake (over any byte stream, so the transports benchmark can count its bytes),
+//! masked client frames, a parser for (unmasked) server frames, and the reassembly of fragmented
+//! messages with the control frames (ping, close) handed out beside them.
 //!
 //! It exists so the numbers do not depend on any WebSocket crate under test: the client side stays
-//! the same whichever server is measured, and it is cheap (frames are built once, echoes are
-//! compared byte for byte, nothing is allocated per message).
+//! the same whichever server is measured, and it is cheap (frames are built once, parsed in place,
+//! nothing is allocated per unfragmented message).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,16 +15,24 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// The GUID of RFC 6455 §1.3 that is hashed with the client key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// Opcode of a continuation frame.
+pub const OP_CONTINUATION: u8 = 0x0;
 /// Opcode of a text frame.
 pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub const OP_BINARY: u8 = 0x2;
 /// Opcode of a close frame.
 pub const OP_CLOSE: u8 = 0x8;
+/// Opcode of a ping frame.
+pub const OP_PING: u8 = 0x9;
+/// Opcode of a pong frame.
+pub const OP_PONG: u8 = 0xA;
 
 /// Largest payload the parser accepts from a server (the echoes here are small).
 pub const MAX_PAYLOAD: u64 = 16 * 1024 * 1024;
@@ -71,8 +81,8 @@ fn new_key(seed: u64) -> String {
 
 /// Performs the HTTP/1.1 upgrade on `stream` and checks the 101 answer. Returns the bytes that
 /// arrived after the response head (normally none), which belong to the first frames.
-pub async fn handshake(
-    stream: &mut TcpStream,
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     host: SocketAddr,
     path: &str,
     seed: u64,
@@ -82,8 +92,8 @@ pub async fn handshake(
 
 /// [`handshake`] with extra request header lines (each ending in `\r\n`), e.g. a
 /// `Sec-WebSocket-Protocol` offer.
-pub async fn handshake_with(
-    stream: &mut TcpStream,
+pub async fn handshake_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     host: SocketAddr,
     path: &str,
     seed: u64,
@@ -116,7 +126,23 @@ pub async fn handshake_with(
 
 /// Index just past the `\r\n\r\n` ending the response head, if it has arrived.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    find(buf, b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Position of `needle` in `hay` (the response heads here and the HTTP and text protocols of the
+/// load generators).
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = *needle.first()?;
+    let last_start = hay.len().checked_sub(needle.len())?;
+    let mut i = 0;
+    while i <= last_start {
+        let pos = hay[i..=last_start].iter().position(|&b| b == first)? + i;
+        if &hay[pos..pos + needle.len()] == needle {
+            return Some(pos);
+        }
+        i = pos + 1;
+    }
+    None
 }
 
 /// Checks a handshake response head: status 101, `Upgrade: websocket`, `Connection: upgrade`,
@@ -250,120 +276,65 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
     }
 }
 
-/// The text payload of message `slot`, `size` bytes long: an 8-digit slot number followed by a
-/// letter pattern, so a reordered or corrupted echo cannot match.
-pub fn payload(size: usize, slot: usize) -> Vec<u8> {
-    let digits = format!("{slot:08}");
-    (0..size)
-        .map(|i| match digits.as_bytes().get(i) {
-            Some(&d) => d,
-            None => b'a' + ((i + slot) % 26) as u8,
-        })
-        .collect()
+/// A mask key for frame `n`, so consecutive frames do not share one (RFC 6455 wants them
+/// unpredictable to defeat proxy cache poisoning; a benchmark on loopback only needs them valid).
+pub fn mask(n: u64) -> [u8; 4] {
+    ((n as u32).wrapping_mul(0x9E37_79B9) ^ 0x5A5A_A5A5).to_le_bytes()
 }
 
-/// A mask key derived from the slot, so consecutive frames do not share one.
-pub fn mask_for(slot: usize) -> [u8; 4] {
-    ((slot as u32).wrapping_mul(0x9E37_79B9) ^ 0x5A5A_A5A5).to_le_bytes()
+/// The masked pong that answers a ping carrying `payload`.
+pub fn pong(payload: &[u8]) -> Vec<u8> {
+    masked_frame(OP_PONG, payload, [7, 1, 3, 9])
 }
 
-/// What goes over the wire: WebSocket frames after an upgrade, or (for the raw TCP peer) the
-/// same masked frame bytes with no handshake, echoed back unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wire {
-    /// RFC 6455: upgrade handshake, masked frames out, unmasked frames back.
-    WebSocket,
-    /// Plain TCP: the masked frame bytes go out and must come back byte for byte.
-    Raw,
+/// A close frame's code and reason, as text (for the error that ends a client).
+pub fn close_text(payload: &[u8]) -> String {
+    match payload {
+        [a, b, reason @ ..] => format!(
+            "close {} {}",
+            u16::from_be_bytes([*a, *b]),
+            String::from_utf8_lossy(reason)
+        ),
+        _ => "close (no code)".into(),
+    }
 }
 
-/// The pre-built messages of one connection: `slots` different masked frames of the same length,
-/// sent round-robin, with what must come back for each.
-pub struct Messages {
-    wire: Wire,
-    slots: usize,
-    frame_len: usize,
-    /// All frames, twice in a row, so any run of up to `slots` consecutive slots is one slice.
-    frames: Vec<u8>,
-    payloads: Vec<Vec<u8>>,
+/// A data message being reassembled from fragments: its opcode (0: none) and the payload so far.
+#[derive(Debug, Default)]
+pub struct Fragments {
+    opcode: u8,
+    payload: Vec<u8>,
 }
 
-impl Messages {
-    /// Builds `slots` text messages of `size` bytes for `wire`.
-    pub fn new(wire: Wire, size: usize, slots: usize) -> Self {
-        let slots = slots.max(1);
-        let payloads: Vec<Vec<u8>> = (0..slots).map(|slot| payload(size, slot)).collect();
-        let one_round: Vec<u8> = payloads
-            .iter()
-            .enumerate()
-            .flat_map(|(slot, p)| masked_frame(OP_TEXT, p, mask_for(slot)))
-            .collect();
-        let frame_len = one_round.len() / slots;
-        let frames = [one_round.as_slice(), one_round.as_slice()].concat();
-        Self {
-            wire,
-            slots,
-            frame_len,
-            frames,
-            payloads,
+/// Parses the complete frames at the start of `data`: messages (reassembled when fragmented, with
+/// `partial` kept between calls) and control frames go to `on_frame(opcode, payload)`. Returns the
+/// bytes used.
+pub fn frames(
+    data: &[u8],
+    partial: &mut Fragments,
+    mut on_frame: impl FnMut(u8, &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let mut at = 0;
+    while let Some((frame, used)) = parse_server_frame(&data[at..])? {
+        at += used;
+        match frame.opcode {
+            OP_CONTINUATION => {
+                ensure!(partial.opcode != 0, "continuation frame without a message");
+                partial.payload.extend_from_slice(frame.payload);
+                if frame.fin {
+                    let (op, message) = (partial.opcode, std::mem::take(&mut partial.payload));
+                    partial.opcode = 0;
+                    on_frame(op, &message)?;
+                }
+            }
+            op @ (OP_TEXT | OP_BINARY) if !frame.fin => {
+                partial.opcode = op;
+                partial.payload = frame.payload.to_vec();
+            }
+            op => on_frame(op, frame.payload)?,
         }
     }
-
-    /// What goes over the wire.
-    pub fn wire(&self) -> Wire {
-        self.wire
-    }
-
-    /// Number of distinct slots.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// The bytes of `count` consecutive frames starting at `slot` (`count` at most `slots`).
-    pub fn frames(&self, slot: usize, count: usize) -> &[u8] {
-        let start = (slot % self.slots) * self.frame_len;
-        &self.frames[start..start + count.min(self.slots) * self.frame_len]
-    }
-
-    /// Takes the echo of `slot` from the front of `buf` if it is complete: `Ok(Some(n))` with the
-    /// bytes it used, `Ok(None)` if more bytes are needed, an error if it is not the exact echo.
-    pub fn take_echo(&self, buf: &[u8], slot: usize) -> Result<Option<usize>> {
-        let slot = slot % self.slots;
-        match self.wire {
-            Wire::Raw => {
-                let Some(got) = buf.get(..self.frame_len) else {
-                    return Ok(None);
-                };
-                ensure!(
-                    got == self.frames(slot, 1),
-                    "raw echo of slot {slot} differs from what was sent"
-                );
-                Ok(Some(self.frame_len))
-            }
-            Wire::WebSocket => {
-                let Some((frame, used)) = parse_server_frame(buf)? else {
-                    return Ok(None);
-                };
-                ensure!(
-                    frame.opcode != OP_CLOSE,
-                    "server sent a close frame {:?}",
-                    frame.payload
-                );
-                ensure!(
-                    frame.fin && frame.opcode == OP_TEXT,
-                    "expected a final text frame, got opcode {:#x} fin {}",
-                    frame.opcode,
-                    frame.fin
-                );
-                ensure!(
-                    frame.payload == self.payloads[slot].as_slice(),
-                    "echo of slot {slot} differs from what was sent ({} bytes back)",
-                    frame.payload.len()
-                );
-                Ok(Some(used))
-            }
-        }
-    }
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -412,7 +383,7 @@ mod tests {
     #[test]
     fn parses_extended_lengths() {
         for len in [125usize, 126, 65_535, 65_536] {
-            let data = payload(len, 3);
+            let data: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             let bytes = server_frame(OP_TEXT, &data);
             let (frame, used) = parse_server_frame(&bytes)
                 .expect("valid")
@@ -427,7 +398,7 @@ mod tests {
 
     #[test]
     fn incomplete_frames_need_more_bytes() {
-        let bytes = server_frame(OP_TEXT, &payload(300, 0));
+        let bytes = server_frame(OP_TEXT, &[b'x'; 300]);
         for cut in [0, 1, 2, 3, 100, bytes.len() - 1] {
             assert!(
                 parse_server_frame(&bytes[..cut]).expect("valid").is_none(),
@@ -469,13 +440,6 @@ mod tests {
     }
 
     #[test]
-    fn payloads_differ_per_slot() {
-        assert_eq!(payload(12, 7), b"00000007pqrs");
-        assert_ne!(payload(64, 1), payload(64, 27));
-        assert_eq!(payload(3, 5), b"000");
-    }
-
-    #[test]
     fn response_check_rejects_wrong_accept() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
@@ -489,24 +453,35 @@ mod tests {
     }
 
     #[test]
-    fn messages_check_echoes_byte_for_byte() {
-        let msgs = Messages::new(Wire::WebSocket, 64, 4);
-        let echo = server_frame(OP_TEXT, &payload(64, 2));
-        assert_eq!(msgs.take_echo(&echo, 2).expect("valid"), Some(echo.len()));
-        assert!(
-            msgs.take_echo(&echo, 1).is_err(),
-            "echo of another slot must not match"
-        );
-        assert_eq!(msgs.take_echo(&echo[..10], 2).expect("valid"), None);
+    fn fragmented_messages_are_reassembled_around_control_frames() {
+        let mut data = vec![0x01, 0x03];
+        data.extend_from_slice(b"abc");
+        data.extend_from_slice(&server_frame(OP_PING, b"p"));
+        data.extend_from_slice(&[0x80, 0x02]);
+        data.extend_from_slice(b"de");
+        data.extend_from_slice(&[0x81, 0x05, b'x']); // incomplete: stays in the buffer
+        let mut partial = Fragments::default();
+        let mut seen = vec![];
+        let used = frames(&data, &mut partial, |op, payload| {
+            seen.push((op, payload.to_vec()));
+            Ok(())
+        })
+        .expect("valid");
+        assert_eq!(used, data.len() - 3);
         assert_eq!(
-            msgs.frames(3, 2).len(),
-            2 * msgs.frames(0, 1).len(),
-            "wraps around"
+            seen,
+            [(OP_PING, b"p".to_vec()), (OP_TEXT, b"abcde".to_vec())]
         );
+        let lone = [0x80, 0x01, b'z'];
+        assert!(frames(&lone, &mut Fragments::default(), |_, _| Ok(())).is_err());
+    }
 
-        let raw = Messages::new(Wire::Raw, 64, 4);
-        let sent = raw.frames(1, 1).to_vec();
-        assert_eq!(raw.take_echo(&sent, 1).expect("valid"), Some(sent.len()));
-        assert!(raw.take_echo(&sent, 0).is_err());
+    #[test]
+    fn close_text_reads_code_and_reason() {
+        assert_eq!(
+            close_text(&[0x03, 0xE8, b'b', b'y', b'e']),
+            "close 1000 bye"
+        );
+        assert_eq!(close_text(&[]), "close (no code)");
     }
 }
