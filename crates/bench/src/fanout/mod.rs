@@ -440,18 +440,18 @@ impl Ctx {
         let once = async || self.once(scenario, kind).await;
         let kept = retries(&self.settings)
             .quietest(&tag, round, &mut outcome.notes, once, |r| {
-                let other = r.other_cpu_pct.unwrap_or(0.0);
+                let other = r.core.other_cpu_pct.unwrap_or(0.0);
                 format!(
                     "{:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, server CPU {:.0} %, \
                      client CPU {:.0} %, missing {}, ended {}, other processes {other:.0} %",
                     r.deliveries_per_s,
                     r.offered_per_s,
-                    r.latency_p50_us,
-                    r.latency_p99_us,
+                    r.core.latency_p50_us,
+                    r.core.latency_p99_us,
                     r.server_cpu_pct.unwrap_or(f64::NAN),
-                    r.client_cpu_pct,
-                    r.missing,
-                    r.ended,
+                    r.core.client_cpu_pct,
+                    r.core.missing,
+                    r.core.ended,
                 )
             })
             .await;

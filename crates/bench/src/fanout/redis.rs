@@ -123,18 +123,18 @@ impl Ctx {
         let once = async || self.once(scenario, engine).await;
         let kept = retries(&self.settings)
             .quietest(&tag, round, &mut outcome.notes, once, |r| {
-                let other = r.other_cpu_pct.unwrap_or(0.0);
+                let other = r.core.other_cpu_pct.unwrap_or(0.0);
                 format!(
                     "{:.0} deliveries/s of {:.0} offered, p50 {} µs, p99 {} µs, publish call p50 {:?} µs, \
                      server CPU {:.0} % + {:?}, missing {}, other processes {other:.0} %",
                     r.deliveries_per_s,
                     r.offered_per_s,
-                    r.latency_p50_us,
-                    r.latency_p99_us,
+                    r.core.latency_p50_us,
+                    r.core.latency_p99_us,
                     r.publish_call_p50_us,
                     r.server_cpu_pct.unwrap_or(f64::NAN),
                     r.server_others_cpu_pct,
-                    r.missing,
+                    r.core.missing,
                 )
             })
             .await;
@@ -301,8 +301,8 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)]) -> String {
                     .join(" + "),
             };
             let total: f64 = shares.iter().sum();
-            let us_per_delivery = if r.deliveries_window > 0 {
-                total / 100.0 * r.seconds / r.deliveries_window as f64 * 1e6
+            let us_per_delivery = if r.core.deliveries_window > 0 {
+                total / 100.0 * r.core.seconds / r.core.deliveries_window as f64 * 1e6
             } else {
                 f64::NAN
             };
@@ -314,17 +314,17 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)]) -> String {
                 o.engine.label(),
                 thousands(r.deliveries_per_s),
                 r.deliveries_per_s / r.offered_per_s * 100.0,
-                ms(r.latency_p50_us),
-                ms(r.latency_p99_us),
+                ms(r.core.latency_p50_us),
+                ms(r.core.latency_p99_us),
                 call(r.publish_call_p50_us),
                 call(r.publish_call_p99_us),
                 shares_text,
                 us_per_delivery,
                 thousands(r.gaps as f64),
                 thousands(r.undelivered as f64),
-                thousands(r.duplicates as f64),
-                thousands(r.out_of_order as f64),
-                r.ended,
+                thousands(r.core.duplicates as f64),
+                thousands(r.core.out_of_order as f64),
+                r.core.ended,
             );
         }
     }

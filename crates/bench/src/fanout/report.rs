@@ -94,59 +94,65 @@ pub fn summary(runs: &[LoadReport]) -> Option<LoadReport> {
     let med_u = |f: &dyn Fn(&LoadReport) -> u64| med(&|r| f(r) as f64).round() as u64;
     let max_u = |f: &dyn Fn(&LoadReport) -> u64| runs.iter().map(f).max().unwrap_or(0);
     out.subscribe_s = med(&|r| r.subscribe_s);
-    out.seconds = med(&|r| r.seconds);
-    out.published = med_u(&|r| r.published);
-    out.published_window = med_u(&|r| r.published_window);
+    out.core.seconds = med(&|r| r.core.seconds);
+    out.core.published = med_u(&|r| r.core.published);
+    out.core.published_window = med_u(&|r| r.core.published_window);
     out.publish_max_late_ms = med(&|r| r.publish_max_late_ms);
-    out.deliveries_window = med_u(&|r| r.deliveries_window);
+    out.core.deliveries_window = med_u(&|r| r.core.deliveries_window);
     out.deliveries_per_s = med(&|r| r.deliveries_per_s);
     out.offered_per_s = med(&|r| r.offered_per_s);
-    out.latency_p50_us = med_u(&|r| r.latency_p50_us);
-    out.latency_p99_us = med_u(&|r| r.latency_p99_us);
+    out.core.latency_p50_us = med_u(&|r| r.core.latency_p50_us);
+    out.core.latency_p99_us = med_u(&|r| r.core.latency_p99_us);
     out.latency_p999_us = med_u(&|r| r.latency_p999_us);
-    out.latency_max_us = med_u(&|r| r.latency_max_us);
+    out.core.latency_max_us = med_u(&|r| r.core.latency_max_us);
     out.read_latency_p50_us = med_u(&|r| r.read_latency_p50_us);
     out.read_latency_p99_us = med_u(&|r| r.read_latency_p99_us);
     out.server_cpu_pct = med_opt(&|r| r.server_cpu_pct);
     out.server_system_pct = med_opt(&|r| r.server_system_pct);
     out.server_core_busy_pct = med(&|r| r.server_core_busy_pct);
-    out.client_cpu_pct = med(&|r| r.client_cpu_pct);
+    out.core.client_cpu_pct = med(&|r| r.core.client_cpu_pct);
     out.client_core_busy_pct = med(&|r| r.client_core_busy_pct);
-    out.other_cpu_pct = med_opt(&|r| r.other_cpu_pct);
+    out.core.other_cpu_pct = med_opt(&|r| r.core.other_cpu_pct);
     let med_kib = |f: &dyn Fn(&LoadReport) -> Option<u64>| {
         med_opt(&|r| f(r).map(|k| k as f64)).map(|k| k.round() as u64)
     };
-    out.rss_before_kib = med_kib(&|r| r.rss_before_kib);
+    out.core.rss_before_kib = med_kib(&|r| r.core.rss_before_kib);
     out.rss_subscribed_kib = med_kib(&|r| r.rss_subscribed_kib);
-    out.rss_window_kib = med_kib(&|r| r.rss_window_kib);
+    out.core.rss_window_kib = med_kib(&|r| r.core.rss_window_kib);
     out.rss_end_kib = med_kib(&|r| r.rss_end_kib);
     out.kib_per_sub = med_opt(&|r| r.kib_per_sub);
     out.drain_s = med(&|r| r.drain_s);
     out.publish_acked = med_opt(&|r| r.publish_acked.map(|a| a as f64)).map(|a| a.round() as u64);
-    out.drained = runs.iter().all(|r| r.drained);
+    out.core.drained = runs.iter().all(|r| r.core.drained);
     // The worst round for what went wrong.
     let worst = runs
         .iter()
-        .max_by_key(|r| (r.ended, r.missing, r.duplicates + r.out_of_order))
+        .max_by_key(|r| {
+            (
+                r.core.ended,
+                r.core.missing,
+                r.core.duplicates + r.core.out_of_order,
+            )
+        })
         .unwrap_or(&out)
         .clone();
     let r = &worst;
     out.subscribed = r.subscribed;
     out.server_counted_subs = r.server_counted_subs;
-    out.expected = r.expected;
-    out.deliveries = r.deliveries;
-    out.missing = r.missing;
+    out.core.expected = r.core.expected;
+    out.core.deliveries = r.core.deliveries;
+    out.core.missing = r.core.missing;
     out.gaps = r.gaps;
     out.undelivered = r.undelivered;
-    out.ended = r.ended;
-    out.end_reasons = r.end_reasons.clone();
-    out.duplicates = max_u(&|r| r.duplicates);
-    out.out_of_order = max_u(&|r| r.out_of_order);
+    out.core.ended = r.core.ended;
+    out.core.end_reasons = r.core.end_reasons.clone();
+    out.core.duplicates = max_u(&|r| r.core.duplicates);
+    out.core.out_of_order = max_u(&|r| r.core.out_of_order);
     out.offset_gaps = max_u(&|r| r.offset_gaps);
-    out.publish_errors = max_u(&|r| r.publish_errors);
-    out.publish_first_error = runs.iter().find_map(|r| r.publish_first_error.clone());
-    out.setup_failures = max_u(&|r| r.setup_failures as u64) as usize;
-    out.first_error = runs.iter().find_map(|r| r.first_error.clone());
+    out.core.publish_errors = max_u(&|r| r.core.publish_errors);
+    out.core.publish_first_error = runs.iter().find_map(|r| r.core.publish_first_error.clone());
+    out.core.setup_failures = max_u(&|r| r.core.setup_failures as u64) as usize;
+    out.core.first_error = runs.iter().find_map(|r| r.core.first_error.clone());
     Some(out)
 }
 
@@ -177,45 +183,45 @@ fn remarks(r: &LoadReport, s: &Settings) -> Vec<String> {
             pct(r.server_cpu_pct)
         ));
     }
-    if r.client_cpu_pct >= SATURATED || r.client_core_busy_pct >= SATURATED {
+    if r.core.client_cpu_pct >= SATURATED || r.client_core_busy_pct >= SATURATED {
         out.push(format!(
             "client-bound: the load generator used {:.0} % of its core ({:.0} % busy counting \
              softirq), so deliveries/s and latency are limits of this box, not only of the server",
-            r.client_cpu_pct, r.client_core_busy_pct
+            r.core.client_cpu_pct, r.client_core_busy_pct
         ));
     }
-    if r.other_cpu_pct.is_some_and(|o| o > s.max_noise) {
+    if r.core.other_cpu_pct.is_some_and(|o| o > s.max_noise) {
         out.push(format!(
             "noisy: other processes used {:.0} % of a core",
-            r.other_cpu_pct.unwrap_or(0.0)
+            r.core.other_cpu_pct.unwrap_or(0.0)
         ));
     }
-    if r.published_window as f64 / r.seconds < 0.95 * r.rate {
+    if r.core.published_window as f64 / r.core.seconds < 0.95 * r.rate {
         out.push(format!(
             "the publisher was held back: {:.0} publishes/s sent of {:.0} (max {:.0} ms late)",
-            r.published_window as f64 / r.seconds,
+            r.core.published_window as f64 / r.core.seconds,
             r.rate,
             r.publish_max_late_ms
         ));
     }
-    if r.latency_samples > 0 && r.stamped_reads == 0 {
+    if r.core.latency_samples > 0 && r.stamped_reads == 0 {
         out.push("no kernel receive timestamps: latency taken when the load generator read".into());
     }
-    if r.publish_errors > 0 {
+    if r.core.publish_errors > 0 {
         out.push(format!(
             "{} publish error(s): {}",
-            r.publish_errors,
-            r.publish_first_error.as_deref().unwrap_or("-")
+            r.core.publish_errors,
+            r.core.publish_first_error.as_deref().unwrap_or("-")
         ));
-    } else if let Some(e) = &r.publish_first_error {
+    } else if let Some(e) = &r.core.publish_first_error {
         out.push(format!("publisher: {e}"));
     }
-    if r.setup_failures > 0 {
+    if r.core.setup_failures > 0 {
         out.push(format!(
             "{} of {} subscriptions failed: {}",
-            r.setup_failures,
+            r.core.setup_failures,
             r.subs,
-            r.first_error.as_deref().unwrap_or("-")
+            r.core.first_error.as_deref().unwrap_or("-")
         ));
     }
     if let Some(n) = r.server_counted_subs
@@ -226,15 +232,16 @@ fn remarks(r: &LoadReport, s: &Settings) -> Vec<String> {
             r.subscribed
         ));
     }
-    if r.ended > 0 {
+    if r.core.ended > 0 {
         let reasons: Vec<String> = r
+            .core
             .end_reasons
             .iter()
             .map(|(reason, n)| format!("{n} × `{reason}`"))
             .collect();
         out.push(format!(
             "{} subscriber connection(s) ended during the run: {}",
-            r.ended,
+            r.core.ended,
             reasons.join(", ")
         ));
     }
@@ -244,13 +251,13 @@ fn remarks(r: &LoadReport, s: &Settings) -> Vec<String> {
             thousands(r.gaps as f64)
         ));
     }
-    if r.undelivered > 0 || !r.drained {
+    if r.undelivered > 0 || !r.core.drained {
         out.push(format!(
             "{} of {} due deliveries had not arrived after a {:.1} s drain{}",
             thousands(r.undelivered as f64),
-            thousands(r.expected as f64),
+            thousands(r.core.expected as f64),
             r.drain_s,
-            if r.drained {
+            if r.core.drained {
                 ""
             } else {
                 " (connected subscribers still behind at its end)"
@@ -279,7 +286,7 @@ fn spread(runs: &[LoadReport]) -> String {
             &thousands
         ),
         range(
-            runs.iter().map(|r| r.latency_p99_us as f64).collect(),
+            runs.iter().map(|r| r.core.latency_p99_us as f64).collect(),
             &|v| ms(v as u64)
         )
     )
@@ -329,18 +336,18 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
                     0.0
                 },
                 nchan.map_or_else(|| "–".into(), |n| format!("{:.2}", r.deliveries_per_s / n)),
-                ms(r.latency_p50_us),
-                ms(r.latency_p99_us),
+                ms(r.core.latency_p50_us),
+                ms(r.core.latency_p99_us),
                 ms(r.latency_p999_us),
                 pct(r.server_cpu_pct),
                 r.kib_per_sub
                     .map_or_else(|| "–".into(), |k| format!("{k:.1}")),
-                r.client_cpu_pct,
+                r.core.client_cpu_pct,
                 thousands(r.gaps as f64),
                 thousands(r.undelivered as f64),
-                thousands(r.duplicates as f64),
-                thousands(r.out_of_order as f64),
-                r.ended,
+                thousands(r.core.duplicates as f64),
+                thousands(r.core.out_of_order as f64),
+                r.core.ended,
             );
         }
         out.push('\n');
@@ -365,12 +372,12 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
                 scenario.key,
                 o.kind.name(),
                 spread(&o.runs),
-                thousands(r.published_window as f64 / r.seconds),
+                thousands(r.core.published_window as f64 / r.core.seconds),
                 r.publish_max_late_ms,
                 r.subscribe_s,
-                mib(r.rss_before_kib),
+                mib(r.core.rss_before_kib),
                 mib(r.rss_subscribed_kib),
-                mib(r.rss_window_kib),
+                mib(r.core.rss_window_kib),
                 pct(r.server_system_pct),
                 r.server_core_busy_pct,
                 r.client_core_busy_pct,
@@ -379,14 +386,14 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
                     |a| format!(
                         "{} of {}",
                         thousands(a as f64),
-                        thousands(r.published as f64)
+                        thousands(r.core.published as f64)
                     )
                 ),
-                ms(r.latency_max_us),
+                ms(r.core.latency_max_us),
                 ms(r.read_latency_p50_us),
                 ms(r.read_latency_p99_us),
-                pct(r.other_cpu_pct),
-                if r.drained {
+                pct(r.core.other_cpu_pct),
+                if r.core.drained {
                     format!("yes, {:.1} s", r.drain_s)
                 } else {
                     "no".into()
@@ -449,8 +456,8 @@ pub fn targets(results: &[(Scenario, Vec<Outcome>)]) -> String {
             }
             _ => line.push_str("no Nchan result to compare with. "),
         }
-        let p99 = sb.latency_p99_us;
-        let verdict = if sb.latency_samples == 0 {
+        let p99 = sb.core.latency_p99_us;
+        let verdict = if sb.core.latency_samples == 0 {
             "no latency samples".to_string()
         } else if p99 <= TARGET_P99_US {
             "met".to_string()
@@ -609,6 +616,7 @@ pub fn replace_section(doc: &str, section: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::report::ReportCore;
 
     fn report(kind: Kind, per_s: f64, offered: f64, p99: u64) -> LoadReport {
         LoadReport {
@@ -619,29 +627,14 @@ mod tests {
             server_counted_subs: None,
             subscribe_s: 1.0,
             rate: 1000.0,
-            seconds: 10.0,
-            published: 12_000,
-            published_window: 10_000,
-            publish_errors: 0,
             publish_acked: Some(12_000),
-            publish_first_error: None,
             publish_max_late_ms: 1.0,
-            deliveries_window: (per_s * 10.0) as u64,
             deliveries_per_s: per_s,
             offered_per_s: offered,
-            deliveries: 1,
-            expected: 1,
-            missing: 0,
             gaps: 0,
             undelivered: 0,
-            duplicates: 0,
-            out_of_order: 0,
             offset_gaps: 0,
-            latency_samples: 100,
-            latency_p50_us: 500,
-            latency_p99_us: p99,
             latency_p999_us: p99,
-            latency_max_us: p99,
             read_latency_p50_us: 600,
             read_latency_p99_us: p99,
             stamped_reads: 100,
@@ -649,22 +642,39 @@ mod tests {
             server_system_pct: Some(30.0),
             server_core_busy_pct: 60.0,
             client_core_busy_pct: 60.0,
-            client_cpu_pct: 50.0,
-            other_cpu_pct: Some(1.0),
             server_others_cpu_pct: vec![],
             publish_call_p50_us: None,
             publish_call_p99_us: None,
-            rss_before_kib: Some(1024),
             rss_subscribed_kib: Some(2048),
-            rss_window_kib: Some(2048),
             rss_end_kib: Some(2048),
             kib_per_sub: Some(0.1),
             drain_s: 0.1,
-            drained: true,
-            ended: 0,
-            end_reasons: Default::default(),
-            setup_failures: 0,
-            first_error: None,
+            core: ReportCore {
+                seconds: 10.0,
+                published: 12_000,
+                published_window: 10_000,
+                publish_errors: 0,
+                publish_first_error: None,
+                deliveries_window: (per_s * 10.0) as u64,
+                deliveries: 1,
+                expected: 1,
+                missing: 0,
+                duplicates: 0,
+                out_of_order: 0,
+                latency_samples: 100,
+                latency_p50_us: 500,
+                latency_p99_us: p99,
+                latency_max_us: p99,
+                client_cpu_pct: 50.0,
+                other_cpu_pct: Some(1.0),
+                rss_before_kib: Some(1024),
+                rss_window_kib: Some(2048),
+                drained: true,
+                ended: 0,
+                end_reasons: Default::default(),
+                setup_failures: 0,
+                first_error: None,
+            },
         }
     }
 
@@ -723,12 +733,12 @@ mod tests {
         let mut a = report(Kind::Switchboard, 100.0, 100.0, 1_000);
         let mut b = report(Kind::Switchboard, 300.0, 100.0, 3_000);
         let c = report(Kind::Switchboard, 200.0, 100.0, 2_000);
-        a.missing = 5;
-        a.ended = 2;
-        b.duplicates = 7;
+        a.core.missing = 5;
+        a.core.ended = 2;
+        b.core.duplicates = 7;
         let s = summary(&[a, b, c.clone()]).expect("runs");
-        assert_eq!((s.deliveries_per_s, s.latency_p99_us), (200.0, 2_000));
-        assert_eq!((s.missing, s.ended, s.duplicates), (5, 2, 7));
+        assert_eq!((s.deliveries_per_s, s.core.latency_p99_us), (200.0, 2_000));
+        assert_eq!((s.core.missing, s.core.ended, s.core.duplicates), (5, 2, 7));
         assert!(summary(&[]).is_none());
         assert_eq!(spread(&[c]), "1: 200, 2.00");
     }

@@ -16,18 +16,6 @@ pub trait Noisy {
     fn other_cpu_pct(&self) -> Option<f64>;
 }
 
-impl Noisy for crate::fanout::load::LoadReport {
-    fn other_cpu_pct(&self) -> Option<f64> {
-        self.other_cpu_pct
-    }
-}
-
-impl Noisy for crate::transports::load::TransportReport {
-    fn other_cpu_pct(&self) -> Option<f64> {
-        self.other_cpu_pct
-    }
-}
-
 /// Runs `run` on each of `items` once, starting at item `round` (mod their count).
 pub async fn rotated<T>(items: &mut [T], round: usize, mut run: impl AsyncFnMut(&mut T)) {
     let count = items.len();

@@ -6,14 +6,15 @@
 //! - [`control`]: the phases, and what the publisher thread shares with the receiving side;
 //! - [`setup`]: opening the receivers, a bounded number at once, and waiting for them all;
 //! - [`seq`]: per receiver, which sequence numbers arrived (duplicates, out of order);
-//! - [`latency`]: the wall clock publications are stamped with, and histogram helpers.
+//! - [`latency`]: the wall clock publications are stamped with, and histogram helpers;
+//! - [`report`]: the core of both reports, and the delivery tallies it is made of.
 
 pub mod control;
 pub mod latency;
+pub mod report;
 pub mod seq;
 pub mod setup;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 
@@ -78,20 +79,5 @@ impl CpuWindow {
     /// `ticks` of CPU time in the window, as % of one core.
     pub fn pct(&self, ticks: u64) -> f64 {
         ticks as f64 / procfs::TICKS_PER_SEC / self.seconds * 100.0
-    }
-}
-
-/// Prints the "ended early" line of the text reports, when any receiver ended or failed.
-pub fn print_ended(
-    ended: usize,
-    reasons: &BTreeMap<String, usize>,
-    setup_failures: usize,
-    first_error: Option<&str>,
-) {
-    if ended > 0 || setup_failures > 0 {
-        println!(
-            "ended early: {ended} {reasons:?}; setup failures: {setup_failures} ({})",
-            first_error.unwrap_or("-")
-        );
     }
 }

@@ -28,8 +28,10 @@ use super::clients;
 use super::http::{BROWSER_HEADERS, Counters, HttpConn};
 pub use super::shared::Transport;
 use super::shared::{ClientState, Control, Published, Shared, fail};
+use crate::harness::rounds::Noisy;
 use crate::load::control::{MEASURE, STOP};
 use crate::load::latency::{histogram, quantile, realtime_ns};
+use crate::load::report::{ReportCore, Tally};
 use crate::load::setup::Setup;
 use crate::load::{self, CpuWindow};
 use crate::procfs;
@@ -118,32 +120,13 @@ pub struct TransportReport {
     pub setup_requests: u64,
     /// Bytes of the set-up, both ways.
     pub setup_bytes: u64,
-    /// Length of the measured window, seconds.
-    pub seconds: f64,
-    /// Publications the server accepted, in all.
-    pub published: u64,
-    /// Of them, in the window.
-    pub published_window: u64,
-    /// Publications refused or failed.
-    pub publish_errors: u64,
-    /// The first publish error.
-    pub publish_first_error: Option<String>,
+    /// What every load run reports (flattened: the same keys at the top level).
+    #[serde(flatten)]
+    pub core: ReportCore,
     /// Publish API call (request to response), median, µs.
     pub publish_p50_us: u64,
     /// Publish API call, 99th percentile, µs.
     pub publish_p99_us: u64,
-    /// Deliveries received in the window.
-    pub deliveries_window: u64,
-    /// Deliveries received in all.
-    pub deliveries: u64,
-    /// Deliveries due: Σ over subscribed clients of the publications.
-    pub expected: u64,
-    /// Due deliveries that never arrived (within the drain).
-    pub missing: u64,
-    /// Deliveries received twice or more.
-    pub duplicates: u64,
-    /// Deliveries older than one already received by the same client.
-    pub out_of_order: u64,
     /// HTTP requests the clients made in the window.
     pub requests_window: u64,
     /// Bytes the clients' sockets read in the window.
@@ -165,36 +148,16 @@ pub struct TransportReport {
     pub server_cpu_s: Option<f64>,
     /// Server CPU seconds per 1,000 deliveries.
     pub server_cpu_s_per_1k: Option<f64>,
-    /// Latency samples (every delivery in the window).
-    pub latency_samples: u64,
-    /// Publish-to-receive latency, median, µs.
-    pub latency_p50_us: u64,
-    /// 99th percentile, µs.
-    pub latency_p99_us: u64,
-    /// Largest, µs.
-    pub latency_max_us: u64,
-    /// Server RSS before the first client, KiB.
-    pub rss_before_kib: Option<u64>,
     /// Server RSS with every client subscribed (after `--settle`), KiB.
     pub rss_ready_kib: Option<u64>,
-    /// Server RSS at the end of the window, KiB.
-    pub rss_window_kib: Option<u64>,
     /// (RSS ready − RSS before) ÷ subscribed clients, KiB.
     pub kib_per_client: Option<f64>,
-    /// This process's CPU (clients and publisher) in the window, % of one core.
-    pub client_cpu_pct: f64,
-    /// User + system CPU of all other processes in the window, % of one core (noise).
-    pub other_cpu_pct: Option<f64>,
-    /// Whether every client had every publication at the end of the drain.
-    pub drained: bool,
-    /// Clients whose connection or session ended before the end.
-    pub ended: usize,
-    /// Why they ended, with counts.
-    pub end_reasons: BTreeMap<String, usize>,
-    /// Clients that could not be set up.
-    pub setup_failures: usize,
-    /// The first set-up failure.
-    pub first_error: Option<String>,
+}
+
+impl Noisy for TransportReport {
+    fn other_cpu_pct(&self) -> Option<f64> {
+        self.core.other_cpu_pct
+    }
 }
 
 /// Runs the load and prints the report.
@@ -316,12 +279,9 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
     let published = control.counts.published.load(Ordering::Acquire);
     let clients = shared.clients.borrow();
-    let (mut expected, mut distinct, mut duplicates, mut out_of_order) = (0, 0, 0, 0);
+    let mut tally = Tally::default();
     for c in clients.iter().filter(|c| c.subscribed) {
-        expected += published;
-        distinct += c.seen.distinct;
-        duplicates += c.seen.duplicates;
-        out_of_order += c.seen.out_of_order;
+        tally.add(published, &c.seen);
     }
     let ended = clients.iter().filter(|c| c.ended).count();
     let requests_window = counted_after.2 - counted_before.2;
@@ -350,19 +310,35 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         setup_s,
         setup_requests,
         setup_bytes: setup_down + setup_up,
-        seconds,
-        published,
-        published_window: control.counts.published_window.load(Ordering::Acquire),
-        publish_errors: control.counts.errors.load(Ordering::Acquire),
-        publish_first_error: control.error(),
+        core: ReportCore {
+            seconds,
+            published,
+            published_window: control.counts.published_window.load(Ordering::Acquire),
+            publish_errors: control.counts.errors.load(Ordering::Acquire),
+            publish_first_error: control.error(),
+            deliveries_window,
+            deliveries: shared.deliveries.get(),
+            expected: tally.expected,
+            missing: tally.missing(),
+            duplicates: tally.duplicates,
+            out_of_order: tally.out_of_order,
+            latency_samples: hist.len(),
+            latency_p50_us: quantile(&hist, 0.5),
+            latency_p99_us: quantile(&hist, 0.99),
+            latency_max_us: hist.max(),
+            rss_before_kib: rss_before,
+            rss_window_kib: rss_window,
+            client_cpu_pct: cpu.pct(own),
+            other_cpu_pct: server
+                .map(|s| cpu.pct((end.machine - start.machine).saturating_sub(own + s))),
+            drained,
+            ended,
+            end_reasons: shared.end_reasons.borrow().clone(),
+            setup_failures: shared.setup.failed(),
+            first_error: shared.setup.first_error(),
+        },
         publish_p50_us: quantile(&publish_hist, 0.5),
         publish_p99_us: quantile(&publish_hist, 0.99),
-        deliveries_window,
-        deliveries: shared.deliveries.get(),
-        expected,
-        missing: expected.saturating_sub(distinct),
-        duplicates,
-        out_of_order,
         requests_window,
         bytes_down_window,
         bytes_up_window,
@@ -375,24 +351,10 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
         server_cpu_s_per_1k: server_cpu_s
             .filter(|_| deliveries_window > 0)
             .map(|s| s / deliveries_window as f64 * 1000.0),
-        latency_samples: hist.len(),
-        latency_p50_us: quantile(&hist, 0.5),
-        latency_p99_us: quantile(&hist, 0.99),
-        latency_max_us: hist.max(),
-        rss_before_kib: rss_before,
         rss_ready_kib: rss_ready,
-        rss_window_kib: rss_window,
         kib_per_client: rss_before
             .zip(rss_ready)
             .map(|(b, a)| (a as f64 - b as f64) / subscribed as f64),
-        client_cpu_pct: cpu.pct(own),
-        other_cpu_pct: server
-            .map(|s| cpu.pct((end.machine - start.machine).saturating_sub(own + s))),
-        drained,
-        ended,
-        end_reasons: shared.end_reasons.borrow().clone(),
-        setup_failures: shared.setup.failed(),
-        first_error: shared.setup.first_error(),
     })
 }
 
@@ -489,17 +451,17 @@ fn print_text(r: &TransportReport) {
     );
     println!(
         "published {} ({} in the {:.1} s window, {} errors), publish call p50 {} µs p99 {} µs",
-        r.published,
-        r.published_window,
-        r.seconds,
-        r.publish_errors,
+        r.core.published,
+        r.core.published_window,
+        r.core.seconds,
+        r.core.publish_errors,
         r.publish_p50_us,
         r.publish_p99_us
     );
     println!(
         "window: {} deliveries, {} requests, {} B down, {} B up: {:.3} requests/msg, {:.0} B/msg \
          ({:.0} down, {:.0} up)",
-        r.deliveries_window,
+        r.core.deliveries_window,
         r.requests_window,
         r.bytes_down_window,
         r.bytes_up_window,
@@ -510,32 +472,29 @@ fn print_text(r: &TransportReport) {
     );
     println!(
         "latency ms p50 {:.1} p99 {:.1} max {:.1}; server CPU {} s ({} s per 1k msgs); client CPU {:.0} %, other {}",
-        r.latency_p50_us as f64 / 1000.0,
-        r.latency_p99_us as f64 / 1000.0,
-        r.latency_max_us as f64 / 1000.0,
+        r.core.latency_p50_us as f64 / 1000.0,
+        r.core.latency_p99_us as f64 / 1000.0,
+        r.core.latency_max_us as f64 / 1000.0,
         r.server_cpu_s.map_or("-".into(), |v| format!("{v:.2}")),
         r.server_cpu_s_per_1k
             .map_or("-".into(), |v| format!("{v:.4}")),
-        r.client_cpu_pct,
-        r.other_cpu_pct.map_or("-".into(), |v| format!("{v:.0} %"))
+        r.core.client_cpu_pct,
+        r.core
+            .other_cpu_pct
+            .map_or("-".into(), |v| format!("{v:.0} %"))
     );
     println!(
         "delivered {} of {} due: missing {}, duplicates {}, out of order {}; drained: {}; \
          RSS KiB before {:?} ready {:?}: {} KiB per client",
-        r.deliveries,
-        r.expected,
-        r.missing,
-        r.duplicates,
-        r.out_of_order,
-        r.drained,
-        r.rss_before_kib,
+        r.core.deliveries,
+        r.core.expected,
+        r.core.missing,
+        r.core.duplicates,
+        r.core.out_of_order,
+        r.core.drained,
+        r.core.rss_before_kib,
         r.rss_ready_kib,
         r.kib_per_client.map_or("-".into(), |v| format!("{v:.1}"))
     );
-    load::print_ended(
-        r.ended,
-        &r.end_reasons,
-        r.setup_failures,
-        r.first_error.as_deref(),
-    );
+    r.core.print_ended();
 }

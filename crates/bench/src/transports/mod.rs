@@ -360,20 +360,20 @@ impl Ctx {
 
 /// One run's line on the terminal.
 fn describe(r: &TransportReport) -> String {
-    let other = r.other_cpu_pct.unwrap_or(0.0);
+    let other = r.core.other_cpu_pct.unwrap_or(0.0);
     format!(
         "{} deliveries, {:.3} requests/msg, {:.0} B/msg, server CPU {} s/1k msgs, \
          p50 {:.1} ms, p99 {:.1} ms, missing {}, dup {}, reordered {}, other processes {other:.0} %",
-        r.deliveries_window,
+        r.core.deliveries_window,
         r.requests_per_msg,
         r.bytes_per_msg,
         r.server_cpu_s_per_1k
             .map_or("-".into(), |v| format!("{v:.4}")),
-        r.latency_p50_us as f64 / 1000.0,
-        r.latency_p99_us as f64 / 1000.0,
-        r.missing,
-        r.duplicates,
-        r.out_of_order,
+        r.core.latency_p50_us as f64 / 1000.0,
+        r.core.latency_p99_us as f64 / 1000.0,
+        r.core.missing,
+        r.core.duplicates,
+        r.core.out_of_order,
     )
 }
 

@@ -79,14 +79,14 @@ pub fn summaries(outcomes: &[Outcome]) -> Vec<Summary> {
                 bytes_down_per_msg: med(&|r| r.bytes_down_per_msg),
                 bytes_up_per_msg: med(&|r| r.bytes_up_per_msg),
                 cpu_s_per_1k: med_opt(&|r| r.server_cpu_s_per_1k),
-                p50_us: med(&|r| r.latency_p50_us as f64).round() as u64,
-                p99_us: med(&|r| r.latency_p99_us as f64).round() as u64,
+                p50_us: med(&|r| r.core.latency_p50_us as f64).round() as u64,
+                p99_us: med(&|r| r.core.latency_p99_us as f64).round() as u64,
                 kib_per_client: med_opt(&|r| r.kib_per_client),
-                missing: runs.iter().map(|r| r.missing).max().unwrap_or(0),
-                duplicates: runs.iter().map(|r| r.duplicates).max().unwrap_or(0),
-                out_of_order: runs.iter().map(|r| r.out_of_order).max().unwrap_or(0),
-                ended: runs.iter().map(|r| r.ended).max().unwrap_or(0),
-                deliveries_window: med(&|r| r.deliveries_window as f64).round() as u64,
+                missing: runs.iter().map(|r| r.core.missing).max().unwrap_or(0),
+                duplicates: runs.iter().map(|r| r.core.duplicates).max().unwrap_or(0),
+                out_of_order: runs.iter().map(|r| r.core.out_of_order).max().unwrap_or(0),
+                ended: runs.iter().map(|r| r.core.ended).max().unwrap_or(0),
+                deliveries_window: med(&|r| r.core.deliveries_window as f64).round() as u64,
                 last,
             })
         })
@@ -176,7 +176,7 @@ pub fn tables(outcomes: &[Outcome], s: &Settings) -> String {
     );
     for x in &sums {
         let r = &x.last;
-        let due = r.published_window as f64 * r.subscribed as f64;
+        let due = r.core.published_window as f64 * r.subscribed as f64;
         let _ = writeln!(
             out,
             "| {} | {} | {} ({}) | {} | {} | {:.1} / {} / {} | {} / {} | {} | {:.0} | {} | {}{} |",
@@ -192,15 +192,18 @@ pub fn tables(outcomes: &[Outcome], s: &Settings) -> String {
             ms(r.publish_p50_us),
             ms(r.publish_p99_us),
             r.server_cpu_s.map_or("–".into(), |v| format!("{v:.2}")),
-            r.client_cpu_pct,
-            r.other_cpu_pct.map_or("–".into(), |v| format!("{v:.0}")),
+            r.core.client_cpu_pct,
+            r.core
+                .other_cpu_pct
+                .map_or("–".into(), |v| format!("{v:.0}")),
             x.ended,
-            if r.end_reasons.is_empty() {
+            if r.core.end_reasons.is_empty() {
                 String::new()
             } else {
                 format!(
                     ": {}",
-                    r.end_reasons
+                    r.core
+                        .end_reasons
                         .iter()
                         .map(|(k, v)| format!("{v} × `{}`", k.replace('|', "/")))
                         .collect::<Vec<_>>()

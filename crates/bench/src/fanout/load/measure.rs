@@ -22,6 +22,7 @@ use super::subscriber::{open_subscriber, receive};
 use crate::fanout::wire::Kind;
 use crate::load::CpuWindow;
 use crate::load::latency::{histogram, quantile};
+use crate::load::report::{ReportCore, Tally};
 use crate::load::setup::Setup;
 use crate::procfs;
 use crate::tput::Snapshot;
@@ -163,16 +164,12 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
     };
     let published = published(&control);
     let subs = shared.subs.borrow();
-    let (mut expected, mut distinct, mut duplicates, mut out_of_order, mut offset_gaps) =
-        (0, 0, 0, 0, 0);
-    let (mut gaps, mut undelivered) = (0, 0);
+    let mut tally = Tally::default();
+    let (mut gaps, mut undelivered, mut offset_gaps) = (0, 0, 0);
     for s in subs.iter().filter(|s| s.subscribed) {
-        expected += published[s.channel];
-        distinct += s.seen.distinct;
+        tally.add(published[s.channel], &s.seen);
         gaps += s.seen.max_seq.saturating_sub(s.seen.distinct);
         undelivered += published[s.channel].saturating_sub(s.seen.max_seq);
-        duplicates += s.seen.duplicates;
-        out_of_order += s.seen.out_of_order;
         offset_gaps += s.offset_gaps;
     }
     let ended = subs.iter().filter(|s| s.ended).count();
@@ -188,30 +185,43 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         server_counted_subs,
         subscribe_s,
         rate: args.rate,
-        seconds,
-        published: control.counts.sent.load(Ordering::Acquire),
-        published_window,
-        publish_errors: control.counts.reply_errors.load(Ordering::Acquire),
+        core: ReportCore {
+            seconds,
+            published: control.counts.sent.load(Ordering::Acquire),
+            published_window,
+            publish_errors: control.counts.reply_errors.load(Ordering::Acquire),
+            publish_first_error: control.error(),
+            deliveries_window,
+            deliveries: shared.deliveries.get(),
+            expected: tally.expected,
+            missing: tally.missing(),
+            duplicates: tally.duplicates,
+            out_of_order: tally.out_of_order,
+            latency_samples: hist.len(),
+            latency_p50_us: quantile(&hist, 0.50),
+            latency_p99_us: quantile(&hist, 0.99),
+            latency_max_us: hist.max(),
+            client_cpu_pct: cpu.pct(own),
+            other_cpu_pct: server.map(|s| {
+                cpu.pct((end.machine - start.machine).saturating_sub(own + s + others_sum))
+            }),
+            rss_before_kib: rss_before,
+            rss_window_kib: rss_window,
+            drained,
+            ended,
+            end_reasons: shared.end_reasons.borrow().clone(),
+            setup_failures: shared.setup.failed(),
+            first_error: shared.setup.first_error(),
+        },
         publish_acked: (args.kind != Kind::Socketio)
             .then(|| control.counts.acked.load(Ordering::Acquire)),
-        publish_first_error: control.error(),
         publish_max_late_ms: control.counts.max_late_us.load(Ordering::Acquire) as f64 / 1000.0,
-        deliveries_window,
         deliveries_per_s: deliveries_window as f64 / seconds,
         offered_per_s: published_window as f64 * subs_per_channel / seconds,
-        deliveries: shared.deliveries.get(),
-        expected,
-        missing: expected.saturating_sub(distinct),
         gaps,
         undelivered,
-        duplicates,
-        out_of_order,
         offset_gaps,
-        latency_samples: hist.len(),
-        latency_p50_us: quantile(&hist, 0.50),
-        latency_p99_us: quantile(&hist, 0.99),
         latency_p999_us: quantile(&hist, 0.999),
-        latency_max_us: hist.max(),
         read_latency_p50_us: quantile(&read_hist, 0.50),
         read_latency_p99_us: quantile(&read_hist, 0.99),
         stamped_reads: shared.stamped.get(),
@@ -222,25 +232,15 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             .server_system
             .zip(end.server_system)
             .map(|(a, b)| cpu.pct(b - a)),
-        client_cpu_pct: cpu.pct(own),
-        other_cpu_pct: server
-            .map(|s| cpu.pct((end.machine - start.machine).saturating_sub(own + s + others_sum))),
         server_others_cpu_pct: others.iter().map(|&t| cpu.pct(t)).collect(),
         publish_call_p50_us: call_quantile(0.5),
         publish_call_p99_us: call_quantile(0.99),
-        rss_before_kib: rss_before,
         rss_subscribed_kib: rss_subscribed,
-        rss_window_kib: rss_window,
         rss_end_kib: rss_end,
         kib_per_sub: rss_before
             .zip(rss_subscribed)
             .map(|(b, a)| (a as f64 - b as f64) / subscribed as f64),
         drain_s,
-        drained,
-        ended,
-        end_reasons: shared.end_reasons.borrow().clone(),
-        setup_failures: shared.setup.failed(),
-        first_error: shared.setup.first_error(),
     })
 }
 

@@ -1,12 +1,11 @@
 //! What a fan-out load run reports (one JSON line to the orchestrator, which parses it with the
 //! same type) and its text form for a run by hand.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::fanout::wire::Kind;
-use crate::load;
+use crate::harness::rounds::Noisy;
+use crate::load::report::ReportCore;
 
 /// The outcome of one fan-out run.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -25,55 +24,28 @@ pub struct LoadReport {
     pub subscribe_s: f64,
     /// Target publications per second.
     pub rate: f64,
-    /// Length of the measured window, seconds.
-    pub seconds: f64,
-    /// Publications sent, in all.
-    pub published: u64,
-    /// Publications sent in the window.
-    pub published_window: u64,
-    /// Publications that the server answered with an error (switchboard, Nchan).
-    pub publish_errors: u64,
+    /// What every load run reports (flattened: the same keys at the top level).
+    #[serde(flatten)]
+    pub core: ReportCore,
     /// Publications the server acknowledged by the end (switchboard replies, Nchan responses;
     /// Socket.IO does not acknowledge).
     pub publish_acked: Option<u64>,
-    /// The first publish error.
-    pub publish_first_error: Option<String>,
     /// Most a publication was sent after its scheduled time, ms (publisher held back).
     pub publish_max_late_ms: f64,
-    /// Deliveries received in the window.
-    pub deliveries_window: u64,
     /// Deliveries per second in the window.
     pub deliveries_per_s: f64,
     /// Publications in the window × subscribers per channel ÷ window.
     pub offered_per_s: f64,
-    /// Deliveries received in all (warm-up, window, drain).
-    pub deliveries: u64,
-    /// Deliveries due to the subscribed connections: Σ publications of their channel.
-    pub expected: u64,
-    /// Due deliveries that never arrived (within the drain).
-    pub missing: u64,
     /// Of the missing: holes, i.e. publications never received although a later one of the same
     /// channel was (lost on the way).
     pub gaps: u64,
     /// Of the missing: the publications after the last one received (still queued somewhere
     /// when the drain ended, or lost with a connection).
     pub undelivered: u64,
-    /// Deliveries received twice or more.
-    pub duplicates: u64,
-    /// Deliveries older than one already received on the same connection.
-    pub out_of_order: u64,
     /// switchboard: deliveries whose offset was not the previous one + 1.
     pub offset_gaps: u64,
-    /// Latency samples in the window.
-    pub latency_samples: u64,
-    /// Publish-to-deliver latency percentiles, µs.
-    pub latency_p50_us: u64,
-    /// 99th percentile, µs.
-    pub latency_p99_us: u64,
     /// 99.9th percentile, µs.
     pub latency_p999_us: u64,
-    /// Largest, µs.
-    pub latency_max_us: u64,
     /// The same latency measured when the load generator read the data (includes its own
     /// backlog): median, µs.
     pub read_latency_p50_us: u64,
@@ -89,10 +61,6 @@ pub struct LoadReport {
     pub server_core_busy_pct: f64,
     /// How busy the client's core (CPU 1) was, softirq included, %.
     pub client_core_busy_pct: f64,
-    /// This process's CPU (subscribers and publisher) in the window, % of one core.
-    pub client_cpu_pct: f64,
-    /// User + system CPU of all other processes in the window, % of one core (noise).
-    pub other_cpu_pct: Option<f64>,
     /// CPU of each of `--other-pids` in the window, % of one core.
     #[serde(default)]
     pub server_others_cpu_pct: Vec<f64>,
@@ -102,28 +70,20 @@ pub struct LoadReport {
     /// Publish API calls, 99th percentile, µs.
     #[serde(default)]
     pub publish_call_p99_us: Option<u64>,
-    /// Server RSS before the first connection, KiB.
-    pub rss_before_kib: Option<u64>,
     /// Server RSS with every subscriber subscribed (after `--settle`), KiB.
     pub rss_subscribed_kib: Option<u64>,
-    /// Server RSS at the end of the window, KiB.
-    pub rss_window_kib: Option<u64>,
     /// Server RSS after the drain, KiB.
     pub rss_end_kib: Option<u64>,
     /// (RSS subscribed − RSS before) ÷ subscribed, KiB.
     pub kib_per_sub: Option<f64>,
     /// Seconds the drain took.
     pub drain_s: f64,
-    /// Whether every connected subscriber had everything at the end of the drain.
-    pub drained: bool,
-    /// Subscribers whose connection ended before the end (the server closed it, or an error).
-    pub ended: usize,
-    /// Why they ended, with counts.
-    pub end_reasons: BTreeMap<String, usize>,
-    /// Subscriptions that could not be set up.
-    pub setup_failures: usize,
-    /// The first setup failure.
-    pub first_error: Option<String>,
+}
+
+impl Noisy for LoadReport {
+    fn other_cpu_pct(&self) -> Option<f64> {
+        self.core.other_cpu_pct
+    }
 }
 
 /// Prints `r` for a person.
@@ -140,12 +100,13 @@ pub(super) fn print_text(r: &LoadReport) {
     );
     println!(
         "published {} ({} in the {:.2} s window, max {:.1} ms late), {} errors{}",
-        r.published,
-        r.published_window,
-        r.seconds,
+        r.core.published,
+        r.core.published_window,
+        r.core.seconds,
         r.publish_max_late_ms,
-        r.publish_errors,
-        r.publish_first_error
+        r.core.publish_errors,
+        r.core
+            .publish_first_error
             .as_ref()
             .map_or(String::new(), |e| format!(": {e}"))
     );
@@ -153,25 +114,29 @@ pub(super) fn print_text(r: &LoadReport) {
         "deliveries/s {:.0} of {:.0} offered; latency µs p50 {} p99 {} p99.9 {} max {} ({} samples)",
         r.deliveries_per_s,
         r.offered_per_s,
-        r.latency_p50_us,
-        r.latency_p99_us,
+        r.core.latency_p50_us,
+        r.core.latency_p99_us,
         r.latency_p999_us,
-        r.latency_max_us,
-        r.latency_samples
+        r.core.latency_max_us,
+        r.core.latency_samples
     );
     println!(
         "delivered {} of {} due: missing {} ({} in gaps, {} after the last received), duplicates {}, \
          out of order {}, offset gaps {}; drain {:.1} s ({})",
-        r.deliveries,
-        r.expected,
-        r.missing,
+        r.core.deliveries,
+        r.core.expected,
+        r.core.missing,
         r.gaps,
         r.undelivered,
-        r.duplicates,
-        r.out_of_order,
+        r.core.duplicates,
+        r.core.out_of_order,
         r.offset_gaps,
         r.drain_s,
-        if r.drained { "complete" } else { "incomplete" }
+        if r.core.drained {
+            "complete"
+        } else {
+            "incomplete"
+        }
     );
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} %"));
     println!(
@@ -182,22 +147,17 @@ pub(super) fn print_text(r: &LoadReport) {
         "CPU: server {} (system {}), client {:.0} %, other {}",
         pct(r.server_cpu_pct),
         pct(r.server_system_pct),
-        r.client_cpu_pct,
-        pct(r.other_cpu_pct)
+        r.core.client_cpu_pct,
+        pct(r.core.other_cpu_pct)
     );
     let kib = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
     println!(
         "server RSS KiB: before {}, subscribed {}, window end {}, end {}; {} KiB per subscriber",
-        kib(r.rss_before_kib),
+        kib(r.core.rss_before_kib),
         kib(r.rss_subscribed_kib),
-        kib(r.rss_window_kib),
+        kib(r.core.rss_window_kib),
         kib(r.rss_end_kib),
         r.kib_per_sub.map_or("-".into(), |v| format!("{v:.1}"))
     );
-    load::print_ended(
-        r.ended,
-        &r.end_reasons,
-        r.setup_failures,
-        r.first_error.as_deref(),
-    );
+    r.core.print_ended();
 }
