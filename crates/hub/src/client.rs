@@ -213,6 +213,11 @@ impl Client {
             self.error(id, ErrorCode::Unauthorized, "connect first");
             return Err(DisconnectCode::BadRequest);
         }
+        if let Some(channel) = channel_used(&cmd.method)
+            && !self.may_use(id, channel)
+        {
+            return Ok(());
+        }
         match cmd.method {
             Method::Connect(req) => return self.connect(id, req).await,
             Method::Subscribe(req) => return self.subscribe(id, req).await,
@@ -365,6 +370,16 @@ impl Client {
     ) -> Result<Option<switchboard_auth::ConnectionClaims>, DisconnectCode> {
         match (token, self.node.auth.as_ref()) {
             (Some(token), Some(verifier)) => match verifier.connection(token) {
+                Ok(claims)
+                    if claims.user.is_empty() && !self.node.config.client.allow_anonymous =>
+                {
+                    self.error(
+                        id,
+                        ErrorCode::Unauthorized,
+                        "the token names no user (its `sub` is missing or empty) and anonymous connections are not allowed",
+                    );
+                    Err(DisconnectCode::InvalidToken)
+                }
                 Ok(claims) => Ok(Some(claims)),
                 Err(TokenError::Expired) => {
                     self.error(id, ErrorCode::TokenExpired, "connection token expired");
@@ -981,6 +996,29 @@ impl Client {
         }
     }
 
+    /// The one check of private channels, for every command that reads or writes a channel (see
+    /// [`channel_used`]): in a `private` namespace only a live subscription of this client, which
+    /// itself needed a subscription token, the connection token's `channels` claim, the subscribe
+    /// proxy's grant or the server API, lets a command through. Otherwise answers 103 and returns
+    /// `false`. A channel of no namespace passes here; the command itself answers 102.
+    fn may_use(&self, id: u64, channel: &str) -> bool {
+        let private = self
+            .node
+            .config
+            .channels
+            .resolve(channel)
+            .is_ok_and(|ns| ns.private);
+        if private && !self.subs.contains_key(channel) {
+            self.error(
+                id,
+                ErrorCode::PermissionDenied,
+                "private channel: subscribe to it (with a subscription token) first",
+            );
+            return false;
+        }
+        true
+    }
+
     fn presence_allowed(&self, id: u64, channel: &str) -> bool {
         let Some(ns) = self.namespace(id, channel) else {
             return false;
@@ -1063,6 +1101,23 @@ struct RpcReply {
 /// Raw JSON from the application's handlers, on one line (see [`single_line`]).
 fn raw_json(raw: &RawValue) -> RawJson {
     RawJson(Bytes::from(single_line(raw.get()).into_owned()))
+}
+
+/// The channel a command reads or writes, which [`Client::may_use`] checks before the command runs.
+/// `None` for commands that touch no channel's content: `subscribe` is what grants access (it checks
+/// its own token or proxy), `unsubscribe` only gives it up. The match is exhaustive on purpose: a new
+/// command does not compile until it is placed on one side or the other.
+fn channel_used(method: &Method) -> Option<&str> {
+    match method {
+        Method::Publish(r) => Some(&r.channel),
+        Method::Presence(r) | Method::PresenceStats(r) => Some(&r.channel),
+        Method::History(r) => Some(&r.channel),
+        Method::Connect(_)
+        | Method::Subscribe(_)
+        | Method::Unsubscribe(_)
+        | Method::Rpc(_)
+        | Method::Refresh(_) => None,
+    }
 }
 
 /// The disconnect a backend's `disconnect` answer asks for.
