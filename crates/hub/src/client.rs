@@ -784,7 +784,7 @@ impl Client {
             // The hub may have dropped the channel, or the client left it, meanwhile.
             self.forget_dropped().await;
             if !self.replays.contains_key(channel) {
-                self.session.end_replay(channel);
+                self.session.forget(channel);
                 return;
             }
             let continues = |h: &switchboard_engine::History| {
@@ -822,7 +822,7 @@ impl Client {
             self.leave(channel, m).await;
         }
         self.replays.remove(channel);
-        self.session.end_replay(channel);
+        self.session.forget(channel);
         self.session.push(text(encode::unsubscribe_push(
             channel,
             UnsubscribeCode::InsufficientState,
@@ -1218,9 +1218,8 @@ impl Client {
     }
 
     async fn leave(&mut self, channel: &str, m: Membership) {
-        if self.replays.remove(channel).is_some() {
-            self.session.end_replay(channel);
-        }
+        self.replays.remove(channel);
+        self.session.forget(channel);
         self.unsubscribe_local(channel).await;
         self.leave_presence(channel, m).await;
     }

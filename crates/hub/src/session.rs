@@ -58,6 +58,12 @@ struct Outbox {
     replaying: HashSet<String>,
     /// A [`Control::Replay`] order is queued or being carried out.
     replay_asked: bool,
+    /// Channels just subscribed with history: the offset up to which the client has the publications
+    /// already (from the reply, the replay or the buffer). A remote engine delivers asynchronously,
+    /// so one of them can still arrive after the history read that included it: it is skipped, not
+    /// doubled. Forgotten at the first live publication past it (a channel's publications arrive in
+    /// offset order, so none at or below it can follow).
+    delivered_up_to: HashMap<String, u64>,
 }
 
 /// An order for a client from the server side (the HTTP API), carried out by the client's own task
@@ -183,6 +189,14 @@ impl Session {
             // Still in history: the replay queues it in its turn.
             return;
         }
+        if !ob.delivered_up_to.is_empty()
+            && let Some(&up_to) = ob.delivered_up_to.get(channel)
+        {
+            if offset != 0 && offset <= up_to {
+                return;
+            }
+            ob.delivered_up_to.remove(channel);
+        }
         self.enqueue(&mut ob, msg.clone());
     }
 
@@ -221,10 +235,15 @@ impl Session {
         if let Some(reply) = reply {
             self.enqueue(&mut ob, reply);
         }
+        let mut up_to = after;
         for (offset, msg) in waiting {
             if offset == 0 || offset > after {
+                up_to = up_to.max(offset);
                 self.enqueue(&mut ob, msg);
             }
+        }
+        if up_to > 0 && ob.closed.is_none() {
+            ob.delivered_up_to.insert(channel.to_owned(), up_to);
         }
     }
 
@@ -259,11 +278,13 @@ impl Session {
         Self::drop_pending(&mut ob, channel);
     }
 
-    /// Stops replaying `channel` (the client left it, or the replay failed).
-    pub fn end_replay(&self, channel: &str) {
+    /// Forgets what this session holds for `channel`'s subscription (its buffer, its replay, where
+    /// its delivery stands): the client left the channel, or its replay failed.
+    pub fn forget(&self, channel: &str) {
         let mut ob = self.outbox.lock();
         Self::drop_pending(&mut ob, channel);
         ob.replaying.remove(channel);
+        ob.delivered_up_to.remove(channel);
     }
 
     /// The client's task has carried out a [`Control::Replay`]: the next one is ordered when the queue
@@ -324,6 +345,7 @@ impl Session {
         if ob.closed.is_none() {
             Self::drop_pending(&mut ob, channel);
             ob.replaying.remove(channel);
+            ob.delivered_up_to.remove(channel);
             ob.dropped.push(channel.to_owned());
             self.enqueue(&mut ob, push);
         }
@@ -478,6 +500,25 @@ mod tests {
         assert_eq!(s.queued_bytes(), 0);
     }
 
+    #[test]
+    fn a_publication_that_arrives_after_the_read_that_included_it_is_not_doubled() {
+        let s = Session::new(1, "c".into(), 1 << 20);
+        s.begin_subscribe("c");
+        s.deliver("c", 4, &msg("four"));
+        // The history read reached 5; 5 itself is still on its way from a remote engine.
+        s.complete_subscribe("c", Some(msg("reply with five")), 5);
+        s.deliver("c", 5, &msg("five again"));
+        s.deliver("c", 6, &msg("six"));
+        let (seen, _) = drain_texts(&s);
+        assert_eq!(seen, ["reply with five", "six"]);
+        // Forgotten once past it, and when the client leaves.
+        assert!(s.outbox.lock().delivered_up_to.is_empty());
+        s.begin_subscribe("c");
+        s.complete_subscribe("c", None, 9);
+        s.forget("c");
+        assert!(s.outbox.lock().delivered_up_to.is_empty());
+    }
+
     fn drain_texts(s: &Session) -> (Vec<String>, Poll<Option<Signal>>) {
         let mut seen = Vec::new();
         let poll = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
@@ -540,7 +581,7 @@ mod tests {
         assert_eq!(s.replay_room(), 40);
         assert_eq!(s.take_controls(), [Control::Replay]);
         // Leaving the channel ends the replay: no more orders.
-        s.end_replay("c");
+        s.forget("c");
         s.replay_wanted();
         s.set_transport_queued(0);
         assert!(s.take_controls().is_empty());
