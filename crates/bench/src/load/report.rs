@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::latency::quantile;
 use super::seq::Seen;
 
 /// What every load run reports, whatever the protocol.
@@ -63,6 +65,22 @@ pub struct ReportCore {
 }
 
 impl ReportCore {
+    /// A core with what the receivers got: the delivery counts of `tally` and the latency
+    /// figures of `latency_us` (the window's samples, µs); the rest is filled in by the caller.
+    pub fn received(tally: &Tally, latency_us: &Histogram<u64>) -> Self {
+        Self {
+            expected: tally.expected,
+            missing: tally.missing(),
+            duplicates: tally.duplicates,
+            out_of_order: tally.out_of_order,
+            latency_samples: latency_us.len(),
+            latency_p50_us: quantile(latency_us, 0.5),
+            latency_p99_us: quantile(latency_us, 0.99),
+            latency_max_us: latency_us.max(),
+            ..Self::default()
+        }
+    }
+
     /// Prints the receivers that ended early or failed to set up, if any (the last line of the
     /// text reports).
     pub fn print_ended(&self) {
@@ -131,6 +149,24 @@ mod tests {
             }
         );
         assert_eq!(tally.missing(), 5);
+
+        let mut hist = crate::load::latency::histogram().expect("histogram");
+        for us in 1..=100 {
+            hist.record(us).expect("in range");
+        }
+        let core = ReportCore::received(&tally, &hist);
+        assert_eq!(
+            (
+                core.expected,
+                core.missing,
+                core.duplicates,
+                core.out_of_order
+            ),
+            (10, 5, 1, 1)
+        );
+        assert_eq!(core.latency_samples, 100);
+        assert_eq!((core.latency_p50_us, core.latency_max_us), (50, 100));
+        assert_eq!(core.latency_p99_us, 99);
     }
 
     #[test]

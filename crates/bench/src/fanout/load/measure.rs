@@ -193,14 +193,6 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             publish_first_error: control.error(),
             deliveries_window,
             deliveries: shared.deliveries.get(),
-            expected: tally.expected,
-            missing: tally.missing(),
-            duplicates: tally.duplicates,
-            out_of_order: tally.out_of_order,
-            latency_samples: hist.len(),
-            latency_p50_us: quantile(&hist, 0.50),
-            latency_p99_us: quantile(&hist, 0.99),
-            latency_max_us: hist.max(),
             client_cpu_pct: cpu.pct(own),
             other_cpu_pct: server.map(|s| {
                 cpu.pct((end.machine - start.machine).saturating_sub(own + s + others_sum))
@@ -212,6 +204,7 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             end_reasons: shared.end_reasons.borrow().clone(),
             setup_failures: shared.setup.failed(),
             first_error: shared.setup.first_error(),
+            ..ReportCore::received(&tally, &hist)
         },
         publish_acked: (args.kind != Kind::Socketio)
             .then(|| control.counts.acked.load(Ordering::Acquire)),
