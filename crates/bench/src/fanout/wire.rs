@@ -1,8 +1,9 @@
 //! What the fan-out load generator says to each server and how it reads the answers, without a
 //! JSON parser on the hot path: a delivery is found by its prefix and its few numbers are read
 //! after their keys (`"seq":`, `"t":`, `"offset":`). The payload of every publication is
-//! `{"t":NANOS,"seq":N}`: `t` is when the publisher sent it (ns since the load generator's start)
-//! and `seq` counts the publications of its channel from 1.
+//! `{"t":MICROS,"seq":N}`: `t` is when the publisher sent it (µs since the Unix epoch: in ns it
+//! would pass 2^53, which switchboard refuses as a JSON integer, code 107) and `seq` counts the
+//! publications of its channel from 1.
 
 use anyhow::{Result, bail, ensure};
 use clap::ValueEnum;
@@ -66,7 +67,7 @@ impl Kind {
 pub struct Delivery {
     /// The channel's sequence number (from 1).
     pub seq: u64,
-    /// When it was published, ns since the load generator's start.
+    /// When it was published, ns since the Unix epoch (µs precision).
     pub t_ns: u64,
     /// switchboard's channel offset.
     pub offset: Option<u64>,
@@ -118,7 +119,7 @@ pub fn num_after(hay: &[u8], key: &[u8]) -> Option<u64> {
 /// The `seq` and `t` of a publication payload `{"t":..,"seq":..}` somewhere in `text`.
 fn payload_numbers(text: &[u8]) -> Result<(u64, u64)> {
     match (num_after(text, b"\"seq\":"), num_after(text, b"\"t\":")) {
-        (Some(seq), Some(t)) => Ok((seq, t)),
+        (Some(seq), Some(t)) => Ok((seq, sent_ns(t))),
         _ => bail!(
             "publication without seq and t: {}",
             String::from_utf8_lossy(&text[..text.len().min(200)])
@@ -216,9 +217,14 @@ fn socketio_event(message: &[u8]) -> Result<Event> {
     })
 }
 
-/// The payload of publication `seq`, sent at `t_ns`.
+/// The payload of publication `seq`, sent at `t_ns` (ns since the Unix epoch; written in µs).
 pub fn payload(t_ns: u64, seq: u64) -> String {
-    format!("{{\"t\":{t_ns},\"seq\":{seq}}}")
+    format!("{{\"t\":{},\"seq\":{seq}}}", t_ns / 1000)
+}
+
+/// When a publication was sent, ns since the Unix epoch, from the `t` of its payload (µs).
+pub fn sent_ns(t: u64) -> u64 {
+    t.saturating_mul(1000)
 }
 
 /// The text messages a subscriber sends to subscribe to `channel` (switchboard: connect then
@@ -359,7 +365,7 @@ mod tests {
             got[0],
             Event::Delivery(Delivery {
                 seq: 3,
-                t_ns: 99,
+                t_ns: 99_000,
                 offset: Some(41)
             })
         );
@@ -386,7 +392,7 @@ mod tests {
             all(Kind::Socketio, b"42[\"pub\",{\"t\":5,\"seq\":9}]"),
             [Event::Delivery(Delivery {
                 seq: 9,
-                t_ns: 5,
+                t_ns: 5_000,
                 offset: None
             })]
         );
@@ -410,12 +416,23 @@ mod tests {
     }
 
     #[test]
+    fn send_times_are_safe_json_integers() {
+        // switchboard refuses integers beyond 2^53 (code 107): ns since the epoch are beyond it.
+        let now_ns = crate::load::latency::realtime_ns();
+        let text = payload(now_ns, 1);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let t = v["t"].as_u64().expect("t");
+        assert!(t < 1 << 53, "{text}");
+        assert_eq!(sent_ns(t), now_ns / 1000 * 1000);
+    }
+
+    #[test]
     fn nchan_body_and_bad_payloads() {
         assert_eq!(
-            all(Kind::Nchan, payload(12, 34).as_bytes()),
+            all(Kind::Nchan, payload(12_345, 34).as_bytes()),
             [Event::Delivery(Delivery {
                 seq: 34,
-                t_ns: 12,
+                t_ns: 12_000,
                 offset: None
             })]
         );

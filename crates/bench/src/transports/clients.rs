@@ -21,6 +21,7 @@ use tokio::time::{sleep, timeout};
 
 use super::http::{Counted, HttpConn};
 use super::shared::{Shared, Transport};
+use crate::fanout::wire::sent_ns;
 use crate::load::control::EXIT;
 use crate::ws::{
     self, Fragments, OP_CLOSE, OP_PING, OP_TEXT, close_text, find, mask, masked_frame, pong,
@@ -87,7 +88,7 @@ fn switchboard_message(shared: &Shared, id: usize, message: &Value) -> Result<Sa
         let (Some(seq), Some(t)) = (data["seq"].as_u64(), data["t"].as_u64()) else {
             bail!("publication without seq and t: {message}");
         };
-        shared.deliver(id, seq, t)?;
+        shared.deliver(id, seq, sent_ns(t))?;
         return Ok(Said::Other);
     }
     if let Some(error) = message.get("error") {
@@ -371,12 +372,12 @@ impl Client {
                 [b'4', b'2', event @ ..] => {
                     let event: Value = serde_json::from_slice(event).context("bad event")?;
                     if event[0] == "pub" {
-                        let (Some(seq), Some(t_ns)) =
+                        let (Some(seq), Some(t)) =
                             (event[1]["seq"].as_u64(), event[1]["t"].as_u64())
                         else {
                             bail!("publication without seq and t: {event}");
                         };
-                        shared.deliver(id, seq, t_ns)?;
+                        shared.deliver(id, seq, sent_ns(t))?;
                     }
                 }
                 [b'1', ..] | [b'4', b'1', ..] | [b'4', b'4', ..] => {
