@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Recorder, WAIT, until};
 use fred::prelude::*;
-use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, StreamOptions};
+use switchboard_engine::{
+    Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions,
+};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
 use switchboard_protocol::{ClientInfo, Payload, Publication};
@@ -405,4 +407,87 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
         rec_b.node_messages.lock().len() > before
     })
     .await;
+}
+
+#[tokio::test]
+async fn control_messages_reach_every_node_or_the_one_named_and_say_how_many_listened() {
+    // Two Redis: the shared control channel lives on one, each node's own on the one its id
+    // hashes to.
+    let r1 = RedisServer::start();
+    let r2 = RedisServer::start();
+    let (a, rec_a) = engine(&[&r1, &r2]).await;
+    let (b, rec_b) = engine(&[&r1, &r2]).await;
+    let (c, rec_c) = engine(&[&r1, &r2]).await;
+    let all = Bytes::from_static(b"{\"to\":\"all\"}");
+    assert_eq!(a.broadcast_control(all.clone()).await, Ok(Reach::Nodes(3)));
+    for (name, rec) in [("a", &rec_a), ("b", &rec_b), ("c", &rec_c)] {
+        until(name, || rec.controls.lock().len() == 1).await;
+        assert_eq!(*rec.controls.lock(), [all.clone()], "{name}");
+    }
+    b.send_control(a.node_id(), Bytes::from_static(b"answer"))
+        .await
+        .unwrap();
+    until("a's answer", || rec_a.controls.lock().len() == 2).await;
+    assert_eq!(rec_a.controls.lock()[1], Bytes::from_static(b"answer"));
+    for rec in [&rec_a, &rec_b, &rec_c] {
+        assert!(rec.node_messages.lock().is_empty(), "not node messages");
+    }
+    assert_eq!((rec_b.controls.lock().len(), rec_c.controls.lock().len()), (1, 1));
+    assert_eq!(
+        a.send_control("00000000", Bytes::new()).await,
+        Err(EngineError::UnknownNode("00000000".into()))
+    );
+    // A node that stops is no longer counted.
+    drop(c);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.broadcast_control(Bytes::from_static(b"x")).await != Ok(Reach::Nodes(2)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a stopped node still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn control_channels_are_listened_to_again_after_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let (a, rec_a) = engine(&[&redis]).await;
+    let (b, rec_b) = engine(&[&redis]).await;
+    redis.stop();
+    until("not ready", || !a.ready() && !b.ready()).await;
+    assert!(matches!(
+        a.broadcast_control(Bytes::new()).await,
+        Err(EngineError::Unavailable(_))
+    ));
+    redis.restart();
+    until("ready", || a.ready() && b.ready()).await;
+    // Resubscribing follows the reconnect closely; wait until both nodes listen again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.broadcast_control(Bytes::from_static(b"probe")).await != Ok(Reach::Nodes(2)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never listened again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until("the probe arrived", || {
+        !rec_a.controls.lock().is_empty() && !rec_b.controls.lock().is_empty()
+    })
+    .await;
+    rec_a.controls.lock().clear();
+    rec_b.controls.lock().clear();
+    assert_eq!(
+        a.broadcast_control(Bytes::from_static(b"back")).await,
+        Ok(Reach::Nodes(2))
+    );
+    b.send_control(a.node_id(), Bytes::from_static(b"to a"))
+        .await
+        .unwrap();
+    until("a got both", || rec_a.controls.lock().len() == 2).await;
+    until("b got the broadcast", || rec_b.controls.lock().len() == 1).await;
+    assert_eq!(
+        *rec_a.controls.lock(),
+        [Bytes::from_static(b"back"), Bytes::from_static(b"to a")]
+    );
 }

@@ -19,6 +19,7 @@ pub struct Recorder {
     pub presence: Mutex<Vec<(String, PresenceEvent, String)>>,
     pub gaps: Mutex<Vec<String>>,
     pub node_messages: Mutex<Vec<Bytes>>,
+    pub controls: Mutex<Vec<Bytes>>,
 }
 
 impl EngineHandler for Recorder {
@@ -37,6 +38,9 @@ impl EngineHandler for Recorder {
     }
     fn on_node_message(&self, message: Bytes) {
         self.node_messages.lock().push(message);
+    }
+    fn on_control(&self, message: Bytes) {
+        self.controls.lock().push(message);
     }
 }
 
