@@ -157,10 +157,7 @@ pub(crate) async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<V
 
 /// Carries out a client order on every node; how many clients it reached, and on how many nodes.
 async fn order(node: &Node, target: Target, order: ClientOrder<'_>) -> Result<Value> {
-    let gathered = node
-        .order_clients(&target, order)
-        .await
-        .map_err(cluster)?;
+    let gathered = node.order_clients(&target, order).await.map_err(cluster)?;
     Ok(json!({
         "clients": gathered.value,
         "nodes": gathered.nodes,

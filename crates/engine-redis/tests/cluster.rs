@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Recorder, WAIT, until};
 use fred::prelude::*;
-use switchboard_engine::{
-    Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions,
-};
+use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions};
 use switchboard_engine_redis::testing::RedisCluster;
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
 use switchboard_protocol::{ClientInfo, Payload, Publication};

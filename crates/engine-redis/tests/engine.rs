@@ -12,9 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Recorder, WAIT, until};
 use fred::prelude::*;
-use switchboard_engine::{
-    Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions,
-};
+use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
 use switchboard_protocol::{ClientInfo, Payload, Publication};
@@ -432,7 +430,10 @@ async fn control_messages_reach_every_node_or_the_one_named_and_say_how_many_lis
     for rec in [&rec_a, &rec_b, &rec_c] {
         assert!(rec.node_messages.lock().is_empty(), "not node messages");
     }
-    assert_eq!((rec_b.controls.lock().len(), rec_c.controls.lock().len()), (1, 1));
+    assert_eq!(
+        (rec_b.controls.lock().len(), rec_c.controls.lock().len()),
+        (1, 1)
+    );
     assert_eq!(
         a.send_control("00000000", Bytes::new()).await,
         Err(EngineError::UnknownNode("00000000".into()))

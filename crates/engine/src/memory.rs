@@ -388,7 +388,9 @@ mod tests {
             Ok(Reach::Nodes(1))
         );
         let me = e.node_id().to_owned();
-        e.send_control(&me, Bytes::from_static(b"me")).await.unwrap();
+        e.send_control(&me, Bytes::from_static(b"me"))
+            .await
+            .unwrap();
         assert_eq!(
             *rec.2.lock(),
             [Bytes::from_static(b"all"), Bytes::from_static(b"me")]

@@ -125,7 +125,11 @@ enum Wire {
     /// A call to every node; answer `from`, quoting `id`.
     Ask { from: String, id: u64, ask: Ask },
     /// A node's answer to call `id`.
-    Answer { from: String, id: u64, answer: Answer },
+    Answer {
+        from: String,
+        id: u64,
+        answer: Answer,
+    },
 }
 
 /// What a call asks of each node.
@@ -481,5 +485,364 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
             rt.spawn(task);
         }
         Err(_) => tracing::warn!("control message handled outside a Tokio runtime; dropped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+    use std::task::{Context, Poll, Waker};
+
+    use async_trait::async_trait;
+    use switchboard_engine::{
+        EngineHandler, History, HistoryQuery, MemoryEngine, PresenceStats, StreamOptions,
+    };
+    use switchboard_protocol::encode::PresenceEvent;
+    use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+
+    use super::*;
+    use crate::client::Client;
+    use crate::node::NodeConfig;
+    use crate::session::Signal;
+
+    fn node(engine: Arc<dyn Engine>, cluster: ClusterConfig) -> Arc<Node> {
+        Node::new(
+            engine,
+            NodeConfig {
+                cluster,
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    async fn connected(node: &Arc<Node>) -> Client {
+        let mut c = node.client("test");
+        c.handle_frame(br#"{"id":1,"connect":{}}"#).await.unwrap();
+        assert_eq!(drain(&c).1.len(), 1, "the connect reply");
+        c
+    }
+
+    /// What the session holds: a signal, and the frames queued (as text).
+    fn drain(c: &Client) -> (Option<Signal>, Vec<String>) {
+        let mut texts = Vec::new();
+        let polled = c
+            .session()
+            .poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
+                texts.push(m.message().as_text().unwrap_or_default().to_owned());
+                true
+            });
+        let signal = match polled {
+            Poll::Ready(signal) => signal,
+            Poll::Pending => None,
+        };
+        (signal, texts)
+    }
+
+    fn one(value: usize) -> Gathered<usize> {
+        Gathered {
+            value,
+            nodes: 1,
+            unanswered: 0,
+        }
+    }
+
+    fn target(client: Option<&str>) -> ClientTarget {
+        ClientTarget {
+            user: String::new(),
+            client: client.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_order_reaches_the_clients_of_a_one_node_cluster() {
+        let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
+        let mut a = connected(&node).await;
+        let b = connected(&node).await;
+        let only_a = target(Some(a.id()));
+        let only_b = target(Some(b.id()));
+
+        let g = node
+            .order_clients(&only_a, ClientOrder::Subscribe("news"))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert_eq!(drain(&a).0, Some(Signal::Control));
+        a.apply_controls().await;
+        let (_, pushed) = drain(&a);
+        assert!(
+            pushed
+                .iter()
+                .any(|t| t.contains(r#""subscribe":{"channel":"news""#)),
+            "{pushed:?}"
+        );
+        assert_eq!(drain(&b), (None, Vec::new()), "b was not named");
+
+        let channels = node.cluster_channels(Some("ne*")).await.unwrap();
+        assert_eq!(
+            (channels.value, channels.nodes, channels.unanswered),
+            (vec![("news".to_owned(), 1)], 1, 0)
+        );
+        let none = node.cluster_channels(Some("other*")).await.unwrap();
+        assert!(none.value.is_empty());
+
+        let g = node
+            .order_clients(&only_a, ClientOrder::Unsubscribe("news"))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        a.apply_controls().await;
+        let (_, pushed) = drain(&a);
+        assert!(
+            pushed
+                .iter()
+                .any(|t| t.contains(r#""unsubscribe":{"channel":"news","code":2000"#)),
+            "{pushed:?}"
+        );
+        assert!(node.cluster_channels(None).await.unwrap().value.is_empty());
+
+        let g = node
+            .order_clients(&target(None), ClientOrder::Refresh(Some(100)))
+            .await
+            .unwrap();
+        assert_eq!(g, one(2), "every anonymous connection");
+        assert!(a.session().expired(100) && b.session().expired(100));
+        assert!(!a.session().expired(99));
+
+        let g = node
+            .order_clients(&only_b, ClientOrder::Disconnect(DisconnectCode::Normal))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert_eq!(
+            drain(&b).0,
+            Some(Signal::Disconnect(DisconnectCode::Normal))
+        );
+        assert_eq!(drain(&a).0, None);
+
+        let ghost = ClientTarget {
+            user: "ghost".into(),
+            client: None,
+        };
+        let g = node
+            .order_clients(
+                &ghost,
+                ClientOrder::Disconnect(DisconnectCode::ForceDisconnect),
+            )
+            .await
+            .unwrap();
+        assert_eq!(g, one(0));
+    }
+
+    fn other(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            name: "there:1".into(),
+            version: "0.0.1".into(),
+            uptime: 10,
+            num_clients: 7,
+            num_users: 3,
+            num_channels: 2,
+            num_subscriptions: 9,
+        }
+    }
+
+    fn message(wire: &Wire) -> Bytes {
+        encode(wire).unwrap()
+    }
+
+    #[tokio::test]
+    async fn info_lists_the_nodes_heard_from_until_they_leave_or_fall_silent() {
+        let interval = Duration::from_millis(50);
+        let node = node(
+            Arc::new(MemoryEngine::new()),
+            ClusterConfig {
+                name: "here:2".into(),
+                announce_interval: interval,
+                ..Default::default()
+            },
+        );
+        node.announce().await.unwrap();
+        let info = node.cluster_info();
+        assert_eq!(info.len(), 1, "its own announcement is not another node");
+        assert_eq!(
+            (info[0].id.as_str(), info[0].name.as_str()),
+            (node.node_id(), "here:2")
+        );
+        assert_eq!(info[0].version, env!("CARGO_PKG_VERSION"));
+
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        let info = node.cluster_info();
+        assert_eq!(info.len(), 2);
+        let there = info.iter().find(|n| n.id == "0badcafe").unwrap();
+        assert_eq!(
+            (there.num_clients, there.num_subscriptions),
+            (7, 9),
+            "as announced"
+        );
+        assert!(there.uptime >= 10);
+
+        node.receive_control(&message(&Wire::Leave {
+            node: "0badcafe".into(),
+        }));
+        assert_eq!(node.cluster_info().len(), 1, "gone at once when it says so");
+
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        assert_eq!(node.cluster_info().len(), 2);
+        tokio::time::sleep(interval * (MISSED_ANNOUNCEMENTS + 1)).await;
+        assert_eq!(
+            node.cluster_info().len(),
+            1,
+            "gone after missing {MISSED_ANNOUNCEMENTS} announcements"
+        );
+
+        // Unreadable messages (another version's) are ignored.
+        node.receive_control(b"{\"t\":\"dance\"}");
+        node.receive_control(b"\xff");
+        assert_eq!(node.cluster_info().len(), 1);
+    }
+
+    /// A memory engine whose broadcasts cannot count their receivers, like a broker without
+    /// subscriber counts.
+    struct Uncounted(MemoryEngine);
+
+    #[async_trait]
+    impl Engine for Uncounted {
+        fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+            self.0.set_handler(handler);
+        }
+        fn node_id(&self) -> &str {
+            self.0.node_id()
+        }
+        async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+            self.0
+                .broadcast_control(message)
+                .await
+                .map(|_| Reach::Unknown)
+        }
+        async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+            self.0.send_control(node, message).await
+        }
+        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.subscribe(channel).await
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.unsubscribe(channel).await
+        }
+        async fn publish(
+            &self,
+            channel: &str,
+            publication: Publication,
+            opts: &StreamOptions,
+        ) -> Result<StreamPosition, EngineError> {
+            self.0.publish(channel, publication, opts).await
+        }
+        async fn publish_presence_event(
+            &self,
+            channel: &str,
+            event: PresenceEvent,
+            info: Arc<ClientInfo>,
+        ) -> Result<(), EngineError> {
+            self.0.publish_presence_event(channel, event, info).await
+        }
+        async fn history(
+            &self,
+            channel: &str,
+            query: &HistoryQuery,
+            opts: &StreamOptions,
+        ) -> Result<History, EngineError> {
+            self.0.history(channel, query, opts).await
+        }
+        async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.remove_history(channel).await
+        }
+        async fn add_presence(
+            &self,
+            channel: &str,
+            info: Arc<ClientInfo>,
+        ) -> Result<(), EngineError> {
+            self.0.add_presence(channel, info).await
+        }
+        async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+            self.0.remove_presence(channel, client).await
+        }
+        async fn presence(
+            &self,
+            channel: &str,
+        ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
+            self.0.presence(channel).await
+        }
+        async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+            self.0.presence_stats(channel).await
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_count_the_known_nodes_are_expected_and_a_silent_one_is_reported() {
+        let timeout = Duration::from_millis(200);
+        let node = node(
+            Arc::new(Uncounted(MemoryEngine::new())),
+            ClusterConfig {
+                control_timeout: timeout,
+                ..Default::default()
+            },
+        );
+        let c = connected(&node).await;
+        let everyone = target(None);
+        // Alone: its own answer is all there is to wait for.
+        let started = Instant::now();
+        let g = node
+            .order_clients(&everyone, ClientOrder::Refresh(None))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert!(started.elapsed() < timeout, "no wait for nobody");
+        // Another node announced itself but never answers: waited for, up to the timeout.
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        let started = Instant::now();
+        let g = node
+            .order_clients(&everyone, ClientOrder::Disconnect(DisconnectCode::Normal))
+            .await
+            .unwrap();
+        assert_eq!(
+            g,
+            Gathered {
+                value: 1,
+                nodes: 1,
+                unanswered: 1
+            }
+        );
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        assert!(started.elapsed() < timeout * 5, "{:?}", started.elapsed());
+        assert_eq!(
+            drain(&c).0,
+            Some(Signal::Disconnect(DisconnectCode::Normal)),
+            "this node acted all the same"
+        );
+        // A late answer, after the caller gave up, goes nowhere.
+        node.receive_control(&message(&Wire::Answer {
+            from: "0badcafe".into(),
+            id: 2,
+            answer: Answer::Clients { n: 5 },
+        }));
+        assert!(node.cluster.waiting.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ask_this_node_cannot_carry_out_is_refused_not_miscounted() {
+        let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
+        let ask = Ask::Disconnect {
+            target: target(None),
+            code: 4999,
+        };
+        assert!(matches!(node.run_ask(ask), Answer::Refused { .. }));
     }
 }

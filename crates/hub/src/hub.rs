@@ -137,7 +137,12 @@ impl Hub {
     pub fn subscription_count(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().values().map(|c| c.subscribers.len()).sum::<usize>())
+            .map(|s| {
+                s.read()
+                    .values()
+                    .map(|c| c.subscribers.len())
+                    .sum::<usize>()
+            })
             .sum()
     }
 

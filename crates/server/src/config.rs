@@ -586,8 +586,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("adresses"), "{err}");
-        let c = Config::from_toml("[engine]\nannounce_interval = \"1s\"\ncontrol_timeout = \"500ms\"")
-            .unwrap();
+        let c =
+            Config::from_toml("[engine]\nannounce_interval = \"1s\"\ncontrol_timeout = \"500ms\"")
+                .unwrap();
         assert_eq!(c.engine.announce_interval, Duration::from_secs(1));
         assert_eq!(c.engine.control_timeout, Duration::from_millis(500));
         let err = Config::from_toml("[engine]\ncontrol_timeout = \"0s\"")
