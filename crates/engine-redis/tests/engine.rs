@@ -420,7 +420,7 @@ async fn control_messages_reach_every_node_or_the_one_named_and_say_how_many_lis
     assert_eq!(a.broadcast_control(all.clone()).await, Ok(Reach::Nodes(3)));
     for (name, rec) in [("a", &rec_a), ("b", &rec_b), ("c", &rec_c)] {
         until(name, || rec.controls.lock().len() == 1).await;
-        assert_eq!(*rec.controls.lock(), [all.clone()], "{name}");
+        assert_eq!(rec.controls.lock()[..], [all.clone()][..], "{name}");
     }
     b.send_control(a.node_id(), Bytes::from_static(b"answer"))
         .await
