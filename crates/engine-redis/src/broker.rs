@@ -184,8 +184,18 @@ pub(crate) async fn subscribe_own(inner: &Inner, index: usize) -> Result<(), fre
         }
         Ok(())
     } else {
-        shard.subscriber.subscribe(names).await
+        shard.subscriber.subscribe(names).await?;
+        confirm(shard).await
     }
+}
+
+/// Waits until Redis has carried out every (un)subscription sent on `shard`'s subscriber so far.
+/// fred resolves `SUBSCRIBE` once it is written, before Redis confirms it (the confirmation arrives
+/// out of band); Redis answers a connection's commands in order, so the answer to a `PING` written
+/// after it means it took effect, and a message published from now on reaches this node.
+async fn confirm(shard: &crate::Shard) -> Result<(), fred::error::Error> {
+    let _: Value = shard.subscriber.ping(None).await?;
+    Ok(())
 }
 
 /// Hands every message of shard `index` to the node, in arrival order. Runs until the engine stops.

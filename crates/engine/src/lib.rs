@@ -15,7 +15,11 @@
 //!   order to all, answers back to the asker, periodic announcements): an engine that implements them
 //!   gets all of it.
 //! - [`MemoryEngine`] implements it in one process.
+//! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
+//!   tests.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod memory;
 
 use std::collections::HashMap;
