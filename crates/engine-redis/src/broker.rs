@@ -50,9 +50,13 @@ pub(crate) async fn subscribe(inner: &Inner, channel: &str) -> Result<(), Engine
     shard.channels.lock().insert(channel.to_owned());
     let name = inner.keys.pubsub(channel);
     let result = if inner.config.cluster {
+        // fred waits for SSUBSCRIBE's confirmation (to follow redirections).
         shard.subscriber.ssubscribe(name).await
     } else {
-        shard.subscriber.subscribe(name).await
+        match shard.subscriber.subscribe(name).await {
+            Ok(()) => confirm(shard).await,
+            Err(e) => Err(e),
+        }
     };
     result.map_err(|e| {
         shard.channels.lock().remove(channel);
@@ -72,7 +76,11 @@ pub(crate) async fn unsubscribe(inner: &Inner, channel: &str) -> Result<(), Engi
     let result = if inner.config.cluster {
         shard.subscriber.sunsubscribe(name).await
     } else {
-        shard.subscriber.unsubscribe(name).await
+        // Confirmed, so that a publication after this call no longer reaches the node.
+        match shard.subscriber.unsubscribe(name).await {
+            Ok(()) => confirm(shard).await,
+            Err(e) => Err(e),
+        }
     };
     result.map_err(|e| shard.error(&e))
 }
@@ -377,6 +385,9 @@ async fn resubscribe_all(inner: &Inner, index: usize) -> Result<usize, fred::err
             let names: Vec<String> = batch.iter().map(|c| inner.keys.pubsub(c)).collect();
             shard.subscriber.subscribe(names).await?;
         }
+    }
+    if !inner.config.cluster && !channels.is_empty() {
+        confirm(shard).await?;
     }
     // Only now: a subscriber resubscribing with recovery after this report sees every publication,
     // from history up to its read and live after it.

@@ -218,7 +218,11 @@ async fn tmp_broadcast_right_after_connect() {
 }
 
 async fn a_numsub(r: &RedisServer) -> Vec<Value> {
-    let c = Builder::from_config(fred::types::config::Config::from_url(&r.url()).unwrap()).build().unwrap();
+    let c = Builder::from_config(fred::types::config::Config::from_url(&r.url()).unwrap())
+        .build()
+        .unwrap();
     c.init().await.unwrap();
-    c.pubsub_numsub(vec!["test.control", "test.node.{x}"]).await.unwrap()
+    c.pubsub_numsub(vec!["test.control", "test.node.{x}"])
+        .await
+        .unwrap()
 }
