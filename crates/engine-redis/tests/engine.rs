@@ -203,26 +203,3 @@ async fn control_messages_go_through_the_shard_every_node_computes_alike() {
         assert!(rec.node_messages.lock().is_empty(), "not node messages");
     }
 }
-
-#[tokio::test]
-async fn tmp_broadcast_right_after_connect() {
-    let r1 = RedisServer::start();
-    for i in 0..100 {
-        let (a, _rec) = engine(&[&r1]).await;
-        let reach = a.broadcast_control(Bytes::from_static(b"x")).await.unwrap();
-        let n: Vec<Value> = a_numsub(&r1).await;
-        assert_eq!(reach, Reach::Nodes(1), "iteration {i}: {n:?}");
-        drop(a);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn a_numsub(r: &RedisServer) -> Vec<Value> {
-    let c = Builder::from_config(fred::types::config::Config::from_url(&r.url()).unwrap())
-        .build()
-        .unwrap();
-    c.init().await.unwrap();
-    c.pubsub_numsub(vec!["test.control", "test.node.{x}"])
-        .await
-        .unwrap()
-}
