@@ -9,7 +9,9 @@
 //! - `broker.rs`: pub/sub between nodes. One subscriber connection per Redis instance; after it
 //!   reconnects, every channel is subscribed again and reported to the node as a possible gap, whose
 //!   subscribers then resubscribe with recovery (push 2500). Also messages from node to node
-//!   ([`Engine::send_to_node`]), each node listening on a channel named after its random id.
+//!   ([`Engine::send_to_node`]), each node listening on a channel named after its random id, and
+//!   control messages ([`Engine::broadcast_control`] on one channel all nodes listen on,
+//!   [`Engine::send_control`] on a second channel of each node).
 //! - `history.rs`: the channel streams (Redis Streams). One Lua script increments the offset, appends
 //!   to the stream and publishes, so offsets are gapless and every node sees them in order.
 //! - `presence.rs`: who is in a channel, each entry expiring unless its node refreshes it.
@@ -47,7 +49,7 @@ use fred::types::config::UnresponsiveConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats,
+    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats, Reach,
     StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
@@ -200,6 +202,10 @@ pub(crate) struct Inner {
     pub(crate) node_id: String,
     /// The pub/sub channel where this node receives messages from others.
     pub(crate) node_channel: String,
+    /// The pub/sub channel of control messages to every node.
+    pub(crate) control_channel: String,
+    /// The pub/sub channel of control messages to this node alone.
+    pub(crate) node_control_channel: String,
 }
 
 impl Inner {
@@ -211,6 +217,11 @@ impl Inner {
     /// The shard where node `node` listens for messages: every node computes the same one.
     pub(crate) fn node_shard(&self, node: &str) -> &Shard {
         &self.shards[shard_of(node, self.shards.len())]
+    }
+
+    /// The shard carrying control messages to every node: every node computes the same one.
+    pub(crate) fn control_shard(&self) -> &Shard {
+        &self.shards[shard_of(&self.control_channel, self.shards.len())]
     }
 
     pub(crate) fn handler(&self) -> Option<&Arc<dyn EngineHandler>> {
@@ -294,6 +305,8 @@ impl RedisEngine {
         };
         let inner = Arc::new(Inner {
             node_channel: keys.node(&node_id),
+            control_channel: keys.control(),
+            node_control_channel: keys.node_control(&node_id),
             node_id,
             keys,
             config,
@@ -322,10 +335,11 @@ impl RedisEngine {
         let h = tokio::spawn(presence::refresh(Arc::clone(&inner)));
         tasks.push(h.abort_handle());
         // Listening before anyone can learn the id: from the first session on, others reach us.
-        if let Err(e) = broker::subscribe_node(&inner).await {
-            abort_all(&tasks);
-            let address = inner.node_shard(&inner.node_id).address.clone();
-            return Err(connect_error(&address, &inner.config, e.to_string()));
+        for (i, shard) in inner.shards.iter().enumerate() {
+            if let Err(e) = broker::subscribe_own(&inner, i).await {
+                abort_all(&tasks);
+                return Err(connect_error(&shard.address, &inner.config, e.to_string()));
+            }
         }
         Ok(Self { inner, tasks })
     }
@@ -455,6 +469,14 @@ impl Engine for RedisEngine {
 
     async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
         broker::send_to_node(&self.inner, node, message).await
+    }
+
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+        broker::broadcast_control(&self.inner, message).await
+    }
+
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        broker::send_control(&self.inner, node, message).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {

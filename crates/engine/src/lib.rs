@@ -9,6 +9,11 @@
 //!   one step per channel, so every node sees a channel's publications in offset order.
 //! - [`EngineHandler`] is how an engine hands publications and presence events (from any node) back
 //!   to the node that runs it, and messages other nodes sent to this one ([`Engine::send_to_node`]).
+//! - The control plane: [`Engine::broadcast_control`] reaches every node sharing the engine (this one
+//!   included) and [`Engine::send_control`] one of them, both arriving in
+//!   [`EngineHandler::on_control`]. The node builds cluster-wide server API calls on these two (an
+//!   order to all, answers back to the asker, periodic announcements): an engine that implements them
+//!   gets all of it.
 //! - [`MemoryEngine`] implements it in one process.
 //! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
 //!   tests.
@@ -120,6 +125,23 @@ pub trait EngineHandler: Send + Sync {
     fn on_node_message(&self, message: Bytes) {
         drop(message);
     }
+    /// A control message another node (or this one) sent with [`Engine::broadcast_control`] or
+    /// [`Engine::send_control`]. Called from the engine's delivery task, like
+    /// [`EngineHandler::on_node_message`]: hand it over and return. The default drops it.
+    fn on_control(&self, message: Bytes) {
+        drop(message);
+    }
+}
+
+/// How many nodes a [`Engine::broadcast_control`] reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Exactly this many nodes listened and get the message (this node included): the sender may
+    /// expect that many answers, and stop waiting once they are in.
+    Nodes(usize),
+    /// The engine cannot tell (its broker does not count receivers): the sender must rely on the
+    /// nodes it knows of from their announcements.
+    Unknown,
 }
 
 /// Broker, history and presence for a switchboard node.
@@ -142,6 +164,18 @@ pub trait Engine: Send + Sync {
         drop(message);
         Err(EngineError::UnknownNode(node.to_owned()))
     }
+
+    /// Sends `message` to every node sharing the engine, this one included, whose handlers get it in
+    /// [`EngineHandler::on_control`]. At most once per node and fire-and-forget like
+    /// [`Engine::send_to_node`]; the answer says how many nodes it reached, when the engine knows.
+    ///
+    /// Nodes running on other engine settings (another Redis prefix, say) are not reached: they are
+    /// another cluster.
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError>;
+
+    /// Sends a control message to node `node` only (an answer to its broadcast), delivered in its
+    /// [`EngineHandler::on_control`]. [`EngineError::UnknownNode`] at once when no such node listens.
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError>;
 
     /// This node wants publications of `channel` (its first local subscriber arrived).
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
