@@ -408,6 +408,11 @@ impl Node {
                 .set(i64::try_from(h.publications).unwrap_or(i64::MAX));
         }
         m.engine_ready.set(i64::from(self.engine.ready()));
+        for shard in self.engine.shards() {
+            m.engine_shard_ready
+                .get_or_create(&vec![("shard", shard.name)])
+                .set(i64::from(shard.ready));
+        }
         m.encode()
     }
 
