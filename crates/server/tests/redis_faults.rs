@@ -402,3 +402,91 @@ async fn a_relayed_sse_stream_keeps_pinging_through_a_redis_outage_and_delivers_
     assert!(after.contains("\"unsubscribe\""), "{after}");
     assert!(after.contains("chat:o"), "{after}");
 }
+
+/// The publications in `channel`'s history, through the API.
+async fn history(api: SocketAddr, channel: &str) -> Vec<Value> {
+    let body = json!({"channel": channel, "limit": 100}).to_string();
+    let (status, v) = api_call(api, Some(KEY), "history", &body).await;
+    assert_eq!(status, 200, "{v}");
+    v["result"]["publications"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_retries_a_publish_timed_out_in_a_pause_with_its_key_and_it_is_applied_once() {
+    let mut redis = RedisServer::start();
+    let node = start(config(&[&redis])).await;
+    assert_eq!(publish(node.api, "chat:cli").await.0, 200);
+
+    redis.pause();
+    let cli = tokio::process::Command::new(common::process::BIN)
+        .args([
+            "publish",
+            "--api",
+            &format!("http://{}", node.api),
+            "--api-key",
+            KEY,
+            "--timeout",
+            "1500ms",
+            "--attempts",
+            "10",
+            "chat:cli",
+            r#"{"n":"once"}"#,
+        ])
+        .kill_on_drop(true)
+        .output();
+    let cli = tokio::spawn(cli);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.resume();
+    let out = tokio::time::timeout(Duration::from_secs(30), cli)
+        .await
+        .expect("the CLI ends")
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("attempt 1 of 10") && stderr.contains("same idempotency key"),
+        "it tried again: {stderr}"
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pubs = history(node.api, "chat:cli").await;
+    let once: Vec<&Value> = pubs.iter().filter(|p| p["data"]["n"] == "once").collect();
+    assert_eq!(once.len(), 1, "published once: {pubs:?}");
+    assert_eq!(once[0]["offset"], result["offset"], "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_retries_a_publish_failed_in_a_pause_with_its_key_and_it_is_applied_once() {
+    let mut redis = RedisServer::start();
+    let node = start(config(&[&redis])).await;
+    let client =
+        switchboard_client::Client::builder(format!("ws://{}/connection/websocket", node.addr))
+            .timeout(Duration::from_secs(3))
+            .publish_attempts(10)
+            .build()
+            .unwrap();
+    client.connect().await.unwrap();
+    client.publish("chat:rc", json!({"n": 0})).await.unwrap();
+
+    redis.pause();
+    let publishing = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish("chat:rc", json!({"n": "once"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !publishing.is_finished(),
+        "still trying while Redis is paused"
+    );
+    redis.resume();
+    let pos = tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("the publish ends")
+        .unwrap()
+        .unwrap();
+    let pubs = history(node.api, "chat:rc").await;
+    let once: Vec<&Value> = pubs.iter().filter(|p| p["data"]["n"] == "once").collect();
+    assert_eq!(once.len(), 1, "published once: {pubs:?}");
+    assert_eq!(once[0]["offset"], pos.offset);
+    client.close().await;
+}
