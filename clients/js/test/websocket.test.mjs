@@ -178,3 +178,34 @@ test('tokens: an expired one is replaced through getToken, and the connection is
   assert.equal(disconnects, 0);
   assert.equal(a.state, 'connected');
 });
+
+test('a line that does not parse is reported through the error event, and the frame goes on', { timeout: 15000 }, async () => {
+  // A WebSocket that puts an unparseable publication line in front of the server's first `pub` frame.
+  let corrupted = false;
+  class Corrupting extends globalThis.WebSocket {
+    set onmessage(fn) {
+      super.onmessage = (e) => {
+        let data = e.data;
+        if (!corrupted && typeof data === 'string' && data.includes('"pub"')) {
+          corrupted = true;
+          data = `{"pub":{"channel":"chat:bad","offset":7,"data":[1,}}\n${data}`;
+        }
+        fn({ data });
+      };
+    }
+  }
+  const c = client({ WebSocket: Corrupting });
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const sub = c.subscribe('chat:bad');
+  await sub.ready();
+  const got = collect(sub);
+  await sub.publish({ n: 1 });
+  await until(() => got.length === 1, 'the publication after the bad line');
+  assert.deepEqual(got, [{ n: 1 }]);
+  const bad = errors.find((e) => e.type === 'message');
+  assert.ok(bad, `an error event of type message: ${JSON.stringify(errors)}`);
+  assert.equal(bad.channel, 'chat:bad');
+  assert.equal(bad.offset, 7);
+  assert.ok(bad.error instanceof SyntaxError);
+});

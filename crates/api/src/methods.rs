@@ -34,14 +34,21 @@ pub const METHODS: [&str; 13] = [
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// Every body goes through here: held to the JSON rule of `switchboard_protocol::json` as a whole (so
+/// every `data` inside, batch included, is), then parsed.
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
+        "{}"
     } else {
-        body
+        std::str::from_utf8(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    // Grammar first (its message names line and column), then the rule.
+    let parsed = serde_json::from_str(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    switchboard_protocol::json::check(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    Ok(parsed)
 }
 
 /// Runs `method` with the JSON `body`; the `result` value on success.
@@ -230,7 +237,11 @@ struct PublishBody<'a> {
     channel: Option<String>,
     #[serde(default)]
     channels: Option<Vec<String>>,
-    #[serde(borrow, default)]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "switchboard_protocol::json::present"
+    )]
     data: Option<&'a RawValue>,
     #[serde(default)]
     b64data: Option<String>,

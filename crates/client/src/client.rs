@@ -340,7 +340,10 @@ impl Client {
         let publications = h
             .publications
             .into_iter()
-            .map(|p| p.into_publication().map_err(Error::Protocol))
+            .map(|p| {
+                p.into_publication()
+                    .map_err(|u| Error::Protocol(format!("publication {}: {}", u.offset, u.error)))
+            })
             .collect::<Result<_, _>>()?;
         Ok(History {
             publications,
@@ -419,7 +422,7 @@ impl Client {
             Ok(Err(_)) => return Err(Error::Closed),
             Err(_) => return Err(Error::Timeout { method, timeout }),
         };
-        serde_json::from_value(value).map_err(|e| Error::Protocol(format!("{method} result: {e}")))
+        crate::wire::decode(&value).map_err(|e| Error::Protocol(format!("{method} result: {e}")))
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use switchboard::Config;
 use switchboard_hub::NamespaceOptions;
 use switchboard_protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
@@ -529,4 +529,47 @@ fn docs_list_every_code() {
             "{method}"
         );
     }
+}
+
+#[tokio::test]
+async fn json_that_parsers_read_differently_is_answered_107_and_the_connection_stays() {
+    // The next reply, past pushes (our own join).
+    async fn reply(c: &mut JsonClient) -> Value {
+        loop {
+            let v = c.next().await.unwrap();
+            if v.get("id").is_some() {
+                return v;
+            }
+        }
+    }
+    let s = start(config()).await;
+    let mut a = JsonClient::connected(s.addr).await;
+    a.ok("subscribe", json!({"channel": "chat:rule"})).await;
+    // The fuzzing find of issue 18, as sent.
+    a.send_raw(r#"{"id":3,"publish":{"channel":"c","data":{"t@ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp]":[1E0040000000000000]}}}"#).await;
+    let r = reply(&mut a).await;
+    assert_eq!(
+        (r["id"].as_u64(), r["error"]["code"].as_u64()),
+        (Some(3), Some(107)),
+        "{r}"
+    );
+    a.send_raw(r#"{"id":4,"publish":{"channel":"chat:rule","data":"\udc00"}}"#)
+        .await;
+    let r = reply(&mut a).await;
+    assert_eq!(
+        (r["id"].as_u64(), r["error"]["code"].as_u64()),
+        (Some(4), Some(107)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("surrogate"),
+        "{r}"
+    );
+    // `data` is any JSON, null included; the connection still works.
+    a.ok("publish", json!({"channel": "chat:rule", "data": null}))
+        .await;
+    assert_eq!(a.push("pub").await["data"], Value::Null);
 }
