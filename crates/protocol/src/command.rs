@@ -518,7 +518,8 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Json(Bytes::from_static(b"null"))
+                payload: Payload::Json(Bytes::from_static(b"null")),
+                idempotency_key: None,
             })
         );
     }
