@@ -33,6 +33,7 @@ mod idempotency;
 mod keys;
 mod presence;
 mod shard;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::{HashMap, HashSet};

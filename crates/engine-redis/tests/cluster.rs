@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Recorder, WAIT, until};
 use fred::prelude::*;
+use switchboard_engine::conformance::{Recorder, WAIT, until};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, StreamOptions};
 use switchboard_engine_redis::testing::RedisCluster;
 use switchboard_engine_redis::{RedisConfig, RedisEngine};

@@ -10,7 +10,11 @@
 //! - [`EngineHandler`] is how an engine hands publications and presence events (from any node) back
 //!   to the node that runs it, and messages other nodes sent to this one ([`Engine::send_to_node`]).
 //! - [`MemoryEngine`] implements it in one process.
+//! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
+//!   tests.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod memory;
 
 use std::collections::HashMap;
