@@ -7,13 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Recorder, until};
+use switchboard_engine::conformance::{Recorder, until};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, StreamOptions};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
