@@ -274,6 +274,7 @@ pub(crate) async fn resubscribe_on_reconnect(
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
+        inner.shards[index].health.trouble();
         resync(&inner, index, "Redis is back").await;
     }
 }
@@ -300,6 +301,8 @@ async fn resync(inner: &Inner, index: usize, why: &str) {
             }
         }
     }
+    // Not serving until now: messages between nodes sent meanwhile may be lost.
+    shard.health.trouble();
     shard.resyncing.store(false, Ordering::Release);
 }
 

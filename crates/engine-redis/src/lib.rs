@@ -17,6 +17,8 @@
 //! - `presence.rs`: who is in a channel, each entry expiring unless its node refreshes it.
 //! - `idempotency.rs`: idempotency keys of server publishes, checked inside the publish script.
 //! - `shard.rs`: which Redis instance holds a channel when there are several (consistent hashing).
+//! - `health.rs`: readiness, measured by a PING to every instance at least every second; the node is
+//!   ready while at least one instance answers.
 //! - `keys.rs`: the key layout; `codec.rs`: how publications are written into Redis.
 //!
 //! Redis Cluster (`cluster = true`) is one logical instance: keys of a channel share a hash slot, and
@@ -27,6 +29,7 @@
 
 mod broker;
 mod codec;
+mod health;
 mod history;
 mod idempotency;
 mod keys;
@@ -36,9 +39,9 @@ mod shard;
 pub mod testing;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,7 +53,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats, Reach,
-    StreamOptions,
+    ShardState, StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::task::AbortHandle;
@@ -76,6 +79,8 @@ pub struct RedisConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How long one Redis command may take before it fails (and the connection is deemed dead).
+    /// Also how long a Redis that stopped answering takes to make the node not ready: every
+    /// instance is PINGed at least every second, and counts as down when its PING takes longer.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// The addresses are one Redis Cluster: channels go to the node owning their hash slot, and
@@ -156,6 +161,11 @@ pub enum RedisError {
 pub(crate) struct Shard {
     /// The address, for logs and errors.
     pub(crate) address: String,
+    /// The address without credentials (`host:port`, several joined by commas), for `/health`,
+    /// metrics and logs.
+    pub(crate) name: String,
+    /// Readiness, measured (`health.rs`).
+    pub(crate) health: health::Health,
     /// Commands and scripts.
     pub(crate) client: Client,
     /// Pub/sub: a connection of its own, since a subscribed connection runs no other command.
@@ -287,6 +297,8 @@ impl RedisEngine {
                 }
             }
             shards.push(Shard {
+                name: display_name(&urls),
+                health: health::Health::new(),
                 address,
                 client,
                 subscriber,
@@ -332,6 +344,10 @@ impl RedisEngine {
                 tasks.push(h.abort_handle());
             }
         }
+        for i in 0..inner.shards.len() {
+            let h = tokio::spawn(health::watch(Arc::clone(&inner), i));
+            tasks.push(h.abort_handle());
+        }
         let h = tokio::spawn(presence::refresh(Arc::clone(&inner)));
         tasks.push(h.abort_handle());
         // Listening before anyone can learn the id: from the first session on, others reach us.
@@ -348,6 +364,24 @@ impl RedisEngine {
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
     }
+}
+
+/// `host:port` of each URL, without user or password: safe to show in `/health` and metrics.
+fn display_name(urls: &[String]) -> String {
+    let mut names = Vec::new();
+    for u in urls {
+        match fred::types::config::Config::from_url(u) {
+            Ok(c) => names.extend(
+                c.server
+                    .hosts()
+                    .into_iter()
+                    .map(|s| format!("{}:{}", s.host, s.port)),
+            ),
+            // Checked by `validate` already; never show what could hold a password.
+            Err(_) => names.push("?".into()),
+        }
+    }
+    names.join(",")
 }
 
 /// A random node id (8 hex digits) that no other node listening through these Redis uses.
@@ -429,7 +463,8 @@ fn builder(config: &RedisConfig, urls: &[String]) -> Result<Builder, RedisError>
     // Fail at start when Redis is not there: a wrong address should stop the server, not hang it.
     fred_config.fail_fast = true;
     let mut b = Builder::from_config(fred_config);
-    b.set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    let max_delay = u32::try_from(health::RECONNECT_MAX.as_millis()).unwrap_or(u32::MAX);
+    b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2));
     let (connect, command) = (config.connect_timeout, config.command_timeout);
     b.with_connection_config(|c| {
         c.connection_timeout = connect;
@@ -538,11 +573,35 @@ impl Engine for RedisEngine {
     }
 
     fn ready(&self) -> bool {
-        self.inner.shards.iter().all(|s| {
-            s.client.is_connected()
-                && s.subscriber.is_connected()
-                && !s.resyncing.load(Ordering::Acquire)
-        })
+        // Ready while some channels work: with one shard of several down, the others' channels
+        // still do, and taking every node out of the load balancer would stop those too.
+        self.inner.shards.iter().any(Shard::ready)
+    }
+
+    fn shards(&self) -> Vec<ShardState> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let (ready, since) = s.observe();
+                ShardState {
+                    name: s.name.clone(),
+                    ready,
+                    since,
+                }
+            })
+            .collect()
+    }
+
+    fn node_messages_uncertain(&self, node: &str, since: Instant) -> bool {
+        let settle = health::settle_time(self.inner.config.command_timeout);
+        // The request goes through the other node's shard, its answer through ours.
+        [
+            self.inner.node_shard(node),
+            self.inner.node_shard(&self.inner.node_id),
+        ]
+        .iter()
+        .any(|s| s.uncertain_since(since, settle))
     }
 
     fn remembers_idempotency_keys(&self) -> bool {

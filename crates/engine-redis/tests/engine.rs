@@ -148,15 +148,14 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // After its Redis restarts, a node listens again on its channel.
-    let holder = if shard_of(b.node_id(), 2) == 0 {
-        &mut r1
-    } else {
-        &mut r2
-    };
+    let shard = shard_of(b.node_id(), 2);
+    let holder = if shard == 0 { &mut r1 } else { &mut r2 };
     holder.stop();
-    until("not ready", || !b.ready()).await;
+    // The node stays ready (the other shard answers), its shard does not.
+    until("its shard down", || !b.shards()[shard].ready).await;
     holder.restart();
-    until("ready", || a.ready() && b.ready()).await;
+    let all_ready = |e: &RedisEngine| e.shards().iter().all(|s| s.ready);
+    until("ready", || all_ready(&a) && all_ready(&b)).await;
     let before = rec_b.node_messages.lock().len();
     let deadline = tokio::time::Instant::now() + WAIT;
     while a

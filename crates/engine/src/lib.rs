@@ -24,7 +24,7 @@ mod memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -95,6 +95,18 @@ pub struct PresenceStats {
     pub num_clients: usize,
     /// Distinct users among them.
     pub num_users: usize,
+}
+
+/// The state of one part of an engine's backing store (one Redis shard), for `/health`, `/metrics`
+/// and operators deciding what to repair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardState {
+    /// Which part: an address without credentials (`host:port`), safe to show in health checks.
+    pub name: String,
+    /// Whether it answers: its channels work.
+    pub ready: bool,
+    /// How long it has been in this state.
+    pub since: Duration,
 }
 
 /// Engine failures. The in-memory engine never fails; remote engines do.
@@ -229,10 +241,29 @@ pub trait Engine: Send + Sync {
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
 
     /// Whether the engine can serve: false while a remote engine has lost its backing store (the
-    /// node then reports not ready, so load balancers send new clients elsewhere). In-process
-    /// engines are always ready.
+    /// node then reports not ready, so load balancers send new clients elsewhere). Measured, not
+    /// assumed: a remote engine must notice a store that stopped answering even when the node is
+    /// idle. With a store in several parts (shards), ready while at least one part is: channels of
+    /// the others fail with [`EngineError::Unavailable`] meanwhile, and [`Engine::shards`] tells
+    /// which. In-process engines are always ready.
     fn ready(&self) -> bool {
         true
+    }
+
+    /// The state of each part of the backing store, in configuration order; empty for engines
+    /// without one (in-process).
+    fn shards(&self) -> Vec<ShardState> {
+        Vec::new()
+    }
+
+    /// Whether a message sent to `node` at `since` (or its answer) may have been lost by the engine
+    /// rather than `node` being gone: the backing store was unreachable since then, or came back so
+    /// recently that `node` may not listen again yet. A caller that got no answer, or
+    /// [`EngineError::UnknownNode`], then reports a temporary failure, never a gone node. False by
+    /// default: engines that lose no message know.
+    fn node_messages_uncertain(&self, node: &str, since: Instant) -> bool {
+        let _ = (node, since);
+        false
     }
 
     /// Streams with history and the publications they keep, for metrics; `None` when counting is

@@ -909,10 +909,13 @@ impl Client {
         }
         let mut publication = Publication::new(payload);
         publication.info = Some(Arc::clone(&self.info));
+        // Per user: one user's keys never suppress another's publication, nor the server API's.
+        let key = req
+            .idempotency_key
+            .map(|k| format!("client\u{0}{}\u{0}{k}", self.info.user));
         match self
             .node
-            .engine
-            .publish(&req.channel, publication, &stream)
+            .publish_once(&req.channel, publication, &stream, key.as_deref())
             .await
         {
             Ok(pos) => self.reply(

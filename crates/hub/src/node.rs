@@ -247,16 +247,36 @@ impl Node {
         };
         let mut publication = Publication::new(payload);
         publication.tags = opts.tags.clone();
-        let Some(key) = opts.idempotency_key.as_deref() else {
-            return Ok(self.engine.publish(channel, publication, &stream).await?);
+        Ok(self
+            .publish_once(
+                channel,
+                publication,
+                &stream,
+                opts.idempotency_key.as_deref(),
+            )
+            .await?)
+    }
+
+    /// Publishes `publication` as it is; with `key`, only once per key and channel within the
+    /// idempotency window (a repeat answers the first one's position). Server publishes and client
+    /// publishes share it, their keys kept apart by the caller.
+    pub(crate) async fn publish_once(
+        &self,
+        channel: &str,
+        publication: Publication,
+        stream: &StreamOptions,
+        key: Option<&str>,
+    ) -> Result<StreamPosition, EngineError> {
+        let Some(key) = key else {
+            return self.engine.publish(channel, publication, stream).await;
         };
         if self.engine.remembers_idempotency_keys() {
             // Kept where every node sees them: a retry that reaches another node is still caught.
             let window = self.config.idempotency_window;
-            return Ok(self
+            return self
                 .engine
-                .publish_idempotent(channel, publication, &stream, key, window)
-                .await?);
+                .publish_idempotent(channel, publication, stream, key, window)
+                .await;
         }
         let key = format!("{channel}\u{0}{key}");
         if let Some((pos, until)) = self.idempotency.lock().get(&key)
@@ -264,7 +284,7 @@ impl Node {
         {
             return Ok(pos.clone());
         }
-        let pos = self.engine.publish(channel, publication, &stream).await?;
+        let pos = self.engine.publish(channel, publication, stream).await?;
         let until = Instant::now() + self.config.idempotency_window;
         self.idempotency.lock().insert(key, (pos.clone(), until));
         Ok(pos)
@@ -431,6 +451,11 @@ impl Node {
                 .set(i64::try_from(h.publications).unwrap_or(i64::MAX));
         }
         m.engine_ready.set(i64::from(self.engine.ready()));
+        for shard in self.engine.shards() {
+            m.engine_shard_ready
+                .get_or_create(&vec![("shard", shard.name)])
+                .set(i64::from(shard.ready));
+        }
         m.encode()
     }
 
