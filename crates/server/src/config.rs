@@ -581,6 +581,83 @@ mod tests {
         );
     }
 
+    /// Leaf keys where `a` and `b` differ (`websocket.subprotocols`).
+    fn differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (toml::Value::Table(x), toml::Value::Table(y)) => {
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match (x.get(k), y.get(k)) {
+                        (Some(a), Some(b)) => differences(&key, a, b, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} vs {b}")),
+            _ => {}
+        }
+    }
+
+    /// README's configuration block and the defaults column of docs/configuration.md say what the
+    /// code's defaults are: one truth, `Config::default()`. (The block's `[channels.namespaces.chat]`
+    /// is an example namespace, not a default.)
+    #[test]
+    fn readme_and_configuration_md_give_the_codes_defaults() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        let mut c = Config::from_toml(&readme[start..end]).unwrap();
+        c.channels.namespaces.clear();
+        let mut wrong = Vec::new();
+        differences(
+            "",
+            &toml::Value::try_from(c).unwrap(),
+            &defaults,
+            &mut wrong,
+        );
+        assert!(wrong.is_empty(), "README (vs the code): {wrong:#?}");
+
+        // docs/configuration.md rows: | `key` | `default` | meaning |
+        let doc = include_str!("../../../docs/configuration.md");
+        let mut checked = 0;
+        for line in doc.lines() {
+            let Some((key, rest)) = line.strip_prefix("| `").and_then(|r| r.split_once("` | "))
+            else {
+                continue;
+            };
+            // "none" and the like: settings absent by default, named by the other docs test.
+            let Some(value) = rest
+                .strip_prefix('`')
+                .and_then(|r| r.split_once("` |"))
+                .map(|(v, _)| v)
+            else {
+                continue;
+            };
+            let c = Config::from_toml(&format!("{key} = {value}"))
+                .unwrap_or_else(|e| panic!("docs/configuration.md {key} = {value}: {e}"));
+            differences(
+                "",
+                &toml::Value::try_from(c).unwrap(),
+                &defaults,
+                &mut wrong,
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 50,
+            "only {checked} defaults found in docs/configuration.md"
+        );
+        assert!(
+            wrong.is_empty(),
+            "docs/configuration.md (vs the code): {wrong:#?}"
+        );
+    }
+
     #[test]
     fn fallback_settings_are_checked() {
         let c = Config::from_toml(
