@@ -28,6 +28,18 @@ use switchboard_protocol::ErrorCode;
 
 pub use methods::METHODS;
 
+/// Runs one API method on `node` exactly as `POST /api/<method>` with `body` does once the key is
+/// checked and the body read: the `result` value, or the error the API answers. The router calls it
+/// for every request; it is public so that tools can drive each method's body parsing without an
+/// HTTP server: the `api` fuzz target (fuzz/fuzz_targets/api.rs) feeds it untrusted bytes.
+pub async fn call_method(
+    node: &Node,
+    method: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    methods::dispatch(node, method, body).await
+}
+
 /// The OpenAPI 3.1 description served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -240,7 +252,7 @@ async fn call(
             .into_response();
         }
     };
-    match methods::dispatch(&api.node, &method, &bytes).await {
+    match call_method(&api.node, &method, &bytes).await {
         Ok(result) => axum::Json(serde_json::json!({ "result": result })).into_response(),
         Err(e) => {
             if e.status.is_server_error() {

@@ -338,10 +338,14 @@ fn publish_error(e: PublishError) -> ApiError {
 }
 
 async fn publish(node: &Node, r: PublishBody<'_>) -> Result<Value> {
-    let (Some(channel), None) = (&r.channel, &r.channels) else {
-        return Err(ApiError::bad_request(
-            "publish takes one channel (use broadcast for several)",
-        ));
+    let channel = match (&r.channel, &r.channels) {
+        (Some(channel), None) => channel,
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "publish takes one channel (use broadcast for several)",
+            ));
+        }
+        (None, None) => return Err(ApiError::bad_request("channel is required")),
     };
     let pos = node
         .publish_with(channel, r.payload()?, &r.options())

@@ -227,6 +227,16 @@ impl Client {
                 tracing::debug!(client = %self.info.client, %reason, "unparsable command");
                 return Err(DisconnectCode::BadRequest);
             }
+            Err(DecodeError::Command { id, message, .. }) if !self.connected => {
+                // Before connect every command but a valid connect ends the connection, whatever is
+                // wrong with it (docs/protocol.md): an unknown method must not leave it unconnected.
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    &format!("connect first (and {message})"),
+                );
+                return Err(DisconnectCode::BadRequest);
+            }
             Err(DecodeError::Command { id, code, message }) => {
                 self.error(id, code, &message);
                 return Ok(());

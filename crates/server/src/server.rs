@@ -24,6 +24,8 @@ use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_engine_redis::RedisEngine;
 use switchboard_hub::{ClusterConfig, Node, NodeConfig, Proxy};
+use switchboard_protocol::DisconnectCode;
+use switchboard_websocket::CloseCode;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, EngineKind};
@@ -286,7 +288,11 @@ fn routes(
     tracker: &TaskTracker,
 ) -> Router {
     let clients = Endpoint {
-        config: Arc::new(config.websocket.clone()),
+        config: Arc::new(switchboard_websocket::Config {
+            // A ping left unanswered ends the connection with the protocol's own code.
+            pong_timeout_close: CloseCode(DisconnectCode::NoPong.code()),
+            ..config.websocket.clone()
+        }),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         limits: Some(Arc::clone(limits)),

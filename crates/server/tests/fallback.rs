@@ -899,6 +899,17 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
         header(&resp, "access-control-allow-origin"),
         "https://app.example.com"
     );
+    // The server's own origin may call although the list names only others.
+    let own = format!("http://{}", s.addr);
+    let resp = http
+        .post(base(s.addr))
+        .header("origin", own.as_str())
+        .body(r#"{"id":1,"connect":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "access-control-allow-origin"), own);
     // Without allowed_origins only the server's own origin may call.
     let s = start(config()).await;
     let own = format!("http://{}", s.addr);
