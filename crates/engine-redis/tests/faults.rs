@@ -160,7 +160,7 @@ async fn a_publish_unanswered_during_a_pause_is_of_unknown_outcome_and_its_retry
         .publish_idempotent("c", publication(1), &history(), "k1", window)
         .await
         .unwrap_err();
-    let EngineError::Unavailable(message) = &err else {
+    let EngineError::UnknownOutcome(message) = &err else {
         panic!("{err:?}");
     };
     assert!(
