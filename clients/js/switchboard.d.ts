@@ -104,9 +104,15 @@ export interface StateContext<S> {
 }
 
 export interface ErrorContext {
-  type: 'transport' | 'connect' | 'token' | 'refresh' | 'subscribe';
+  /** `message`: a line from the server could not be parsed; it was skipped and the others go on. */
+  type: 'transport' | 'connect' | 'token' | 'refresh' | 'subscribe' | 'message';
   transport?: TransportName;
   error: Error;
+  /** With `message`: the channel and offset read from the line's text, when it is a publication. */
+  channel?: string;
+  offset?: number;
+  /** With `message`: the line (its first 200 characters). */
+  line?: string;
 }
 
 export interface SubscribedContext {

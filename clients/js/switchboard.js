@@ -91,9 +91,38 @@ class Emitter {
 const encoder = new TextEncoder();
 const utf8Length = (text) => encoder.encode(text).length;
 
-/** Splits a frame or body of newline-separated JSON objects. */
-function parseLines(text) {
-  return text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
+/**
+ * Splits a frame or body of newline-separated JSON objects. A line that does not parse is handed to
+ * `bad(line, error)` and skipped: one unreadable message is reported, never a reason to lose the
+ * others of its frame (or to fail without a word).
+ */
+function parseLines(text, bad) {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    try {
+      out.push(JSON.parse(line));
+    } catch (error) {
+      bad(line, error);
+    }
+  }
+  return out;
+}
+
+/**
+ * What an `error` event of type `message` says about a line that could not be parsed: its channel and
+ * offset when they can be read from the text (a publication), and its start.
+ */
+function describeBad(line, error) {
+  const channel = /"channel"\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(line)?.[1];
+  const offset = /"offset"\s*:\s*(\d+)/.exec(line)?.[1];
+  return {
+    type: 'message',
+    error,
+    channel,
+    offset: offset === undefined ? undefined : Number(offset),
+    line: line.length > 200 ? `${line.slice(0, 200)}...` : line,
+  };
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
@@ -336,6 +365,10 @@ export class Client extends Emitter {
       message: (msg) => this._conn === conn && this._handle(msg, conn),
       close: (info) => (settled ? this._closed(conn, info) : fail(info.reason || 'closed')),
       refused: (line) => this._refused(line),
+      bad: (line, error) => {
+        if (this._conn !== conn) return;
+        this.emit('error', describeBad(line, error));
+      },
     });
     this._conn = conn;
     const id = this._nextId++;
@@ -702,7 +735,7 @@ class WebSocketTransport {
     ws.onmessage = (e) => {
       if (typeof e.data !== 'string') return;
       this.stats.bytesDown += utf8Length(e.data);
-      for (const msg of parseLines(e.data)) this.on.message(msg);
+      for (const msg of parseLines(e.data, this.on.bad)) this.on.message(msg);
     };
     // An error should be followed by a close event, but Node 20's WebSocket skips it when the
     // connection fails: report whichever comes first, once.
@@ -966,7 +999,7 @@ class HttpTransport {
     };
     es.onmessage = (e) => {
       this.stats.bytesDown += utf8Length(e.data);
-      this._deliver(Number(e.lastEventId), parseLines(e.data));
+      this._deliver(Number(e.lastEventId), parseLines(e.data, this.on.bad));
       this._scheduleAck();
     };
     es.onerror = () => {

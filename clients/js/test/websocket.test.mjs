@@ -86,6 +86,32 @@ test('recovers publications missed while the network was down, exactly once and 
   assert.equal(sub.offset, 4);
 });
 
+test('recovers more than the server queues for one client: the rest follows the reply as pushes', { timeout: 30000 }, async () => {
+  // 100 publications of 30 KB missed: three times the server's default queue_bytes (1 MiB), so the
+  // subscribe reply carries only the first ones (docs/protocol.md, Recovery).
+  const gate = gatedWebSocket();
+  const a = client({ WebSocket: gate.WebSocket });
+  const sub = a.subscribe('chat:big-recovery');
+  await sub.ready();
+  const got = collect(sub);
+  await server.api('publish', { channel: 'chat:big-recovery', data: 0 });
+  await until(() => got.length === 1, 'the first publication');
+  gate.down = true;
+  const down = next(a, 'disconnected');
+  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await down;
+  const pad = 'x'.repeat(30000);
+  for (let i = 1; i <= 99; i++) await server.api('publish', { channel: 'chat:big-recovery', data: { i, pad } });
+  const resubscribed = next(sub, 'subscribed');
+  gate.down = false;
+  const s = await resubscribed;
+  assert.equal(s.recovered, true);
+  await server.api('publish', { channel: 'chat:big-recovery', data: { i: 100 } });
+  await until(() => got.length >= 101, 'every publication', 20000);
+  assert.deepEqual(got.map((d) => (typeof d === 'number' ? d : d.i)), [...Array(101).keys()]);
+  assert.equal(sub.offset, 101);
+});
+
 test('a server restart on the same port: reconnects, and says the stream was lost', { timeout: 20000 }, async () => {
   const a = client();
   const sub = a.subscribe('chat:restart');
@@ -177,4 +203,35 @@ test('tokens: an expired one is replaced through getToken, and the connection is
   assert.ok(issued.length >= 3, `${issued.length} tokens issued`);
   assert.equal(disconnects, 0);
   assert.equal(a.state, 'connected');
+});
+
+test('a line that does not parse is reported through the error event, and the frame goes on', { timeout: 15000 }, async () => {
+  // A WebSocket that puts an unparseable publication line in front of the server's first `pub` frame.
+  let corrupted = false;
+  class Corrupting extends globalThis.WebSocket {
+    set onmessage(fn) {
+      super.onmessage = (e) => {
+        let data = e.data;
+        if (!corrupted && typeof data === 'string' && data.includes('"pub"')) {
+          corrupted = true;
+          data = `{"pub":{"channel":"chat:bad","offset":7,"data":[1,}}\n${data}`;
+        }
+        fn({ data });
+      };
+    }
+  }
+  const c = client({ WebSocket: Corrupting });
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const sub = c.subscribe('chat:bad');
+  await sub.ready();
+  const got = collect(sub);
+  await sub.publish({ n: 1 });
+  await until(() => got.length === 1, 'the publication after the bad line');
+  assert.deepEqual(got, [{ n: 1 }]);
+  const bad = errors.find((e) => e.type === 'message');
+  assert.ok(bad, `an error event of type message: ${JSON.stringify(errors)}`);
+  assert.equal(bad.channel, 'chat:bad');
+  assert.equal(bad.offset, 7);
+  assert.ok(bad.error instanceof SyntaxError);
 });

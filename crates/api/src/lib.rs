@@ -100,13 +100,35 @@ pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
         .with_state(api)
 }
 
-/// Liveness: 200 whenever the process serves requests. Needs no key: it tells nothing.
-async fn health() -> Response {
+/// Liveness: 200 whenever the process serves requests, with the engine's state for operators:
+/// whether the node is ready, and each Redis shard's (`host:port`, no credentials) state and for how
+/// many seconds it has held. Needs no key, like `/metrics`: the API listener is private.
+async fn health(State(api): State<Api>) -> Response {
     (
         StatusCode::OK,
-        axum::Json(serde_json::json!({"status": "ok"})),
+        axum::Json(serde_json::json!({
+            "status": "ok",
+            "ready": api.node.ready(),
+            "engine": {"shards": shards_json(&api)},
+        })),
     )
         .into_response()
+}
+
+/// Each shard's state, for `/health` and `/ready`.
+fn shards_json(api: &Api) -> Vec<serde_json::Value> {
+    api.node
+        .engine()
+        .shards()
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "shard": s.name,
+                "ready": s.ready,
+                "since_seconds": s.since.as_secs(),
+            })
+        })
+        .collect()
 }
 
 /// Prometheus metrics (OpenMetrics text). Needs no key, like the health checks: the API listener is
@@ -122,22 +144,22 @@ async fn metrics(State(api): State<Api>) -> Response {
     resp
 }
 
-/// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis).
-/// Clients already connected stay; a load balancer should send new ones elsewhere meanwhile.
+/// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis:
+/// every shard stopped answering; measured, see `[engine.redis] command_timeout`). With one shard of
+/// several down the node stays ready, since the other shards' channels work; `shards` says which is
+/// down. Clients already connected stay; a load balancer should send new ones elsewhere meanwhile.
 async fn ready(State(api): State<Api>) -> Response {
-    if api.node.ready() {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ready"})),
-        )
-            .into_response()
+    let shards = shards_json(&api);
+    let (status, text) = if api.node.ready() {
+        (StatusCode::OK, "ready")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "engine unavailable"})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable")
+    };
+    let mut body = serde_json::json!({"status": text});
+    if !shards.is_empty() {
+        body["shards"] = shards.into();
     }
+    (status, axum::Json(body)).into_response()
 }
 
 async fn openapi() -> Response {

@@ -304,7 +304,7 @@ impl Verifier {
         if self.audience.is_some() {
             validation.required_spec_claims.insert("aud".into());
         }
-        decode::<Claims>(token, key, &validation)
+        let claims = decode::<Claims>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -318,7 +318,14 @@ impl Verifier {
                     TokenError::NoKey(format!("{alg:?}"))
                 }
                 _ => TokenError::Malformed(e.to_string()),
-            })
+            })?;
+        // `info` reaches other clients as it came (presence, join/leave): the JSON rule holds for it
+        // as for every JSON switchboard forwards.
+        if let Some(info) = &claims.info {
+            switchboard_protocol::json::check(info.get())
+                .map_err(|e| TokenError::Malformed(format!("info claim: {e}")))?;
+        }
+        Ok(claims)
     }
 
     fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, TokenError> {

@@ -254,3 +254,27 @@ fn base64url(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn info_breaking_the_json_rule_is_refused() {
+    let v = Verifier::new(&all_keys()).unwrap();
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    // Signed raw claims: serde_json's `Value` cannot even hold these texts.
+    let raw = |claims: &str| {
+        let claims = serde_json::value::RawValue::from_string(claims.to_owned()).unwrap();
+        encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    };
+    for (info, says) in [
+        (r#"{"n":1e400}"#, "out of the range"),
+        (r#"{"name":"\ud800"}"#, "surrogate"),
+        (r#"{"id":18446744073709551615}"#, "JavaScript"),
+    ] {
+        let token = raw(&format!(r#"{{"sub":"ann","info":{info}}}"#));
+        match v.connection(&token) {
+            Err(TokenError::Malformed(m)) => assert!(m.contains(says), "{info}: {m}"),
+            other => panic!("{info}: {other:?}"),
+        }
+    }
+    let token = raw(r#"{"sub":"ann","info":{"name":"\ud83d\ude00","n":1.5e300}}"#);
+    assert!(v.connection(&token).is_ok());
+}

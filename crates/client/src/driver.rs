@@ -410,7 +410,7 @@ async fn handshake(url: &str, id: u64, params: Value) -> Established {
             if let Ok(Incoming::Reply { id: got, result }) = parse_line(line)
                 && got == id
             {
-                let connect: ConnectResult = serde_json::from_value(result?)
+                let connect: ConnectResult = crate::wire::decode(&result?)
                     .map_err(|e| Error::Protocol(format!("connect result: {e}")))?;
                 let rest = lines.map(str::to_owned).collect();
                 return Ok((Box::new(ws), connect, rest));

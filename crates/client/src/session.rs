@@ -4,16 +4,17 @@
 
 use std::collections::HashMap;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use switchboard_protocol::{MAX_ID, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, ServerError};
 use crate::types::{Event, Publication, Recovery, SubscribeOptions, Subscribed};
-use crate::wire::{Incoming, Push, SubscribeResult, command, parse_frame};
+use crate::wire::{Incoming, Push, SubscribeResult, Undecodable, command, decode, parse_frame};
 
 /// Where a reply goes.
-pub(crate) type ReplyTx = oneshot::Sender<Result<Value, Error>>;
+pub(crate) type ReplyTx = oneshot::Sender<Result<Box<RawValue>, Error>>;
 
 /// Frames are batched (one object per line) up to about this size: well under the server's default
 /// message limit (1 MiB), so batching never turns small commands into a refused frame.
@@ -118,7 +119,7 @@ enum SubStatus {
     /// `subscribe` sent; publications that arrive meanwhile wait for its result, which may carry
     /// recovered ones that come first.
     Subscribing {
-        buffered: Vec<Publication>,
+        buffered: Vec<Result<Publication, Undecodable>>,
     },
     Active,
 }
@@ -324,7 +325,7 @@ impl Session {
         }
     }
 
-    fn on_reply(&mut self, id: u64, result: Result<Value, ServerError>) {
+    fn on_reply(&mut self, id: u64, result: Result<Box<RawValue>, ServerError>) {
         match self.pending.take(id) {
             Some(Waiter::Caller { tx, .. }) => {
                 let _ = tx.send(result.map_err(Error::Server));
@@ -346,7 +347,7 @@ impl Session {
         &mut self,
         channel: &str,
         generation: u64,
-        result: Result<Value, ServerError>,
+        result: Result<Box<RawValue>, ServerError>,
     ) {
         let Some(sub) = self.subs.get_mut(channel) else {
             return; // unsubscribed meanwhile
@@ -359,7 +360,7 @@ impl Session {
         };
         let buffered = std::mem::take(buffered);
         let result = result.map_err(Error::Server).and_then(|v| {
-            serde_json::from_value::<SubscribeResult>(v)
+            decode::<SubscribeResult>(&v)
                 .map_err(|e| Error::Protocol(format!("subscribe result: {e}")))
         });
         let r = match result {
@@ -401,20 +402,20 @@ impl Session {
         }));
         if recovery == Recovery::Recovered {
             for p in r.publications {
-                match p.into_publication() {
-                    Ok(p) => {
-                        // Recovered publications are complete by the server's word: only skip
-                        // what was delivered already.
-                        if let Some(pos) = &mut sub.position {
-                            if p.offset <= pos.offset {
-                                continue;
-                            }
-                            pos.offset = p.offset;
-                        }
-                        let _ = sub.events.send(Event::Publication(p));
+                let p = p.into_publication();
+                let offset = match &p {
+                    Ok(p) => p.offset,
+                    Err(u) => u.offset,
+                };
+                // Recovered publications are complete by the server's word: only skip what was
+                // delivered already.
+                if let Some(pos) = &mut sub.position {
+                    if offset <= pos.offset {
+                        continue;
                     }
-                    Err(e) => tracing::warn!(channel, "dropping a recovered publication: {e}"),
+                    pos.offset = offset;
                 }
+                let _ = sub.events.send(event(channel, p));
             }
         } else {
             sub.position = position;
@@ -428,7 +429,7 @@ impl Session {
         }
     }
 
-    fn on_publication(&mut self, channel: &str, p: Publication) {
+    fn on_publication(&mut self, channel: &str, p: Result<Publication, Undecodable>) {
         let Some(sub) = self.subs.get_mut(channel) else {
             return;
         };
@@ -441,18 +442,22 @@ impl Session {
             }
             SubStatus::Active => {}
         }
-        let order = match (&sub.position, sub.recoverable && p.offset > 0) {
-            (Some(pos), true) if p.offset <= pos.offset => Order::Duplicate,
-            (Some(pos), true) if p.offset == pos.offset + 1 => Order::Next,
+        let offset = match &p {
+            Ok(p) => p.offset,
+            Err(u) => u.offset,
+        };
+        let order = match (&sub.position, sub.recoverable && offset > 0) {
+            (Some(pos), true) if offset <= pos.offset => Order::Duplicate,
+            (Some(pos), true) if offset == pos.offset + 1 => Order::Next,
             (Some(_), true) => Order::Gap,
             _ => Order::Untracked,
         };
         match order {
             Order::Next | Order::Untracked => {
                 if let Some(pos) = &mut sub.position {
-                    pos.offset = pos.offset.max(p.offset);
+                    pos.offset = pos.offset.max(offset);
                 }
-                let _ = sub.events.send(Event::Publication(p));
+                let _ = sub.events.send(event(channel, p));
             }
             Order::Duplicate => {}
             Order::Gap => {
@@ -460,7 +465,7 @@ impl Session {
                 // `recover` from the last one delivered; the recovery brings this one too.
                 tracing::info!(
                     channel,
-                    offset = p.offset,
+                    offset,
                     "publications skipped; resubscribing to recover them"
                 );
                 self.unsubscribe_raw(channel);
@@ -525,10 +530,30 @@ impl Session {
     }
 }
 
+/// The event for a publication, or for one this client could not decode: reported (and logged), never
+/// dropped without a word; the stream goes on after it.
+fn event(channel: &str, p: Result<Publication, Undecodable>) -> Event {
+    match p {
+        Ok(p) => Event::Publication(p),
+        Err(Undecodable { offset, error }) => {
+            tracing::warn!(
+                channel,
+                offset,
+                "a publication could not be decoded: {error}"
+            );
+            Event::Undecodable { offset, error }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::Data;
+
+    fn value(raw: &RawValue) -> Value {
+        serde_json::from_str(raw.get()).unwrap()
+    }
 
     fn connected() -> Session {
         let mut s = Session::default();
@@ -549,7 +574,10 @@ mod tests {
         all
     }
 
-    fn request(s: &mut Session, method: &'static str) -> oneshot::Receiver<Result<Value, Error>> {
+    fn request(
+        s: &mut Session,
+        method: &'static str,
+    ) -> oneshot::Receiver<Result<Box<RawValue>, Error>> {
         let (tx, rx) = oneshot::channel();
         s.request(method, json!({}), tx);
         rx
@@ -606,7 +634,7 @@ mod tests {
             "{{\"id\":{},\"publish\":{{\"offset\":1}}}}",
             ids[0]
         ));
-        assert_eq!(a.try_recv().unwrap().unwrap(), json!({"offset": 1}));
+        assert_eq!(value(&a.try_recv().unwrap().unwrap()), json!({"offset": 1}));
         let Err(Error::Server(e)) = b.try_recv().unwrap() else {
             panic!()
         };
@@ -614,7 +642,7 @@ mod tests {
             e.kind(),
             Some(switchboard_protocol::ErrorCode::NotAvailable)
         );
-        assert_eq!(c.try_recv().unwrap().unwrap(), json!({"n": 3}));
+        assert_eq!(value(&c.try_recv().unwrap().unwrap()), json!({"n": 3}));
         assert_eq!(s.pending.len(), 0);
     }
 
@@ -640,7 +668,10 @@ mod tests {
         assert_eq!(out.len(), 1, "the caller that gave up is skipped: {out:?}");
         let id = out[0]["id"].as_u64().unwrap();
         s.on_text(&format!("{{\"id\":{id},\"rpc\":{{\"data\":1}}}}"));
-        assert_eq!(queued.try_recv().unwrap().unwrap(), json!({"data": 1}));
+        assert_eq!(
+            value(&queued.try_recv().unwrap().unwrap()),
+            json!({"data": 1})
+        );
     }
 
     #[test]
@@ -716,6 +747,29 @@ mod tests {
     }
 
     #[test]
+    fn a_recovery_that_goes_on_as_pushes_after_the_reply_is_delivered_whole() {
+        // docs/protocol.md, Recovery: the reply carries what fits in the server's queue for us, the
+        // rest follows as pushes; the reply's offset is where the stream stands, not where we are.
+        let mut s = connected();
+        let mut sub = subscribed(&mut s);
+        s.on_text(&publication("c", 6));
+        s.on_disconnected();
+        s.on_connected();
+        let out = sent(&mut s);
+        let id = out[0]["id"].as_u64().unwrap();
+        let reply = json!({"id": id, "subscribe": {"epoch": "e", "offset": 20, "recoverable": true, "recovered": true,
+            "publications": [{"offset": 7, "data": 7}, {"offset": 8, "data": 8}]}});
+        s.on_text(&reply.to_string());
+        let rest: Vec<String> = (9..=21).map(|o| publication("c", o)).collect();
+        s.on_text(&rest.join("\n"));
+        assert_eq!(offsets(&events(&mut sub)), (6..=21).collect::<Vec<_>>());
+        assert!(
+            sent(&mut s).is_empty(),
+            "no resubscribe: nothing was skipped"
+        );
+    }
+
+    #[test]
     fn unrecoverable_positions_are_reported_and_followed() {
         let mut s = connected();
         let mut sub = subscribed(&mut s);
@@ -730,6 +784,35 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(offsets(&ev), [41]);
+    }
+
+    #[test]
+    fn an_undecodable_publication_is_reported_in_its_place_and_the_stream_goes_on() {
+        let mut s = connected();
+        let mut sub = subscribed(&mut s);
+        s.on_text(&publication("c", 6));
+        s.on_text(r#"{"pub":{"channel":"c","offset":7,"data":[1E400]}}"#);
+        s.on_text(&publication("c", 8));
+        let ev = events(&mut sub);
+        assert!(
+            matches!(&ev[1], Event::Undecodable { offset: 7, error } if error.contains("data")),
+            "{ev:?}"
+        );
+        assert_eq!(offsets(&ev), [6, 8]);
+        assert!(sent(&mut s).is_empty(), "no gap, no resubscribe: {ev:?}");
+        // In a recovery too: reported in its place, the others delivered.
+        s.on_disconnected();
+        s.on_connected();
+        let id = sent(&mut s)[0]["id"].as_u64().unwrap();
+        s.on_text(&format!(
+            r#"{{"id":{id},"subscribe":{{"epoch":"e","offset":10,"recoverable":true,"recovered":true,"publications":[{{"offset":9,"data":"\ud800"}},{{"offset":10,"data":10}}]}}}}"#
+        ));
+        let ev = events(&mut sub);
+        assert!(
+            matches!(&ev[1], Event::Undecodable { offset: 9, .. }),
+            "{ev:?}"
+        );
+        assert_eq!(offsets(&ev), [10]);
     }
 
     #[test]

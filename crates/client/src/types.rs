@@ -118,6 +118,16 @@ pub enum Event {
     Join(ClientInfo),
     /// A client left (namespaces with `join_leave`).
     Leave(ClientInfo),
+    /// A publication arrived that this client cannot decode: its `data` is not JSON that serde_json
+    /// reads, or its `b64data` is not base64. A server that keeps docs/protocol.md's JSON rule refuses
+    /// such data at publish, so this points at a peer or an older server that does not. It is reported
+    /// in the publication's place (its offset counts as delivered) and the stream goes on.
+    Undecodable {
+        /// The publication's offset.
+        offset: u64,
+        /// What could not be decoded.
+        error: String,
+    },
     /// The subscription ended for good; the stream ends after this event. `code` is the server's
     /// unsubscribe code (2000), or the error code of a resubscribe the server refused (103, 109, ...).
     Unsubscribed {

@@ -6,21 +6,42 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ServerError;
 use crate::types::{ClientInfo, Data, Publication};
 
 /// One object of a frame from the server.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Incoming {
     /// The reply to command `id`: its result object, or the server's error.
     Reply {
         id: u64,
-        result: Result<Value, ServerError>,
+        result: Result<Box<RawValue>, ServerError>,
     },
     /// Something the server sent on its own.
     Push(Push),
+}
+
+/// Replies compare by their raw text (tests compare what was parsed).
+#[cfg(test)]
+impl PartialEq for Incoming {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Reply { id: a, result: ra }, Self::Reply { id: b, result: rb }) => {
+                a == b
+                    && match (ra, rb) {
+                        (Ok(x), Ok(y)) => x.get() == y.get(),
+                        (Err(x), Err(y)) => x == y,
+                        _ => false,
+                    }
+            }
+            (Self::Push(a), Self::Push(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// A push (docs/protocol.md, "Pushes").
@@ -28,7 +49,7 @@ pub(crate) enum Incoming {
 pub(crate) enum Push {
     Pub {
         channel: String,
-        publication: Publication,
+        publication: Result<Publication, Undecodable>,
     },
     Join {
         channel: String,
@@ -56,6 +77,36 @@ pub(crate) enum Push {
     },
 }
 
+/// A publication whose envelope (channel, offset) was read but whose payload was not: its data is not
+/// JSON that serde_json reads (a number beyond f64, an unpaired surrogate: a server that keeps
+/// docs/protocol.md's JSON rule never forwards these) or its `b64data` is not base64. It keeps its
+/// place in the channel's order, and is reported instead of being dropped without a word.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Undecodable {
+    pub(crate) offset: u64,
+    pub(crate) error: String,
+}
+
+/// Deepest nesting read from the server: the payload rule's bound (docs/protocol.md) plus the few
+/// levels of the envelope around a payload (reply, result, publications list, publication).
+const MAX_FRAME_DEPTH: usize = switchboard_protocol::json::MAX_DEPTH + 8;
+
+/// Parses JSON read from the server. serde_json's recursion limit (127 levels) is below what a frame
+/// carrying a 128-level payload nests to, so it is lifted here, after the nesting was bounded by
+/// [`MAX_FRAME_DEPTH`] in [`parse_line`]: the parser's stack stays bounded either way.
+fn from_json<T: DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Decodes a raw result or push body (part of a line that [`parse_line`] bounded).
+pub(crate) fn decode<T: DeserializeOwned>(raw: &RawValue) -> serde_json::Result<T> {
+    from_json(raw.get())
+}
+
 /// The objects of one text frame: one per non-empty line.
 pub(crate) fn parse_frame(text: &str) -> impl Iterator<Item = Result<Incoming, String>> + '_ {
     text.split('\n')
@@ -63,23 +114,30 @@ pub(crate) fn parse_frame(text: &str) -> impl Iterator<Item = Result<Incoming, S
         .map(parse_line)
 }
 
-/// One object.
+/// One object. Payloads stay raw until the end, so that one that cannot be decoded is reported with
+/// its channel and offset rather than making the whole line unreadable.
 pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
-    let mut fields: Map<String, Value> =
-        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    if switchboard_protocol::json::depth(line) > MAX_FRAME_DEPTH {
+        return Err(format!("nested deeper than {MAX_FRAME_DEPTH} levels"));
+    }
+    let mut fields: BTreeMap<String, Box<RawValue>> =
+        from_json(line).map_err(|e| format!("not a JSON object: {e}"))?;
     if let Some(id) = fields.remove("id") {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| format!("reply id is not an integer: {id}"))?;
+        let id: u64 = decode(&id).map_err(|_| format!("reply id is not an integer: {id}"))?;
         if let Some(error) = fields.remove("error") {
-            let error: ServerError = serde_json::from_value(error)
-                .map_err(|e| format!("reply {id}: malformed error: {e}"))?;
+            let error: ServerError =
+                decode(&error).map_err(|e| format!("reply {id}: malformed error: {e}"))?;
             return Ok(Incoming::Reply {
                 id,
                 result: Err(error),
             });
         }
-        let result = fields.into_iter().next().map_or(Value::Null, |(_, v)| v);
+        let result = match fields.into_iter().next() {
+            Some((_, v)) => v,
+            None => {
+                RawValue::from_string("null".to_owned()).map_err(|e| format!("reply {id}: {e}"))?
+            }
+        };
         return Ok(Incoming::Reply {
             id,
             result: Ok(result),
@@ -91,14 +149,28 @@ pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
         .ok_or_else(|| "an empty object".to_owned())?;
     let push = match kind.as_str() {
         "pub" => {
-            let p: PubPush = body_of(&kind, body)?;
+            let PubPush {
+                channel,
+                offset,
+                data,
+                b64data,
+                info,
+                tags,
+            } = body_of(&kind, &body)?;
+            let publication = WirePublication {
+                offset,
+                data,
+                b64data,
+                info,
+                tags,
+            };
             Push::Pub {
-                channel: p.channel,
-                publication: p.publication.into_publication()?,
+                channel,
+                publication: publication.into_publication(),
             }
         }
         "join" | "leave" => {
-            let p: PresencePush = body_of(&kind, body)?;
+            let p: PresencePush = body_of(&kind, &body)?;
             if kind == "join" {
                 Push::Join {
                     channel: p.channel,
@@ -112,11 +184,11 @@ pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
             }
         }
         "subscribe" => {
-            let p: ChannelOnly = body_of(&kind, body)?;
+            let p: ChannelOnly = body_of(&kind, &body)?;
             Push::Subscribe { channel: p.channel }
         }
         "unsubscribe" => {
-            let p: UnsubscribePush = body_of(&kind, body)?;
+            let p: UnsubscribePush = body_of(&kind, &body)?;
             Push::Unsubscribe {
                 channel: p.channel,
                 code: p.code,
@@ -124,7 +196,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
             }
         }
         "disconnect" => {
-            let p: DisconnectPush = body_of(&kind, body)?;
+            let p: DisconnectPush = body_of(&kind, &body)?;
             Push::Disconnect {
                 code: p.code,
                 reason: p.reason,
@@ -137,8 +209,8 @@ pub(crate) fn parse_line(line: &str) -> Result<Incoming, String> {
     Ok(Incoming::Push(push))
 }
 
-fn body_of<T: serde::de::DeserializeOwned>(kind: &str, body: Value) -> Result<T, String> {
-    serde_json::from_value(body).map_err(|e| format!("malformed {kind} push: {e}"))
+fn body_of<T: DeserializeOwned>(kind: &str, body: &RawValue) -> Result<T, String> {
+    decode(body).map_err(|e| format!("malformed {kind} push: {e}"))
 }
 
 /// A command `{"id":N,"<method>":<params>}`.
@@ -154,8 +226,9 @@ pub(crate) fn command(id: u64, method: &str, params: Value) -> String {
 pub(crate) struct WirePublication {
     #[serde(default)]
     offset: u64,
+    // Raw: decoded last, so that a payload this client cannot read is reported with its offset.
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     b64data: Option<String>,
     #[serde(default)]
@@ -165,18 +238,23 @@ pub(crate) struct WirePublication {
 }
 
 impl WirePublication {
-    pub(crate) fn into_publication(self) -> Result<Publication, String> {
+    pub(crate) fn into_publication(self) -> Result<Publication, Undecodable> {
+        let offset = self.offset;
+        let undecodable = |error: String| Undecodable { offset, error };
         let data = match (self.data, self.b64data) {
             (_, Some(b64)) => Data::Binary(
                 BASE64
                     .decode(b64.as_bytes())
-                    .map_err(|e| format!("publication {}: bad b64data: {e}", self.offset))?,
+                    .map_err(|e| undecodable(format!("bad b64data: {e}")))?,
             ),
+            (Some(raw), None) => {
+                Data::Json(decode(&raw).map_err(|e| undecodable(format!("undecodable data: {e}")))?)
+            }
             // `"data": null` deserializes as None: a publication of JSON null.
-            (data, None) => Data::Json(data.unwrap_or(Value::Null)),
+            (None, None) => Data::Json(Value::Null),
         };
         Ok(Publication {
-            offset: self.offset,
+            offset,
             data,
             info: self.info,
             tags: self.tags,
@@ -187,8 +265,17 @@ impl WirePublication {
 #[derive(Deserialize)]
 struct PubPush {
     channel: String,
-    #[serde(flatten)]
-    publication: WirePublication,
+    // Not `#[serde(flatten)]`: it buffers fields and cannot hand a `RawValue` through.
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    b64data: Option<String>,
+    #[serde(default)]
+    info: Option<ClientInfo>,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -272,7 +359,7 @@ mod tests {
             got[0],
             Ok(Incoming::Reply {
                 id: 3,
-                result: Ok(json!({"offset": 7, "epoch": "e"}))
+                result: Ok(RawValue::from_string(r#"{"offset":7,"epoch":"e"}"#.into()).unwrap())
             })
         );
         let Ok(Incoming::Push(Push::Pub {
@@ -283,6 +370,7 @@ mod tests {
             panic!("{:?}", got[1])
         };
         assert_eq!(channel, "c");
+        let publication = publication.as_ref().unwrap();
         assert_eq!(publication.offset, 7);
         assert_eq!(publication.data, Data::Json(json!({"x": 1})));
         assert_eq!(
@@ -309,7 +397,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(publication.data, Data::Binary(vec![0, 255]));
+        assert_eq!(publication.unwrap().data, Data::Binary(vec![0, 255]));
         assert_eq!(
             parse_line(r#"{"disconnect":{"code":3008,"reason":"slow","reconnect":true}}"#),
             Ok(Incoming::Push(Push::Disconnect {
@@ -340,12 +428,63 @@ mod tests {
             r#"{"id":-1}"#,
             r#"{"id":1,"error":"boom"}"#,
             r#"{"pub":{"offset":1}}"#,
-            r#"{"pub":{"channel":"c","b64data":"***"}}"#,
             r#"{"weird":{}}"#,
             r#"{"disconnect":{"code":99999}}"#,
         ] {
             assert!(parse_line(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_publication_that_cannot_be_decoded_keeps_its_channel_and_offset() {
+        // Data serde_json refuses (issue 18: servers that keep the JSON rule never send it), broken
+        // base64, and a payload as deep as the rule allows inside the envelope, which must decode.
+        for (line, offset, says) in [
+            (
+                r#"{"pub":{"channel":"c","offset":4,"data":[1E400]}}"#,
+                4,
+                "undecodable data",
+            ),
+            (
+                r#"{"pub":{"channel":"c","offset":5,"data":"\ud800"}}"#,
+                5,
+                "undecodable data",
+            ),
+            (
+                r#"{"pub":{"channel":"c","offset":6,"b64data":"***"}}"#,
+                6,
+                "b64data",
+            ),
+        ] {
+            match parse_line(line) {
+                Ok(Incoming::Push(Push::Pub {
+                    channel,
+                    publication: Err(u),
+                })) => {
+                    assert_eq!((channel.as_str(), u.offset), ("c", offset), "{line}");
+                    assert!(u.error.contains(says), "{line}: {}", u.error);
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let depth = switchboard_protocol::json::MAX_DEPTH - 1;
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let line =
+            format!(r#"{{"id":2,"history":{{"publications":[{{"offset":1,"data":{deep}}}]}}}}"#);
+        let Ok(Incoming::Reply {
+            result: Ok(raw), ..
+        }) = parse_line(&line)
+        else {
+            panic!("a deep payload in a reply")
+        };
+        let h: HistoryResult = decode(&raw).unwrap();
+        assert!(
+            h.publications
+                .into_iter()
+                .all(|p| p.into_publication().is_ok())
+        );
+        let too_deep = "[".repeat(1_000_000);
+        assert!(parse_line(&too_deep).is_err(), "bounded before parsing");
     }
 
     #[test]

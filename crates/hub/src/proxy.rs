@@ -112,9 +112,14 @@ struct WireDisconnect {
 
 impl ProxyReply {
     /// Parses a backend's response body.
+    ///
+    /// The body is held to the JSON rule of [`switchboard_protocol::json`] as a whole: what a handler
+    /// answers (`data`, `info`, a rewritten publication) reaches clients as it came.
     pub fn parse(body: &[u8]) -> Result<Self, ProxyError> {
         let wire: WireReply =
             serde_json::from_slice(body).map_err(|e| ProxyError::BadReply(e.to_string()))?;
+        let text = std::str::from_utf8(body).map_err(|e| ProxyError::BadReply(e.to_string()))?;
+        switchboard_protocol::json::check(text).map_err(|e| ProxyError::BadReply(e.to_string()))?;
         match (wire.result, wire.error, wire.disconnect) {
             (_, _, Some(d)) => Ok(Self::Disconnect {
                 reconnect: d.reconnect,
@@ -380,5 +385,19 @@ mod tests {
             ProxyReply::parse(br#"{"result":{},"extra":1}"#),
             Err(ProxyError::BadReply(_))
         ));
+    }
+
+    #[test]
+    fn answers_breaking_the_json_rule_are_bad_replies() {
+        for body in [
+            r#"{"result":{"data":1E400}}"#,
+            r#"{"result":{"info":{"name":"\ud800"}}}"#,
+            r#"{"result":{"data":{"id":9007199254740993}}}"#,
+        ] {
+            match ProxyReply::parse(body.as_bytes()) {
+                Err(ProxyError::BadReply(m)) => assert!(!m.is_empty()),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 }

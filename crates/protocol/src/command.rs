@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
+use crate::json::{self, JsonError};
 use crate::types::{Payload, StreamPosition};
 
 /// Largest command id: ids must survive a round trip through a JavaScript number.
@@ -124,16 +125,26 @@ pub struct PublishRequest {
     pub channel: String,
     /// `data` (JSON) or `b64data` (decoded bytes).
     pub payload: Payload,
+    /// A key naming this publication, so that a retry after an unknown outcome (a timeout, a lost
+    /// connection) is not published twice: a publish by the same user to the same channel with the
+    /// same key within the server's idempotency window answers the first one's position instead.
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest `idempotency_key` a client may send, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPublish<'a> {
     channel: String,
-    #[serde(borrow, default)]
+    // `data` is any JSON, `null` included: present-but-null must not read as absent.
+    #[serde(borrow, default, deserialize_with = "json::present")]
     data: Option<&'a RawValue>,
     #[serde(default)]
     b64data: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// `history` parameters.
@@ -196,17 +207,19 @@ pub enum DecodeError {
     },
 }
 
-/// Deepest nesting of arrays and objects accepted in a command (payloads included).
-pub const MAX_DEPTH: usize = 128;
-
 /// Decodes one command from one line of JSON.
+///
+/// The whole line is held to the JSON rule of [`crate::json`] once, payloads included: a line nested
+/// too deep is not a command (it cannot be parsed for its id), and any other breach of the rule is
+/// answered with error 107 naming what was wrong.
 pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
-    if !depth_within(line, MAX_DEPTH) {
-        return Err(DecodeError::Frame(format!(
-            "JSON nested deeper than {MAX_DEPTH} levels"
-        )));
+    let text =
+        std::str::from_utf8(line).map_err(|e| DecodeError::Frame(format!("invalid UTF-8: {e}")))?;
+    let rule = json::check(text);
+    if let Err(JsonError::TooDeep) = rule {
+        return Err(DecodeError::Frame(JsonError::TooDeep.to_string()));
     }
-    let fields: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(line)
+    let fields: BTreeMap<Cow<'_, str>, &RawValue> = serde_json::from_str(text)
         .map_err(|e| DecodeError::Frame(format!("invalid JSON object: {e}")))?;
     let id = match fields
         .get("id")
@@ -220,6 +233,13 @@ pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
         }
         None => return Err(DecodeError::Frame("missing id".into())),
     };
+    if let Err(e) = rule {
+        return Err(DecodeError::Command {
+            id,
+            code: ErrorCode::BadRequest,
+            message: e.to_string(),
+        });
+    }
     let bad = |code: ErrorCode, message: String| DecodeError::Command { id, code, message };
     let mut methods = fields.iter().filter(|(k, _)| *k != "id");
     let (name, params) = match (methods.next(), methods.next()) {
@@ -260,9 +280,18 @@ pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
                     ));
                 }
             };
+            if let Some(key) = &raw.idempotency_key
+                && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+            {
+                return Err(bad(
+                    ErrorCode::BadRequest,
+                    format!("idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+                ));
+            }
             Method::Publish(PublishRequest {
                 channel: raw.channel,
                 payload,
+                idempotency_key: raw.idempotency_key,
             })
         }
         "rpc" => {
@@ -282,36 +311,6 @@ pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
         }
     };
     Ok(Command { id, method })
-}
-
-/// Whether `json` nests arrays and objects at most `max` deep. serde_json bounds its own recursion,
-/// but passes raw payloads (`data`) through without looking inside; they go to other clients' parsers,
-/// so the bound is checked here for the whole line, in one pass outside strings.
-fn depth_within(json: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
 }
 
 fn parse<T: DeserializeOwned>(params: &str) -> Result<T, String> {
@@ -358,7 +357,8 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#))
+                payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#)),
+                idempotency_key: None,
             })
         );
         let c =
@@ -367,9 +367,29 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Binary(Bytes::from_static(&[0, 1, 2, 255]))
+                payload: Payload::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+                idempotency_key: None,
             })
         );
+        let c = decode_command(
+            br#"{"id":4,"publish":{"channel":"c","data":1,"idempotency_key":"k-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.method,
+            Method::Publish(PublishRequest {
+                channel: "c".into(),
+                payload: Payload::Json(Bytes::from_static(b"1")),
+                idempotency_key: Some("k-1".into()),
+            })
+        );
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY + 1);
+        for key in ["", long.as_str()] {
+            let json = format!(
+                r#"{{"id":4,"publish":{{"channel":"c","data":1,"idempotency_key":"{key}"}}}}"#
+            );
+            assert!(decode_command(json.as_bytes()).is_err(), "{key:?}");
+        }
         for (json, name) in [
             (r#"{"id":5,"unsubscribe":{"channel":"c"}}"#, "unsubscribe"),
             (r#"{"id":5,"presence":{"channel":"c"}}"#, "presence"),
@@ -450,6 +470,57 @@ mod tests {
         assert_eq!(
             code(r#"{"id":7,"publish":{"channel":"c","b64data":"!!"}}"#),
             Some((7, ErrorCode::BadRequest))
+        );
+    }
+
+    #[test]
+    fn the_json_rule_is_answered_with_107() {
+        let code = |s: &str| match decode_command(s.as_bytes()) {
+            Err(DecodeError::Command { code, id, message }) => Some((id, code, message)),
+            _ => None,
+        };
+        // The fuzzing find of issue 18: a number serde_json refuses inside a publication.
+        let (id, c, message) = code(
+            r#"{"id":3,"publish":{"channel":"c","data":{"t@ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp]":[1E0040000000000000]}}}"#,
+        )
+        .unwrap();
+        assert_eq!((id, c), (3, ErrorCode::BadRequest));
+        assert!(message.contains("out of the range"), "{message}");
+        for (line, says) in [
+            (
+                r#"{"id":4,"publish":{"channel":"c","data":"\ud800"}}"#,
+                "surrogate",
+            ),
+            (
+                r#"{"id":4,"publish":{"channel":"c","data":{"n":9007199254740993}}}"#,
+                "JavaScript",
+            ),
+            (
+                r#"{"id":4,"rpc":{"method":"m","data":[1e999]}}"#,
+                "out of the range",
+            ),
+            (r#"{"id":4,"connect":{"data":{"x":"\udc00"}}}"#, "surrogate"),
+            (
+                r#"{"id":4,"subscribe":{"channel":"c","data":-1e400}}"#,
+                "out of the range",
+            ),
+        ] {
+            let (id, c, message) = code(line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!((id, c), (4, ErrorCode::BadRequest), "{line}");
+            assert!(message.contains(says), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn publish_data_may_be_null() {
+        let c = decode_command(br#"{"id":1,"publish":{"channel":"c","data":null}}"#).unwrap();
+        assert_eq!(
+            c.method,
+            Method::Publish(PublishRequest {
+                channel: "c".into(),
+                payload: Payload::Json(Bytes::from_static(b"null")),
+                idempotency_key: None,
+            })
         );
     }
 

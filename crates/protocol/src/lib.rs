@@ -7,6 +7,7 @@
 //!
 //! - [`decode_command`] turns one line of a frame into a [`Command`] or a [`DecodeError`] that says
 //!   what to answer.
+//! - [`json`] is the one rule for JSON switchboard accepts and forwards, wherever it comes from.
 //! - [`encode`] builds replies and pushes; pushes are written by hand because a publication is
 //!   encoded once and sent to every subscriber.
 //! - [`ErrorCode`], [`DisconnectCode`] and [`UnsubscribeCode`] are the codes of docs/protocol.md.
@@ -14,6 +15,7 @@
 mod codes;
 mod command;
 pub mod encode;
+pub mod json;
 mod types;
 
 pub use codes::{DisconnectCode, ErrorCode, UnsubscribeCode};

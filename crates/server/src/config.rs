@@ -256,15 +256,36 @@ impl ShutdownConfig {
 }
 
 /// The `[engine]` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Which engine: `memory` (one node, nothing to install) or `redis` (several nodes share
     /// channels through Redis; see `[engine.redis]`).
     #[serde(rename = "type")]
     pub kind: EngineKind,
+    /// How often each node announces itself (with its counts) to the others, for the API's `info`.
+    /// A node not heard from for three intervals leaves the list.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// How long an API call that acts on every node (`subscribe`, `unsubscribe`, `disconnect`,
+    /// `refresh`, `channels`) waits for the other nodes' answers; it then answers without the late
+    /// ones, counting them in `unanswered`.
+    #[serde(with = "humantime_serde")]
+    pub control_timeout: Duration,
     /// Settings of the Redis engine (used when `type = "redis"`).
     pub redis: switchboard_engine_redis::RedisConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cluster = switchboard_hub::ClusterConfig::default();
+        Self {
+            kind: EngineKind::default(),
+            announce_interval: cluster.announce_interval,
+            control_timeout: cluster.control_timeout,
+            redis: switchboard_engine_redis::RedisConfig::default(),
+        }
+    }
 }
 
 /// The engine's kind.
@@ -417,6 +438,13 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        if self.engine.announce_interval < Duration::from_millis(10)
+            || self.engine.control_timeout < Duration::from_millis(10)
+        {
+            return Err(ConfigError::Invalid(
+                "[engine] announce_interval and control_timeout must be at least 10ms".into(),
+            ));
+        }
         if self.engine.kind == EngineKind::Redis {
             self.engine
                 .redis
@@ -711,6 +739,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("adresses"), "{err}");
+        let c =
+            Config::from_toml("[engine]\nannounce_interval = \"1s\"\ncontrol_timeout = \"500ms\"")
+                .unwrap();
+        assert_eq!(c.engine.announce_interval, Duration::from_secs(1));
+        assert_eq!(c.engine.control_timeout, Duration::from_millis(500));
+        let err = Config::from_toml("[engine]\ncontrol_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control_timeout"), "{err}");
     }
 
     #[test]

@@ -322,3 +322,57 @@ async fn pretty_printed_data_reaches_clients_on_one_line() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["pub"]["data"], json!({"text": "two\nlines", "n": [1, 2]}));
 }
+
+#[tokio::test]
+async fn json_that_parsers_read_differently_is_refused_with_400() {
+    let s = start(config()).await;
+    let mut c = JsonClient::connected(s.addr).await;
+    c.ok("subscribe", json!({"channel": "rule"})).await;
+    // Issue 18's two examples, then an integer JavaScript would round, then nesting past 128 levels.
+    let deep = format!("{}1{}", "[".repeat(128), "]".repeat(128));
+    for (body, says) in [
+        (
+            r#"{"channel":"rule","data":1E40000000000000}"#.to_owned(),
+            "out of the range",
+        ),
+        (
+            r#"{"channel":"rule","data":"\ud800"}"#.to_owned(),
+            "surrogate",
+        ),
+        (
+            r#"{"channel":"rule","data":{"id":12345678901234567890}}"#.to_owned(),
+            "JavaScript",
+        ),
+        (format!(r#"{{"channel":"rule","data":{deep}}}"#), "nested"),
+        (
+            r#"{"commands":[{"publish":{"channel":"rule","data":[-1e999]}}]}"#.to_owned(),
+            "out of the range",
+        ),
+    ] {
+        let method = if body.contains("commands") {
+            "batch"
+        } else {
+            "publish"
+        };
+        let (status, v) = api_call(s.api, Some(KEY), method, &body).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {v}"
+        );
+    }
+    // `data` is any JSON, null included; a paired surrogate is fine. Only these two arrive.
+    let (status, v) = api_call(
+        s.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"rule","data":null}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let ok = r#"{"channel":"rule","data":"\ud83d\ude00"}"#;
+    let (status, v) = api_call(s.api, Some(KEY), "publish", ok).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(c.push("pub").await["data"], Value::Null);
+    assert_eq!(c.push("pub").await["data"], json!("\u{1F600}"));
+}

@@ -68,6 +68,11 @@ async fn follow(client: &Client, url: &str, args: &SubscribeArgs) -> Result<(), 
                 ),
                 Recovery::Fresh => {}
             },
+            // Never silent (issue 18): say which publication could not be read, and go on.
+            Some(Event::Undecodable { offset, error }) => eprintln!(
+                "switchboard: {} offset {offset}: a publication could not be decoded and was skipped: {error}",
+                args.channel
+            ),
             Some(Event::Unsubscribed { code, reason }) => {
                 return Err(ToolError::Refused(format!(
                     "the server ended the subscription: {code} {reason}"
