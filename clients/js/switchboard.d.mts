@@ -174,6 +174,10 @@ export interface Stats {
   /** WebSocket only: the bytes of the frames that carried them (payload plus frame heads). */
   frameBytesUp: number;
   frameBytesDown: number;
+  /** SSE only: the bytes of the events as the stream carried them (`id:`/`data:` lines), without the response head. */
+  streamBytesDown: number;
+  /** HTTP transports only: the request bodies sent. */
+  bodyBytesUp: number;
 }
 
 export interface ReconnectingContext {

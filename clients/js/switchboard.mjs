@@ -157,9 +157,12 @@ export class Client extends Emitter {
     this.clientId = null;
     /**
      * Requests made (HTTP requests and WebSocket handshakes), payload bytes sent and received, and,
-     * for WebSocket, the bytes of the frames that carried them (`frameBytesUp`/`frameBytesDown`).
+     * for WebSocket, the bytes of the frames that carried them (`frameBytesUp`/`frameBytesDown`); for
+     * SSE, the bytes of the events as the stream carried them (`streamBytesDown`: `id:` and `data:`
+     * lines, without the response head, which Resource Timing reports once the stream ends); for the
+     * HTTP transports, the request bodies sent (`bodyBytesUp`).
      */
-    this.stats = { requests: 0, bytesUp: 0, bytesDown: 0, frameBytesUp: 0, frameBytesDown: 0 };
+    this.stats = { requests: 0, bytesUp: 0, bytesDown: 0, frameBytesUp: 0, frameBytesDown: 0, streamBytesDown: 0, bodyBytesUp: 0 };
     /** While `state` is `connecting`: when the next attempt (or retried request) is due (ms since epoch). */
     this.retryAt = null;
     this._token = options.token ?? null;
@@ -996,7 +999,9 @@ class HttpTransport {
     this.abort.signal.addEventListener('abort', stop);
     const init = { signal: ac.signal, cache: 'no-store' };
     if (body !== undefined) {
-      this.stats.bytesUp += utf8Length(body);
+      const n = utf8Length(body);
+      this.stats.bytesUp += n;
+      this.stats.bodyBytesUp += n;
       Object.assign(init, { method: 'POST', body, headers: { 'Content-Type': 'text/plain' } });
     }
     try {
@@ -1157,7 +1162,11 @@ class HttpTransport {
       this._ok();
     };
     es.onmessage = (e) => {
-      this.stats.bytesDown += utf8Length(e.data);
+      const n = utf8Length(e.data);
+      this.stats.bytesDown += n;
+      // As the server writes it: `id: N\n`, `data: ` before each line, and a blank line.
+      const lines = e.data.split('\n').length;
+      this.stats.streamBytesDown += n + 6 * lines + `id: ${e.lastEventId}\n`.length + 1;
       this._deliver(Number(e.lastEventId), parseLines(e.data, this.on.bad));
       this._scheduleAck();
     };
