@@ -1,5 +1,6 @@
 // End-to-end: the chat demo served by the real binary, in headless Chromium, over every transport,
-// with WebSocket (and EventSource) taken away from the page, and across a server restart.
+// with WebSocket (and EventSource) taken away from the page, across a server restart, on a phone
+// viewport, and checked with axe-core (injected from the npm package, never fetched by the page).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
@@ -97,7 +98,11 @@ for (const transport of ['websocket', 'sse', 'long-poll', 'poll']) {
     await alice.page.waitForFunction(() => /\(1\)$/.test(document.getElementById('m-median').textContent));
     assert.match(await meter(bob, 'latency'), /^\d+(\.\d)? ms$/);
     assert.ok(Number(await meter(alice, 'requests')) >= (transport === 'websocket' ? 1 : 3));
-    if (transport === 'websocket' && process.env.SCREENSHOT) await alice.page.screenshot({ path: SCREENSHOT });
+    if (transport === 'websocket' && process.env.SCREENSHOT) {
+      // With every figure of the meter filled in (requests per minute needs a few seconds).
+      await alice.page.waitForFunction(() => document.getElementById('m-rate').textContent !== '–', null, { timeout: WAIT });
+      await alice.page.screenshot({ path: SCREENSHOT });
+    }
     await close(alice, bob);
   });
 }
@@ -341,6 +346,29 @@ test('a server shutdown shows no "X left" for users who never left', { timeout: 
   const lines = await systemLines(alice);
   assert.deepEqual(lines.filter((l) => / left$/.test(l)), [], lines.join('\n'));
   await close(alice, ...others);
+});
+
+test('leave pushes that come with a shutdown disconnect (one SSE event) show nobody leaving', { timeout: 60000 }, async () => {
+  const alice = await user('alice', 'shutdown-batch', { transport: 'sse' });
+  const carol = await user('carol', 'shutdown-batch');
+  await alice.page.locator('#who li', { hasText: 'carol' }).waitFor({ timeout: WAIT });
+  const carolId = await carol.page.evaluate(() => window.switchboardDemo.client.clientId);
+  // What a node shutting down delivers to an SSE page, in one batch: carol's connection closed a
+  // moment before alice's, then alice's own disconnect push (3001). Handed to the client as its
+  // transport hands it the lines of an event.
+  await alice.page.evaluate((id) => {
+    const c = window.switchboardDemo.client;
+    const conn = c._conn;
+    c._handle({ leave: { channel: 'chat:shutdown-batch', info: { client: id, user: '' } } }, conn);
+    c._handle({ disconnect: { code: 3001, reason: 'shutdown', reconnect: true, delay: 50 } }, conn);
+  }, carolId);
+  await alice.page.locator('#messages li.system', { hasText: 'disconnected (shutdown)' }).waitFor({ timeout: WAIT });
+  await alice.page.locator('#m-state.connected').waitFor({ timeout: WAIT });
+  await alice.page.waitForTimeout(1000);
+  const lines = await systemLines(alice);
+  assert.deepEqual(lines.filter((l) => / left$/.test(l)), [], lines.join('\n'));
+  assert.ok((await here(alice)).includes('carol'), 'carol is still here');
+  await close(alice, carol);
 });
 
 test('the meter tells the README story: bytes and requests per message, idle requests, latency of others', { timeout: 120000 }, async () => {

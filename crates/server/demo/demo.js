@@ -46,6 +46,8 @@ $('panel-toggle').addEventListener('click', () => {
 });
 setInterval(meter, 500);
 observeHttp();
+// For the browser tests and for poking around in the console: the client of the current room.
+window.switchboardDemo = { get client() { return client; } };
 
 /** Checks the join form; says what is wrong and what is allowed. */
 function validRoom(focus = true) {
