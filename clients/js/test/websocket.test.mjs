@@ -86,6 +86,32 @@ test('recovers publications missed while the network was down, exactly once and 
   assert.equal(sub.offset, 4);
 });
 
+test('recovers more than the server queues for one client: the rest follows the reply as pushes', { timeout: 30000 }, async () => {
+  // 100 publications of 30 KB missed: three times the server's default queue_bytes (1 MiB), so the
+  // subscribe reply carries only the first ones (docs/protocol.md, Recovery).
+  const gate = gatedWebSocket();
+  const a = client({ WebSocket: gate.WebSocket });
+  const sub = a.subscribe('chat:big-recovery');
+  await sub.ready();
+  const got = collect(sub);
+  await server.api('publish', { channel: 'chat:big-recovery', data: 0 });
+  await until(() => got.length === 1, 'the first publication');
+  gate.down = true;
+  const down = next(a, 'disconnected');
+  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await down;
+  const pad = 'x'.repeat(30000);
+  for (let i = 1; i <= 99; i++) await server.api('publish', { channel: 'chat:big-recovery', data: { i, pad } });
+  const resubscribed = next(sub, 'subscribed');
+  gate.down = false;
+  const s = await resubscribed;
+  assert.equal(s.recovered, true);
+  await server.api('publish', { channel: 'chat:big-recovery', data: { i: 100 } });
+  await until(() => got.length >= 101, 'every publication', 20000);
+  assert.deepEqual(got.map((d) => (typeof d === 'number' ? d : d.i)), [...Array(101).keys()]);
+  assert.equal(sub.offset, 101);
+});
+
 test('a server restart on the same port: reconnects, and says the stream was lost', { timeout: 20000 }, async () => {
   const a = client();
   const sub = a.subscribe('chat:restart');

@@ -747,6 +747,29 @@ mod tests {
     }
 
     #[test]
+    fn a_recovery_that_goes_on_as_pushes_after_the_reply_is_delivered_whole() {
+        // docs/protocol.md, Recovery: the reply carries what fits in the server's queue for us, the
+        // rest follows as pushes; the reply's offset is where the stream stands, not where we are.
+        let mut s = connected();
+        let mut sub = subscribed(&mut s);
+        s.on_text(&publication("c", 6));
+        s.on_disconnected();
+        s.on_connected();
+        let out = sent(&mut s);
+        let id = out[0]["id"].as_u64().unwrap();
+        let reply = json!({"id": id, "subscribe": {"epoch": "e", "offset": 20, "recoverable": true, "recovered": true,
+            "publications": [{"offset": 7, "data": 7}, {"offset": 8, "data": 8}]}});
+        s.on_text(&reply.to_string());
+        let rest: Vec<String> = (9..=21).map(|o| publication("c", o)).collect();
+        s.on_text(&rest.join("\n"));
+        assert_eq!(offsets(&events(&mut sub)), (6..=21).collect::<Vec<_>>());
+        assert!(
+            sent(&mut s).is_empty(),
+            "no resubscribe: nothing was skipped"
+        );
+    }
+
+    #[test]
     fn unrecoverable_positions_are_reported_and_followed() {
         let mut s = connected();
         let mut sub = subscribed(&mut s);

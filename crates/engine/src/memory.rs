@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, HistoryStats, PresenceEvent,
-    PresenceStats, StreamOptions,
+    PresenceStats, Reach, StreamOptions,
 };
 
 const SHARDS: usize = 64;
@@ -59,12 +59,12 @@ impl Stream {
         }
     }
 
-    /// Drops expired publications; starts a new epoch if the whole stream expired.
-    fn expire(&mut self, now: Instant) {
+    /// Drops expired publications; starts a new epoch if the whole stream expired. The new stream
+    /// lives its own meta ttl: the publication that follows a read continues the epoch the read
+    /// reported (the conformance suite holds every engine to it).
+    fn expire(&mut self, now: Instant, opts: &StreamOptions) {
         if now >= self.meta_expires {
-            self.epoch = new_epoch();
-            self.top = 0;
-            self.items.clear();
+            *self = Self::new(now, opts);
             return;
         }
         while self.items.front().is_some_and(|(exp, _)| *exp <= now) {
@@ -173,6 +173,29 @@ impl Engine for MemoryEngine {
         }
     }
 
+    /// One process: the whole cluster is this node, whose handler gets the message at once.
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+        match self.handler() {
+            Some(handler) => {
+                handler.on_control(message);
+                Ok(Reach::Nodes(1))
+            }
+            // Nobody listens yet (no node is built on this engine).
+            None => Ok(Reach::Nodes(0)),
+        }
+    }
+
+    /// One process: only this node can be reached.
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        match self.handler() {
+            Some(handler) if node == self.node_id => {
+                handler.on_control(message);
+                Ok(())
+            }
+            _ => Err(EngineError::UnknownNode(node.to_owned())),
+        }
+    }
+
     async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
         // One process: every publication reaches the handler anyway.
         Ok(())
@@ -191,7 +214,7 @@ impl Engine for MemoryEngine {
         let now = Instant::now();
         let stream = self.stream(channel, now, opts);
         let mut s = stream.lock();
-        s.expire(now);
+        s.expire(now, opts);
         if opts.keeps_history() {
             s.top += 1;
             publication.offset = s.top;
@@ -235,7 +258,7 @@ impl Engine for MemoryEngine {
         let now = Instant::now();
         let stream = self.stream(channel, now, opts);
         let mut s = stream.lock();
-        s.expire(now);
+        s.expire(now, opts);
         let after = query.since.unwrap_or(0);
         let matching = s.items.iter().map(|(_, p)| p).filter(|p| p.offset > after);
         let limit = query.limit.unwrap_or(usize::MAX);
@@ -311,27 +334,21 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::Bytes;
     use switchboard_protocol::Payload;
 
     use super::*;
-
-    fn opts(size: usize, ttl: u64) -> StreamOptions {
-        StreamOptions {
-            history_size: size,
-            history_ttl: Duration::from_secs(ttl),
-            history_meta_ttl: Duration::from_secs(ttl * 10),
-        }
-    }
 
     fn publication(n: u8) -> Publication {
         Publication::new(Payload::Json(Bytes::from(n.to_string())))
     }
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, u64)>>, Mutex<Vec<Bytes>>);
+    struct Recorder(
+        Mutex<Vec<(String, u64)>>,
+        Mutex<Vec<Bytes>>,
+        Mutex<Vec<Bytes>>,
+    );
     impl EngineHandler for Recorder {
         fn on_publication(&self, channel: &str, p: Arc<Publication>, _: &str) {
             self.0.lock().push((channel.to_owned(), p.offset));
@@ -341,6 +358,43 @@ mod tests {
         fn on_node_message(&self, message: Bytes) {
             self.1.lock().push(message);
         }
+        fn on_control(&self, message: Bytes) {
+            self.2.lock().push(message);
+        }
+    }
+
+    #[tokio::test]
+    async fn control_messages_reach_the_one_node_there_is() {
+        let e = MemoryEngine::new();
+        assert_eq!(
+            e.broadcast_control(Bytes::from_static(b"early")).await,
+            Ok(Reach::Nodes(0)),
+            "before a node listens, nobody is reached"
+        );
+        let rec = Arc::new(Recorder::default());
+        e.set_handler(rec.clone());
+        assert_eq!(
+            e.broadcast_control(Bytes::from_static(b"all")).await,
+            Ok(Reach::Nodes(1))
+        );
+        let me = e.node_id().to_owned();
+        e.send_control(&me, Bytes::from_static(b"me"))
+            .await
+            .unwrap();
+        assert_eq!(
+            *rec.2.lock(),
+            [Bytes::from_static(b"all"), Bytes::from_static(b"me")]
+        );
+        assert!(rec.1.lock().is_empty(), "not node messages");
+        let other = if me == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        };
+        assert_eq!(
+            e.send_control(other, Bytes::new()).await,
+            Err(EngineError::UnknownNode(other.into()))
+        );
     }
 
     #[tokio::test]
@@ -368,56 +422,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn offsets_grow_and_history_is_bounded_by_size() {
-        let e = MemoryEngine::new();
-        let rec = Arc::new(Recorder::default());
-        e.set_handler(rec.clone());
-        let o = opts(3, 60);
-        for i in 1..=5 {
-            let pos = e.publish("c", publication(i), &o).await.unwrap();
-            assert_eq!(pos.offset, u64::from(i));
-        }
-        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
-        assert_eq!(
-            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
-        assert_eq!(h.position.offset, 5);
-        let h = e
-            .history(
-                "c",
-                &HistoryQuery {
-                    since: Some(3),
-                    limit: Some(1),
-                    reverse: true,
-                },
-                &o,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            [5]
-        );
-        assert_eq!(rec.0.lock().len(), 5);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn history_expires_by_ttl_and_the_epoch_changes_when_the_stream_is_lost() {
-        let e = MemoryEngine::new();
-        let o = opts(100, 10);
-        let first = e.publish("c", publication(1), &o).await.unwrap();
-        tokio::time::advance(Duration::from_secs(11)).await;
-        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
-        assert!(h.publications.is_empty(), "expired by ttl");
-        assert_eq!(h.position, first, "same stream, same position");
-        tokio::time::advance(Duration::from_secs(100)).await;
-        let h = e.history("c", &HistoryQuery::default(), &o).await.unwrap();
-        assert_ne!(h.position.epoch, first.epoch, "stream lost: new epoch");
-        assert_eq!(h.position.offset, 0);
-    }
-
-    #[tokio::test]
     async fn channels_without_history_still_deliver_in_order() {
         let e = MemoryEngine::new();
         let rec = Arc::new(Recorder::default());
@@ -434,27 +438,5 @@ mod tests {
             "a channel without history leaves nothing behind"
         );
         assert_eq!(e.stream_count(), 0);
-    }
-
-    #[tokio::test]
-    async fn presence_counts_users() {
-        let e = MemoryEngine::new();
-        for (client, user) in [("a", "u1"), ("b", "u1"), ("c", "u2")] {
-            let info = Arc::new(ClientInfo {
-                client: client.into(),
-                user: user.into(),
-                info: None,
-            });
-            e.add_presence("room", info).await.unwrap();
-        }
-        assert_eq!(
-            e.presence_stats("room").await.unwrap(),
-            PresenceStats {
-                num_clients: 3,
-                num_users: 2
-            }
-        );
-        e.remove_presence("room", "a").await.unwrap();
-        assert_eq!(e.presence("room").await.unwrap().len(), 2);
     }
 }

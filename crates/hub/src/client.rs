@@ -2,7 +2,7 @@
 //! docs/protocol.md. Transport-neutral: a transport feeds it frames ([`Client::handle_frame`]) and
 //! drains its [`Session`] for replies and pushes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -42,6 +42,8 @@ pub struct Client {
     headers: Option<ForwardedHeaders>,
     connected: bool,
     subs: HashMap<String, Membership>,
+    /// Recoveries too large for the queue, being replayed a piece at a time (see [`Replay`]).
+    replays: HashMap<String, Replay>,
     /// Token bucket of `max_commands_per_second`: commands left, and when they were counted.
     budget: (f64, std::time::Instant),
 }
@@ -56,6 +58,34 @@ struct Membership {
     expires_at: u64,
     /// Granted by the subscribe proxy: at expiry the sub_refresh proxy decides.
     proxied: bool,
+}
+
+/// A recovery being replayed: the subscribe reply said `recovered: true` and carried the first missed
+/// publications that fitted in half the queue; the rest go into the queue as `pub` pushes, in offset
+/// order, each time the queue has drained to a quarter of its bound ([`Control::Replay`]). Live
+/// publications of the channel are meanwhile not queued: when the backlog is spent, a catch-up read
+/// of history brings them, until a read reaches the live stream. So recovery works whatever
+/// `queue_bytes` is, and memory holds one history read at most, as a reply carrying it all did.
+#[derive(Debug)]
+struct Replay {
+    /// The stream's epoch: a catch-up read in another epoch means the stream was lost meanwhile.
+    epoch: String,
+    /// The offset of the last publication queued for the client.
+    last: u64,
+    /// Publications read from history and not queued yet, oldest first.
+    backlog: VecDeque<Arc<Publication>>,
+    /// How the namespace keeps the stream (for catch-up reads).
+    stream: StreamOptions,
+}
+
+/// What [`Client::join`] did.
+struct Joined {
+    /// The subscribe result (its `publications`: the recovered ones that fit in the reply).
+    result: SubscribeResult,
+    /// Buffered live publications up to this offset were recovered already.
+    after: u64,
+    /// The recovered publications that did not fit in the reply, to replay.
+    replay: Option<Replay>,
 }
 
 /// The outcome of one command: keep going, or disconnect with a code.
@@ -88,6 +118,7 @@ impl Client {
             budget: (burst, std::time::Instant::now()),
             connected: false,
             subs: HashMap::new(),
+            replays: HashMap::new(),
         }
     }
 
@@ -122,7 +153,7 @@ impl Client {
                         continue;
                     };
                     match self.join(&channel, &ns, None).await {
-                        Ok((result, after)) => {
+                        Ok(Joined { result, after, .. }) => {
                             self.session
                                 .push(text(encode::subscribe_push(&channel, &result)));
                             self.session.complete_subscribe(&channel, None, after);
@@ -144,6 +175,7 @@ impl Client {
                 }
                 Control::Refresh => self.refresh_by_proxy().await,
                 Control::SubscriptionsExpired => self.expire_subscriptions().await,
+                Control::Replay => self.replay().await,
             }
         }
     }
@@ -176,17 +208,33 @@ impl Client {
         }
     }
 
-    async fn handle_line(&mut self, line: &[u8]) -> Flow {
+    /// Forgets the channels the hub dropped this client from (a gap it could not fill).
+    async fn forget_dropped(&mut self) {
         for channel in self.session.take_dropped() {
+            self.replays.remove(&channel);
             // The hub already removed us; only presence is left to clean up.
             if let Some(m) = self.subs.remove(&channel) {
                 self.leave_presence(&channel, m).await;
             }
         }
+    }
+
+    async fn handle_line(&mut self, line: &[u8]) -> Flow {
+        self.forget_dropped().await;
         let cmd = match decode_command(line) {
             Ok(cmd) => cmd,
             Err(DecodeError::Frame(reason)) => {
                 tracing::debug!(client = %self.info.client, %reason, "unparsable command");
+                return Err(DisconnectCode::BadRequest);
+            }
+            Err(DecodeError::Command { id, message, .. }) if !self.connected => {
+                // Before connect every command but a valid connect ends the connection, whatever is
+                // wrong with it (docs/protocol.md): an unknown method must not leave it unconnected.
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    &format!("connect first (and {message})"),
+                );
                 return Err(DisconnectCode::BadRequest);
             }
             Err(DecodeError::Command { id, code, message }) => {
@@ -212,6 +260,11 @@ impl Client {
         if !self.connected && !matches!(cmd.method, Method::Connect(_)) {
             self.error(id, ErrorCode::Unauthorized, "connect first");
             return Err(DisconnectCode::BadRequest);
+        }
+        if let Some(channel) = channel_used(&cmd.method)
+            && !self.may_use(id, channel)
+        {
+            return Ok(());
         }
         match cmd.method {
             Method::Connect(req) => return self.connect(id, req).await,
@@ -326,7 +379,7 @@ impl Client {
                 continue;
             }
             match self.join(&channel, &ns, None).await {
-                Ok((result, after)) => {
+                Ok(Joined { result, after, .. }) => {
                     subs.insert(channel.clone(), result);
                     joined.push((channel, after));
                 }
@@ -365,6 +418,16 @@ impl Client {
     ) -> Result<Option<switchboard_auth::ConnectionClaims>, DisconnectCode> {
         match (token, self.node.auth.as_ref()) {
             (Some(token), Some(verifier)) => match verifier.connection(token) {
+                Ok(claims)
+                    if claims.user.is_empty() && !self.node.config.client.allow_anonymous =>
+                {
+                    self.error(
+                        id,
+                        ErrorCode::Unauthorized,
+                        "the token names no user (its `sub` is missing or empty) and anonymous connections are not allowed",
+                    );
+                    Err(DisconnectCode::InvalidToken)
+                }
                 Ok(claims) => Ok(Some(claims)),
                 Err(TokenError::Expired) => {
                     self.error(id, ErrorCode::TokenExpired, "connection token expired");
@@ -541,7 +604,11 @@ impl Client {
         }
         let recover = req.recover.then(|| (req.epoch, req.offset.unwrap_or(0)));
         match self.join(&channel, &ns, recover).await {
-            Ok((mut result, after)) => {
+            Ok(Joined {
+                mut result,
+                after,
+                replay,
+            }) => {
                 result.data = grant.data;
                 if let Some(m) = self.subs.get_mut(&channel) {
                     m.expires_at = grant.expires_at.unwrap_or(0);
@@ -550,11 +617,16 @@ impl Client {
                 if grant.expires_at.is_some() {
                     self.note_subscription_expiry();
                 }
-                self.session.complete_subscribe(
-                    &channel,
-                    Some(text(encode::reply(id, "subscribe", &result))),
-                    after,
-                );
+                let reply = text(encode::reply(id, "subscribe", &result));
+                match replay {
+                    None => self
+                        .session
+                        .complete_subscribe(&channel, Some(reply), after),
+                    Some(replay) => {
+                        self.replays.insert(channel.clone(), replay);
+                        self.session.start_replay(&channel, reply);
+                    }
+                }
                 self.announce(&channel).await;
             }
             Err((code, message)) => self.error(id, code, &message),
@@ -564,14 +636,15 @@ impl Client {
 
     /// Joins `channel`: registers with the hub (buffering live publications), reads the stream's
     /// position and, with `recover = Some((epoch, offset))`, what the client missed. Returns the
-    /// subscribe result and the offset after which buffered publications are new; the caller then
-    /// calls `complete_subscribe` and `announce`.
+    /// subscribe result, the offset after which buffered publications are new and, when the
+    /// recovered publications do not all fit in half the queue, the rest to replay; the caller then
+    /// calls `complete_subscribe` (or `start_replay`) and `announce`.
     async fn join(
         &mut self,
         channel: &str,
         ns: &NamespaceOptions,
         recover: Option<(Option<String>, u64)>,
-    ) -> Result<(SubscribeResult, u64), (ErrorCode, String)> {
+    ) -> Result<Joined, (ErrorCode, String)> {
         let engine = &self.node.engine;
         self.session.begin_subscribe(channel);
         if self.node.hub.add(channel, Arc::clone(&self.session))
@@ -583,6 +656,7 @@ impl Client {
         }
         let mut result = SubscribeResult::default();
         let mut after = 0;
+        let mut replay = None;
         if ns.keeps_history() {
             let since = recover
                 .as_ref()
@@ -613,10 +687,26 @@ impl Client {
                 });
                 result.recovered = Some(complete);
                 if complete {
-                    result.publications = pubs
-                        .iter()
-                        .map(|p| RawJson(encode::publication(p)))
-                        .collect();
+                    // The reply carries what fits in half the queue; the rest is replayed.
+                    let mut room = self.session.replay_room();
+                    let mut backlog: VecDeque<_> = history.publications.iter().cloned().collect();
+                    while let Some(p) = backlog.front() {
+                        let encoded = encode::publication(p);
+                        if encoded.len() > room {
+                            break;
+                        }
+                        room -= encoded.len();
+                        result.publications.push(RawJson(encoded));
+                        backlog.pop_front();
+                    }
+                    if let Some(next) = backlog.front() {
+                        replay = Some(Replay {
+                            epoch: pos.epoch.clone(),
+                            last: next.offset.saturating_sub(1),
+                            backlog,
+                            stream: ns.stream(),
+                        });
+                    }
                 }
             }
             self.node.hub.note_position(channel, &pos.epoch, pos.offset);
@@ -636,7 +726,117 @@ impl Client {
                 proxied: false,
             },
         );
-        Ok((result, after))
+        Ok(Joined {
+            result,
+            after,
+            replay,
+        })
+    }
+
+    /// Carries out a [`Control::Replay`]: moves more of every replayed recovery into the queue.
+    async fn replay(&mut self) {
+        self.forget_dropped().await;
+        let channels: Vec<String> = self.replays.keys().cloned().collect();
+        for channel in channels {
+            self.replay_step(&channel).await;
+        }
+        self.session.replay_wanted();
+    }
+
+    /// Queues `channel`'s backlog as `pub` pushes while it fits in [`Session::replay_room`] (at least
+    /// one publication when there is any room, so that one larger than the room still goes); when
+    /// the backlog is spent, reads what was published since from history (buffering live
+    /// publications meanwhile) and goes on; when such a read reaches the live stream and all of it is
+    /// queued, the replay ends and the buffered live publications past it follow. A read that cannot
+    /// continue the stream (the epoch changed, or the publications needed have left the history)
+    /// unsubscribes the client with 2500 (insufficient state): it resubscribes with `recover` and
+    /// learns it lost them.
+    async fn replay_step(&mut self, channel: &str) {
+        let mut room = self.session.replay_room();
+        let mut queued_any = false;
+        // The position a catch-up read reached, while its live publications are buffered.
+        let mut reached: Option<u64> = None;
+        loop {
+            let Some(r) = self.replays.get_mut(channel) else {
+                return;
+            };
+            while let Some(p) = r.backlog.front() {
+                let frame = text(encode::pub_push(channel, p));
+                let len = frame.message().payload().len();
+                if len > room && (queued_any || room == 0) {
+                    break;
+                }
+                room = room.saturating_sub(len);
+                queued_any = true;
+                r.last = p.offset;
+                r.backlog.pop_front();
+                self.session.push(frame);
+            }
+            if let Some(top) = reached.take() {
+                if r.backlog.is_empty() && r.last >= top {
+                    self.replays.remove(channel);
+                    self.session.complete_subscribe(channel, None, top);
+                    return;
+                }
+                self.session.resume_replay(channel);
+            }
+            if !r.backlog.is_empty() || room == 0 {
+                return;
+            }
+            let query = HistoryQuery {
+                since: Some(r.last),
+                limit: None,
+                reverse: false,
+            };
+            let (epoch, last, stream) = (r.epoch.clone(), r.last, r.stream.clone());
+            self.session.begin_subscribe(channel);
+            let read = self.node.engine.history(channel, &query, &stream).await;
+            // The hub may have dropped the channel, or the client left it, meanwhile.
+            self.forget_dropped().await;
+            if !self.replays.contains_key(channel) {
+                self.session.forget(channel);
+                return;
+            }
+            let continues = |h: &switchboard_engine::History| {
+                h.position.epoch == epoch
+                    && match h.publications.first() {
+                        Some(p) => p.offset == last + 1,
+                        None => h.position.offset == last,
+                    }
+            };
+            match read {
+                Ok(h) if continues(&h) => {
+                    reached = Some(h.position.offset);
+                    if let Some(r) = self.replays.get_mut(channel) {
+                        r.backlog = h.publications.into();
+                    }
+                }
+                Ok(_) => {
+                    tracing::info!(client = %self.info.client, channel, last, "publications to replay left the history; the client must recover again");
+                    self.replay_failed(channel).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.info.client, channel, error = %e, "replay: history read failed; the client must recover again");
+                    self.replay_failed(channel).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A replay cannot go on: leaves the channel and tells the client with an `unsubscribe` push 2500
+    /// (insufficient state), which asks it to resubscribe with `recover`.
+    async fn replay_failed(&mut self, channel: &str) {
+        if let Some(m) = self.subs.remove(channel) {
+            self.leave(channel, m).await;
+        }
+        self.replays.remove(channel);
+        self.session.forget(channel);
+        self.session.push(text(encode::unsubscribe_push(
+            channel,
+            UnsubscribeCode::InsufficientState,
+        )));
     }
 
     /// Presence and the join push for a channel just joined.
@@ -719,10 +919,13 @@ impl Client {
         }
         let mut publication = Publication::new(payload);
         publication.info = Some(Arc::clone(&self.info));
+        // Per user: one user's keys never suppress another's publication, nor the server API's.
+        let key = req
+            .idempotency_key
+            .map(|k| format!("client\u{0}{}\u{0}{k}", self.info.user));
         match self
             .node
-            .engine
-            .publish(&req.channel, publication, &stream)
+            .publish_once(&req.channel, publication, &stream, key.as_deref())
             .await
         {
             Ok(pos) => self.reply(
@@ -981,6 +1184,29 @@ impl Client {
         }
     }
 
+    /// The one check of private channels, for every command that reads or writes a channel (see
+    /// [`channel_used`]): in a `private` namespace only a live subscription of this client, which
+    /// itself needed a subscription token, the connection token's `channels` claim, the subscribe
+    /// proxy's grant or the server API, lets a command through. Otherwise answers 103 and returns
+    /// `false`. A channel of no namespace passes here; the command itself answers 102.
+    fn may_use(&self, id: u64, channel: &str) -> bool {
+        let private = self
+            .node
+            .config
+            .channels
+            .resolve(channel)
+            .is_ok_and(|ns| ns.private);
+        if private && !self.subs.contains_key(channel) {
+            self.error(
+                id,
+                ErrorCode::PermissionDenied,
+                "private channel: subscribe to it (with a subscription token) first",
+            );
+            return false;
+        }
+        true
+    }
+
     fn presence_allowed(&self, id: u64, channel: &str) -> bool {
         let Some(ns) = self.namespace(id, channel) else {
             return false;
@@ -1004,7 +1230,9 @@ impl Client {
         true
     }
 
-    async fn leave(&self, channel: &str, m: Membership) {
+    async fn leave(&mut self, channel: &str, m: Membership) {
+        self.replays.remove(channel);
+        self.session.forget(channel);
         self.unsubscribe_local(channel).await;
         self.leave_presence(channel, m).await;
     }
@@ -1063,6 +1291,23 @@ struct RpcReply {
 /// Raw JSON from the application's handlers, on one line (see [`single_line`]).
 fn raw_json(raw: &RawValue) -> RawJson {
     RawJson(Bytes::from(single_line(raw.get()).into_owned()))
+}
+
+/// The channel a command reads or writes, which [`Client::may_use`] checks before the command runs.
+/// `None` for commands that touch no channel's content: `subscribe` is what grants access (it checks
+/// its own token or proxy), `unsubscribe` only gives it up. The match is exhaustive on purpose: a new
+/// command does not compile until it is placed on one side or the other.
+fn channel_used(method: &Method) -> Option<&str> {
+    match method {
+        Method::Publish(r) => Some(&r.channel),
+        Method::Presence(r) | Method::PresenceStats(r) => Some(&r.channel),
+        Method::History(r) => Some(&r.channel),
+        Method::Connect(_)
+        | Method::Subscribe(_)
+        | Method::Unsubscribe(_)
+        | Method::Rpc(_)
+        | Method::Refresh(_) => None,
+    }
 }
 
 /// The disconnect a backend's `disconnect` answer asks for.

@@ -5,8 +5,14 @@
 //! silently skipped; its queue is dropped and it is disconnected with `slow` (3008), which tells it to
 //! reconnect and recover the missed publications from history. Nothing grows without bound, and no
 //! message is lost without the client being told.
+//!
+//! Recovery must then work whatever the bound: what a slow client missed is by definition more than
+//! its queue holds. So a recovery larger than the queue is *replayed*: the client's task moves the
+//! missed publications into the queue a piece at a time, each time the queue has drained to a quarter
+//! of its bound (see [`Control::Replay`]), while the channel's live publications are not queued (the
+//! replay reads them from history in turn) until the replay has caught up with the live stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
@@ -47,6 +53,17 @@ struct Outbox {
     dropped: Vec<String>,
     /// Orders from the server API, applied by the client's task.
     controls: Vec<Control>,
+    /// Channels whose missed publications the client's task is replaying from history: their live
+    /// publications are not queued, since the replay reads them from history when it gets there.
+    replaying: HashSet<String>,
+    /// A [`Control::Replay`] order is queued or being carried out.
+    replay_asked: bool,
+    /// Channels just subscribed with history: the offset up to which the client has the publications
+    /// already (from the reply, the replay or the buffer). A remote engine delivers asynchronously,
+    /// so one of them can still arrive after the history read that included it: it is skipped, not
+    /// doubled. Forgotten at the first live publication past it (a channel's publications arrive in
+    /// offset order, so none at or below it can follow).
+    delivered_up_to: HashMap<String, u64>,
 }
 
 /// An order for a client from the server side (the HTTP API), carried out by the client's own task
@@ -61,6 +78,10 @@ pub enum Control {
     Refresh,
     /// Some subscription reached its expiry.
     SubscriptionsExpired,
+    /// A channel is being replayed (see [`Session::start_replay`]) and the queue has drained to a
+    /// quarter of its bound: move more recovered publications into it, then call
+    /// [`Session::replay_wanted`].
+    Replay,
 }
 
 /// Why [`Session::poll_drain`] woke the transport besides queued frames.
@@ -91,6 +112,11 @@ impl Session {
     /// The client's id.
     pub fn client_id(&self) -> &str {
         &self.client
+    }
+
+    /// The bound of the queue (`[client] queue_bytes`).
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Sets when the connection expires (`None`: never).
@@ -159,6 +185,18 @@ impl Session {
             self.account(&mut ob, len);
             return;
         }
+        if !ob.replaying.is_empty() && ob.replaying.contains(channel) {
+            // Still in history: the replay queues it in its turn.
+            return;
+        }
+        if !ob.delivered_up_to.is_empty()
+            && let Some(&up_to) = ob.delivered_up_to.get(channel)
+        {
+            if offset != 0 && offset <= up_to {
+                return;
+            }
+            ob.delivered_up_to.remove(channel);
+        }
         self.enqueue(&mut ob, msg.clone());
     }
 
@@ -181,32 +219,108 @@ impl Session {
     /// Queues the subscribe reply (if any: subscriptions made at connect are answered in the connect
     /// reply), then the live publications buffered meanwhile whose offset is past `after` (all of them
     /// in channels without history, where offsets are 0).
+    ///
+    /// Also ends the replay of `channel`, if it was replayed: the replay's last catch-up read with
+    /// [`Session::begin_subscribe`] reached the live stream at `after`.
     pub fn complete_subscribe(&self, channel: &str, reply: Option<SharedMessage>, after: u64) {
         let mut ob = self.outbox.lock();
         let waiting = ob.pending.remove(channel).unwrap_or_default();
         for (_, msg) in &waiting {
             ob.bytes = ob.bytes.saturating_sub(msg.message().payload().len());
         }
+        ob.replaying.remove(channel);
         if ob.closed.is_some() {
             return;
         }
         if let Some(reply) = reply {
             self.enqueue(&mut ob, reply);
         }
+        let mut up_to = after;
         for (offset, msg) in waiting {
             if offset == 0 || offset > after {
+                up_to = up_to.max(offset);
                 self.enqueue(&mut ob, msg);
             }
+        }
+        if up_to > 0 && ob.closed.is_none() {
+            ob.delivered_up_to.insert(channel.to_owned(), up_to);
         }
     }
 
     /// Drops the buffer of a subscription that failed.
     pub fn abort_subscribe(&self, channel: &str) {
         let mut ob = self.outbox.lock();
+        Self::drop_pending(&mut ob, channel);
+    }
+
+    /// Queues the subscribe reply of a recovery too large for the queue, and starts replaying
+    /// `channel`: the live publications buffered since [`Session::begin_subscribe`] are dropped, and
+    /// later ones are not queued, because the client's task moves the missed publications from
+    /// history into the queue a piece at a time (on [`Control::Replay`]), reading the live ones from
+    /// history in their turn, until a catch-up read reaches the live stream and
+    /// [`Session::complete_subscribe`] ends the replay.
+    pub fn start_replay(&self, channel: &str, reply: SharedMessage) {
+        let mut ob = self.outbox.lock();
+        Self::drop_pending(&mut ob, channel);
+        if ob.closed.is_some() {
+            return;
+        }
+        ob.replaying.insert(channel.to_owned());
+        self.enqueue(&mut ob, reply);
+        self.ask_replay_if_due(&mut ob);
+    }
+
+    /// A catch-up read of a replayed channel (begun with [`Session::begin_subscribe`]) did not reach
+    /// the live stream, or not all of it fitted: drop the live publications buffered meanwhile (the
+    /// replay will read them from history) and go on replaying.
+    pub fn resume_replay(&self, channel: &str) {
+        let mut ob = self.outbox.lock();
+        Self::drop_pending(&mut ob, channel);
+    }
+
+    /// Forgets what this session holds for `channel`'s subscription (its buffer, its replay, where
+    /// its delivery stands): the client left the channel, or its replay failed.
+    pub fn forget(&self, channel: &str) {
+        let mut ob = self.outbox.lock();
+        Self::drop_pending(&mut ob, channel);
+        ob.replaying.remove(channel);
+        ob.delivered_up_to.remove(channel);
+    }
+
+    /// The client's task has carried out a [`Control::Replay`]: the next one is ordered when the queue
+    /// has drained to a quarter of its bound again, if some channel is still replayed.
+    pub fn replay_wanted(&self) {
+        let mut ob = self.outbox.lock();
+        ob.replay_asked = false;
+        self.ask_replay_if_due(&mut ob);
+    }
+
+    /// Bytes the replay may queue now: up to half the bound, counting what waits already (here and
+    /// in the transport).
+    pub fn replay_room(&self) -> usize {
+        (self.limit / 2).saturating_sub(self.waiting_bytes())
+    }
+
+    fn drop_pending(ob: &mut Outbox, channel: &str) {
         if let Some(waiting) = ob.pending.remove(channel) {
             for (_, msg) in &waiting {
                 ob.bytes = ob.bytes.saturating_sub(msg.message().payload().len());
             }
+        }
+    }
+
+    /// Orders a [`Control::Replay`] when a channel is replayed, none is outstanding, and what waits
+    /// for the client (here and in the transport) has drained to a quarter of the bound.
+    fn ask_replay_if_due(&self, ob: &mut Outbox) {
+        if ob.replaying.is_empty() || ob.replay_asked || ob.closed.is_some() {
+            return;
+        }
+        let held =
+            usize::try_from(self.transport_queued.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        if ob.bytes.saturating_add(held) <= self.limit / 4 {
+            ob.replay_asked = true;
+            ob.controls.push(Control::Replay);
+            self.waker.wake();
         }
     }
 
@@ -217,6 +331,7 @@ impl Session {
             ob.closed = Some(code);
             ob.items.clear();
             ob.pending.clear();
+            ob.replaying.clear();
             ob.bytes = 0;
         }
         drop(ob);
@@ -228,6 +343,9 @@ impl Session {
     pub fn dropped(&self, channel: &str, push: SharedMessage) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_none() {
+            Self::drop_pending(&mut ob, channel);
+            ob.replaying.remove(channel);
+            ob.delivered_up_to.remove(channel);
             ob.dropped.push(channel.to_owned());
             self.enqueue(&mut ob, push);
         }
@@ -265,8 +383,12 @@ impl Session {
 
     /// For transports that keep messages after draining them (until the client acknowledges them):
     /// how many bytes they hold now, so that metrics see the whole queue.
+    /// The replay of a recovery (see [`Session::start_replay`]) counts these bytes too: it goes on
+    /// as they are acknowledged.
     pub fn set_transport_queued(&self, bytes: usize) {
         self.transport_queued.store(bytes as u64, Ordering::Relaxed);
+        let mut ob = self.outbox.lock();
+        self.ask_replay_if_due(&mut ob);
     }
 
     /// Bytes waiting for the client: this queue plus what the transport reported holding.
@@ -288,6 +410,7 @@ impl Session {
         if let Some(code) = ob.closed {
             return Poll::Ready(Some(Signal::Disconnect(code)));
         }
+        self.ask_replay_if_due(&mut ob);
         if !ob.controls.is_empty() {
             return Poll::Ready(Some(Signal::Control));
         }
@@ -303,6 +426,8 @@ impl Session {
         if ob.items.is_empty() && ob.items.capacity() > 64 {
             ob.items = VecDeque::new();
         }
+        // Room was made: the next poll finds the order, if one is due.
+        self.ask_replay_if_due(&mut ob);
         Poll::Ready(None)
     }
 
@@ -320,6 +445,7 @@ impl Session {
             ob.closed = Some(DisconnectCode::Slow);
             ob.items.clear();
             ob.pending.clear();
+            ob.replaying.clear();
             ob.bytes = 0;
             self.waker.wake();
         }
@@ -372,5 +498,94 @@ mod tests {
         });
         assert_eq!(seen, ["other", "reply", "five"]);
         assert_eq!(s.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_publication_that_arrives_after_the_read_that_included_it_is_not_doubled() {
+        let s = Session::new(1, "c".into(), 1 << 20);
+        s.begin_subscribe("c");
+        s.deliver("c", 4, &msg("four"));
+        // The history read reached 5; 5 itself is still on its way from a remote engine.
+        s.complete_subscribe("c", Some(msg("reply with five")), 5);
+        s.deliver("c", 5, &msg("five again"));
+        s.deliver("c", 6, &msg("six"));
+        let (seen, _) = drain_texts(&s);
+        assert_eq!(seen, ["reply with five", "six"]);
+        // Forgotten once past it, and when the client leaves.
+        assert!(s.outbox.lock().delivered_up_to.is_empty());
+        s.begin_subscribe("c");
+        s.complete_subscribe("c", None, 9);
+        s.forget("c");
+        assert!(s.outbox.lock().delivered_up_to.is_empty());
+    }
+
+    fn drain_texts(s: &Session) -> (Vec<String>, Poll<Option<Signal>>) {
+        let mut seen = Vec::new();
+        let poll = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
+            seen.push(m.message().as_text().unwrap().to_owned());
+            true
+        });
+        (seen, poll)
+    }
+
+    #[test]
+    fn a_replayed_channel_queues_no_live_publications_and_asks_for_more_once_drained() {
+        let s = Session::new(1, "c".into(), 100);
+        s.begin_subscribe("c");
+        s.deliver("c", 4, &msg("four"));
+        let reply = "r".repeat(40);
+        s.start_replay("c", msg(&reply));
+        // Read from history by the replay in its turn, not queued now.
+        s.deliver("c", 5, &msg("five"));
+        s.deliver("other", 0, &msg("other"));
+        assert_eq!(s.queued_bytes(), 45);
+        assert!(s.take_controls().is_empty(), "over a quarter of the bound");
+        let (seen, poll) = drain_texts(&s);
+        assert_eq!(
+            (seen, poll),
+            (vec![reply, "other".into()], Poll::Ready(None))
+        );
+        // Drained: one order, until the client's task says it carried it out.
+        assert_eq!(drain_texts(&s).1, Poll::Ready(Some(Signal::Control)));
+        assert_eq!(s.take_controls(), [Control::Replay]);
+        assert_eq!(drain_texts(&s).1, Poll::Pending);
+        // The task replays 5, and a catch-up read reaches the live stream at 6 while 6 and 7 arrive.
+        s.push(msg("five"));
+        s.begin_subscribe("c");
+        s.deliver("c", 6, &msg("six"));
+        s.deliver("c", 7, &msg("seven"));
+        s.push(msg("six"));
+        s.complete_subscribe("c", None, 6);
+        s.replay_wanted();
+        s.deliver("c", 8, &msg("eight"));
+        let (seen, _) = drain_texts(&s);
+        assert_eq!(seen, ["five", "six", "seven", "eight"]);
+        assert_eq!(drain_texts(&s).1, Poll::Pending, "the replay is over");
+        assert!(s.take_controls().is_empty());
+    }
+
+    #[test]
+    fn a_replay_waits_for_what_the_transport_holds_too() {
+        let s = Session::new(1, "c".into(), 100);
+        s.set_transport_queued(60);
+        s.begin_subscribe("c");
+        s.start_replay("c", msg("reply"));
+        let _ = drain_texts(&s);
+        assert_eq!(
+            drain_texts(&s).1,
+            Poll::Pending,
+            "60 bytes still unacknowledged"
+        );
+        assert_eq!(s.replay_room(), 0);
+        s.set_transport_queued(10);
+        assert_eq!(s.replay_room(), 40);
+        assert_eq!(s.take_controls(), [Control::Replay]);
+        // Leaving the channel ends the replay: no more orders.
+        s.forget("c");
+        s.replay_wanted();
+        s.set_transport_queued(0);
+        assert!(s.take_controls().is_empty());
+        s.deliver("c", 9, &msg("nine"));
+        assert_eq!(drain_texts(&s).0, ["nine"]);
     }
 }

@@ -23,7 +23,9 @@ use tower::ServiceExt as _;
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_engine_redis::RedisEngine;
-use switchboard_hub::{Node, NodeConfig, Proxy};
+use switchboard_hub::{ClusterConfig, Node, NodeConfig, Proxy};
+use switchboard_protocol::DisconnectCode;
+use switchboard_websocket::CloseCode;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, EngineKind};
@@ -145,6 +147,11 @@ impl Server {
                 client: config.client.clone(),
                 ping_interval_secs: config.websocket.ping_interval.as_secs(),
                 idempotency_window: config.api.idempotency_window,
+                cluster: ClusterConfig {
+                    name: node_name(listener.local_addr().unwrap_or(addr)),
+                    announce_interval: config.engine.announce_interval,
+                    control_timeout: config.engine.control_timeout,
+                },
             },
             auth,
             proxy,
@@ -154,6 +161,11 @@ impl Server {
             memory,
             Arc::clone(&node),
             Arc::clone(&limits),
+            shutdown.clone(),
+        ));
+        tracker.spawn(announce(
+            Arc::clone(&node),
+            config.engine.announce_interval,
             shutdown.clone(),
         ));
         let router = routes(&config, &node, &limits, &shutdown, &tracker);
@@ -326,7 +338,11 @@ fn routes(
     tracker: &TaskTracker,
 ) -> Router {
     let clients = Endpoint {
-        config: Arc::new(config.websocket.clone()),
+        config: Arc::new(switchboard_websocket::Config {
+            // A ping left unanswered ends the connection with the protocol's own code.
+            pong_timeout_close: CloseCode(DisconnectCode::NoPong.code()),
+            ..config.websocket.clone()
+        }),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         limits: Some(Arc::clone(limits)),
@@ -432,6 +448,39 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+    }
+}
+
+/// This node's name among the others (`info`): the machine's host name and the client listener's
+/// port, which tell nodes apart for people (their ids are random).
+fn node_name(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| listen.ip().to_string());
+    format!("{host}:{}", listen.port())
+}
+
+/// Announces this node to the others every `interval` (at once first) until shutdown, then tells
+/// them it leaves, so that `info` drops it at once rather than after three missed announcements.
+async fn announce(node: Arc<Node>, interval: Duration, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = every.tick() => {
+                if let Err(e) = node.announce().await {
+                    // The engine is down: /ready says so; the others drop us meanwhile.
+                    tracing::debug!(error = %e, "announcing this node failed");
+                }
+            }
+        }
+    }
+    if let Err(e) = node.leave().await {
+        tracing::debug!(error = %e, "telling the other nodes this one leaves failed");
     }
 }
 

@@ -45,7 +45,157 @@ fn config() -> Config {
             ..Default::default()
         },
     );
+    // Private, and everything else allowed: only the subscription may stand between a client and
+    // the channel.
+    c.channels.namespaces.insert(
+        "vault".into(),
+        NamespaceOptions {
+            private: true,
+            ..chat_namespace()
+        },
+    );
     c
+}
+
+/// Connects as `user` with a token that carries `extra` claims too.
+async fn connect_as(addr: std::net::SocketAddr, user: &str, extra: Value) -> JsonClient {
+    let mut claims = json!({"sub": user, "aud": "switchboard"});
+    if let (Some(c), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    JsonClient::connect_with(addr, json!({"token": token(claims)})).await
+}
+
+/// What `client` gets for every command that reads or writes `channel`: each reply's error code, or
+/// 0 for a success. Its publication (when let through) says `marker`.
+async fn codes_of_channel_commands(
+    client: &mut JsonClient,
+    channel: &str,
+    marker: &str,
+) -> Vec<u64> {
+    let mut codes = Vec::new();
+    for (method, params) in [
+        ("history", json!({"channel": channel})),
+        ("publish", json!({"channel": channel, "data": marker})),
+        ("presence", json!({"channel": channel})),
+        ("presence_stats", json!({"channel": channel})),
+    ] {
+        let r = client.call(method, params).await;
+        codes.push(r["error"]["code"].as_u64().unwrap_or(0));
+    }
+    codes
+}
+
+#[tokio::test]
+async fn private_channels_are_private_to_every_command() {
+    let s = start(config()).await;
+    let sub_token =
+        |user: &str| token(json!({"sub": user, "aud": "switchboard", "channel": "vault:plans"}));
+    // Bob is subscribed (with a subscription token) and publishes: there is history to steal.
+    let mut bob = connect_as(s.addr, "bob", json!({})).await;
+    bob.ok(
+        "subscribe",
+        json!({"channel": "vault:plans", "token": sub_token("bob")}),
+    )
+    .await;
+    bob.ok(
+        "publish",
+        json!({"channel": "vault:plans", "data": "plan A"}),
+    )
+    .await;
+    // Mallory has a valid connection but no subscription: 103 for each command, and nothing she
+    // tried to publish gets in.
+    let mut mallory = connect_as(s.addr, "mallory", json!({})).await;
+    assert_eq!(
+        codes_of_channel_commands(&mut mallory, "vault:plans", "forged").await,
+        [103, 103, 103, 103]
+    );
+    let history = bob.ok("history", json!({"channel": "vault:plans"})).await;
+    let data: Vec<&Value> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(data, [&json!("plan A")], "{history}");
+    // A subscription refused (a token for someone else) grants nothing either.
+    let r = mallory
+        .call(
+            "subscribe",
+            json!({"channel": "vault:plans", "token": sub_token("bob")}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    assert_eq!(
+        codes_of_channel_commands(&mut mallory, "vault:plans", "forged").await,
+        [103, 103, 103, 103]
+    );
+    // Alice subscribes with her own token: every command works, while the subscription lives.
+    let mut alice = connect_as(s.addr, "alice", json!({})).await;
+    alice
+        .ok(
+            "subscribe",
+            json!({"channel": "vault:plans", "token": sub_token("alice")}),
+        )
+        .await;
+    assert_eq!(
+        codes_of_channel_commands(&mut alice, "vault:plans", "plan B").await,
+        [0, 0, 0, 0]
+    );
+    alice
+        .ok("unsubscribe", json!({"channel": "vault:plans"}))
+        .await;
+    assert_eq!(
+        codes_of_channel_commands(&mut alice, "vault:plans", "plan C").await,
+        [103, 103, 103, 103]
+    );
+    // The connection token's `channels` claim is a grant too.
+    let mut carol = connect_as(s.addr, "carol", json!({"channels": ["vault:plans"]})).await;
+    assert_eq!(
+        codes_of_channel_commands(&mut carol, "vault:plans", "plan D").await,
+        [0, 0, 0, 0]
+    );
+    let history = bob.ok("history", json!({"channel": "vault:plans"})).await;
+    let data: Vec<&Value> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(
+        data,
+        [&json!("plan A"), &json!("plan B"), &json!("plan D")],
+        "{history}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_that_names_no_user_is_refused_when_anonymous_access_is_off() {
+    let s = start(config()).await;
+    for claims in [
+        json!({"aud": "switchboard"}),
+        json!({"sub": "", "aud": "switchboard"}),
+        json!({"sub": "", "aud": "switchboard", "channels": ["room:1"]}),
+    ] {
+        let mut c = JsonClient::open(s.addr).await;
+        let r = c
+            .call("connect", json!({"token": token(claims.clone())}))
+            .await;
+        assert_eq!(r["error"]["code"], 101, "{claims}: {r}");
+        assert_eq!(c.disconnected().await, (Some(3500), Some(3500)), "{claims}");
+    }
+    // Where anonymous access is on, such a token connects anonymously.
+    let mut open = config();
+    open.client.allow_anonymous = true;
+    let s = start(open).await;
+    let mut c = JsonClient::open(s.addr).await;
+    let r = c
+        .call(
+            "connect",
+            json!({"token": token(json!({"sub": "", "aud": "switchboard"}))}),
+        )
+        .await;
+    assert!(r["connect"]["client"].is_string(), "{r}");
 }
 
 #[tokio::test]

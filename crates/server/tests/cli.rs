@@ -107,6 +107,46 @@ fn bad_configuration_is_refused_with_the_key_name() {
     );
 }
 
+/// A `SWITCHBOARD_` variable that names no setting (another program's, like the JS tests'
+/// `SWITCHBOARD_BIN`) is ignored with a warning naming it; the same unknown key in a file still stops.
+#[test]
+fn unknown_environment_variables_are_ignored_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("switchboard-unknown-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[websocket]\nmax_message_size = 10\n").unwrap();
+    let env = [
+        ("SWITCHBOARD_BIN", "/usr/local/bin/switchboard"),
+        ("SWITCHBOARD_WEBSOCKET__PING_INTERVALL", "5s"),
+        ("SWITCHBOARD_WEBSOCKET__PING_INTERVAL", "7s"),
+    ];
+    let (code, _, err) = run(&["checkconfig", good.to_str().unwrap()], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("SWITCHBOARD_BIN"), "{err}");
+    assert!(
+        err.contains("SWITCHBOARD_WEBSOCKET__PING_INTERVALL"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SWITCHBOARD_WEBSOCKET__PING_INTERVAL "),
+        "{err}"
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "bin = \"x\"\n").unwrap();
+    let (code, _, err) = run(&["checkconfig", bad.to_str().unwrap()], &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bin"), "{err}");
+
+    // The server starts (spawn waits for its listening line) and still takes the known variables.
+    let (mut child, _) = spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SWITCHBOARD_BIN", "/usr/local/bin/switchboard")],
+    );
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
 #[tokio::test]
 async fn genconfig_and_gentoken_give_a_working_setup() {
     let dir = std::env::temp_dir().join(format!("switchboard-gen-{}", std::process::id()));

@@ -496,6 +496,53 @@ async fn recovery_with_a_new_session_misses_nothing_and_doubles_nothing() {
 }
 
 #[tokio::test]
+async fn a_recovery_several_times_the_queue_arrives_whole_over_every_fallback() {
+    // docs/protocol.md, Recovery: the reply carries what fits, the rest follows as pushes while the
+    // client reads (and acknowledges: unacknowledged batches count against the queue too).
+    let mut cfg = config();
+    cfg.client.queue_bytes = 512 << 10;
+    let s = start(cfg).await;
+    let mut publisher = JsonClient::connected(s.addr).await;
+    let pad = "x".repeat(16_000);
+    for kind in KINDS {
+        let channel = format!("chat:big-{}", kind.name());
+        let mut epoch = String::new();
+        for i in 1..=100 {
+            let r = publisher
+                .ok(
+                    "publish",
+                    json!({"channel": channel, "data": {"i": i, "pad": pad}}),
+                )
+                .await;
+            epoch = r["epoch"].as_str().unwrap().to_owned();
+        }
+        let mut a = HttpClient::connected(s.addr, kind).await;
+        let sub = a
+            .ok(
+                "subscribe",
+                json!({"channel": channel, "recover": true, "epoch": epoch, "offset": 0}),
+            )
+            .await;
+        assert_eq!(sub["recovered"], true, "{kind:?}");
+        let mut seen: Vec<u64> = sub["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"]["i"].as_u64().unwrap())
+            .collect();
+        assert!(seen.len() < 50, "{kind:?}: {} in the reply", seen.len());
+        while seen.len() < 100 {
+            seen.push(a.push("pub").await["data"]["i"].as_u64().unwrap());
+        }
+        publisher
+            .ok("publish", json!({"channel": channel, "data": {"i": 101}}))
+            .await;
+        seen.push(a.push("pub").await["data"]["i"].as_u64().unwrap());
+        assert_eq!(seen, (1..=101).collect::<Vec<_>>(), "{kind:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_lost_poll_answer_is_sent_again_and_nothing_is_doubled() {
     let s = start(config()).await;
     let session = open_session(s.addr).await;
@@ -852,6 +899,17 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
         header(&resp, "access-control-allow-origin"),
         "https://app.example.com"
     );
+    // The server's own origin may call although the list names only others.
+    let own = format!("http://{}", s.addr);
+    let resp = http
+        .post(base(s.addr))
+        .header("origin", own.as_str())
+        .body(r#"{"id":1,"connect":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "access-control-allow-origin"), own);
     // Without allowed_origins only the server's own origin may call.
     let s = start(config()).await;
     let own = format!("http://{}", s.addr);

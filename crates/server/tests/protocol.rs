@@ -336,8 +336,8 @@ async fn slow_consumer_is_disconnected_while_fast_ones_get_everything() {
     let (push, close) = slow.disconnected().await;
     assert_eq!(push, Some(u64::from(DisconnectCode::Slow.code())));
     assert_eq!(close, Some(3008));
-    // It reconnects and recovers what it missed (here: as if it had read all but the last five;
-    // a reply must fit in the client's queue too).
+    // It reconnects and recovers (here the last five; all it missed, as much as it is, in
+    // a_slow_consumer_recovers_all_it_missed_whatever_its_queue_bound below).
     let mut again = JsonClient::connected(s.addr).await;
     let r = again
         .ok(
@@ -353,6 +353,87 @@ async fn slow_consumer_is_disconnected_while_fast_ones_get_everything() {
         .map(|p| p["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, (n - 4..=n).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_recovers_all_it_missed_whatever_its_queue_bound() {
+    let mut cfg = config();
+    cfg.client.queue_bytes = 1 << 20;
+    let s = start(cfg).await;
+    let channel = "chat:stall";
+    let mut reader = JsonClient::connected(s.addr).await;
+    let epoch = reader.ok("subscribe", json!({"channel": channel})).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut publisher = JsonClient::connected(s.addr).await;
+    let text = "x".repeat(60_000);
+    let publication = move |i: u64| json!({"channel": channel, "data": {"i": i, "t": text}});
+    // The reader stalls while 400 publications of 60 KB are made: 24 MB, more than its queue and
+    // the kernel's socket buffers hold.
+    for i in 1..=400 {
+        publisher.ok("publish", publication(i)).await;
+    }
+    // It reads what reached it before the server dropped it as slow.
+    let mut seen = Vec::new();
+    let code = loop {
+        let v = match reader.pushes.pop_front() {
+            Some(v) => v,
+            None => reader.next().await.expect("a disconnect push"),
+        };
+        if let Some(p) = v.get("pub") {
+            seen.push(p["offset"].as_u64().unwrap());
+        } else if let Some(d) = v.get("disconnect") {
+            break d["code"].as_u64();
+        }
+    };
+    assert_eq!(code, Some(u64::from(DisconnectCode::Slow.code())));
+    assert_eq!(reader.disconnected().await.1, Some(3008));
+    let last = seen.last().copied().unwrap_or(0);
+    assert_eq!(seen, (1..=last).collect::<Vec<_>>());
+    // 200 more are published while it is away.
+    for i in 401..=600 {
+        publisher.ok("publish", publication(i)).await;
+    }
+    let missed = 600 - last;
+    assert!(
+        missed * 60_000 > 4 << 20,
+        "the recovery ({missed} publications) must be several times the queue"
+    );
+    // It reconnects and recovers, while live publications go on.
+    let mut again = JsonClient::connected(s.addr).await;
+    let live = tokio::spawn(async move {
+        for i in 601..=650 {
+            publisher.ok("publish", publication(i)).await;
+        }
+    });
+    let r = again
+        .ok(
+            "subscribe",
+            json!({"channel": channel, "recover": true, "epoch": epoch, "offset": last}),
+        )
+        .await;
+    assert_eq!(r["recovered"], true, "{}", r["recovered"]);
+    let check = |seen: &mut Vec<u64>, p: &serde_json::Value| {
+        let offset = p["offset"].as_u64().unwrap();
+        assert_eq!(p["data"]["i"].as_u64(), Some(offset));
+        seen.push(offset);
+    };
+    for p in r["publications"].as_array().into_iter().flatten() {
+        check(&mut seen, p);
+    }
+    while seen.len() < 650 {
+        let p = again.push("pub").await;
+        check(&mut seen, &p);
+    }
+    live.await.unwrap();
+    // All of them, in order, once, and then the live ones.
+    assert_eq!(seen, (1..=650).collect::<Vec<_>>());
+    let mut publisher = JsonClient::connected(s.addr).await;
+    publisher
+        .ok("publish", json!({"channel": channel, "data": {"i": 651}}))
+        .await;
+    assert_eq!(again.push("pub").await["offset"], 651);
 }
 
 #[tokio::test]
@@ -465,6 +546,23 @@ async fn bad_input_is_answered_and_never_disturbs_others() {
         101
     );
     assert_eq!(c.disconnected().await.0, bad_request);
+    // Anything else before connect, even what a connected client only gets an error for: an unknown
+    // method, a command without a method, a connect with malformed parameters.
+    for early in [
+        r#"{"id":1,"dance":{}}"#,
+        r#"{"id":1}"#,
+        r#"{"id":1,"connect":{"token":5}}"#,
+    ] {
+        let mut c = JsonClient::open(s.addr).await;
+        c.send_raw(early).await;
+        let reply = c.next().await.unwrap();
+        assert_eq!(reply["error"]["code"], 101, "{early}: {reply}");
+        assert_eq!(
+            c.disconnected().await,
+            (bad_request, bad_request),
+            "{early}"
+        );
+    }
     // A binary frame.
     let mut c = JsonClient::connected(s.addr).await;
     c.ws.send_frame(true, false, 2, b"\x00\x01", true).await;

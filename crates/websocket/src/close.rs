@@ -89,6 +89,22 @@ pub fn encode_close_payload(code: CloseCode, reason: &str) -> Bytes {
     out.freeze()
 }
 
+// Here rather than beside `ProtocolError`: the error names no close code, the close code knows every
+// error (one direction between the two files).
+impl ProtocolError {
+    /// The close code sent to the peer for this error (RFC 6455 §7.4.1).
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::FrameTooLarge { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::TooManyFragments { .. } => CloseCode::TOO_BIG,
+            Self::MessageTimeout => CloseCode::POLICY,
+            _ => CloseCode::PROTOCOL,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,6 @@
 
 use std::io;
 
-use crate::close::CloseCode;
-
 /// A rule of RFC 6455 or RFC 7692 that the peer broke, or a limit it went over.
 ///
 /// Each variant maps to the close code sent to the peer before the connection is dropped
@@ -69,20 +67,6 @@ pub enum ProtocolError {
     /// A fragmented message or a partial frame that did not complete in time.
     #[error("message not completed within the configured message timeout")]
     MessageTimeout,
-}
-
-impl ProtocolError {
-    /// The close code sent to the peer for this error (RFC 6455 §7.4.1).
-    pub fn close_code(&self) -> CloseCode {
-        match self {
-            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            Self::FrameTooLarge { .. }
-            | Self::MessageTooLarge { .. }
-            | Self::TooManyFragments { .. } => CloseCode::TOO_BIG,
-            Self::MessageTimeout => CloseCode::POLICY,
-            _ => CloseCode::PROTOCOL,
-        }
-    }
 }
 
 /// Why a connection ended other than by a clean close handshake.

@@ -64,8 +64,9 @@ pub struct FallbackConfig {
     /// An SSE stream is closed when this many bytes it sent are unacknowledged; EventSource then
     /// reconnects with `Last-Event-ID`, which acknowledges them. Keep it below `[client] queue_bytes`.
     pub sse_max_unacked_bytes: usize,
-    /// Origins (`scheme://host[:port]`, `*.` wildcards a subdomain) whose pages may use the endpoints;
-    /// `"*"` allows any. Empty: only the server's own origin. Requests without `Origin` are allowed.
+    /// Origins (`scheme://host[:port]`, `*.` wildcards a subdomain) whose pages may use the endpoints
+    /// besides the server's own, which always may; `"*"` allows any. Empty: only the server's own
+    /// origin. Requests without `Origin` are allowed.
     pub allowed_origins: Vec<String>,
     /// Answer `Access-Control-Allow-Credentials: true` (cookies and HTTP auth on cross-origin requests).
     pub allow_credentials: bool,
