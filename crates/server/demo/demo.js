@@ -76,6 +76,9 @@ function join() {
   const transport = $('transport').value;
   history.replaceState(null, '', `?${new URLSearchParams({ nick, room: name, transport })}`);
   $('messages').replaceChildren();
+  // Who is here is known again once the new connection has asked.
+  $('who').replaceChildren();
+  $('count').textContent = '';
   latencies = [];
   pending.clear();
   wire = { since: performance.now(), httpDown: 0, httpHeads: 0, samples: [], connectedAt: null, received: 0 };
