@@ -549,9 +549,9 @@ export class Client extends Emitter {
     conn.transport.close();
     clearTimeout(this._refreshTimer);
     this.transport = null;
-    this._failPending(new SwitchboardError(ErrorCode.CONNECTION_LOST, 'connection lost', true));
-    for (const sub of this._subs.values()) sub._lost();
     const reconnect = info.reconnect ?? (info.code === undefined || shouldReconnect(info.code));
+    this._failPending(new SwitchboardError(ErrorCode.CONNECTION_LOST, 'connection lost', true), reconnect);
+    for (const sub of this._subs.values()) sub._lost();
     this.emit('disconnected', { code: info.code, reason: info.reason, reconnect });
     if (!reconnect) {
       this._setState('disconnected');
@@ -573,8 +573,14 @@ export class Client extends Emitter {
     p.reply({ id, error: { code: 106, message: 'command too large for the server', temporary: false } });
   }
 
-  _failPending(err) {
+  /**
+   * Fails the commands in flight. `keepUnsent`: commands that never left (made while the connection
+   * was failing) wait for the next connection instead, within their own timeout.
+   */
+  _failPending(err, keepUnsent = false) {
+    const unsent = keepUnsent ? new Set(this._waiting.map((w) => w.id)) : new Set();
     for (const [id, p] of this._pending) {
+      if (unsent.has(id)) continue;
       if (!p.internal) {
         clearTimeout(p.timer);
         p.reject(err);
@@ -582,7 +588,7 @@ export class Client extends Emitter {
       this._pending.delete(id);
     }
     this._outbox.length = 0;
-    this._waiting.length = 0;
+    if (!keepUnsent) this._waiting.length = 0;
   }
 
   _scheduleRefresh(ttl) {

@@ -119,3 +119,17 @@ test('Node without WebSocket: the debug output says once which transport was cho
   assert.equal(lines.length, 1, out);
   assert.match(lines[0], /connected over long-poll \(not websocket: no WebSocket in Node .*--experimental-websocket.*; sse: no EventSource/);
 });
+
+test('long-poll: a command made while requests fail is kept, and goes out once a new session works', { timeout: 30000 }, async () => {
+  const c = client({ transports: ['long-poll'] });
+  const sub = c.subscribe('chat:kept');
+  await sub.ready();
+  const { port, apiPort } = server;
+  await server.stop('SIGKILL');
+  await next(c, 'reconnecting', () => true, 5000);
+  // Never sent: the session it was for ends (404 from the new server), and it waits for the next.
+  const published = sub.publish('kept');
+  server = await startServer({ port, apiPort });
+  await published;
+  await until(async () => (await sub.history()).publications.some((p) => p.data === 'kept'), 'kept in history', 8000);
+});
