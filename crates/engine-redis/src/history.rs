@@ -182,7 +182,7 @@ fn publish_error(shard: &Shard, e: &fred::error::Error) -> EngineError {
     use fred::error::ErrorKind;
     match e.kind() {
         ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => {
-            EngineError::Unavailable(format!(
+            EngineError::UnknownOutcome(format!(
                 "Redis at {} did not confirm the publish ({e}): the outcome is unknown, it may \
                  still be applied; retry with the same idempotency_key so that it is not applied twice",
                 shard.name

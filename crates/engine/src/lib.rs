@@ -118,6 +118,26 @@ pub enum EngineError {
     /// No node with this id is reachable through the engine (it never existed, or it stopped).
     #[error("unknown node {0:?}")]
     UnknownNode(String),
+    /// A publish was sent to the store but not confirmed (a timeout, a dropped connection): it may
+    /// still be applied. Retrying with the same idempotency key is safe.
+    #[error("publish of unknown outcome: {0}")]
+    UnknownOutcome(String),
+}
+
+impl EngineError {
+    /// What a client is told. The [`std::fmt::Display`] text is for operators' logs and the server
+    /// API (trusted callers): it names the store and its own error, which a client must not see (an
+    /// internal address says nothing it can act on, and tells an attacker where the store is).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "temporarily unavailable, try again",
+            Self::UnknownNode(_) => "internal error",
+            Self::UnknownOutcome(_) => {
+                "not confirmed: the publication may still be applied; retry with the same \
+                 idempotency_key so that it is not applied twice"
+            }
+        }
+    }
 }
 
 /// Receives what the engine delivers: publications and presence events, from this node or others.

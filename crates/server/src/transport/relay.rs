@@ -367,7 +367,9 @@ impl Relay {
             .await
             .map_err(|e| match e {
                 EngineError::UnknownNode(n) => gone(n),
-                EngineError::Unavailable(m) => RelayError::Unavailable(m),
+                EngineError::Unavailable(m) | EngineError::UnknownOutcome(m) => {
+                    RelayError::Unavailable(m)
+                }
             })?;
         match tokio::time::timeout(hold + self.timeout, rx).await {
             Ok(Ok((Answer::Busy, _))) => Err(RelayError::Busy),
