@@ -106,6 +106,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         };
         let signals = Signals::install();
         tracing::info!(addr = %server.local_addr(), api = %server.api_addr(), version = env!("CARGO_PKG_VERSION"), "switchboard listening");
+        if let Some(banner) = server.demo_banner() {
+            // On standard output, apart from the log, so that the curl line can be pasted as it is.
+            println!("{banner}");
+        }
         let handle = server.shutdown_handle();
         tokio::spawn(async move {
             stopped(signals.stop).await;

@@ -57,6 +57,9 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The system gave no randomness for the demo's generated API key.
+    #[error("cannot generate the demo's API key (no randomness from the system): {0}")]
+    Random(String),
 }
 
 /// A bound, not yet running, switchboard server.
@@ -71,6 +74,8 @@ pub struct Server {
     tls: Option<Tls>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The API key generated for this run (`--demo` without `[api] key`), to print at start.
+    generated_api_key: Option<String>,
 }
 
 /// Stops a running server from elsewhere (a signal handler, a test).
@@ -87,7 +92,18 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the listener and builds the routes. Port 0 picks a free port; see [`Server::local_addr`].
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let config = config.effective();
+        let mut config = config.effective();
+        // The demo is for trying switchboard out, README's "Pushing from your backend" included: an
+        // API that refuses everything for want of a key would stop a newcomer at the first curl.
+        let generated_api_key = if config.demo.enabled && config.api.key.is_empty() {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| ServerError::Random(e.to_string()))?;
+            let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            config.api.key.clone_from(&key);
+            Some(key)
+        } else {
+            None
+        };
         let addr = config.listen.0;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let api_addr = config.api.listen;
@@ -170,7 +186,40 @@ impl Server {
             tls,
             shutdown,
             tracker,
+            generated_api_key,
         })
+    }
+
+    /// The API key generated for this run: with the demo on and no `[api] key` configured, the
+    /// server makes one up (a new one at each start) so that the API can be tried at once. `None`
+    /// when the configuration has a key or the demo is off.
+    pub fn generated_api_key(&self) -> Option<&str> {
+        self.generated_api_key.as_deref()
+    }
+
+    /// What to print at start when the API key was generated: the key, and a `curl` command that
+    /// publishes a message into the demo's `lobby` room, ready to paste.
+    pub fn demo_banner(&self) -> Option<String> {
+        let key = self.generated_api_key()?;
+        let mut api = self.api_addr();
+        if api.ip().is_unspecified() {
+            api.set_ip(if api.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let mut page = self.local_addr();
+        if page.ip().is_unspecified() {
+            page.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!(
+            "demo: no [api] key configured, so this run uses a generated one: {key}\n\
+             open {scheme}://{page}/ and publish into its lobby room from your backend (or a shell):\n\
+             \n  curl -s -X POST http://{api}/api/publish -H \"Authorization: apikey {key}\" \\\n    \
+             -d '{{\"channel\":\"chat:lobby\",\"data\":{{\"type\":\"msg\",\"nick\":\"curl\",\"text\":\"hello from the backend\"}}}}'\n"
+        ))
     }
 
     /// The TLS side, whose [`Tls::reload`] the binary calls on SIGHUP; `None` without TLS.
@@ -205,6 +254,7 @@ impl Server {
             tls,
             shutdown,
             tracker,
+            generated_api_key: _,
         } = self;
         let (api_listener, api_router) = api;
         let api_loop = accept_loop(

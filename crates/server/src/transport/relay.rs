@@ -1,7 +1,7 @@
 //! Fallback requests that land on another node than their session's: no sticky load balancing.
 //!
 //! A fallback session lives in the memory of the node that opened it (its task owns the client), and
-//! its id names that node: `<node>-<random>.<secret>`. A `send`, `poll` or `sse` request that reaches
+//! its id names that node: `<node>-<random>.<secret>`. A `send`, `poll`, `close` or `sse` request that reaches
 //! another node is relayed to the session's node through the engine's node-to-node messages (Redis
 //! pub/sub), which runs it against the session with the very functions that serve a local request,
 //! and sends back the answer, which the first node passes on as it is. Only the session's node knows
@@ -65,6 +65,11 @@ pub(crate) enum Op {
         query: String,
         /// The `Last-Event-ID` header's bytes, if any.
         last_event_id: Option<Vec<u8>>,
+    },
+    /// The client ends the session (`close`): its query string.
+    Close {
+        /// The request's query string.
+        query: String,
     },
     /// The next events of a stream opened with [`Op::SseOpen`].
     SseNext {
@@ -438,6 +443,10 @@ pub(crate) async fn run(fb: Fallback, incoming: Incoming) {
             }
             Op::Poll { query } => {
                 let resp = poll::poll_here(&fb, &Params::from_query(&query)).await;
+                to_answer(resp.into_response()).await
+            }
+            Op::Close { query } => {
+                let resp = http::close_here(&fb, &Params::from_query(&query)).await;
                 to_answer(resp.into_response()).await
             }
             Op::SseOpen {
