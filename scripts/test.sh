@@ -67,7 +67,7 @@ for dir in clients/js tests/browser; do
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
 done
 
-step "JavaScript client: node tests over every transport"
+step "JavaScript client: node tests over every transport, and npm pack installed into fresh CommonJS and ESM projects"
 (cd clients/js && npm test)
 
 step "browser end-to-end tests: the chat demo in headless Chromium"

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 chromium=${CHROMIUM:-/usr/bin/chromium}
 [ -x "$chromium" ] || { echo "browser tests: $chromium not found (apt-get install chromium)" >&2; exit 1; }
-[ -d node_modules/playwright-core ] || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+[ -d node_modules/playwright-core ] && [ -d node_modules/axe-core ] || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 (cd ../.. && cargo build --locked -p switchboard --quiet)
 exec node --test --test-concurrency=1 chat.test.mjs

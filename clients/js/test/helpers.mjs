@@ -78,9 +78,23 @@ export function gatedFetch(EventSourceBase) {
     return new Response(res.status === 204 ? null : body, { status: res.status, headers: res.headers });
   };
   if (EventSourceBase) {
+    // Open streams, so that `dropStreams()` can cut them as a failing network would.
+    const streams = new Set();
+    gate.dropStreams = () => {
+      for (const ac of streams) ac.abort();
+      streams.clear();
+    };
     gate.EventSource = class extends EventSourceBase {
       constructor(url) {
-        super(url, { fetch: (u, init) => (gate.down ? Promise.reject(new TypeError('cut')) : fetch(u, init)) });
+        super(url, {
+          fetch: (u, init) => {
+            if (gate.down) return Promise.reject(new TypeError('cut'));
+            const ac = new AbortController();
+            init?.signal?.addEventListener('abort', () => ac.abort());
+            streams.add(ac);
+            return fetch(u, { ...init, signal: ac.signal });
+          },
+        });
       }
     };
   }

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventSource } from 'eventsource';
-import { Client } from '../switchboard.js';
+import { Client } from '../switchboard.mjs';
 import { startServer } from './server.mjs';
 import { until, next, collect, gatedFetch } from './helpers.mjs';
 

@@ -2,7 +2,7 @@
 // advice, backoff, and tokens.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backoff, shouldReconnect } from '../switchboard.js';
+import { Client, backoff, shouldReconnect } from '../switchboard.mjs';
 import { startServer } from './server.mjs';
 import { until, next, collect, token, gatedWebSocket } from './helpers.mjs';
 

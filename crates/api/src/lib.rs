@@ -28,6 +28,18 @@ use switchboard_protocol::ErrorCode;
 
 pub use methods::METHODS;
 
+/// Runs one API method on `node` exactly as `POST /api/<method>` with `body` does once the key is
+/// checked and the body read: the `result` value, or the error the API answers. The router calls it
+/// for every request; it is public so that tools can drive each method's body parsing without an
+/// HTTP server: the `api` fuzz target (fuzz/fuzz_targets/api.rs) feeds it untrusted bytes.
+pub async fn call_method(
+    node: &Node,
+    method: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    methods::dispatch(node, method, body).await
+}
+
 /// The OpenAPI 3.1 description served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -88,13 +100,35 @@ pub fn router(node: Arc<Node>, config: &ApiConfig) -> Router {
         .with_state(api)
 }
 
-/// Liveness: 200 whenever the process serves requests. Needs no key: it tells nothing.
-async fn health() -> Response {
+/// Liveness: 200 whenever the process serves requests, with the engine's state for operators:
+/// whether the node is ready, and each Redis shard's (`host:port`, no credentials) state and for how
+/// many seconds it has held. Needs no key, like `/metrics`: the API listener is private.
+async fn health(State(api): State<Api>) -> Response {
     (
         StatusCode::OK,
-        axum::Json(serde_json::json!({"status": "ok"})),
+        axum::Json(serde_json::json!({
+            "status": "ok",
+            "ready": api.node.ready(),
+            "engine": {"shards": shards_json(&api)},
+        })),
     )
         .into_response()
+}
+
+/// Each shard's state, for `/health` and `/ready`.
+fn shards_json(api: &Api) -> Vec<serde_json::Value> {
+    api.node
+        .engine()
+        .shards()
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "shard": s.name,
+                "ready": s.ready,
+                "since_seconds": s.since.as_secs(),
+            })
+        })
+        .collect()
 }
 
 /// Prometheus metrics (OpenMetrics text). Needs no key, like the health checks: the API listener is
@@ -110,22 +144,22 @@ async fn metrics(State(api): State<Api>) -> Response {
     resp
 }
 
-/// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis).
-/// Clients already connected stay; a load balancer should send new ones elsewhere meanwhile.
+/// Readiness: 200 while the node can serve, 503 while its engine has lost its backing store (Redis:
+/// every shard stopped answering; measured, see `[engine.redis] command_timeout`). With one shard of
+/// several down the node stays ready, since the other shards' channels work; `shards` says which is
+/// down. Clients already connected stay; a load balancer should send new ones elsewhere meanwhile.
 async fn ready(State(api): State<Api>) -> Response {
-    if api.node.ready() {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ready"})),
-        )
-            .into_response()
+    let shards = shards_json(&api);
+    let (status, text) = if api.node.ready() {
+        (StatusCode::OK, "ready")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "engine unavailable"})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable")
+    };
+    let mut body = serde_json::json!({"status": text});
+    if !shards.is_empty() {
+        body["shards"] = shards.into();
     }
+    (status, axum::Json(body)).into_response()
 }
 
 async fn openapi() -> Response {
@@ -218,7 +252,7 @@ async fn call(
             .into_response();
         }
     };
-    match methods::dispatch(&api.node, &method, &bytes).await {
+    match call_method(&api.node, &method, &bytes).await {
         Ok(result) => axum::Json(serde_json::json!({ "result": result })).into_response(),
         Err(e) => {
             if e.status.is_server_error() {

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_engine::HistoryQuery;
-use switchboard_hub::{Node, PublishError, PublishOptions};
+use switchboard_hub::{
+    ClientOrder, ClientTarget as Target, ClusterError, Node, PublishError, PublishOptions,
+};
 use switchboard_protocol::{DisconnectCode, ErrorCode, Payload, StreamPosition, encode};
 
 use crate::ApiError;
@@ -61,12 +63,12 @@ pub(crate) async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<V
             let r: ClientTarget = parse(body)?;
             let channel = r.channel()?;
             check_channel(node, channel)?;
-            Ok(json!({"clients": node.subscribe_clients(&r.user, r.client.as_deref(), channel)}))
+            order(node, r.target(), ClientOrder::Subscribe(channel)).await
         }
         "unsubscribe" => {
             let r: ClientTarget = parse(body)?;
             let channel = r.channel()?;
-            Ok(json!({"clients": node.unsubscribe_clients(&r.user, r.client.as_deref(), channel)}))
+            order(node, r.target(), ClientOrder::Unsubscribe(channel)).await
         }
         "disconnect" => {
             let r: DisconnectRequest = parse(body)?;
@@ -81,12 +83,20 @@ pub(crate) async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<V
                         ))
                     })?,
             };
-            Ok(json!({"clients": node.disconnect_clients(&r.user, r.client.as_deref(), code)}))
+            let target = Target {
+                user: r.user,
+                client: r.client,
+            };
+            order(node, target, ClientOrder::Disconnect(code)).await
         }
         "refresh" => {
             let r: RefreshRequest = parse(body)?;
             let at = if r.expired { Some(1) } else { r.expire_at };
-            Ok(json!({"clients": node.refresh_clients(&r.user, r.client.as_deref(), at)}))
+            let target = Target {
+                user: r.user,
+                client: r.client,
+            };
+            order(node, target, ClientOrder::Refresh(at)).await
         }
         "presence" => {
             let r: ChannelOnly = parse(body)?;
@@ -122,16 +132,24 @@ pub(crate) async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<V
         }
         "channels" => {
             let r: ChannelsRequest = parse(body)?;
-            let channels: BTreeMap<String, Value> = node
-                .channels(r.pattern.as_deref())
+            let gathered = node
+                .cluster_channels(r.pattern.as_deref())
+                .await
+                .map_err(cluster)?;
+            let channels: BTreeMap<String, Value> = gathered
+                .value
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
                 .collect();
-            Ok(json!({ "channels": channels }))
+            Ok(json!({
+                "channels": channels,
+                "nodes": gathered.nodes,
+                "unanswered": gathered.unanswered,
+            }))
         }
         "info" => {
             let _: Empty = parse(body)?;
-            Ok(json!({"nodes": [node.info()]}))
+            Ok(json!({"nodes": node.cluster_info()}))
         }
         other => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -141,6 +159,25 @@ pub(crate) async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<V
                 other.chars().take(40).collect::<String>()
             ),
         )),
+    }
+}
+
+/// Carries out a client order on every node; how many clients it reached, and on how many nodes.
+async fn order(node: &Node, target: Target, order: ClientOrder<'_>) -> Result<Value> {
+    let gathered = node.order_clients(&target, order).await.map_err(cluster)?;
+    Ok(json!({
+        "clients": gathered.value,
+        "nodes": gathered.nodes,
+        "unanswered": gathered.unanswered,
+    }))
+}
+
+fn cluster(e: ClusterError) -> ApiError {
+    match e {
+        ClusterError::Engine(e) => engine(e),
+        ClusterError::Encode(m) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, m)
+        }
     }
 }
 
@@ -197,6 +234,13 @@ struct ClientTarget {
 }
 
 impl ClientTarget {
+    fn target(&self) -> Target {
+        Target {
+            user: self.user.clone(),
+            client: self.client.clone(),
+        }
+    }
+
     fn channel(&self) -> Result<&str> {
         self.channel
             .as_deref()
@@ -294,10 +338,14 @@ fn publish_error(e: PublishError) -> ApiError {
 }
 
 async fn publish(node: &Node, r: PublishBody<'_>) -> Result<Value> {
-    let (Some(channel), None) = (&r.channel, &r.channels) else {
-        return Err(ApiError::bad_request(
-            "publish takes one channel (use broadcast for several)",
-        ));
+    let channel = match (&r.channel, &r.channels) {
+        (Some(channel), None) => channel,
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "publish takes one channel (use broadcast for several)",
+            ));
+        }
+        (None, None) => return Err(ApiError::bad_request("channel is required")),
     };
     let pos = node
         .publish_with(channel, r.payload()?, &r.options())

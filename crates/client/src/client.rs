@@ -26,7 +26,18 @@ use crate::wire::HistoryResult;
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     settings: Settings,
+    publish_attempts: u32,
 }
+
+/// How many times [`Client::publish`] tries by default.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The first wait between two attempts of a publish; it doubles with each attempt, up to
+/// [`PUBLISH_RETRY_MAX`].
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(200);
+
+/// The longest wait between two attempts of a publish.
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl ClientBuilder {
     /// The connection token (a JWT naming the user); without one the connection is anonymous, where
@@ -68,6 +79,15 @@ impl ClientBuilder {
         self
     }
 
+    /// How many times [`Client::publish`] tries before giving up (default: 3; at least 1). Every
+    /// attempt carries the same idempotency key, so a publication whose first attempt was applied
+    /// although its answer was lost (a timeout, a dropped connection, a Redis that paused) is not
+    /// published twice.
+    pub fn publish_attempts(mut self, attempts: u32) -> Self {
+        self.publish_attempts = attempts.max(1);
+        self
+    }
+
     /// Checks the URL and makes the client. Nothing connects until [`Client::connect`].
     pub fn build(self) -> Result<Client, Error> {
         let url = &self.settings.url;
@@ -98,6 +118,7 @@ impl ClientBuilder {
                 state,
                 timeout,
                 generation: AtomicU64::new(1),
+                publish_attempts: self.publish_attempts,
             }),
         })
     }
@@ -122,6 +143,8 @@ struct Inner {
     state: watch::Receiver<State>,
     timeout: Duration,
     generation: AtomicU64,
+    /// Tries per publish.
+    publish_attempts: u32,
 }
 
 impl fmt::Debug for Client {
@@ -146,6 +169,7 @@ impl Client {
                 backoff: Backoff::default(),
                 timeout: Duration::from_secs(10),
             },
+            publish_attempts: PUBLISH_ATTEMPTS,
         }
     }
 
@@ -214,13 +238,34 @@ impl Client {
 
     /// Publishes `data` (JSON, or bytes as `b64data`) to `channel`; returns the publication's position
     /// (offset 0 and an empty epoch in namespaces without history).
+    ///
+    /// A publish whose answer does not come (a timeout, a lost connection) or that fails temporarily
+    /// (error 100: Redis did not answer in time) has an unknown outcome: it may have been applied.
+    /// So the publish carries an idempotency key, random and made once, and is tried again with the
+    /// same key, up to [`ClientBuilder::publish_attempts`] times: the server publishes it at most
+    /// once. The error is the last attempt's.
     pub async fn publish(
         &self,
         channel: &str,
         data: impl Into<Data>,
     ) -> Result<StreamPosition, Error> {
+        let key = format!("{:032x}", fastrand::u128(..));
+        self.publish_with_key(channel, data, &key).await
+    }
+
+    /// [`Client::publish`] with a key of the caller's (1 to 128 bytes), such as the id of what the
+    /// publication announces: a second publish to `channel` with the same key, by the same user,
+    /// within the server's idempotency window (`[api] idempotency_window`, 5 minutes by default) is
+    /// not published again but answers the first one's position. Tried like [`Client::publish`].
+    pub async fn publish_with_key(
+        &self,
+        channel: &str,
+        data: impl Into<Data>,
+        key: &str,
+    ) -> Result<StreamPosition, Error> {
         let mut params = Map::new();
         params.insert("channel".into(), channel.into());
+        params.insert("idempotency_key".into(), key.into());
         match data.into() {
             Data::Json(v) => params.insert("data".into(), v),
             Data::Binary(b) => {
@@ -236,11 +281,26 @@ impl Client {
             #[serde(default)]
             epoch: String,
         }
-        let p: Published = self.call("publish", Value::Object(params)).await?;
-        Ok(StreamPosition {
-            offset: p.offset,
-            epoch: p.epoch,
-        })
+        let params = Value::Object(params);
+        let mut delay = PUBLISH_RETRY_MIN;
+        let mut attempt = 1;
+        loop {
+            match self.call::<Published>("publish", params.clone()).await {
+                Ok(p) => {
+                    return Ok(StreamPosition {
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    });
+                }
+                Err(e) if attempt < self.inner.publish_attempts && outcome_unknown(&e) => {
+                    tracing::debug!(channel, attempt, error = %e, "publish failed; trying again with its idempotency key");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Who is subscribed to `channel` (the client must be subscribed too): client id to info.
@@ -363,6 +423,16 @@ impl Client {
             Err(_) => return Err(Error::Timeout { method, timeout }),
         };
         crate::wire::decode(&value).map_err(|e| Error::Protocol(format!("{method} result: {e}")))
+    }
+}
+
+/// Whether a failed publish may have been applied, or may succeed if tried again: worth another
+/// attempt with the same idempotency key.
+fn outcome_unknown(e: &Error) -> bool {
+    match e {
+        Error::Timeout { .. } | Error::Disconnected { .. } => true,
+        Error::Server(e) => e.temporary,
+        _ => false,
     }
 }
 

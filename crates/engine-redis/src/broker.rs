@@ -11,6 +11,10 @@
 //! where other nodes send it messages ([`send_to_node`]): PUBLISH says how many listened, so a node
 //! that is gone is known at once.
 //!
+//! Control messages travel the same way: to every node on `P.control` (one channel all nodes listen
+//! on, whose PUBLISH count says how many nodes got it) and to one node on `P.control.{id}`, both
+//! handed to [`EngineHandler::on_control`](switchboard_engine::EngineHandler::on_control).
+//!
 //! In a Redis Cluster the channels are sharded channels (`SSUBSCRIBE`/`SPUBLISH`), each served by the
 //! master owning its slot; the subscriber client keeps one connection per master. Slots that move
 //! are handled like a reconnect ([`follow_slot_moves`]).
@@ -22,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Message as RedisMessage;
-use switchboard_engine::{EngineError, PresenceEvent};
+use switchboard_engine::{EngineError, PresenceEvent, Reach};
 use switchboard_protocol::ClientInfo;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
@@ -46,9 +50,13 @@ pub(crate) async fn subscribe(inner: &Inner, channel: &str) -> Result<(), Engine
     shard.channels.lock().insert(channel.to_owned());
     let name = inner.keys.pubsub(channel);
     let result = if inner.config.cluster {
+        // fred waits for SSUBSCRIBE's confirmation (to follow redirections).
         shard.subscriber.ssubscribe(name).await
     } else {
-        shard.subscriber.subscribe(name).await
+        match shard.subscriber.subscribe(name).await {
+            Ok(()) => confirm(shard).await,
+            Err(e) => Err(e),
+        }
     };
     result.map_err(|e| {
         shard.channels.lock().remove(channel);
@@ -68,7 +76,11 @@ pub(crate) async fn unsubscribe(inner: &Inner, channel: &str) -> Result<(), Engi
     let result = if inner.config.cluster {
         shard.subscriber.sunsubscribe(name).await
     } else {
-        shard.subscriber.unsubscribe(name).await
+        // Confirmed, so that a publication after this call no longer reaches the node.
+        match shard.subscriber.unsubscribe(name).await {
+            Ok(()) => confirm(shard).await,
+            Err(e) => Err(e),
+        }
     };
     result.map_err(|e| shard.error(&e))
 }
@@ -113,15 +125,85 @@ pub(crate) async fn send_to_node(
     }
 }
 
-/// Subscribes this node to its own channel (at start, and again after each reconnect).
-pub(crate) async fn subscribe_node(inner: &Inner) -> Result<(), fred::error::Error> {
-    let shard = inner.node_shard(&inner.node_id);
-    let name = inner.keys.node(&inner.node_id);
-    if inner.config.cluster {
-        shard.subscriber.ssubscribe(name).await
+/// Publishes `message` on `name` (a node's channel or the control channel) of `shard`; how many
+/// listened.
+async fn publish_to(
+    inner: &Inner,
+    shard: &crate::Shard,
+    name: String,
+    message: Bytes,
+) -> Result<i64, EngineError> {
+    let client = shard.commands()?;
+    let result: Result<i64, _> = if inner.config.cluster {
+        client.spublish(name, message).await
     } else {
-        shard.subscriber.subscribe(name).await
+        client.publish(name, message).await
+    };
+    result.map_err(|e| shard.error(&e))
+}
+
+/// Sends a control message to every node (this one included); PUBLISH counts who listened.
+pub(crate) async fn broadcast_control(inner: &Inner, message: Bytes) -> Result<Reach, EngineError> {
+    let name = inner.control_channel.clone();
+    let listened = publish_to(inner, inner.control_shard(), name, message).await?;
+    Ok(Reach::Nodes(usize::try_from(listened).unwrap_or(0)))
+}
+
+/// Sends a control message to node `node` alone; [`EngineError::UnknownNode`] when nobody listens.
+pub(crate) async fn send_control(
+    inner: &Inner,
+    node: &str,
+    message: Bytes,
+) -> Result<(), EngineError> {
+    let name = inner.keys.node_control(node);
+    match publish_to(inner, inner.node_shard(node), name, message).await? {
+        0 => Err(EngineError::UnknownNode(node.to_owned())),
+        _ => Ok(()),
     }
+}
+
+/// The channels of this node's own that live on shard `index`: its node and control channels (on
+/// the shard its id hashes to) and the control channel every node shares.
+fn own_channels(inner: &Inner, index: usize) -> Vec<String> {
+    let shard = &inner.shards[index];
+    let mut names = Vec::new();
+    if std::ptr::eq(shard, inner.node_shard(&inner.node_id)) {
+        names.push(inner.node_channel.clone());
+        names.push(inner.node_control_channel.clone());
+    }
+    if std::ptr::eq(shard, inner.control_shard()) {
+        names.push(inner.control_channel.clone());
+    }
+    names
+}
+
+/// Subscribes this node to its own channels on shard `index` (at start, and again after each
+/// reconnect).
+pub(crate) async fn subscribe_own(inner: &Inner, index: usize) -> Result<(), fred::error::Error> {
+    let shard = &inner.shards[index];
+    let names = own_channels(inner, index);
+    if names.is_empty() {
+        return Ok(());
+    }
+    if inner.config.cluster {
+        // Sharded subscriptions go to the node of each channel's slot, one at a time.
+        for name in names {
+            shard.subscriber.ssubscribe(name).await?;
+        }
+        Ok(())
+    } else {
+        shard.subscriber.subscribe(names).await?;
+        confirm(shard).await
+    }
+}
+
+/// Waits until Redis has carried out every (un)subscription sent on `shard`'s subscriber so far.
+/// fred resolves `SUBSCRIBE` once it is written, before Redis confirms it (the confirmation arrives
+/// out of band); Redis answers a connection's commands in order, so the answer to a `PING` written
+/// after it means it took effect, and a message published from now on reaches this node.
+async fn confirm(shard: &crate::Shard) -> Result<(), fred::error::Error> {
+    let _: Value = shard.subscriber.ping(None).await?;
+    Ok(())
 }
 
 /// Hands every message of shard `index` to the node, in arrival order. Runs until the engine stops.
@@ -155,6 +237,13 @@ fn deliver(inner: &Inner, m: RedisMessage) {
         }
         return;
     }
+    if *m.channel == *inner.control_channel || *m.channel == *inner.node_control_channel {
+        match m.value.into_bytes() {
+            Some(bytes) => handler.on_control(bytes),
+            None => tracing::warn!("control message that is not a string; ignored"),
+        }
+        return;
+    }
     let Some(channel) = inner.keys.channel_of(&m.channel) else {
         return;
     };
@@ -185,6 +274,7 @@ pub(crate) async fn resubscribe_on_reconnect(
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
+        inner.shards[index].health.trouble();
         resync(&inner, index, "Redis is back").await;
     }
 }
@@ -211,6 +301,8 @@ async fn resync(inner: &Inner, index: usize, why: &str) {
             }
         }
     }
+    // Not serving until now: messages between nodes sent meanwhile may be lost.
+    shard.health.trouble();
     shard.resyncing.store(false, Ordering::Release);
 }
 
@@ -280,13 +372,11 @@ fn slot_map(subscriber: &fred::clients::SubscriberClient) -> Vec<(u16, u16, Stri
     map
 }
 
-/// Subscribes again to every channel of shard `index` (and to the node's own channel, if it is
+/// Subscribes again to every channel of shard `index` (and to the node's own channels that are
 /// there), then reports each as a gap. The number of channels.
 async fn resubscribe_all(inner: &Inner, index: usize) -> Result<usize, fred::error::Error> {
     let shard = &inner.shards[index];
-    if std::ptr::eq(shard, inner.node_shard(&inner.node_id)) {
-        subscribe_node(inner).await?;
-    }
+    subscribe_own(inner, index).await?;
     let channels: Vec<String> = shard.channels.lock().iter().cloned().collect();
     for batch in channels.chunks(RESUBSCRIBE_BATCH) {
         if inner.config.cluster {
@@ -298,6 +388,9 @@ async fn resubscribe_all(inner: &Inner, index: usize) -> Result<usize, fred::err
             let names: Vec<String> = batch.iter().map(|c| inner.keys.pubsub(c)).collect();
             shard.subscriber.subscribe(names).await?;
         }
+    }
+    if !inner.config.cluster && !channels.is_empty() {
+        confirm(shard).await?;
     }
     // Only now: a subscriber resubscribing with recovery after this report sees every publication,
     // from history up to its read and live after it.

@@ -48,32 +48,53 @@ pub(crate) async fn publish(
         Some((key, window)) => (key, millis(window)),
         None => ("", "0".to_owned()),
     };
-    let result: String = run(
-        shard,
-        &inner.scripts.publish,
-        vec![
-            keys.stream(channel),
-            keys.meta(channel),
-            keys.result(channel, key),
-        ],
-        vec![
-            body,
-            size.to_string(),
-            millis(opts.history_ttl),
-            millis(opts.history_meta_ttl.max(opts.history_ttl)),
-            new_epoch(),
-            keys.pubsub(channel),
-            if inner.config.cluster {
-                "spublish"
-            } else {
-                "publish"
-            }
-            .to_owned(),
-            result_ttl,
-        ],
-    )
-    .await?;
+    let client = shard.commands()?;
+    let result: String = inner
+        .scripts
+        .publish
+        .evalsha_with_reload(
+            client,
+            vec![
+                keys.stream(channel),
+                keys.meta(channel),
+                keys.result(channel, key),
+            ],
+            vec![
+                body,
+                size.to_string(),
+                millis(opts.history_ttl),
+                millis(opts.history_meta_ttl.max(opts.history_ttl)),
+                new_epoch(),
+                keys.pubsub(channel),
+                if inner.config.cluster {
+                    "spublish"
+                } else {
+                    "publish"
+                }
+                .to_owned(),
+                result_ttl,
+            ],
+        )
+        .await
+        .map_err(|e| publish_error(shard, &e))?;
     parse_position(&result)
+}
+
+/// A failed publish script as an engine error. Once sent, a script may run although its answer is
+/// lost (Redis paused, then resumed; a connection dropped after writing): its outcome is unknown, and
+/// the message says so, and how to retry safely.
+fn publish_error(shard: &Shard, e: &fred::error::Error) -> EngineError {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => {
+            EngineError::UnknownOutcome(format!(
+                "Redis at {} did not confirm the publish ({e}): the outcome is unknown, it may \
+                 still be applied; retry with the same idempotency_key so that it is not applied twice",
+                shard.name
+            ))
+        }
+        _ => shard.error(e),
+    }
 }
 
 /// `offset:epoch` as a position.

@@ -14,6 +14,8 @@
 //! | `P.presence_expiry.{C}` | sorted set | client id scored by when its entry expires (Unix ms) |
 //! | `P.pub.{C}` | pub/sub channel | publications and join/leave events, in order |
 //! | `P.node.{N}` | pub/sub channel | messages to node `N` (its random id) from other nodes |
+//! | `P.control` | pub/sub channel | control messages to every node (cluster-wide API calls, announcements) |
+//! | `P.control.{N}` | pub/sub channel | control messages to node `N` only (answers to its broadcasts) |
 
 /// Names of the Redis keys and channels under one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +72,18 @@ impl Keys {
         self.key("node", node)
     }
 
+    /// The pub/sub channel every node listens on for control messages to all of them. Outside any
+    /// hash tag: in Redis Cluster it is a sharded channel of its own slot, like any key.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// The pub/sub channel of node `node` for control messages to it alone; in the same slot as its
+    /// [`Keys::node`] channel.
+    pub fn node_control(&self, node: &str) -> String {
+        self.key("control", node)
+    }
+
     /// The switchboard channel of a pub/sub channel name, if it is one of ours.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub
@@ -107,6 +121,15 @@ mod tests {
         assert_eq!(k.pubsub("news"), "sb.pub.{news}");
         assert_eq!(k.node("0a1b2c3d"), "sb.node.{0a1b2c3d}");
         assert_eq!(k.channel_of(&k.node("0a1b2c3d")), None);
+        assert_eq!(k.control(), "sb.control");
+        assert_eq!(k.node_control("0a1b2c3d"), "sb.control.{0a1b2c3d}");
+        assert_eq!(k.channel_of(&k.control()), None);
+        assert_eq!(k.channel_of(&k.node_control("0a1b2c3d")), None);
+        assert_eq!(
+            hash_tag(&k.node_control("0a1b2c3d")),
+            hash_tag(&k.node("0a1b2c3d")),
+            "a node's two channels share a slot"
+        );
     }
 
     #[test]

@@ -9,12 +9,16 @@
 //! - `broker.rs`: pub/sub between nodes. One subscriber connection per Redis instance; after it
 //!   reconnects, every channel is subscribed again and reported to the node as a possible gap, whose
 //!   subscribers then resubscribe with recovery (push 2500). Also messages from node to node
-//!   ([`Engine::send_to_node`]), each node listening on a channel named after its random id.
+//!   ([`Engine::send_to_node`]), each node listening on a channel named after its random id, and
+//!   control messages ([`Engine::broadcast_control`] on one channel all nodes listen on,
+//!   [`Engine::send_control`] on a second channel of each node).
 //! - `history.rs`: the channel streams (Redis Streams). One Lua script increments the offset, appends
 //!   to the stream and publishes, so offsets are gapless and every node sees them in order.
 //! - `presence.rs`: who is in a channel, each entry expiring unless its node refreshes it.
 //! - `idempotency.rs`: idempotency keys of server publishes, checked inside the publish script.
 //! - `shard.rs`: which Redis instance holds a channel when there are several (consistent hashing).
+//! - `health.rs`: readiness, measured by a PING to every instance at least every second; the node is
+//!   ready while at least one instance answers.
 //! - `keys.rs`: the key layout; `codec.rs`: how publications are written into Redis.
 //!
 //! Redis Cluster (`cluster = true`) is one logical instance: keys of a channel share a hash slot, and
@@ -25,6 +29,7 @@
 
 mod broker;
 mod codec;
+mod health;
 mod history;
 mod idempotency;
 mod keys;
@@ -35,9 +40,9 @@ mod shard;
 pub mod testing;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,8 +53,8 @@ use fred::types::config::UnresponsiveConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats,
-    StreamOptions,
+    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats, Reach,
+    ShardState, StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::task::AbortHandle;
@@ -75,6 +80,8 @@ pub struct RedisConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How long one Redis command may take before it fails (and the connection is deemed dead).
+    /// Also how long a Redis that stopped answering takes to make the node not ready: every
+    /// instance is PINGed at least every second, and counts as down when its PING takes longer.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// The addresses are one Redis Cluster: channels go to the node owning their hash slot, and
@@ -155,6 +162,11 @@ pub enum RedisError {
 pub(crate) struct Shard {
     /// The address, for logs and errors.
     pub(crate) address: String,
+    /// The address without credentials (`host:port`, several joined by commas), for `/health`,
+    /// metrics and logs.
+    pub(crate) name: String,
+    /// Readiness, measured (`health.rs`).
+    pub(crate) health: health::Health,
     /// Commands and scripts.
     pub(crate) client: Client,
     /// Pub/sub: a connection of its own, since a subscribed connection runs no other command.
@@ -201,6 +213,10 @@ pub(crate) struct Inner {
     pub(crate) node_id: String,
     /// The pub/sub channel where this node receives messages from others.
     pub(crate) node_channel: String,
+    /// The pub/sub channel of control messages to every node.
+    pub(crate) control_channel: String,
+    /// The pub/sub channel of control messages to this node alone.
+    pub(crate) node_control_channel: String,
 }
 
 impl Inner {
@@ -212,6 +228,11 @@ impl Inner {
     /// The shard where node `node` listens for messages: every node computes the same one.
     pub(crate) fn node_shard(&self, node: &str) -> &Shard {
         &self.shards[shard_of(node, self.shards.len())]
+    }
+
+    /// The shard carrying control messages to every node: every node computes the same one.
+    pub(crate) fn control_shard(&self) -> &Shard {
+        &self.shards[shard_of(&self.control_channel, self.shards.len())]
     }
 
     pub(crate) fn handler(&self) -> Option<&Arc<dyn EngineHandler>> {
@@ -277,6 +298,8 @@ impl RedisEngine {
                 }
             }
             shards.push(Shard {
+                name: display_name(&urls),
+                health: health::Health::new(),
                 address,
                 client,
                 subscriber,
@@ -295,6 +318,8 @@ impl RedisEngine {
         };
         let inner = Arc::new(Inner {
             node_channel: keys.node(&node_id),
+            control_channel: keys.control(),
+            node_control_channel: keys.node_control(&node_id),
             node_id,
             keys,
             config,
@@ -320,13 +345,18 @@ impl RedisEngine {
                 tasks.push(h.abort_handle());
             }
         }
+        for i in 0..inner.shards.len() {
+            let h = tokio::spawn(health::watch(Arc::clone(&inner), i));
+            tasks.push(h.abort_handle());
+        }
         let h = tokio::spawn(presence::refresh(Arc::clone(&inner)));
         tasks.push(h.abort_handle());
         // Listening before anyone can learn the id: from the first session on, others reach us.
-        if let Err(e) = broker::subscribe_node(&inner).await {
-            abort_all(&tasks);
-            let address = inner.node_shard(&inner.node_id).address.clone();
-            return Err(connect_error(&address, &inner.config, e.to_string()));
+        for (i, shard) in inner.shards.iter().enumerate() {
+            if let Err(e) = broker::subscribe_own(&inner, i).await {
+                abort_all(&tasks);
+                return Err(connect_error(&shard.address, &inner.config, e.to_string()));
+            }
         }
         Ok(Self { inner, tasks })
     }
@@ -335,6 +365,24 @@ impl RedisEngine {
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
     }
+}
+
+/// `host:port` of each URL, without user or password: safe to show in `/health` and metrics.
+fn display_name(urls: &[String]) -> String {
+    let mut names = Vec::new();
+    for u in urls {
+        match fred::types::config::Config::from_url(u) {
+            Ok(c) => names.extend(
+                c.server
+                    .hosts()
+                    .into_iter()
+                    .map(|s| format!("{}:{}", s.host, s.port)),
+            ),
+            // Checked by `validate` already; never show what could hold a password.
+            Err(_) => names.push("?".into()),
+        }
+    }
+    names.join(",")
 }
 
 /// A random node id (8 hex digits) that no other node listening through these Redis uses.
@@ -416,7 +464,8 @@ fn builder(config: &RedisConfig, urls: &[String]) -> Result<Builder, RedisError>
     // Fail at start when Redis is not there: a wrong address should stop the server, not hang it.
     fred_config.fail_fast = true;
     let mut b = Builder::from_config(fred_config);
-    b.set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    let max_delay = u32::try_from(health::RECONNECT_MAX.as_millis()).unwrap_or(u32::MAX);
+    b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2));
     let (connect, command) = (config.connect_timeout, config.command_timeout);
     b.with_connection_config(|c| {
         c.connection_timeout = connect;
@@ -456,6 +505,14 @@ impl Engine for RedisEngine {
 
     async fn send_to_node(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
         broker::send_to_node(&self.inner, node, message).await
+    }
+
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+        broker::broadcast_control(&self.inner, message).await
+    }
+
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        broker::send_control(&self.inner, node, message).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
@@ -517,11 +574,35 @@ impl Engine for RedisEngine {
     }
 
     fn ready(&self) -> bool {
-        self.inner.shards.iter().all(|s| {
-            s.client.is_connected()
-                && s.subscriber.is_connected()
-                && !s.resyncing.load(Ordering::Acquire)
-        })
+        // Ready while some channels work: with one shard of several down, the others' channels
+        // still do, and taking every node out of the load balancer would stop those too.
+        self.inner.shards.iter().any(Shard::ready)
+    }
+
+    fn shards(&self) -> Vec<ShardState> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let (ready, since) = s.observe();
+                ShardState {
+                    name: s.name.clone(),
+                    ready,
+                    since,
+                }
+            })
+            .collect()
+    }
+
+    fn node_messages_uncertain(&self, node: &str, since: Instant) -> bool {
+        let settle = health::settle_time(self.inner.config.command_timeout);
+        // The request goes through the other node's shard, its answer through ours.
+        [
+            self.inner.node_shard(node),
+            self.inner.node_shard(&self.inner.node_id),
+        ]
+        .iter()
+        .any(|s| s.uncertain_since(since, settle))
     }
 
     fn remembers_idempotency_keys(&self) -> bool {

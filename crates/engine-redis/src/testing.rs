@@ -15,6 +15,8 @@ pub struct RedisServer {
     /// Arguments beyond port, address and persistence (a cluster node's settings).
     extra: Vec<String>,
     child: Option<Child>,
+    /// Stopped with SIGSTOP ([`RedisServer::pause`]).
+    paused: bool,
 }
 
 /// The binary to run: `$REDIS_SERVER`, else `redis-server` on the `PATH`.
@@ -34,6 +36,7 @@ impl RedisServer {
                 port,
                 extra: Vec::new(),
                 child: None,
+                paused: false,
             };
             if s.spawn() {
                 return s;
@@ -48,6 +51,7 @@ impl RedisServer {
             port,
             extra: Vec::new(),
             child: None,
+            paused: false,
         };
         assert!(s.spawn(), "redis-server could not bind port {port}");
         s
@@ -108,8 +112,41 @@ impl RedisServer {
         format!("redis://{}", self.addr())
     }
 
+    /// Freezes it with SIGSTOP: connections stay open and nothing answers, as when Redis hangs (a
+    /// long fork, swapping, a stalled VM) rather than dies. [`RedisServer::resume`] or drop undoes it.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = true;
+    }
+
+    /// Lets a [`RedisServer::pause`]d server run again (SIGCONT): what it received meanwhile is then
+    /// processed.
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
+    }
+
+    /// Sends a signal with `kill(1)` (no `unsafe` here). Panics when it cannot: a test that pauses
+    /// Redis must not go on believing it did.
+    fn signal(&self, which: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("redis-server on port {} is not running", self.port));
+        let status = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {which} {pid}: {e}"));
+        assert!(status.success(), "kill {which} {pid} failed: {status}");
+    }
+
     /// Kills it (its data is gone: no persistence) and waits until the port is free.
     pub fn stop(&mut self) {
+        if self.paused {
+            // A stopped process dies of SIGKILL too, but let it go cleanly.
+            self.resume();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -326,6 +363,7 @@ impl RedisCluster {
                 .map(String::from)
                 .to_vec(),
                 child: None,
+                paused: false,
             };
             if node.spawn() {
                 self.nodes.push(node);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::prelude::*;
 use switchboard_engine::conformance::{Recorder, WAIT, until};
-use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, StreamOptions};
+use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions};
 use switchboard_engine_redis::testing::RedisCluster;
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
 use switchboard_protocol::{ClientInfo, Payload, Publication};
@@ -282,6 +282,23 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
             .collect();
         assert_eq!(got, want, "node {j}");
     }
+    // Control messages: to all six through one sharded channel (counted), and back to one.
+    let (a, _) = &engines[0];
+    let all = Bytes::from_static(b"all");
+    assert_eq!(a.broadcast_control(all.clone()).await, Ok(Reach::Nodes(6)));
+    for (j, (e, rec)) in engines.iter().enumerate() {
+        until("the broadcast", || rec.controls.lock().len() == 1).await;
+        let back = Bytes::from(format!("{j}"));
+        e.send_control(&ids[0], back).await.unwrap();
+    }
+    let (_, rec_a) = &engines[0];
+    until("every answer", || rec_a.controls.lock().len() == 1 + 6).await;
+    let answers: BTreeSet<Bytes> = rec_a.controls.lock()[1..].iter().cloned().collect();
+    assert_eq!(answers.len(), 6, "one from each node, this one included");
+    assert_eq!(
+        a.send_control("00000000", Bytes::new()).await,
+        Err(EngineError::UnknownNode("00000000".into()))
+    );
     // Nobody listens: known at once.
     let (a, _) = &engines[0];
     let err = a.send_to_node("00000000", Bytes::new()).await.unwrap_err();

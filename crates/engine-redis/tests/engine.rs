@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use switchboard_engine::conformance::{Recorder, WAIT, until};
-use switchboard_engine::{Engine, EngineError, StreamOptions};
+use switchboard_engine::{Engine, EngineError, Reach, StreamOptions};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
 use switchboard_protocol::{Payload, Publication};
@@ -148,15 +148,14 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // After its Redis restarts, a node listens again on its channel.
-    let holder = if shard_of(b.node_id(), 2) == 0 {
-        &mut r1
-    } else {
-        &mut r2
-    };
+    let shard = shard_of(b.node_id(), 2);
+    let holder = if shard == 0 { &mut r1 } else { &mut r2 };
     holder.stop();
-    until("not ready", || !b.ready()).await;
+    // The node stays ready (the other shard answers), its shard does not.
+    until("its shard down", || !b.shards()[shard].ready).await;
     holder.restart();
-    until("ready", || a.ready() && b.ready()).await;
+    let all_ready = |e: &RedisEngine| e.shards().iter().all(|s| s.ready);
+    until("ready", || all_ready(&a) && all_ready(&b)).await;
     let before = rec_b.node_messages.lock().len();
     let deadline = tokio::time::Instant::now() + WAIT;
     while a
@@ -174,4 +173,32 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
         rec_b.node_messages.lock().len() > before
     })
     .await;
+}
+
+#[tokio::test]
+async fn control_messages_go_through_the_shard_every_node_computes_alike() {
+    // Two Redis: the shared control channel lives on one, each node's own on the one its id
+    // hashes to.
+    let r1 = RedisServer::start();
+    let r2 = RedisServer::start();
+    let (a, rec_a) = engine(&[&r1, &r2]).await;
+    let (b, rec_b) = engine(&[&r1, &r2]).await;
+    let (c, rec_c) = engine(&[&r1, &r2]).await;
+    let all = Bytes::from_static(b"{\"to\":\"all\"}");
+    assert_eq!(a.broadcast_control(all.clone()).await, Ok(Reach::Nodes(3)));
+    for (name, rec) in [("a", &rec_a), ("b", &rec_b), ("c", &rec_c)] {
+        until(name, || rec.controls.lock().len() == 1).await;
+        assert_eq!(rec.controls.lock()[..], [all.clone()][..], "{name}");
+    }
+    for (from, to) in [(&b, &a), (&c, &a), (&a, &b), (&a, &c)] {
+        from.send_control(to.node_id(), Bytes::from_static(b"answer"))
+            .await
+            .unwrap();
+    }
+    until("a's answers", || rec_a.controls.lock().len() == 3).await;
+    until("b's", || rec_b.controls.lock().len() == 2).await;
+    until("c's", || rec_c.controls.lock().len() == 2).await;
+    for rec in [&rec_a, &rec_b, &rec_c] {
+        assert!(rec.node_messages.lock().is_empty(), "not node messages");
+    }
 }

@@ -9,6 +9,11 @@
 //!   one step per channel, so every node sees a channel's publications in offset order.
 //! - [`EngineHandler`] is how an engine hands publications and presence events (from any node) back
 //!   to the node that runs it, and messages other nodes sent to this one ([`Engine::send_to_node`]).
+//! - The control plane: [`Engine::broadcast_control`] reaches every node sharing the engine (this one
+//!   included) and [`Engine::send_control`] one of them, both arriving in
+//!   [`EngineHandler::on_control`]. The node builds cluster-wide server API calls on these two (an
+//!   order to all, answers back to the asker, periodic announcements): an engine that implements them
+//!   gets all of it.
 //! - [`MemoryEngine`] implements it in one process.
 //! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
 //!   tests.
@@ -19,7 +24,7 @@ mod memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -92,6 +97,18 @@ pub struct PresenceStats {
     pub num_users: usize,
 }
 
+/// The state of one part of an engine's backing store (one Redis shard), for `/health`, `/metrics`
+/// and operators deciding what to repair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardState {
+    /// Which part: an address without credentials (`host:port`), safe to show in health checks.
+    pub name: String,
+    /// Whether it answers: its channels work.
+    pub ready: bool,
+    /// How long it has been in this state.
+    pub since: Duration,
+}
+
 /// Engine failures. The in-memory engine never fails; remote engines do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
@@ -101,6 +118,26 @@ pub enum EngineError {
     /// No node with this id is reachable through the engine (it never existed, or it stopped).
     #[error("unknown node {0:?}")]
     UnknownNode(String),
+    /// A publish was sent to the store but not confirmed (a timeout, a dropped connection): it may
+    /// still be applied. Retrying with the same idempotency key is safe.
+    #[error("publish of unknown outcome: {0}")]
+    UnknownOutcome(String),
+}
+
+impl EngineError {
+    /// What a client is told. The [`std::fmt::Display`] text is for operators' logs and the server
+    /// API (trusted callers): it names the store and its own error, which a client must not see (an
+    /// internal address says nothing it can act on, and tells an attacker where the store is).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "temporarily unavailable, try again",
+            Self::UnknownNode(_) => "internal error",
+            Self::UnknownOutcome(_) => {
+                "not confirmed: the publication may still be applied; retry with the same \
+                 idempotency_key so that it is not applied twice"
+            }
+        }
+    }
 }
 
 /// Receives what the engine delivers: publications and presence events, from this node or others.
@@ -120,6 +157,23 @@ pub trait EngineHandler: Send + Sync {
     fn on_node_message(&self, message: Bytes) {
         drop(message);
     }
+    /// A control message another node (or this one) sent with [`Engine::broadcast_control`] or
+    /// [`Engine::send_control`]. Called from the engine's delivery task, like
+    /// [`EngineHandler::on_node_message`]: hand it over and return. The default drops it.
+    fn on_control(&self, message: Bytes) {
+        drop(message);
+    }
+}
+
+/// How many nodes a [`Engine::broadcast_control`] reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Exactly this many nodes listened and get the message (this node included): the sender may
+    /// expect that many answers, and stop waiting once they are in.
+    Nodes(usize),
+    /// The engine cannot tell (its broker does not count receivers): the sender must rely on the
+    /// nodes it knows of from their announcements.
+    Unknown,
 }
 
 /// Broker, history and presence for a switchboard node.
@@ -142,6 +196,18 @@ pub trait Engine: Send + Sync {
         drop(message);
         Err(EngineError::UnknownNode(node.to_owned()))
     }
+
+    /// Sends `message` to every node sharing the engine, this one included, whose handlers get it in
+    /// [`EngineHandler::on_control`]. At most once per node and fire-and-forget like
+    /// [`Engine::send_to_node`]; the answer says how many nodes it reached, when the engine knows.
+    ///
+    /// Nodes running on other engine settings (another Redis prefix, say) are not reached: they are
+    /// another cluster.
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError>;
+
+    /// Sends a control message to node `node` only (an answer to its broadcast), delivered in its
+    /// [`EngineHandler::on_control`]. [`EngineError::UnknownNode`] at once when no such node listens.
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError>;
 
     /// This node wants publications of `channel` (its first local subscriber arrived).
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
@@ -195,10 +261,29 @@ pub trait Engine: Send + Sync {
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
 
     /// Whether the engine can serve: false while a remote engine has lost its backing store (the
-    /// node then reports not ready, so load balancers send new clients elsewhere). In-process
-    /// engines are always ready.
+    /// node then reports not ready, so load balancers send new clients elsewhere). Measured, not
+    /// assumed: a remote engine must notice a store that stopped answering even when the node is
+    /// idle. With a store in several parts (shards), ready while at least one part is: channels of
+    /// the others fail with [`EngineError::Unavailable`] meanwhile, and [`Engine::shards`] tells
+    /// which. In-process engines are always ready.
     fn ready(&self) -> bool {
         true
+    }
+
+    /// The state of each part of the backing store, in configuration order; empty for engines
+    /// without one (in-process).
+    fn shards(&self) -> Vec<ShardState> {
+        Vec::new()
+    }
+
+    /// Whether a message sent to `node` at `since` (or its answer) may have been lost by the engine
+    /// rather than `node` being gone: the backing store was unreachable since then, or came back so
+    /// recently that `node` may not listen again yet. A caller that got no answer, or
+    /// [`EngineError::UnknownNode`], then reports a temporary failure, never a gone node. False by
+    /// default: engines that lose no message know.
+    fn node_messages_uncertain(&self, node: &str, since: Instant) -> bool {
+        let _ = (node, since);
+        false
     }
 
     /// Streams with history and the publications they keep, for metrics; `None` when counting is

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, HistoryStats, PresenceEvent,
-    PresenceStats, StreamOptions,
+    PresenceStats, Reach, StreamOptions,
 };
 
 const SHARDS: usize = 64;
@@ -167,6 +167,29 @@ impl Engine for MemoryEngine {
         match self.handler() {
             Some(handler) if node == self.node_id => {
                 handler.on_node_message(message);
+                Ok(())
+            }
+            _ => Err(EngineError::UnknownNode(node.to_owned())),
+        }
+    }
+
+    /// One process: the whole cluster is this node, whose handler gets the message at once.
+    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+        match self.handler() {
+            Some(handler) => {
+                handler.on_control(message);
+                Ok(Reach::Nodes(1))
+            }
+            // Nobody listens yet (no node is built on this engine).
+            None => Ok(Reach::Nodes(0)),
+        }
+    }
+
+    /// One process: only this node can be reached.
+    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+        match self.handler() {
+            Some(handler) if node == self.node_id => {
+                handler.on_control(message);
                 Ok(())
             }
             _ => Err(EngineError::UnknownNode(node.to_owned())),
@@ -321,7 +344,11 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, u64)>>, Mutex<Vec<Bytes>>);
+    struct Recorder(
+        Mutex<Vec<(String, u64)>>,
+        Mutex<Vec<Bytes>>,
+        Mutex<Vec<Bytes>>,
+    );
     impl EngineHandler for Recorder {
         fn on_publication(&self, channel: &str, p: Arc<Publication>, _: &str) {
             self.0.lock().push((channel.to_owned(), p.offset));
@@ -331,6 +358,43 @@ mod tests {
         fn on_node_message(&self, message: Bytes) {
             self.1.lock().push(message);
         }
+        fn on_control(&self, message: Bytes) {
+            self.2.lock().push(message);
+        }
+    }
+
+    #[tokio::test]
+    async fn control_messages_reach_the_one_node_there_is() {
+        let e = MemoryEngine::new();
+        assert_eq!(
+            e.broadcast_control(Bytes::from_static(b"early")).await,
+            Ok(Reach::Nodes(0)),
+            "before a node listens, nobody is reached"
+        );
+        let rec = Arc::new(Recorder::default());
+        e.set_handler(rec.clone());
+        assert_eq!(
+            e.broadcast_control(Bytes::from_static(b"all")).await,
+            Ok(Reach::Nodes(1))
+        );
+        let me = e.node_id().to_owned();
+        e.send_control(&me, Bytes::from_static(b"me"))
+            .await
+            .unwrap();
+        assert_eq!(
+            *rec.2.lock(),
+            [Bytes::from_static(b"all"), Bytes::from_static(b"me")]
+        );
+        assert!(rec.1.lock().is_empty(), "not node messages");
+        let other = if me == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        };
+        assert_eq!(
+            e.send_control(other, Bytes::new()).await,
+            Err(EngineError::UnknownNode(other.into()))
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use switchboard_auth::TokenError;
-use switchboard_engine::{HistoryQuery, PresenceEvent, StreamOptions};
+use switchboard_engine::{EngineError, HistoryQuery, PresenceEvent, StreamOptions};
 use switchboard_protocol::encode::{
     self, ConnectResult, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
     RawJson, RefreshResult, SubscribeResult,
@@ -227,6 +227,16 @@ impl Client {
                 tracing::debug!(client = %self.info.client, %reason, "unparsable command");
                 return Err(DisconnectCode::BadRequest);
             }
+            Err(DecodeError::Command { id, message, .. }) if !self.connected => {
+                // Before connect every command but a valid connect ends the connection, whatever is
+                // wrong with it (docs/protocol.md): an unknown method must not leave it unconnected.
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    &format!("connect first (and {message})"),
+                );
+                return Err(DisconnectCode::BadRequest);
+            }
             Err(DecodeError::Command { id, code, message }) => {
                 self.error(id, code, &message);
                 return Ok(());
@@ -270,7 +280,7 @@ impl Client {
                 if self.presence_allowed(id, &channel) {
                     match self.node.engine.presence(&channel).await {
                         Ok(p) => self.reply(id, "presence", &PresenceResult { presence: &p }),
-                        Err(e) => self.error(id, ErrorCode::Internal, &e.to_string()),
+                        Err(e) => self.engine_error(id, &e),
                     }
                 }
             }
@@ -285,7 +295,7 @@ impl Client {
                                 num_users: s.num_users,
                             },
                         ),
-                        Err(e) => self.error(id, ErrorCode::Internal, &e.to_string()),
+                        Err(e) => self.engine_error(id, &e),
                     }
                 }
             }
@@ -642,7 +652,8 @@ impl Client {
         {
             self.node.hub.remove(channel, self.session.key());
             self.session.abort_subscribe(channel);
-            return Err((ErrorCode::Internal, e.to_string()));
+            tracing::warn!(channel, "subscribe failed: {e}");
+            return Err((ErrorCode::Internal, e.client_message().to_owned()));
         }
         let mut result = SubscribeResult::default();
         let mut after = 0;
@@ -662,7 +673,8 @@ impl Client {
                 Err(e) => {
                     self.unsubscribe_local(channel).await;
                     self.session.abort_subscribe(channel);
-                    return Err((ErrorCode::Internal, e.to_string()));
+                    tracing::warn!(channel, "subscribe failed: {e}");
+                    return Err((ErrorCode::Internal, e.client_message().to_owned()));
                 }
             };
             let pos = history.position;
@@ -909,10 +921,13 @@ impl Client {
         }
         let mut publication = Publication::new(payload);
         publication.info = Some(Arc::clone(&self.info));
+        // Per user: one user's keys never suppress another's publication, nor the server API's.
+        let key = req
+            .idempotency_key
+            .map(|k| format!("client\u{0}{}\u{0}{k}", self.info.user));
         match self
             .node
-            .engine
-            .publish(&req.channel, publication, &stream)
+            .publish_once(&req.channel, publication, &stream, key.as_deref())
             .await
         {
             Ok(pos) => self.reply(
@@ -923,7 +938,7 @@ impl Client {
                     offset: pos.offset,
                 },
             ),
-            Err(e) => self.error(id, ErrorCode::Internal, &e.to_string()),
+            Err(e) => self.engine_error(id, &e),
         }
         Ok(())
     }
@@ -1167,7 +1182,7 @@ impl Client {
                     offset: h.position.offset,
                 },
             ),
-            Err(e) => self.error(id, ErrorCode::Internal, &e.to_string()),
+            Err(e) => self.engine_error(id, &e),
         }
     }
 
@@ -1255,6 +1270,13 @@ impl Client {
 
     fn error(&self, id: u64, code: ErrorCode, message: &str) {
         self.session.push(text(encode::error(id, code, message)));
+    }
+
+    /// An engine failure: the client gets error 100 with a short message it can act on, the log keeps
+    /// the detail (the store's address and its own error), which is not the client's to see.
+    fn engine_error(&self, id: u64, e: &EngineError) {
+        tracing::warn!(id, "engine failure answered with error 100: {e}");
+        self.error(id, ErrorCode::Internal, e.client_message());
     }
 }
 

@@ -132,6 +132,20 @@ impl Hub {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 
+    /// Subscriptions on this node: subscribers summed over channels (a client in two channels counts
+    /// twice), for `info`.
+    pub fn subscription_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .values()
+                    .map(|c| c.subscribers.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Channels matching `pattern` (`*` matches any run of characters; `None` matches all) with
     /// their subscriber counts, sorted by name.
     pub fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {

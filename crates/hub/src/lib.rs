@@ -12,10 +12,14 @@
 //!    [`Session`] (`session.rs`), whose byte bound is the slow-consumer policy.
 //! 4. Each transport drains its session ([`Session::poll_drain`]) onto its wire.
 //!
+//! The server API's orders to clients and `channels` reach every node sharing the engine, and nodes
+//! announce themselves to each other for `info` (`cluster.rs`).
+//!
 //! Namespaces (`namespace.rs`) say what each channel keeps and allows; proxies (`proxy.rs`) let the
 //! application's backend decide on connects, subscriptions, publications and RPCs.
 
 mod client;
+mod cluster;
 mod hub;
 mod metrics;
 mod namespace;
@@ -24,6 +28,9 @@ mod proxy;
 mod session;
 
 pub use client::Client;
+pub use cluster::{
+    ClientOrder, ClientTarget, ClusterConfig, ClusterError, Gathered, MISSED_ANNOUNCEMENTS,
+};
 pub use hub::Hub;
 pub use metrics::{Labels, Metrics};
 pub use namespace::{ChannelsConfig, NamespaceOptions};

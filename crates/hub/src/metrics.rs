@@ -19,6 +19,9 @@ use prometheus_client::registry::Registry;
 /// Labels: a small fixed set of `(name, value)` pairs, all static strings.
 pub type Labels = Vec<(&'static str, &'static str)>;
 
+/// Labels whose values come from the configuration (a Redis shard's address).
+pub type OwnedLabels = Vec<(&'static str, String)>;
+
 /// Every metric of a node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,6 +55,9 @@ pub struct Metrics {
     pub history_streams: Gauge,
     /// 1 while the engine is connected and serving.
     pub engine_ready: Gauge<i64, AtomicI64>,
+    /// 1 while a part of the engine's backing store (a Redis shard, label `shard`) answers, at
+    /// scrape time.
+    pub engine_shard_ready: Family<OwnedLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn proxy_histogram() -> Histogram {
@@ -79,6 +85,7 @@ impl Default for Metrics {
         let history_publications = Gauge::default();
         let history_streams = Gauge::default();
         let engine_ready = Gauge::<i64, AtomicI64>::default();
+        let engine_shard_ready = Family::<OwnedLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "client_connections",
             "Connected clients, by transport",
@@ -149,6 +156,11 @@ impl Default for Metrics {
             "1 while the engine (broker, history, presence) is serving",
             engine_ready.clone(),
         );
+        registry.register(
+            "engine_shard_ready",
+            "1 while this Redis shard answers (its channels work), by shard address",
+            engine_shard_ready.clone(),
+        );
         Self {
             registry,
             connections,
@@ -165,6 +177,7 @@ impl Default for Metrics {
             history_publications,
             history_streams,
             engine_ready,
+            engine_shard_ready,
         }
     }
 }

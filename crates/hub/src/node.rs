@@ -17,6 +17,7 @@ use switchboard_protocol::{
 };
 
 use crate::client::Client;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::namespace::ChannelsConfig;
@@ -61,6 +62,8 @@ pub struct NodeConfig {
     pub ping_interval_secs: u64,
     /// How long a server publish's idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// The node's name among the others, and how it talks with them.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +73,7 @@ impl Default for NodeConfig {
             client: ClientConfig::default(),
             ping_interval_secs: 25,
             idempotency_window: Duration::from_secs(300),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Node {
     next_key: AtomicU64,
     /// Receives messages from other nodes, once a transport that exchanges them is set up.
     node_messages: OnceLock<NodeMessageHandler>,
+    /// Cluster-wide API calls and the other nodes' announcements.
+    pub(crate) cluster: Cluster,
 }
 
 /// What receives the messages other nodes send to this one (see [`Node::send_to_node`]). Called on
@@ -111,11 +117,15 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
 }
 
-/// What `info` reports about a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What `info` reports about a node, and what each node announces about itself to the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// The node's id among the nodes sharing the engine (random per process).
+    pub id: String,
+    /// The node's name, for people (`host:port` of its client listener).
+    pub name: String,
     /// Server version.
-    pub version: &'static str,
+    pub version: String,
     /// Seconds since start.
     pub uptime: u64,
     /// Connected clients.
@@ -124,6 +134,8 @@ pub struct NodeInfo {
     pub num_users: usize,
     /// Channels with subscribers on this node.
     pub num_channels: usize,
+    /// Subscriptions on this node (a client in two channels counts twice).
+    pub num_subscriptions: usize,
 }
 
 impl std::fmt::Debug for Node {
@@ -162,6 +174,7 @@ impl Node {
         let node = Arc::new(Self {
             engine,
             hub: Hub::default(),
+            cluster: Cluster::new(config.cluster.clone()),
             config,
             auth,
             proxy,
@@ -234,16 +247,36 @@ impl Node {
         };
         let mut publication = Publication::new(payload);
         publication.tags = opts.tags.clone();
-        let Some(key) = opts.idempotency_key.as_deref() else {
-            return Ok(self.engine.publish(channel, publication, &stream).await?);
+        Ok(self
+            .publish_once(
+                channel,
+                publication,
+                &stream,
+                opts.idempotency_key.as_deref(),
+            )
+            .await?)
+    }
+
+    /// Publishes `publication` as it is; with `key`, only once per key and channel within the
+    /// idempotency window (a repeat answers the first one's position). Server publishes and client
+    /// publishes share it, their keys kept apart by the caller.
+    pub(crate) async fn publish_once(
+        &self,
+        channel: &str,
+        publication: Publication,
+        stream: &StreamOptions,
+        key: Option<&str>,
+    ) -> Result<StreamPosition, EngineError> {
+        let Some(key) = key else {
+            return self.engine.publish(channel, publication, stream).await;
         };
         if self.engine.remembers_idempotency_keys() {
             // Kept where every node sees them: a retry that reaches another node is still caught.
             let window = self.config.idempotency_window;
-            return Ok(self
+            return self
                 .engine
-                .publish_idempotent(channel, publication, &stream, key, window)
-                .await?);
+                .publish_idempotent(channel, publication, stream, key, window)
+                .await;
         }
         let key = format!("{channel}\u{0}{key}");
         if let Some((pos, until)) = self.idempotency.lock().get(&key)
@@ -251,27 +284,30 @@ impl Node {
         {
             return Ok(pos.clone());
         }
-        let pos = self.engine.publish(channel, publication, &stream).await?;
+        let pos = self.engine.publish(channel, publication, stream).await?;
         let until = Instant::now() + self.config.idempotency_window;
         self.idempotency.lock().insert(key, (pos.clone(), until));
         Ok(pos)
     }
 
-    /// Orders the clients of `user` (or only `client`) to subscribe to `channel`. Returns how many.
+    /// Orders the clients of `user` (or only `client`) on this node to subscribe to `channel`.
+    /// Returns how many. The server API uses [`Node::order_clients`], which asks every node.
     pub fn subscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
         self.each_client(user, client, |s| {
             s.control(Control::Subscribe(channel.to_owned()))
         })
     }
 
-    /// Orders the clients of `user` (or only `client`) to leave `channel`. Returns how many.
+    /// Orders the clients of `user` (or only `client`) on this node to leave `channel`. Returns how
+    /// many.
     pub fn unsubscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
         self.each_client(user, client, |s| {
             s.control(Control::Unsubscribe(channel.to_owned()))
         })
     }
 
-    /// Disconnects the clients of `user` (or only `client`) with `code`. Returns how many.
+    /// Disconnects the clients of `user` (or only `client`) on this node with `code`. Returns how
+    /// many.
     pub fn disconnect_clients(
         &self,
         user: &str,
@@ -281,7 +317,8 @@ impl Node {
         self.each_client(user, client, |s| s.disconnect(code))
     }
 
-    /// Sets when the connections of `user` (or only `client`) expire (`None`: never). Returns how many.
+    /// Sets when the connections of `user` (or only `client`) on this node expire (`None`: never).
+    /// Returns how many.
     pub fn refresh_clients(
         &self,
         user: &str,
@@ -343,17 +380,23 @@ impl Node {
         self.hub.channels(pattern)
     }
 
-    /// Counts for `info`.
+    /// This node's counts for `info` (see [`Node::cluster_info`] for every node's).
     pub fn info(&self) -> NodeInfo {
-        let clients = self.clients.lock();
-        let users: std::collections::HashSet<&str> =
-            clients.values().map(|(u, _)| u.as_str()).collect();
+        let (num_clients, num_users) = {
+            let clients = self.clients.lock();
+            let users: std::collections::HashSet<&str> =
+                clients.values().map(|(u, _)| u.as_str()).collect();
+            (clients.len(), users.len())
+        };
         NodeInfo {
-            version: env!("CARGO_PKG_VERSION"),
+            id: self.node_id().to_owned(),
+            name: self.cluster.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime: self.started.elapsed().as_secs(),
-            num_clients: clients.len(),
-            num_users: users.len(),
+            num_clients,
+            num_users,
             num_channels: self.hub.channel_count(),
+            num_subscriptions: self.hub.subscription_count(),
         }
     }
 
@@ -408,6 +451,11 @@ impl Node {
                 .set(i64::try_from(h.publications).unwrap_or(i64::MAX));
         }
         m.engine_ready.set(i64::from(self.engine.ready()));
+        for shard in self.engine.shards() {
+            m.engine_shard_ready
+                .get_or_create(&vec![("shard", shard.name)])
+                .set(i64::from(shard.ready));
+        }
         m.encode()
     }
 
@@ -458,6 +506,12 @@ impl EngineHandler for Delivery {
                 "engine reports publications may be lost; subscribers must recover"
             );
             node.hub.gap(channel);
+        }
+    }
+
+    fn on_control(&self, message: Bytes) {
+        if let Some(node) = self.0.upgrade() {
+            node.receive_control(&message);
         }
     }
 

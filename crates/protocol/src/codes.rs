@@ -104,6 +104,9 @@ pub enum DisconnectCode {
     Slow,
     /// 3010: the server could not keep the client's stream complete.
     InsufficientState,
+    /// 3012: the client did not answer the server's ping within the pong timeout. Only ever a
+    /// WebSocket close code: a client that does not answer would not read a push either.
+    NoPong,
     /// 3500: the connection token does not verify.
     InvalidToken,
     /// 3501: a malformed frame, unparsable JSON, a bad id, or a command before `connect`.
@@ -116,13 +119,14 @@ pub enum DisconnectCode {
 
 impl DisconnectCode {
     /// Every code, for documentation checks.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Normal,
         Self::Shutdown,
         Self::Internal,
         Self::Expired,
         Self::Slow,
         Self::InsufficientState,
+        Self::NoPong,
         Self::InvalidToken,
         Self::BadRequest,
         Self::ForceDisconnect,
@@ -138,6 +142,7 @@ impl DisconnectCode {
             Self::Expired => 3005,
             Self::Slow => 3008,
             Self::InsufficientState => 3010,
+            Self::NoPong => 3012,
             Self::InvalidToken => 3500,
             Self::BadRequest => 3501,
             Self::ForceDisconnect => 3503,
@@ -154,6 +159,7 @@ impl DisconnectCode {
             Self::Expired => "3005",
             Self::Slow => "3008",
             Self::InsufficientState => "3010",
+            Self::NoPong => "3012",
             Self::InvalidToken => "3500",
             Self::BadRequest => "3501",
             Self::ForceDisconnect => "3503",
@@ -170,6 +176,7 @@ impl DisconnectCode {
             Self::Expired => "expired",
             Self::Slow => "slow",
             Self::InsufficientState => "insufficient state",
+            Self::NoPong => "no pong",
             Self::InvalidToken => "invalid token",
             Self::BadRequest => "bad request",
             Self::ForceDisconnect => "force disconnect",

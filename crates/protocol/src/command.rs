@@ -125,7 +125,14 @@ pub struct PublishRequest {
     pub channel: String,
     /// `data` (JSON) or `b64data` (decoded bytes).
     pub payload: Payload,
+    /// A key naming this publication, so that a retry after an unknown outcome (a timeout, a lost
+    /// connection) is not published twice: a publish by the same user to the same channel with the
+    /// same key within the server's idempotency window answers the first one's position instead.
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest `idempotency_key` a client may send, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +143,8 @@ struct RawPublish<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     b64data: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// `history` parameters.
@@ -271,9 +280,18 @@ pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
                     ));
                 }
             };
+            if let Some(key) = &raw.idempotency_key
+                && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+            {
+                return Err(bad(
+                    ErrorCode::BadRequest,
+                    format!("idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+                ));
+            }
             Method::Publish(PublishRequest {
                 channel: raw.channel,
                 payload,
+                idempotency_key: raw.idempotency_key,
             })
         }
         "rpc" => {
@@ -339,7 +357,8 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#))
+                payload: Payload::Json(Bytes::from_static(br#"{"x":[1,2]}"#)),
+                idempotency_key: None,
             })
         );
         let c =
@@ -348,9 +367,29 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Binary(Bytes::from_static(&[0, 1, 2, 255]))
+                payload: Payload::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+                idempotency_key: None,
             })
         );
+        let c = decode_command(
+            br#"{"id":4,"publish":{"channel":"c","data":1,"idempotency_key":"k-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.method,
+            Method::Publish(PublishRequest {
+                channel: "c".into(),
+                payload: Payload::Json(Bytes::from_static(b"1")),
+                idempotency_key: Some("k-1".into()),
+            })
+        );
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY + 1);
+        for key in ["", long.as_str()] {
+            let json = format!(
+                r#"{{"id":4,"publish":{{"channel":"c","data":1,"idempotency_key":"{key}"}}}}"#
+            );
+            assert!(decode_command(json.as_bytes()).is_err(), "{key:?}");
+        }
         for (json, name) in [
             (r#"{"id":5,"unsubscribe":{"channel":"c"}}"#, "unsubscribe"),
             (r#"{"id":5,"presence":{"channel":"c"}}"#, "presence"),
@@ -479,7 +518,8 @@ mod tests {
             c.method,
             Method::Publish(PublishRequest {
                 channel: "c".into(),
-                payload: Payload::Json(Bytes::from_static(b"null"))
+                payload: Payload::Json(Bytes::from_static(b"null")),
+                idempotency_key: None,
             })
         );
     }

@@ -1,18 +1,29 @@
 // The chat demo served at `/`: rooms are channels `chat:<room>`, messages are publications, "here" is
-// presence with join/leave, and the meter shows what the chosen transport costs.
+// presence with join/leave, and the meter shows what the chosen transport costs on the wire.
 //
 // Connections are anonymous, so presence knows client ids, not names: every client publishes a
 // `hello` with its nickname when it (re)subscribes, and the nicknames of the others are learnt from
 // their hellos and messages (live or in the room's history).
+//
+// Every line the page shows must be true: a message is "sending…" until the server took it, then
+// sent or not sent; "X left" is shown only while this page is connected (a server shutting down
+// disconnects everyone, which is not everyone leaving); the state says "connecting" as soon as a
+// request fails.
 import { Client } from '/switchboard.js';
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 50;
+const ROOM_RULE = 'Room names use letters A–Z or a–z, digits, "-" and "_" (1 to 40 characters, no spaces).';
+/** A leave is shown after this long, unless this page lost its connection meanwhile. */
+const LEAVE_GRACE_MS = 500;
+const HTTP_PATH = '/connection/http';
 
 let client = null;
 let room = null;
-let latencies = [];
-const sent = new Map(); // message id -> when it was published (performance.now())
+let latencies = []; // ms from another user's publish to its arrival here
+let wire = null; // what this page's connection put on the wire, see `meter()`
+let HEAD = null; // the estimated size of a request head, see `requestHeadEstimate()`
+const pending = new Map(); // message id -> its <li>, until the server echoes it
 
 const params = new URLSearchParams(location.search);
 for (const key of ['nick', 'room', 'transport']) {
@@ -23,48 +34,104 @@ $('join').addEventListener('submit', (e) => {
   e.preventDefault();
   join();
 });
+$('room').addEventListener('input', () => validRoom(false));
 $('transport').addEventListener('change', () => client && join());
 $('composer').addEventListener('submit', (e) => {
   e.preventDefault();
   send();
 });
+$('panel-toggle').addEventListener('click', () => {
+  const open = $('panel').classList.toggle('open');
+  $('panel-toggle').setAttribute('aria-expanded', String(open));
+});
 setInterval(meter, 500);
+observeHttp();
+// For the browser tests and for poking around in the console: the client of the current room.
+window.switchboardDemo = { get client() { return client; } };
+
+/** Checks the join form; says what is wrong and what is allowed. */
+function validRoom(focus = true) {
+  const nick = $('nick');
+  const roomInput = $('room');
+  let error = '';
+  let field = null;
+  if (!nick.value.trim()) {
+    error = 'Choose a nickname (up to 24 characters).';
+    field = nick;
+  } else if (!/^[A-Za-z0-9_-]{1,40}$/.test(roomInput.value.trim())) {
+    error = roomInput.value.trim() ? `"${roomInput.value.trim()}" is not a room name. ${ROOM_RULE}` : ROOM_RULE;
+    field = roomInput;
+  }
+  for (const input of [nick, roomInput]) input.setAttribute('aria-invalid', String(input === field));
+  $('join-error').textContent = error;
+  if (field && focus) field.focus();
+  return !field;
+}
 
 function join() {
-  client?.disconnect();
+  if (!validRoom()) return;
+  client?.disconnect(); // an HTTP session ends on the server now: nobody sees a ghost of this page
   const nick = $('nick').value.trim();
   const name = $('room').value.trim();
   const transport = $('transport').value;
   history.replaceState(null, '', `?${new URLSearchParams({ nick, room: name, transport })}`);
   $('messages').replaceChildren();
+  // Who is here is known again once the new connection has asked.
+  $('who').replaceChildren();
+  $('count').textContent = '';
   latencies = [];
-  client = new Client(location.origin, transport === 'auto' ? {} : { transports: [transport] });
-  client.on('disconnected', ({ reason, reconnect }) =>
-    system(`disconnected (${reason})${reconnect ? ': reconnecting' : ''}`));
-  client.on('connected', ({ transport: t }) => system(`connected over ${t}`));
-  client.on('state', meter);
-  const sub = client.subscribe(`chat:${name}`);
+  pending.clear();
+  wire = { since: performance.now(), httpDown: 0, httpHeads: 0, samples: [], connectedAt: null, received: 0 };
+  const c = new Client(location.origin, transport === 'auto' ? {} : { transports: [transport] });
+  client = c;
+  // Bumped whenever the connection drops: a leave seen before the drop is not shown after it.
+  let epoch = 0;
+  c.on('disconnected', ({ reason, reconnect }) => {
+    epoch++;
+    system(`disconnected (${reason})${reconnect ? ': reconnecting' : ''}`);
+  });
+  c.on('connected', ({ transport: t }) => {
+    wire.connectedAt ??= performance.now();
+    system(`connected over ${t}`);
+  });
+  c.on('state', ({ state }) => {
+    if (state !== 'connected') epoch++;
+    meter();
+  });
+  c.on('reconnecting', meter);
+  const sub = c.subscribe(`chat:${name}`);
   const r = { sub, nick, nicks: new Map(), here: new Set(), rendered: 0, buffered: null };
   room = r;
   sub.on('subscribed', (ctx) => subscribed(r, ctx));
-  sub.on('publication', (p) => (r.buffered ? r.buffered.push(p) : render(r, p, true)));
+  sub.on('publication', (p) => {
+    wire.received++;
+    if (r.buffered) r.buffered.push(p);
+    else render(r, p, true);
+  });
   sub.on('join', ({ info }) => {
     r.here.add(info.client);
     who();
   });
   sub.on('leave', ({ info }) => {
-    if (r.here.delete(info.client) && r.nicks.has(info.client)) system(`${r.nicks.get(info.client)} left`);
-    who();
+    const seen = epoch;
+    setTimeout(() => {
+      // A server going away drops every connection at once; its leave pushes are no one leaving.
+      if (r !== room || seen !== epoch || c.state !== 'connected') return;
+      if (r.here.delete(info.client) && r.nicks.has(info.client)) system(`${r.nicks.get(info.client)} left`);
+      who();
+    }, LEAVE_GRACE_MS);
   });
   sub.on('unsubscribed', ({ code, reason }) => {
     system(code === 102
       ? 'This server has no "chat" namespace: start it with the [channels.namespaces.chat] section of README.md.'
       : `left the room: ${reason}`);
   });
-  client.connect();
-  $('text').disabled = false;
-  $('text').placeholder = `Message #${name} as ${nick}`;
+  c.connect();
+  const input = $('text');
+  input.disabled = false;
+  input.placeholder = `Message #${name} as ${nick}`;
   $('composer').querySelector('button').disabled = false;
+  input.focus();
 }
 
 async function subscribed(r, ctx) {
@@ -75,7 +142,10 @@ async function subscribed(r, ctx) {
     who();
   }, () => {});
   if (ctx.recovered) return; // the missed messages follow as publications
-  if (ctx.wasRecovering) system('the server lost this room\'s history (a restart?): messages sent meanwhile are gone');
+  if (ctx.wasRecovering) {
+    system('the server lost this room\'s history (a restart?): messages published before it that this page had '
+      + 'not received are gone; what follows was sent since');
+  }
   // A new stream: show what it has kept, then what arrived while reading it.
   r.rendered = 0;
   r.buffered = [];
@@ -88,6 +158,35 @@ async function subscribed(r, ctx) {
   const buffered = r.buffered;
   r.buffered = null;
   for (const p of buffered) render(r, p, true);
+}
+
+/** A chat line: time, nick, text (and a status while it is being sent). */
+function messageItem(d, when) {
+  const li = document.createElement('li');
+  li.className = 'msg';
+  const time = document.createElement('span');
+  time.className = 'time';
+  time.textContent = new Date(when).toLocaleTimeString();
+  const nick = document.createElement('span');
+  nick.className = 'nick';
+  nick.textContent = d.nick;
+  nick.style.color = color(String(d.nick));
+  const text = document.createElement('span');
+  text.className = 'text';
+  text.textContent = d.text;
+  li.append(time, nick, text);
+  return li;
+}
+
+function setStatus(li, state, text) {
+  li.classList.remove('pending', 'sent', 'failed');
+  li.querySelector('.status')?.remove();
+  if (!state) return;
+  li.classList.add(state);
+  const status = document.createElement('span');
+  status.className = 'status';
+  status.textContent = text;
+  li.append(status);
 }
 
 /** Shows a publication once (history and live publications overlap while history is read). */
@@ -104,25 +203,18 @@ function render(r, p, live) {
     who();
     return;
   }
-  if (d.type !== 'msg') return;
-  const li = document.createElement('li');
-  li.className = 'msg';
-  const time = document.createElement('span');
-  time.className = 'time';
-  time.textContent = new Date(d.ts).toLocaleTimeString();
-  const nick = document.createElement('span');
-  nick.className = 'nick';
-  nick.textContent = d.nick;
-  nick.style.color = color(d.nick);
-  const text = document.createElement('span');
-  text.className = 'text';
-  text.textContent = d.text;
-  li.append(time, nick, text);
-  append(li);
-  if (sent.has(d.id)) {
-    latencies.push(performance.now() - sent.get(d.id));
-    sent.delete(d.id);
+  if (d.type !== 'msg' || typeof d.text !== 'string') return;
+  const mine = pending.get(d.id);
+  if (mine) {
+    // Our own message, shown since it was typed: it is in the room now.
+    pending.delete(d.id);
+    setStatus(mine, null);
+    return;
   }
+  // Publications from a backend (the API) may carry no time: then it is when it arrived.
+  append(messageItem({ ...d, nick: d.nick ?? 'server' }, typeof d.ts === 'number' ? d.ts : Date.now()));
+  const fromOther = p.info?.client !== client.clientId;
+  if (live && fromOther && typeof d.ts === 'number') latencies.push(Math.max(0, Date.now() - d.ts));
 }
 
 function send() {
@@ -131,10 +223,17 @@ function send() {
   if (!text || !room) return;
   input.value = '';
   const id = crypto.randomUUID?.() ?? String(Math.random()).slice(2);
-  sent.set(id, performance.now());
-  room.sub.publish({ type: 'msg', nick: room.nick, text, id, ts: Date.now() }).catch((e) => {
-    sent.delete(id);
-    system(`not sent: "${text}" (${e.message})`);
+  const data = { type: 'msg', nick: room.nick, text, id, ts: Date.now() };
+  // Shown at once, as what it is: not in the room yet.
+  const li = messageItem(data, data.ts);
+  setStatus(li, 'pending', client.state === 'connected' ? 'sending…' : 'sending… (waiting for the connection)');
+  pending.set(id, li);
+  append(li);
+  room.sub.publish(data).then(() => {
+    if (pending.has(id)) setStatus(li, 'sent', 'sent');
+  }, (e) => {
+    if (!pending.delete(id)) return;
+    setStatus(li, 'failed', `not sent: ${e.message}`);
   });
 }
 
@@ -162,15 +261,79 @@ function who() {
   $('count').textContent = `(${names.length})`;
 }
 
+/**
+ * HTTP responses as the browser measured them (Resource Timing): `transferSize` is the response's head
+ * and body as received. An event stream's entry comes when it ends: only its head is taken from it,
+ * its events are counted by the client as they arrive (`streamBytesDown`).
+ */
+function observeHttp() {
+  if (typeof PerformanceObserver !== 'function') return;
+  const prefix = `${location.origin}${HTTP_PATH}`;
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if (!wire || !e.name.startsWith(prefix) || e.startTime < wire.since) continue;
+      const head = Math.max(0, e.transferSize - e.encodedBodySize);
+      if (e.name.includes(`${HTTP_PATH}/sse?`)) wire.httpHeads += head;
+      else wire.httpDown += e.transferSize || e.encodedBodySize;
+    }
+  }).observe({ type: 'resource', buffered: true });
+  // The buffer is only a fallback for observers: keep it from filling up over a long session.
+  performance.addEventListener?.('resourcetimingbufferfull', () => performance.clearResourceTimings());
+}
+
+/**
+ * A request head as Chromium sends one to this server: pages cannot see request heads, so this is an
+ * estimate (request line, host, user agent, the usual fetch headers).
+ */
+function requestHeadEstimate() {
+  const path = `${HTTP_PATH}/poll?session=${'x'.repeat(74)}&ack=10&wait=0`;
+  const lines = [
+    `GET ${path} HTTP/1.1`, `Host: ${location.host}`, `User-Agent: ${navigator.userAgent}`, 'Accept: */*',
+    'Accept-Encoding: gzip, deflate, br, zstd', `Accept-Language: ${navigator.languages?.join(',') ?? 'en'}`,
+    `Referer: ${location.href}`, 'Connection: keep-alive', 'Sec-Fetch-Dest: empty', 'Sec-Fetch-Mode: cors',
+    'Sec-Fetch-Site: same-origin', 'sec-ch-ua: "Chromium";v="140", "Not=A?Brand";v="24"', 'sec-ch-ua-mobile: ?0',
+    'sec-ch-ua-platform: "Linux"', 'Cache-Control: no-cache', 'Pragma: no-cache',
+  ];
+  return lines.reduce((n, l) => n + l.length + 2, 2);
+}
+
+/** Bytes each way on the wire so far, for the client's transport(s). */
+function wireBytes() {
+  HEAD ??= requestHeadEstimate();
+  const s = client.stats;
+  const heads = s.requests * HEAD; // HTTP requests and the WebSocket handshake
+  return {
+    up: heads + s.bodyBytesUp + s.frameBytesUp,
+    down: wire.httpDown + wire.httpHeads + s.streamBytesDown + s.frameBytesDown,
+  };
+}
+
 function meter() {
-  if (!client) return;
+  if (!client || !wire) return;
   const state = $('m-state');
-  state.textContent = client.state;
+  const retry = client.state === 'connecting' && client.retryAt
+    ? ` · retry in ${Math.max(0, Math.ceil((client.retryAt - Date.now()) / 1000))} s` : '';
+  state.textContent = `${client.state}${retry}`;
   state.className = client.state;
   $('m-transport').textContent = client.transport ?? '–';
   $('m-requests').textContent = client.stats.requests.toLocaleString();
-  $('m-up').textContent = bytes(client.stats.bytesUp);
-  $('m-down').textContent = bytes(client.stats.bytesDown);
+  const { up, down } = wireBytes();
+  $('m-up').textContent = `≈ ${bytes(up)}`;
+  $('m-down').textContent = bytes(down);
+  $('m-head-estimate').textContent = String(HEAD);
+  $('m-received').textContent = wire.received.toLocaleString();
+  // Rates over the last minute, leaving out the first second of connecting (the open, subscribe,
+  // history and presence requests are not what a transport costs per message).
+  const now = performance.now();
+  const sample = { t: now, n: client.stats.requests, bytes: up + down, received: wire.received };
+  wire.samples.push(sample);
+  while (wire.samples.length > 1 && wire.samples[0].t < now - 60000) wire.samples.shift();
+  const from = wire.samples.find((x) => wire.connectedAt !== null && x.t >= wire.connectedAt + 1000);
+  const span = from ? now - from.t : 0;
+  $('m-rate').textContent = span >= 3000 ? String(Math.round(((sample.n - from.n) * 60000) / span)) : '–';
+  const got = from ? sample.received - from.received : 0;
+  $('m-per-message').textContent = got > 0 ? `≈ ${Math.round((sample.bytes - from.bytes) / got)} B` : '–';
+  $('m-requests-per-message').textContent = got > 0 ? ((sample.n - from.n) / got).toFixed(2) : '–';
   const sorted = [...latencies].sort((a, b) => a - b);
   $('m-latency').textContent = latencies.length ? ms(latencies.at(-1)) : '–';
   $('m-median').textContent = latencies.length ? `${ms(sorted[sorted.length >> 1])} (${latencies.length})` : '–';
@@ -179,8 +342,27 @@ function meter() {
 const ms = (v) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
 const bytes = (n) => (n < 10240 ? `${n} B` : `${(n / 1024).toFixed(1)} KiB`);
 
+/** Relative luminance of an sRGB colour (WCAG 2). */
+function luminance([r, g, b]) {
+  const lin = (c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
+  return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+}
+
+function hsl(h, s, l) {
+  const a = s * Math.min(l, 1 - l);
+  const f = (n) => {
+    const k = (n + h / 30) % 12;
+    return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+  };
+  return [f(0), f(8), f(4)];
+}
+
+/** A colour per nickname, dark enough for 4.5:1 on the page's background (#f3f5f9). */
 function color(nick) {
   let h = 0;
   for (const c of nick) h = (h * 31 + c.codePointAt(0)) % 360;
-  return `hsl(${h} 60% 40%)`;
+  const bg = luminance([0xf3 / 255, 0xf5 / 255, 0xf9 / 255]);
+  let l = 0.4;
+  while (l > 0.1 && (bg + 0.05) / (luminance(hsl(h, 0.6, l)) + 0.05) < 4.8) l -= 0.02;
+  return `hsl(${h} 60% ${Math.round(l * 100)}%)`;
 }

@@ -108,6 +108,19 @@ pub struct PublishArgs {
     /// publications), instead of through the server API.
     #[arg(long)]
     pub as_client: bool,
+    /// Tries per publication. A publication that timed out or failed temporarily (503, error 100)
+    /// may have been applied all the same, so every attempt carries the same idempotency key: the
+    /// server applies it at most once.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
+    /// How long one attempt waits for the server's answer.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// The idempotency key, instead of a random one per publication (with DATA `-`, line N gets
+    /// `KEY-N`): running the same command again within the server's idempotency window then
+    /// publishes nothing twice.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// Connection settings (--url and --token apply with --as-client).
     #[command(flatten)]
     pub client: ClientArgs,

@@ -2,7 +2,10 @@
 //! command-line flags, each overriding the one before.
 //!
 //! Nested keys use `__` in environment variables: `SWITCHBOARD_WEBSOCKET__PING_INTERVAL=10s` sets
-//! `[websocket] ping_interval`. Unknown keys and bad values are refused at start with the key's name.
+//! `[websocket] ping_interval`. Bad values are refused at start with the key's name, and so are unknown
+//! keys in a file; an environment variable whose name starts with `SWITCHBOARD_` but names no setting
+//! (`SWITCHBOARD_BIN`, set for some other program) is ignored with a warning naming it, since the
+//! environment is shared with everything else the machine runs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -253,15 +256,36 @@ impl ShutdownConfig {
 }
 
 /// The `[engine]` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Which engine: `memory` (one node, nothing to install) or `redis` (several nodes share
     /// channels through Redis; see `[engine.redis]`).
     #[serde(rename = "type")]
     pub kind: EngineKind,
+    /// How often each node announces itself (with its counts) to the others, for the API's `info`.
+    /// A node not heard from for three intervals leaves the list.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// How long an API call that acts on every node (`subscribe`, `unsubscribe`, `disconnect`,
+    /// `refresh`, `channels`) waits for the other nodes' answers; it then answers without the late
+    /// ones, counting them in `unanswered`.
+    #[serde(with = "humantime_serde")]
+    pub control_timeout: Duration,
     /// Settings of the Redis engine (used when `type = "redis"`).
     pub redis: switchboard_engine_redis::RedisConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cluster = switchboard_hub::ClusterConfig::default();
+        Self {
+            kind: EngineKind::default(),
+            announce_interval: cluster.announce_interval,
+            control_timeout: cluster.control_timeout,
+            redis: switchboard_engine_redis::RedisConfig::default(),
+        }
+    }
 }
 
 /// The engine's kind.
@@ -292,7 +316,21 @@ impl From<figment::Error> for ConfigError {
 
 impl Config {
     /// Loads defaults, then `file` (if any), then the environment, then `overrides` (from flags).
+    /// Warnings (ignored environment variables) go to stderr; see [`Config::load_with_warnings`].
     pub fn load(file: Option<&Path>, overrides: &Figment) -> Result<Self, ConfigError> {
+        let (config, warnings) = Self::load_with_warnings(file, overrides)?;
+        for w in warnings {
+            eprintln!("switchboard: warning: {w}");
+        }
+        Ok(config)
+    }
+
+    /// [`Config::load`], with the warnings returned for the caller to log: one per `SWITCHBOARD_*`
+    /// environment variable that names no setting and was therefore ignored.
+    pub fn load_with_warnings(
+        file: Option<&Path>,
+        overrides: &Figment,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -303,12 +341,55 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let env = Env::prefixed("SWITCHBOARD_")
-            .split("__")
-            .ignore(&["config"]);
-        let config: Config = fig.merge(env).merge(overrides.clone()).extract()?;
-        config.validate()?;
-        Ok(config)
+        let env = || {
+            Env::prefixed("SWITCHBOARD_")
+                .split("__")
+                .ignore(&["config"])
+        };
+        // Dotted keys (`websocket.ping_interval`) the environment sets.
+        let from_env: Vec<String> = env().iter().map(|(k, _)| k.to_string()).collect();
+        let mut ignored: Vec<String> = Vec::new();
+        let mut warnings = Vec::new();
+        loop {
+            let skip = ignored.clone();
+            let env = env().filter(move |k| !skip.iter().any(|i| within(k.as_str(), i)));
+            let err = match fig
+                .clone()
+                .merge(env)
+                .merge(overrides.clone())
+                .extract::<Config>()
+            {
+                Ok(config) => {
+                    config.validate()?;
+                    return Ok((config, warnings));
+                }
+                Err(e) => e,
+            };
+            // An unknown key that the environment sets: ignore those variables and try again. The
+            // same key in the file (or a flag) is still refused on the next round.
+            let figment::error::Kind::UnknownField(field, _) = &err.kind else {
+                return Err(err.into());
+            };
+            let mut key = err.path.clone();
+            if key.last() != Some(field) {
+                key.push(field.clone());
+            }
+            let key = key.join(".");
+            let vars: Vec<&String> = from_env
+                .iter()
+                .filter(|k| within(k, &key) && !ignored.iter().any(|i| within(k, i)))
+                .collect();
+            if vars.is_empty() {
+                return Err(err.into());
+            }
+            for var in vars {
+                warnings.push(format!(
+                    "environment variable {} names no setting ({key:?} is unknown): ignored",
+                    env_name(var)
+                ));
+            }
+            ignored.push(key);
+        }
     }
 
     /// Parses a TOML document on top of the defaults (no environment), for tests and `checkconfig`.
@@ -357,6 +438,13 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        if self.engine.announce_interval < Duration::from_millis(10)
+            || self.engine.control_timeout < Duration::from_millis(10)
+        {
+            return Err(ConfigError::Invalid(
+                "[engine] announce_interval and control_timeout must be at least 10ms".into(),
+            ));
+        }
         if self.engine.kind == EngineKind::Redis {
             self.engine
                 .redis
@@ -376,6 +464,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether dotted `key` is `prefix` or inside it (`a.b` is within `a`).
+fn within(key: &str, prefix: &str) -> bool {
+    key.eq_ignore_ascii_case(prefix)
+        || (key.len() > prefix.len()
+            && key.as_bytes()[prefix.len()] == b'.'
+            && key[..prefix.len()].eq_ignore_ascii_case(prefix))
+}
+
+/// The environment variable that sets dotted `key`, as an operator would write it.
+fn env_name(key: &str) -> String {
+    format!(
+        "SWITCHBOARD_{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
 }
 
 #[cfg(test)]
@@ -505,6 +609,83 @@ mod tests {
         );
     }
 
+    /// Leaf keys where `a` and `b` differ (`websocket.subprotocols`).
+    fn differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (toml::Value::Table(x), toml::Value::Table(y)) => {
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match (x.get(k), y.get(k)) {
+                        (Some(a), Some(b)) => differences(&key, a, b, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} vs {b}")),
+            _ => {}
+        }
+    }
+
+    /// README's configuration block and the defaults column of docs/configuration.md say what the
+    /// code's defaults are: one truth, `Config::default()`. (The block's `[channels.namespaces.chat]`
+    /// is an example namespace, not a default.)
+    #[test]
+    fn readme_and_configuration_md_give_the_codes_defaults() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").expect("closed");
+        let mut c = Config::from_toml(&readme[start..end]).unwrap();
+        c.channels.namespaces.clear();
+        let mut wrong = Vec::new();
+        differences(
+            "",
+            &toml::Value::try_from(c).unwrap(),
+            &defaults,
+            &mut wrong,
+        );
+        assert!(wrong.is_empty(), "README (vs the code): {wrong:#?}");
+
+        // docs/configuration.md rows: | `key` | `default` | meaning |
+        let doc = include_str!("../../../docs/configuration.md");
+        let mut checked = 0;
+        for line in doc.lines() {
+            let Some((key, rest)) = line.strip_prefix("| `").and_then(|r| r.split_once("` | "))
+            else {
+                continue;
+            };
+            // "none" and the like: settings absent by default, named by the other docs test.
+            let Some(value) = rest
+                .strip_prefix('`')
+                .and_then(|r| r.split_once("` |"))
+                .map(|(v, _)| v)
+            else {
+                continue;
+            };
+            let c = Config::from_toml(&format!("{key} = {value}"))
+                .unwrap_or_else(|e| panic!("docs/configuration.md {key} = {value}: {e}"));
+            differences(
+                "",
+                &toml::Value::try_from(c).unwrap(),
+                &defaults,
+                &mut wrong,
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 50,
+            "only {checked} defaults found in docs/configuration.md"
+        );
+        assert!(
+            wrong.is_empty(),
+            "docs/configuration.md (vs the code): {wrong:#?}"
+        );
+    }
+
     #[test]
     fn fallback_settings_are_checked() {
         let c = Config::from_toml(
@@ -558,6 +739,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("adresses"), "{err}");
+        let c =
+            Config::from_toml("[engine]\nannounce_interval = \"1s\"\ncontrol_timeout = \"500ms\"")
+                .unwrap();
+        assert_eq!(c.engine.announce_interval, Duration::from_secs(1));
+        assert_eq!(c.engine.control_timeout, Duration::from_millis(500));
+        let err = Config::from_toml("[engine]\ncontrol_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control_timeout"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::routing::get;
 const INDEX: &str = include_str!("../demo/index.html");
 const SCRIPT: &str = include_str!("../demo/demo.js");
 const STYLE: &str = include_str!("../demo/demo.css");
-const CLIENT: &str = include_str!("../../../clients/js/switchboard.js");
+const CLIENT: &str = include_str!("../../../clients/js/switchboard.mjs");
 
 /// The demo's routes.
 pub fn router() -> Router {

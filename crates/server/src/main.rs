@@ -71,16 +71,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match Config::load(args.config.as_deref(), &args.overrides()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (config, warnings) =
+        match Config::load_with_warnings(args.config.as_deref(), &args.overrides()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     if let Err(e) = logging::init(&config.log) {
         eprintln!("switchboard: {e}");
         return ExitCode::FAILURE;
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,6 +106,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         };
         let signals = Signals::install();
         tracing::info!(addr = %server.local_addr(), api = %server.api_addr(), version = env!("CARGO_PKG_VERSION"), "switchboard listening");
+        if let Some(banner) = server.demo_banner() {
+            // On standard output, apart from the log, so that the curl line can be pasted as it is.
+            println!("{banner}");
+        }
         let handle = server.shutdown_handle();
         tokio::spawn(async move {
             stopped(signals.stop).await;

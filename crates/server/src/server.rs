@@ -23,7 +23,9 @@ use tower::ServiceExt as _;
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
 use switchboard_engine_redis::RedisEngine;
-use switchboard_hub::{Node, NodeConfig, Proxy};
+use switchboard_hub::{ClusterConfig, Node, NodeConfig, Proxy};
+use switchboard_protocol::DisconnectCode;
+use switchboard_websocket::CloseCode;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, EngineKind};
@@ -55,6 +57,9 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The system gave no randomness for the demo's generated API key.
+    #[error("cannot generate the demo's API key (no randomness from the system): {0}")]
+    Random(String),
 }
 
 /// A bound, not yet running, switchboard server.
@@ -69,6 +74,8 @@ pub struct Server {
     tls: Option<Tls>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The API key generated for this run (`--demo` without `[api] key`), to print at start.
+    generated_api_key: Option<String>,
 }
 
 /// Stops a running server from elsewhere (a signal handler, a test).
@@ -85,7 +92,18 @@ impl ShutdownHandle {
 impl Server {
     /// Binds the listener and builds the routes. Port 0 picks a free port; see [`Server::local_addr`].
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let config = config.effective();
+        let mut config = config.effective();
+        // The demo is for trying switchboard out, README's "Pushing from your backend" included: an
+        // API that refuses everything for want of a key would stop a newcomer at the first curl.
+        let generated_api_key = if config.demo.enabled && config.api.key.is_empty() {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| ServerError::Random(e.to_string()))?;
+            let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            config.api.key.clone_from(&key);
+            Some(key)
+        } else {
+            None
+        };
         let addr = config.listen.0;
         let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         let api_addr = config.api.listen;
@@ -129,6 +147,11 @@ impl Server {
                 client: config.client.clone(),
                 ping_interval_secs: config.websocket.ping_interval.as_secs(),
                 idempotency_window: config.api.idempotency_window,
+                cluster: ClusterConfig {
+                    name: node_name(listener.local_addr().unwrap_or(addr)),
+                    announce_interval: config.engine.announce_interval,
+                    control_timeout: config.engine.control_timeout,
+                },
             },
             auth,
             proxy,
@@ -138,6 +161,11 @@ impl Server {
             memory,
             Arc::clone(&node),
             Arc::clone(&limits),
+            shutdown.clone(),
+        ));
+        tracker.spawn(announce(
+            Arc::clone(&node),
+            config.engine.announce_interval,
             shutdown.clone(),
         ));
         let router = routes(&config, &node, &limits, &shutdown, &tracker);
@@ -158,7 +186,40 @@ impl Server {
             tls,
             shutdown,
             tracker,
+            generated_api_key,
         })
+    }
+
+    /// The API key generated for this run: with the demo on and no `[api] key` configured, the
+    /// server makes one up (a new one at each start) so that the API can be tried at once. `None`
+    /// when the configuration has a key or the demo is off.
+    pub fn generated_api_key(&self) -> Option<&str> {
+        self.generated_api_key.as_deref()
+    }
+
+    /// What to print at start when the API key was generated: the key, and a `curl` command that
+    /// publishes a message into the demo's `lobby` room, ready to paste.
+    pub fn demo_banner(&self) -> Option<String> {
+        let key = self.generated_api_key()?;
+        let mut api = self.api_addr();
+        if api.ip().is_unspecified() {
+            api.set_ip(if api.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let mut page = self.local_addr();
+        if page.ip().is_unspecified() {
+            page.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!(
+            "demo: no [api] key configured, so this run uses a generated one: {key}\n\
+             open {scheme}://{page}/ and publish into its lobby room from your backend (or a shell):\n\
+             \n  curl -s -X POST http://{api}/api/publish -H \"Authorization: apikey {key}\" \\\n    \
+             -d '{{\"channel\":\"chat:lobby\",\"data\":{{\"type\":\"msg\",\"nick\":\"curl\",\"text\":\"hello from the backend\"}}}}'\n"
+        ))
     }
 
     /// The TLS side, whose [`Tls::reload`] the binary calls on SIGHUP; `None` without TLS.
@@ -193,6 +254,7 @@ impl Server {
             tls,
             shutdown,
             tracker,
+            generated_api_key: _,
         } = self;
         let (api_listener, api_router) = api;
         let api_loop = accept_loop(
@@ -276,7 +338,11 @@ fn routes(
     tracker: &TaskTracker,
 ) -> Router {
     let clients = Endpoint {
-        config: Arc::new(config.websocket.clone()),
+        config: Arc::new(switchboard_websocket::Config {
+            // A ping left unanswered ends the connection with the protocol's own code.
+            pong_timeout_close: CloseCode(DisconnectCode::NoPong.code()),
+            ..config.websocket.clone()
+        }),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         limits: Some(Arc::clone(limits)),
@@ -382,6 +448,39 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+    }
+}
+
+/// This node's name among the others (`info`): the machine's host name and the client listener's
+/// port, which tell nodes apart for people (their ids are random).
+fn node_name(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| listen.ip().to_string());
+    format!("{host}:{}", listen.port())
+}
+
+/// Announces this node to the others every `interval` (at once first) until shutdown, then tells
+/// them it leaves, so that `info` drops it at once rather than after three missed announcements.
+async fn announce(node: Arc<Node>, interval: Duration, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = every.tick() => {
+                if let Err(e) = node.announce().await {
+                    // The engine is down: /ready says so; the others drop us meanwhile.
+                    tracing::debug!(error = %e, "announcing this node failed");
+                }
+            }
+        }
+    }
+    if let Err(e) = node.leave().await {
+        tracing::debug!(error = %e, "telling the other nodes this one leaves failed");
     }
 }
 

@@ -248,6 +248,27 @@ async fn keys_errors_and_limits() {
     );
 }
 
+/// A publish without `channel` says what is missing, alone and inside a batch; one with `channels`
+/// points to broadcast.
+#[tokio::test]
+async fn publish_without_channel_says_channel_is_required() {
+    let s = start(config()).await;
+    let (status, v) = api_call(s.api, Some(KEY), "publish", r#"{"data": 1}"#).await;
+    assert_eq!((status, v["error"]["code"].as_u64()), (400, Some(107)));
+    assert_eq!(v["error"]["message"], "channel is required");
+    let r = api(
+        s.api,
+        "batch",
+        json!({"commands": [{"publish": {"data": 1}}, {"publish": {"channels": ["news:a"], "data": 1}}]}),
+    )
+    .await;
+    assert_eq!(r["replies"][0]["error"]["message"], "channel is required");
+    assert_eq!(
+        r["replies"][1]["error"]["message"],
+        "publish takes one channel (use broadcast for several)"
+    );
+}
+
 #[tokio::test]
 async fn openapi_document_matches_the_routes() {
     let s = start(config()).await;

@@ -107,6 +107,46 @@ fn bad_configuration_is_refused_with_the_key_name() {
     );
 }
 
+/// A `SWITCHBOARD_` variable that names no setting (another program's, like the JS tests'
+/// `SWITCHBOARD_BIN`) is ignored with a warning naming it; the same unknown key in a file still stops.
+#[test]
+fn unknown_environment_variables_are_ignored_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("switchboard-unknown-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[websocket]\nmax_message_size = 10\n").unwrap();
+    let env = [
+        ("SWITCHBOARD_BIN", "/usr/local/bin/switchboard"),
+        ("SWITCHBOARD_WEBSOCKET__PING_INTERVALL", "5s"),
+        ("SWITCHBOARD_WEBSOCKET__PING_INTERVAL", "7s"),
+    ];
+    let (code, _, err) = run(&["checkconfig", good.to_str().unwrap()], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("SWITCHBOARD_BIN"), "{err}");
+    assert!(
+        err.contains("SWITCHBOARD_WEBSOCKET__PING_INTERVALL"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SWITCHBOARD_WEBSOCKET__PING_INTERVAL "),
+        "{err}"
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "bin = \"x\"\n").unwrap();
+    let (code, _, err) = run(&["checkconfig", bad.to_str().unwrap()], &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bin"), "{err}");
+
+    // The server starts (spawn waits for its listening line) and still takes the known variables.
+    let (mut child, _) = spawn(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SWITCHBOARD_BIN", "/usr/local/bin/switchboard")],
+    );
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
 #[tokio::test]
 async fn genconfig_and_gentoken_give_a_working_setup() {
     let dir = std::env::temp_dir().join(format!("switchboard-gen-{}", std::process::id()));
@@ -142,6 +182,66 @@ async fn genconfig_and_gentoken_give_a_working_setup() {
     let reply = c.read_frame().await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(v["connect"]["expires"], true, "{v}");
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[tokio::test]
+async fn demo_without_an_api_key_prints_a_generated_one_and_a_working_curl_line() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("SWITCHBOARD_API__KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+                let _ = tx.send(rest.split('"').next().unwrap().to_owned());
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Standard output: the key, and the command that ends with its last line.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    loop {
+        let line = stdout.next().expect("a curl line on stdout").unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.trim_start().starts_with("-d ") {
+            break;
+        }
+    }
+    assert!(banner.contains("generated"), "{banner}");
+    assert!(banner.contains(&format!("http://{addr}/")), "{banner}");
+    let command = &banner[banner.find("curl ").unwrap()..];
+    let mut watcher = JsonClient::connected(addr).await;
+    watcher
+        .ok("subscribe", serde_json::json!({"channel": "chat:lobby"}))
+        .await;
+    // Pasted into a shell as printed.
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("\"result\""), "{command}\n{answer}");
+    let publication = watcher.push("pub").await;
+    assert_eq!(publication["data"]["type"], "msg", "{publication}");
+    assert_eq!(publication["data"]["text"], "hello from the backend");
     sigterm(&child);
     assert_eq!(wait_exit(&mut child), 0);
 }

@@ -41,7 +41,7 @@ async fn serves_the_page_its_assets_and_the_js_client() {
     let client = get(server.addr, "/switchboard.js").await;
     assert_eq!(
         client.body,
-        include_str!("../../../clients/js/switchboard.js")
+        include_str!("../../../clients/js/switchboard.mjs")
     );
     assert_eq!(get(server.addr, "/nope").await.status, 404);
     server.handle.shutdown();

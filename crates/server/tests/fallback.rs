@@ -899,6 +899,17 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
         header(&resp, "access-control-allow-origin"),
         "https://app.example.com"
     );
+    // The server's own origin may call although the list names only others.
+    let own = format!("http://{}", s.addr);
+    let resp = http
+        .post(base(s.addr))
+        .header("origin", own.as_str())
+        .body(r#"{"id":1,"connect":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "access-control-allow-origin"), own);
     // Without allowed_origins only the server's own origin may call.
     let s = start(config()).await;
     let own = format!("http://{}", s.addr);
@@ -1098,4 +1109,89 @@ async fn shutdown_ends_open_downstreams_with_3001() {
     assert_eq!(polling.await.unwrap(), Some(3001));
     assert_eq!(streaming.await.unwrap(), Some(3001));
     tokio::time::timeout(WAIT, s.task).await.unwrap().unwrap();
+}
+
+/// `POST {path}/close?{query}` with `body` (what `navigator.sendBeacon` sends): the status.
+async fn close(addr: SocketAddr, query: &str, body: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("{}/close?{query}", base(addr)))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_closed_session_leaves_at_once_like_a_closed_websocket() {
+    // A session timeout far longer than the test: only the close can make the client leave.
+    let mut cfg = config();
+    cfg.fallback.session_timeout = Duration::from_secs(60);
+    let s = start(cfg).await;
+    for kind in KINDS {
+        let channel = format!("chat:close-{}", kind.name());
+        let mut watcher = JsonClient::connected(s.addr).await;
+        watcher.ok("subscribe", json!({"channel": channel})).await;
+        let mut c = HttpClient::connected(s.addr, kind).await;
+        c.ok("subscribe", json!({"channel": channel})).await;
+        let presence = watcher.ok("presence", json!({"channel": channel})).await;
+        assert_eq!(
+            presence["presence"].as_object().unwrap().len(),
+            2,
+            "{kind:?}"
+        );
+        // A long poll held while the client leaves is answered (404), not held to poll_timeout.
+        let held = (kind == Kind::LongPoll).then(|| {
+            let (addr, query) = (s.addr, format!("session={}&ack={}", c.session, c.acked));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (poll(addr, &query).await.0, started.elapsed())
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let status = close(s.addr, &format!("session={}", c.session), "").await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{kind:?}");
+        let leave = tokio::time::timeout(Duration::from_secs(1), watcher.push("leave"))
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: no leave push within a second"));
+        assert_eq!(leave["info"]["client"], c.id.as_str());
+        assert!(started.elapsed() < Duration::from_secs(1), "{kind:?}");
+        let presence = watcher.ok("presence", json!({"channel": channel})).await;
+        assert_eq!(
+            presence["presence"].as_object().unwrap().len(),
+            1,
+            "{kind:?}"
+        );
+        if let Some(held) = held {
+            let (status, took) = held.await.unwrap();
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert!(
+                took < Duration::from_secs(2),
+                "held poll answered after {took:?}"
+            );
+        }
+        // The session is over: every later request, a second close included, is 404.
+        let (status, _) = poll(s.addr, &format!("session={}&ack=0&wait=0", c.session)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{kind:?}");
+        let status = close(s.addr, &format!("session={}", c.session), "bye").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{kind:?}");
+        assert_eq!(c.disconnected().await, None, "{kind:?}: no disconnect push");
+    }
+}
+
+#[tokio::test]
+async fn close_of_an_ended_session_waiting_for_its_push_is_204() {
+    // The session ended (3501) and its push waits for a downstream: the client no longer wants it.
+    let s = start(config()).await;
+    let session = open_session(s.addr).await;
+    let (status, _) = send(s.addr, &format!("session={session}&n=1"), "garbage").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        close(s.addr, &format!("session={session}"), "").await,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = poll(s.addr, &format!("session={session}&ack=0&wait=0")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -211,3 +211,51 @@ async fn metrics_count_what_clients_did() {
     );
     drop(token);
 }
+
+/// A slow WebSocket client is counted under 3008 when the server decides to drop it, not when its
+/// socket has finished closing: a client that reads nothing and never answers the close keeps that
+/// socket open for `write_timeout` or `close_timeout` (here a minute each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_client_is_counted_when_it_is_dropped() {
+    let mut c = Config::default();
+    c.api.key = "k".into();
+    c.client.queue_bytes = 64 << 10;
+    c.websocket.write_timeout = Duration::from_secs(60);
+    c.websocket.close_timeout = Duration::from_secs(60);
+    c.channels.namespaces.insert(
+        "h".into(),
+        NamespaceOptions {
+            allow_publish: true,
+            ..Default::default()
+        },
+    );
+    let s = start(c).await;
+    let mut slow = JsonClient::connected(s.addr).await;
+    slow.ok("subscribe", json!({"channel": "h:flood"})).await;
+    // Each publication alone is over the client's queue_bytes: the first one drops it.
+    let big = "x".repeat(256 << 10);
+    for _ in 0..4 {
+        let (status, _) = api_call(
+            s.api,
+            Some("k"),
+            "publish",
+            &json!({"channel": "h:flood", "data": big}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let started = tokio::time::Instant::now();
+    let mut counted = None;
+    while started.elapsed() < WAIT {
+        let m = scrape(s.api).await;
+        counted = m
+            .get("switchboard_disconnects_total{code=\"3008\"}")
+            .copied();
+        if counted == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, Some(1.0), "not counted within {WAIT:?}");
+    drop(slow);
+}

@@ -481,6 +481,7 @@ async fn a_wrong_secret_through_another_node_is_404() {
             .body("{}"),
         http.post(format!("{b}/send?session={wrong}&ack=1")),
         http.get(format!("{b}/sse?session={wrong}")),
+        http.post(format!("{b}/close?session={wrong}")),
         http.get(format!("{b}/poll?session={id}&ack=0")),
     ] {
         let started = Instant::now();
@@ -581,4 +582,37 @@ async fn a_session_whose_node_is_gone_is_404_within_a_bounded_time() {
     let (status, _) = answer(http.post(url).body("{}").send().await.unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_through_another_node_ends_the_session_at_once() {
+    let redis = RedisServer::start();
+    let nodes = three_nodes(&redis).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut watcher = JsonClient::connected(addrs[2]).await;
+    watcher
+        .ok("subscribe", json!({"channel": "chat:mn-close"}))
+        .await;
+    // Opened on node 0, subscribed through node 1.
+    let mut c = Client::open(addrs.clone(), 0).await;
+    c.command("subscribe", json!({"channel": "chat:mn-close"}))
+        .await;
+    watcher.push("join").await;
+    // Closed through node 2 (the next in turn): relayed to node 0, which ends the session.
+    let started = Instant::now();
+    let url = format!("{}/close?session={}", base(c.next_node()), c.session);
+    let (status, v) = answer(c.http.post(url).body("").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    tokio::time::timeout(Duration::from_secs(1), watcher.push("leave"))
+        .await
+        .expect("a leave push within a second of the close");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let presence = watcher
+        .ok("presence", json!({"channel": "chat:mn-close"}))
+        .await;
+    assert_eq!(presence["presence"].as_object().unwrap().len(), 1);
+    for _ in 0..3 {
+        let (status, v) = c.poll_raw(0, false).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    }
 }

@@ -546,6 +546,23 @@ async fn bad_input_is_answered_and_never_disturbs_others() {
         101
     );
     assert_eq!(c.disconnected().await.0, bad_request);
+    // Anything else before connect, even what a connected client only gets an error for: an unknown
+    // method, a command without a method, a connect with malformed parameters.
+    for early in [
+        r#"{"id":1,"dance":{}}"#,
+        r#"{"id":1}"#,
+        r#"{"id":1,"connect":{"token":5}}"#,
+    ] {
+        let mut c = JsonClient::open(s.addr).await;
+        c.send_raw(early).await;
+        let reply = c.next().await.unwrap();
+        assert_eq!(reply["error"]["code"], 101, "{early}: {reply}");
+        assert_eq!(
+            c.disconnected().await,
+            (bad_request, bad_request),
+            "{early}"
+        );
+    }
     // A binary frame.
     let mut c = JsonClient::connected(s.addr).await;
     c.ws.send_frame(true, false, 2, b"\x00\x01", true).await;

@@ -94,12 +94,15 @@ async fn origin_check_stops_cross_site_pages() {
     let s = start(cfg).await;
     let (_, r) = handshake(s.addr, "/echo", &[("Origin", "https://app.example.com")]).await;
     assert_eq!(r.status, 101);
+    // The server's own origin stays allowed when the list names others (its own pages, the demo).
     let (_, r) = handshake(
         s.addr,
         "/echo",
         &[("Origin", &format!("http://{}", s.addr))],
     )
     .await;
+    assert_eq!(r.status, 101);
+    let (_, r) = handshake(s.addr, "/echo", &[("Origin", "https://evil.example")]).await;
     assert_eq!(r.status, 403);
 }
 
@@ -277,12 +280,56 @@ async fn dead_peer_is_dropped_after_ping_and_pong_timeout() {
             .send_frame(true, false, 10, &f.payload, true)
             .await;
     }
+    // It is told why (close 1001 on the echo endpoint), then dropped without waiting long.
+    let close = dead.read_frame().await.unwrap();
+    assert_eq!(close.close_code(), Some(1001));
     assert!(
         dead.read_frame().await.is_none(),
         "the server drops a peer that does not answer"
     );
     assert!(started.elapsed() < WAIT);
     bystander.echo_ok("still here").await;
+}
+
+/// On the protocol endpoint an unanswered ping ends the connection with close code 3012 ("no pong",
+/// docs/protocol.md), counted under that code, rather than with a bare TCP close.
+#[tokio::test]
+async fn an_unanswered_ping_closes_with_3012() {
+    let mut cfg = default_limits();
+    cfg.websocket.ping_interval = Duration::from_millis(200);
+    cfg.websocket.pong_timeout = Duration::from_millis(300);
+    cfg.websocket.close_timeout = Duration::from_millis(300);
+    let s = start(cfg).await;
+    let (mut dead, r) = handshake(s.addr, "/connection/websocket", &[]).await;
+    assert_eq!(r.status, 101);
+    dead.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let mut frames = Vec::new();
+    while let Some(f) = dead.read_frame().await {
+        frames.push(f);
+    }
+    let close = frames
+        .iter()
+        .find(|f| f.opcode == 8)
+        .expect("a close frame");
+    assert_eq!(close.close_code(), Some(3012));
+    assert_eq!(&close.payload[2..], b"no pong");
+    // Counted once the server's task is done with the connection, a moment after the socket closed.
+    let started = tokio::time::Instant::now();
+    loop {
+        let (_, resp) = request(
+            s.api,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if resp
+            .body
+            .contains("switchboard_disconnects_total{code=\"3012\"} 1")
+        {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "3012 not counted: {}", resp.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

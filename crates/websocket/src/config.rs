@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::close::CloseCode;
 use crate::deflate::DeflateConfig;
 
 /// Everything one WebSocket endpoint is configured with. Shared by its connections behind an `Arc`.
@@ -15,10 +16,12 @@ pub struct Config {
     /// Subprotocols the endpoint speaks, e.g. `["chat"]`. The first one the client offers wins; when
     /// none matches, the handshake succeeds without a `Sec-WebSocket-Protocol` header (RFC 6455 §4.2.2).
     pub subprotocols: Vec<String>,
-    /// Origins (`scheme://host[:port]`) whose pages may open connections; `*.` wildcards a subdomain
-    /// (`https://*.example.com`) and `"*"` allows any. Empty means only the server's own origin, as
-    /// named by the request's `Host`. Requests without `Origin` (non-browser clients) are allowed:
-    /// the check exists to stop cross-site WebSocket hijacking, which needs a browser.
+    /// Origins (`scheme://host[:port]`) whose pages may open connections besides the server's own;
+    /// `*.` wildcards a subdomain (`https://*.example.com`) and `"*"` allows any. The server's own
+    /// origin (host and port as named by the request's `Host`) is always allowed, so that listing
+    /// another origin never locks out the server's own pages; empty means only it. Requests without
+    /// `Origin` (non-browser clients) are allowed: the check exists to stop cross-site WebSocket
+    /// hijacking, which needs a browser.
     pub allowed_origins: Vec<String>,
     /// Largest payload of a single frame, in bytes. Larger frames close the connection with 1009.
     pub max_frame_size: usize,
@@ -32,6 +35,11 @@ pub struct Config {
     /// Close the connection when nothing (pong or other) arrives this long after a ping.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub pong_timeout: Duration,
+    /// The close code sent (reason "no pong") when a ping goes unanswered, before the connection is
+    /// dropped, so that a peer that is only slow learns why. Chosen by the application, not a setting:
+    /// switchboard's protocol endpoint sends 3012; the default is 1001 (going away).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub pong_timeout_close: CloseCode,
     /// Close the connection (1001) when nothing at all arrives for this long; zero: never.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub idle_timeout: Duration,
@@ -61,6 +69,7 @@ impl Default for Config {
             max_fragments: 1024,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            pong_timeout_close: CloseCode::GOING_AWAY,
             idle_timeout: Duration::ZERO,
             message_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),

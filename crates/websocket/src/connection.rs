@@ -480,7 +480,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
             match self.ping_sent {
                 Some(t) if t + cfg.pong_timeout <= now => {
-                    return Some(self.abort(Error::PongTimeout));
+                    if !self.is_open() {
+                        // Our close is already out: nothing more to say.
+                        return Some(self.abort(Error::PongTimeout));
+                    }
+                    // Say why before hanging up, then wait for the peer's close at most
+                    // close_timeout, as for the idle timeout.
+                    self.out.push_frame(
+                        OpCode::Close,
+                        false,
+                        &encode_close_payload(cfg.pong_timeout_close, "no pong"),
+                    );
+                    self.state = State::Finishing(Some(Error::PongTimeout));
+                    self.start_close_timer();
+                    return None;
                 }
                 None if self.last_read + cfg.ping_interval <= now && self.is_open() => {
                     self.out.push_frame(OpCode::Ping, false, &Bytes::new());

@@ -193,16 +193,16 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Handshake
         .ok()
         .and_then(Origin::parse)
         .ok_or_else(refuse)?;
-    let ok = if allowed.is_empty() {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| origin.matches_host(host))
-    } else {
-        allowed
+    // The server's own origin (the host and port the request came to) is always allowed: listing
+    // other origins must not lock out the server's own pages.
+    let own = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| origin.matches_host(host));
+    let ok = own
+        || allowed
             .iter()
-            .any(|pattern| origin.matches_pattern(pattern))
-    };
+            .any(|pattern| origin.matches_pattern(pattern));
     if ok { Ok(()) } else { Err(refuse()) }
 }
 
@@ -401,11 +401,14 @@ mod tests {
         ] {
             assert!(accept(&request(&[("Origin", ok)]), &list).is_ok(), "{ok}");
         }
+        // The server's own origin stays allowed whatever the list says.
+        assert!(accept(&request(&[("Origin", "http://example.com:8080")]), &list).is_ok());
         for bad in [
             "http://app.example.org",
             "https://example.net",
             "https://evilexample.net",
             "https://app.example.org:8443",
+            "http://example.com",
         ] {
             assert!(
                 accept(&request(&[("Origin", bad)]), &list).is_err(),

@@ -38,6 +38,19 @@ pub struct Incoming {
     max_fragments: usize,
     inflater: Option<Inflater>,
     partial: Option<Partial>,
+    /// How far the text frame at the front of the buffer, still incomplete, has been validated.
+    peek: Option<Peek>,
+}
+
+/// UTF-8 validation of an incomplete text frame's payload, as far as it has arrived, so that invalid
+/// text fails at the read that brings its first invalid byte rather than when the frame is whole
+/// (RFC 6455 §8.1 "fail fast"; Autobahn 6.4.3 and 6.4.4 send such a frame in pieces).
+#[derive(Debug)]
+struct Peek {
+    /// Payload bytes already validated.
+    checked: usize,
+    /// The message's validator after those bytes.
+    utf8: Utf8Validator,
 }
 
 #[derive(Debug)]
@@ -58,6 +71,7 @@ impl Incoming {
             max_fragments: config.max_fragments,
             inflater: deflate.map(Inflater::new),
             partial: None,
+            peek: None,
         }
     }
 
@@ -90,9 +104,11 @@ impl Incoming {
         }
         let total = h.header_len + len;
         if buf.len() < total {
+            self.peek_text(h.opcode, h.rsv1, mask, &buf[h.header_len..])?;
             buf.reserve(total - buf.len());
             return Ok(None);
         }
+        let peeked = self.peek.take();
         buf.advance(h.header_len);
         let mut payload = buf.split_to(len);
         apply_mask(&mut payload, mask);
@@ -101,9 +117,52 @@ impl Incoming {
             OpCode::Pong => Ok(Some(Event::Pong(payload.freeze()))),
             OpCode::Close => Ok(Some(Event::Close(CloseFrame::parse(&payload)?))),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => self
-                .data_frame(h.opcode, h.fin, h.rsv1, payload)
+                .data_frame(h.opcode, h.fin, h.rsv1, payload, peeked)
                 .map(|m| m.map(Event::Message)),
         }
+    }
+
+    /// Validates the newly arrived part of an incomplete frame's payload (`received`, still masked)
+    /// when the frame carries uncompressed text: a text frame starting a message, or a continuation
+    /// of a text message. Compressed text is validated as it is inflated, once the frame is whole.
+    fn peek_text(
+        &mut self,
+        opcode: OpCode,
+        rsv1: bool,
+        mask: [u8; 4],
+        received: &[u8],
+    ) -> Result<(), ProtocolError> {
+        if self.peek.is_none() {
+            let utf8 = match (&self.partial, opcode) {
+                (None, OpCode::Text) if !rsv1 => Utf8Validator::default(),
+                (Some(p), OpCode::Continuation) if p.text && !p.compressed => p.utf8.clone(),
+                _ => return Ok(()),
+            };
+            self.peek = Some(Peek { checked: 0, utf8 });
+        }
+        let Some(peek) = self.peek.as_mut() else {
+            return Ok(());
+        };
+        // Unmasked a piece at a time on the stack: the read buffer keeps the frame as it came.
+        let mut scratch = [0u8; 1024];
+        while peek.checked < received.len() {
+            let n = (received.len() - peek.checked).min(scratch.len());
+            let piece = &mut scratch[..n];
+            piece.copy_from_slice(&received[peek.checked..peek.checked + n]);
+            let o = peek.checked;
+            apply_mask(
+                piece,
+                [
+                    mask[o & 3],
+                    mask[(o + 1) & 3],
+                    mask[(o + 2) & 3],
+                    mask[(o + 3) & 3],
+                ],
+            );
+            peek.checked += n;
+            peek.utf8.feed(piece)?;
+        }
+        Ok(())
     }
 
     /// Checks a data frame's header against the message state before its payload is even read, so an
@@ -137,13 +196,24 @@ impl Incoming {
         fin: bool,
         rsv1: bool,
         payload: BytesMut,
+        peeked: Option<Peek>,
     ) -> Result<Option<Message>, ProtocolError> {
         if self.partial.is_none() {
             let text = opcode == OpCode::Text;
             if fin && !rsv1 {
                 // The common case: a whole uncompressed message in one frame.
                 if text {
-                    simdutf8::basic::from_utf8(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    match peeked {
+                        // It came in pieces, validated as they came: only the rest is left.
+                        Some(mut peek) => {
+                            peek.utf8.feed(&payload[peek.checked..])?;
+                            peek.utf8.finish()?;
+                        }
+                        None => {
+                            simdutf8::basic::from_utf8(&payload)
+                                .map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                    }
                 }
                 let bytes = if payload.len() < COPY_OUT_BELOW {
                     Bytes::copy_from_slice(&payload)
@@ -168,12 +238,19 @@ impl Incoming {
             return Ok(None);
         };
         p.fragments += 1;
-        let before = p.buf.len();
+        let mut before = p.buf.len();
         match (&mut self.inflater, p.compressed) {
             (Some(inflater), true) => {
                 inflater.inflate(&payload, fin, &mut p.buf, self.max_message)?
             }
-            _ => p.buf.extend_from_slice(&payload),
+            _ => {
+                if let Some(peek) = peeked {
+                    // Validated as it came (only uncompressed text is peeked): skip those bytes.
+                    p.utf8 = peek.utf8;
+                    before += peek.checked;
+                }
+                p.buf.extend_from_slice(&payload);
+            }
         }
         if p.text {
             p.utf8.feed(&p.buf[before..])?;
@@ -294,6 +371,101 @@ mod tests {
                 decode_all(&mut plain(), &bytes),
                 Err(want.clone()),
                 "{want}"
+            );
+        }
+    }
+
+    /// Feeds `bytes` as two reads cut at `cut`, as a connection would: the first read's bytes stay in
+    /// the buffer while the frame is incomplete.
+    fn decode_in_two(
+        inc: &mut Incoming,
+        bytes: &[u8],
+        cut: usize,
+    ) -> Result<Vec<Event>, ProtocolError> {
+        let mut buf = BytesMut::from(&bytes[..cut]);
+        let mut events = Vec::new();
+        for more in [&bytes[cut..], &[][..]] {
+            loop {
+                let before = buf.len();
+                match inc.decode(&mut buf)? {
+                    Some(e) => events.push(e),
+                    None if buf.len() == before => break,
+                    None => {}
+                }
+            }
+            buf.extend_from_slice(more);
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn invalid_text_fails_before_its_frame_is_complete() {
+        // Autobahn 6.4.3: one text frame in pieces, the second piece holding 0xF4 0x90 (never valid).
+        let bad = frame(
+            true,
+            false,
+            1,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80edited",
+        );
+        let at = bad.len() - b"\x80\x80edited".len();
+        let mut inc = plain();
+        let mut buf = BytesMut::from(&bad[..at - 2]);
+        assert_eq!(inc.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&bad[at - 2..at]);
+        assert_eq!(inc.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+        // Autobahn 6.4.4: the same with the invalid character split across pieces.
+        let mut inc = plain();
+        let mut buf = BytesMut::from(&bad[..at - 1]);
+        assert_eq!(inc.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&bad[at - 1..at]);
+        assert_eq!(inc.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+        // A continuation of a text message, arriving in pieces.
+        let mut bytes = frame(false, false, 1, "κό".as_bytes());
+        let first = bytes.len();
+        bytes.extend(frame(
+            true,
+            false,
+            0,
+            b"ok\xf4\x90 and more that has not arrived",
+        ));
+        let mut inc = plain();
+        let mut buf = BytesMut::from(&bytes[..first + 6 + 4]);
+        assert_eq!(inc.decode(&mut buf), Ok(None));
+        assert_eq!(inc.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn text_in_pieces_is_whole_at_every_cut() {
+        let long = "κόσμε 𝄞 ".repeat(300);
+        for msg in [
+            frame(true, false, 1, "κόσμε".as_bytes()),
+            frame(true, false, 1, long.as_bytes()),
+        ] {
+            for cut in 0..msg.len() {
+                let events = decode_in_two(&mut plain(), &msg, cut).unwrap();
+                assert_eq!(events.len(), 1, "cut at {cut}");
+            }
+        }
+        let text = "κόσμε 𝄞 ".repeat(200);
+        let (a, b) = text.as_bytes().split_at(701);
+        let bytes = [frame(false, false, 1, a), frame(true, false, 0, b)].concat();
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode_in_two(&mut plain(), &bytes, cut).unwrap(),
+                vec![Event::Message(Message::text(&text))],
+                "cut at {cut}"
+            );
+        }
+        let bad = [
+            frame(false, false, 1, a),
+            frame(true, false, 0, b"\xed\xa0\x80"),
+        ]
+        .concat();
+        for cut in 0..bad.len() {
+            assert_eq!(
+                decode_in_two(&mut plain(), &bad, cut),
+                Err(ProtocolError::InvalidUtf8),
+                "cut at {cut}"
             );
         }
     }

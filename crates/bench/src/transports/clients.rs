@@ -1,4 +1,4 @@
-//! One client of each transport, doing what a browser client does (`clients/js/switchboard.js`
+//! One client of each transport, doing what a browser client does (`clients/js/switchboard.mjs`
 //! for switchboard's transports, socket.io-client's polling transport for Socket.IO): set up and
 //! subscribe ([`open`]), then receive until the run ends ([`Client::run`]). Every delivery goes to
 //! [`Shared::deliver`], which checks its sequence number.

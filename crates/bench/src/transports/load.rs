@@ -8,7 +8,7 @@
 //! is missing, doubled or out of order.
 //!
 //! Every client runs as a task on one thread (a current-thread runtime) and does what a browser
-//! client does for its transport (see `clients/js/switchboard.js`), with browser-like request
+//! client does for its transport (see `clients/js/switchboard.mjs`), with browser-like request
 //! headers; the publisher runs on a second thread, so the clients' work cannot delay publications.
 
 use std::cell::{Cell, RefCell};

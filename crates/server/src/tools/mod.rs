@@ -95,6 +95,17 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 
 /// A WebSocket client from `--url`/`--token` (or the configuration), not yet connected.
 fn client(args: &ClientArgs) -> Result<(switchboard_client::Client, String), ToolError> {
+    let (builder, url) = client_builder(args)?;
+    let client = builder
+        .build()
+        .map_err(|e| ToolError::Usage(e.to_string()))?;
+    Ok((client, url))
+}
+
+/// The builder of [`client`], for a caller that sets more.
+fn client_builder(
+    args: &ClientArgs,
+) -> Result<(switchboard_client::ClientBuilder, String), ToolError> {
     let url = match &args.url {
         Some(url) => url.clone(),
         None => {
@@ -108,10 +119,7 @@ fn client(args: &ClientArgs) -> Result<(switchboard_client::Client, String), Too
     if let Some(token) = &args.token {
         builder = builder.token(token.as_str());
     }
-    let client = builder
-        .build()
-        .map_err(|e| ToolError::Usage(e.to_string()))?;
-    Ok((client, url))
+    Ok((builder, url))
 }
 
 /// Installs SIGINT and SIGTERM handlers now, and returns a future that resolves on either (never,

@@ -8,6 +8,7 @@
 //! POST {path}/send?session=S&n=K[&ack=N]   more commands, numbered 1, 2, 3... (retries are not redone)
 //! GET  {path}/poll?session=S&ack=N[&wait=0] replies and pushes: {"seq":M,"messages":[...]}
 //! GET  {path}/sse?session=S[&ack=N]        the same as a text/event-stream, one event per batch
+//! POST {path}/close?session=S              the client ends the session (204), like a WebSocket close
 //! ```
 //!
 //! Any node may serve any request of a session: one that lands on another node than the session's is
@@ -63,8 +64,9 @@ pub struct FallbackConfig {
     /// An SSE stream is closed when this many bytes it sent are unacknowledged; EventSource then
     /// reconnects with `Last-Event-ID`, which acknowledges them. Keep it below `[client] queue_bytes`.
     pub sse_max_unacked_bytes: usize,
-    /// Origins (`scheme://host[:port]`, `*.` wildcards a subdomain) whose pages may use the endpoints;
-    /// `"*"` allows any. Empty: only the server's own origin. Requests without `Origin` are allowed.
+    /// Origins (`scheme://host[:port]`, `*.` wildcards a subdomain) whose pages may use the endpoints
+    /// besides the server's own, which always may; `"*"` allows any. Empty: only the server's own
+    /// origin. Requests without `Origin` are allowed.
     pub allowed_origins: Vec<String>,
     /// Answer `Access-Control-Allow-Credentials: true` (cookies and HTTP auth on cross-origin requests).
     pub allow_credentials: bool,
@@ -236,6 +238,10 @@ pub fn router(
         .route(
             &format!("{base}/poll"),
             get(poll::poll).options(cors::preflight),
+        )
+        .route(
+            &format!("{base}/close"),
+            post(close).options(cors::preflight),
         )
         .route(
             &format!("{base}/sse"),
@@ -551,6 +557,33 @@ pub(crate) async fn send_here(
         Outcome::Ended(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Outcome::Gone => Err(FallbackError::UnknownSession(fb.config.path.clone())),
     }
+}
+
+/// `POST {path}/close?session=S`: the client ends its session (leaving the page, switching transport,
+/// `disconnect()`), as a WebSocket client sends a close frame: the session's client is closed at
+/// once, so presence and `leave` pushes change within a moment rather than `session_timeout` later.
+/// Answers 204 once it is closed; 404 for a session already over. The body is ignored
+/// (`navigator.sendBeacon` always sends one).
+async fn close(State(fb): State<Fallback>, uri: Uri) -> Result<Response, FallbackError> {
+    let params = Params::parse(&uri);
+    if let Some(node) = fb.remote_node(&params) {
+        let query = uri.query().unwrap_or_default().to_owned();
+        let hold = fb.config.relay_timeout;
+        return fb
+            .relay_http(node, Op::Close { query }, Bytes::new(), hold)
+            .await;
+    }
+    close_here(&fb, &params).await
+}
+
+/// A `close` of a session of this node, whether it arrived here or was relayed from another node.
+pub(crate) async fn close_here(
+    fb: &Fallback,
+    params: &Params<'_>,
+) -> Result<Response, FallbackError> {
+    let session = params.session(fb)?;
+    session.close(fb.config.relay_timeout).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Counts upstream bytes for `/metrics`. The three fallbacks send commands the same way, so they share

@@ -7,8 +7,8 @@
 //! commands POSTed to it one at a time and in order (`n`), applies the server's orders, and moves
 //! replies and pushes from the hub [`Session`](switchboard_hub::Session) into the session's
 //! [`Downstream`] buffer, where the poll and SSE handlers find them. It ends the client exactly as a
-//! WebSocket connection would: with a `disconnect` push, or silently when the client stops coming
-//! (`session_timeout`).
+//! WebSocket connection would: with a `disconnect` push, silently when the client ends it (`close`,
+//! like a WebSocket close frame), or silently when the client stops coming (`session_timeout`).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -66,6 +66,10 @@ pub struct HttpSession {
     activity: Mutex<Activity>,
     /// The client's hub queue, told how much the downstream holds (for metrics).
     hub: Arc<switchboard_hub::Session>,
+    /// Cancelled when the client ends the session (`close`): the task closes the client at once.
+    close_requested: CancellationToken,
+    /// Cancelled once the task has closed the client (presence removed, leave pushes sent).
+    closed: CancellationToken,
 }
 
 /// Requests in progress and when the last one started or ended: what keeps a session alive.
@@ -184,6 +188,14 @@ impl HttpSession {
         answer.await.unwrap_or(Outcome::Gone)
     }
 
+    /// Ends the session as the client asked (`close`), like a WebSocket close frame: the client is
+    /// closed at once (presence removed, `leave` pushes sent), not `session_timeout` later. Returns
+    /// once it is, or after `wait` at the latest (the task may be busy with a slow command).
+    pub async fn close(&self, wait: Duration) {
+        self.close_requested.cancel();
+        let _ = tokio::time::timeout(wait, self.closed.cancelled()).await;
+    }
+
     /// When the session expires unless a request comes: `timeout` after the last one, or, while one
     /// is in progress, not before `timeout` from now.
     fn deadline(&self, timeout: Duration) -> Instant {
@@ -243,6 +255,8 @@ pub async fn open(
             last: Instant::now(),
         }),
         hub: Arc::clone(client.session()),
+        close_requested: CancellationToken::new(),
+        closed: CancellationToken::new(),
     });
     // Registered before anyone knows its token, so that the task alone decides when it leaves.
     ctx.sessions.insert(&session);
@@ -268,6 +282,8 @@ enum End {
     Disconnect(DisconnectCode),
     /// No request came for `session_timeout`: like a dropped connection, nobody is left to tell.
     Expired,
+    /// The client ended the session (`close`): like a WebSocket close frame, nobody is left to tell.
+    Closed,
 }
 
 /// A session's task.
@@ -309,7 +325,10 @@ impl Task {
         };
         // Commands still queued are answered `Gone`: their senders see the channel close.
         drop(commands);
+        let closed = self.session.closed.clone();
         self.finish(client, end).await;
+        // Whatever ended it, a `close` waiting for the end may answer now.
+        closed.cancel();
     }
 
     /// Runs the client until it ends; with the answer owed to the upstream POST that ended it, if
@@ -328,6 +347,7 @@ impl Task {
             // and it must not starve the client's commands or the expiry check.
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return (End::Disconnect(DisconnectCode::Shutdown), None),
+                () = self.session.close_requested.cancelled() => return (End::Closed, None),
                 signal = poll_fn(|cx| self.drain(&hub, cx)) => match signal {
                     Some(Signal::Disconnect(code)) => return (End::Disconnect(code), None),
                     Some(Signal::Control) => client.apply_controls().await,
@@ -418,10 +438,15 @@ impl Task {
 
     async fn finish(self, client: Client, (end, owed): (End, Option<oneshot::Sender<Outcome>>)) {
         let code = match end {
-            End::Expired => {
-                tracing::debug!(session = %self.session.id, client = %client.id(), "HTTP session expired");
+            End::Expired | End::Closed => {
+                let how = if end == End::Closed {
+                    "HTTP session closed by the client"
+                } else {
+                    "HTTP session expired"
+                };
+                tracing::debug!(session = %self.session.id, client = %client.id(), "{how}");
                 self.ctx.sessions.remove(&self.session.id);
-                // A request that found the session just before it expired gets 404 too.
+                // A request that found the session just before it ended gets 404 too.
                 self.session.downstream().close();
                 self.session.notify();
                 client.close(None).await;
@@ -454,6 +479,8 @@ impl Task {
             let deadline = self.session.deadline(timeout);
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => break,
+                // The client is done with it: it does not want the push.
+                () = self.session.close_requested.cancelled() => break,
                 () = changed => {}
                 () = tokio::time::sleep_until(deadline) => {
                     if self.session.idle(timeout) {

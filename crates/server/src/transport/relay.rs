@@ -1,7 +1,7 @@
 //! Fallback requests that land on another node than their session's: no sticky load balancing.
 //!
 //! A fallback session lives in the memory of the node that opened it (its task owns the client), and
-//! its id names that node: `<node>-<random>.<secret>`. A `send`, `poll` or `sse` request that reaches
+//! its id names that node: `<node>-<random>.<secret>`. A `send`, `poll`, `close` or `sse` request that reaches
 //! another node is relayed to the session's node through the engine's node-to-node messages (Redis
 //! pub/sub), which runs it against the session with the very functions that serve a local request,
 //! and sends back the answer, which the first node passes on as it is. Only the session's node knows
@@ -22,11 +22,17 @@
 //! node waits for an answer as long as the request may be held there (`poll_timeout` for a long poll,
 //! `sse_ping_interval` for an SSE step, `relay_timeout` for a send's commands) plus `relay_timeout`;
 //! without an answer by then, or at once when no such node listens, the session counts as gone (404).
+//!
+//! Unless the engine may have lost the message: while Redis is down or recovering, no answer proves
+//! nothing (the request or its answer may be lost, the session's node may not listen again yet), so
+//! the request is answered 503 with `Retry-After` instead, never 404 for a session that may be alive
+//! ([`Engine::node_messages_uncertain`]). A client retrying then reaches the session once Redis is
+//! back, or learns it is really gone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -59,6 +65,11 @@ pub(crate) enum Op {
         query: String,
         /// The `Last-Event-ID` header's bytes, if any.
         last_event_id: Option<Vec<u8>>,
+    },
+    /// The client ends the session (`close`): its query string.
+    Close {
+        /// The request's query string.
+        query: String,
     },
     /// The next events of a stream opened with [`Op::SseOpen`].
     SseNext {
@@ -317,7 +328,9 @@ impl Relay {
     }
 
     /// Sends `op` (with `body`) to `node` and waits for its answer: up to `hold` (what the request
-    /// may be held there) plus the relay timeout.
+    /// may be held there) plus the relay timeout. No answer, or no such node, is
+    /// [`RelayError::Gone`] only when the engine lost no message meanwhile; else
+    /// [`RelayError::Unavailable`].
     pub(crate) async fn call(
         &self,
         node: &str,
@@ -328,6 +341,17 @@ impl Relay {
         let _permit = Arc::clone(&self.outgoing)
             .try_acquire_owned()
             .map_err(|_| RelayError::Busy)?;
+        let since = Instant::now();
+        let gone = |node: String| {
+            if self.engine.node_messages_uncertain(&node, since) {
+                RelayError::Unavailable(format!(
+                    "no answer from node {node}, but Redis was unreachable or is recovering: the \
+                     message may be lost, the node may be alive"
+                ))
+            } else {
+                RelayError::Gone(node)
+            }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(id, tx);
@@ -342,8 +366,10 @@ impl Relay {
             .send_to_node(node, message.encode())
             .await
             .map_err(|e| match e {
-                EngineError::UnknownNode(n) => RelayError::Gone(n),
-                EngineError::Unavailable(m) => RelayError::Unavailable(m),
+                EngineError::UnknownNode(n) => gone(n),
+                EngineError::Unavailable(m) | EngineError::UnknownOutcome(m) => {
+                    RelayError::Unavailable(m)
+                }
             })?;
         match tokio::time::timeout(hold + self.timeout, rx).await {
             Ok(Ok((Answer::Busy, _))) => Err(RelayError::Busy),
@@ -351,7 +377,7 @@ impl Relay {
             // The entry is only dropped unanswered by `_forget`, after this wait: a timeout, then.
             Ok(Err(_)) | Err(_) => {
                 tracing::debug!(node, id, "relayed request not answered in time");
-                Err(RelayError::Gone(node.to_owned()))
+                Err(gone(node.to_owned()))
             }
         }
     }
@@ -417,6 +443,10 @@ pub(crate) async fn run(fb: Fallback, incoming: Incoming) {
             }
             Op::Poll { query } => {
                 let resp = poll::poll_here(&fb, &Params::from_query(&query)).await;
+                to_answer(resp.into_response()).await
+            }
+            Op::Close { query } => {
+                let resp = http::close_here(&fb, &Params::from_query(&query)).await;
                 to_answer(resp.into_response()).await
             }
             Op::SseOpen {

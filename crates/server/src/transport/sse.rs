@@ -12,6 +12,7 @@
 //! [`next_held`] run exactly what a local stream runs.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,12 +267,18 @@ async fn remote(
         .get("session")
         .unwrap_or_default()
         .to_owned();
+    let period = fb.config.sse_ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stream = RemoteStream {
         fb,
         node,
         token,
         reader,
         sent,
+        ping,
+        step: None,
+        retry_at: None,
         started: false,
         done: false,
     };
@@ -280,7 +287,20 @@ async fn remote(
     )))
 }
 
+/// One step of a relayed stream in flight: the session's node's answer to an [`Op::SseNext`].
+type Step = Pin<Box<dyn Future<Output = Result<(Answer, Bytes), RelayError>> + Send>>;
+
+/// How long a relayed stream waits before asking again when the session's node could not be
+/// reached (Redis down or recovering, too many relayed requests).
+const RELAY_RETRY: Duration = Duration::from_secs(1);
+
 /// An event stream served here for a session of another node.
+///
+/// Its steps wait on the other node and on Redis, which may stop answering; the pings do not: one
+/// goes out whenever nothing was written for `sse_ping_interval`, whatever the step in flight is
+/// doing, so that the client and the proxies on the way keep the stream open through an outage, and
+/// receive what the session queued meanwhile (the 2500 push that tells subscribers to recover,
+/// typically) once Redis is back.
 struct RemoteStream {
     fb: Fallback,
     node: String,
@@ -288,6 +308,11 @@ struct RemoteStream {
     reader: u64,
     /// The newest batch this stream sent.
     sent: u64,
+    ping: Interval,
+    /// The step in flight, kept across pings.
+    step: Option<Step>,
+    /// When to ask again after the session's node could not be reached.
+    retry_at: Option<tokio::time::Instant>,
     started: bool,
     done: bool,
 }
@@ -300,26 +325,54 @@ impl RemoteStream {
         if !std::mem::replace(&mut self.started, true) {
             return Some((Ok(Bytes::from_static(RETRY)), self));
         }
+        loop {
+            if let Some(at) = self.retry_at {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => self.retry_at = None,
+                    _ = self.ping.tick() => return Some((Ok(Bytes::from_static(PING)), self)),
+                }
+                continue;
+            }
+            let step = match &mut self.step {
+                Some(step) => step,
+                None => self.step.insert(self.ask()),
+            };
+            let answer = tokio::select! {
+                answer = step => answer,
+                _ = self.ping.tick() => return Some((Ok(Bytes::from_static(PING)), self)),
+            };
+            self.step = None;
+            match answer {
+                Ok((Answer::Events { seq, end }, body)) => {
+                    self.sent = seq;
+                    self.done = end;
+                    self.ping.reset();
+                    return Some((Ok(body), self));
+                }
+                Ok((Answer::Quiet, _)) => {
+                    self.ping.reset();
+                    return Some((Ok(Bytes::from_static(PING)), self));
+                }
+                Err(RelayError::Busy | RelayError::Unavailable(_)) => {
+                    // The session may be alive: ask again shortly, pinging meanwhile.
+                    self.retry_at = Some(tokio::time::Instant::now() + RELAY_RETRY);
+                }
+                // Replaced, over, or its node is gone: EventSource reconnects and learns which.
+                Ok(_) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Asks the session's node for the events after the last one written.
+    fn ask(&self) -> Step {
         let op = Op::SseNext {
             session: self.token.clone(),
             reader: self.reader,
             after: self.sent,
         };
         let hold = self.fb.config.sse_ping_interval;
-        match self.fb.relay.call(&self.node, op, Bytes::new(), hold).await {
-            Ok((Answer::Events { seq, end }, body)) => {
-                self.sent = seq;
-                self.done = end;
-                Some((Ok(body), self))
-            }
-            Ok((Answer::Quiet, _)) => Some((Ok(Bytes::from_static(PING)), self)),
-            Err(RelayError::Busy | RelayError::Unavailable(_)) => {
-                // The session is still there: try again shortly, keeping the connection alive.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Some((Ok(Bytes::from_static(PING)), self))
-            }
-            // Replaced, over, or its node is gone: EventSource reconnects and learns which.
-            Ok(_) | Err(_) => None,
-        }
+        let relay = Arc::clone(&self.fb.relay);
+        let node = self.node.clone();
+        Box::pin(async move { relay.call(&node, op, Bytes::new(), hold).await })
     }
 }

@@ -175,7 +175,9 @@ async fn run_client(
             }
             Event::Received(Some(Err(e))) => {
                 log_end(&e);
-                break None;
+                // The connection already sent its close (3012) for an unanswered ping: counted
+                // under that code.
+                break matches!(e, Error::PongTimeout).then_some(DisconnectCode::NoPong);
             }
             Event::Received(None) => break None,
             Event::Disconnect(code) => break Some(code),
@@ -200,7 +202,11 @@ async fn run_client(
             CloseCode(code.code())
         };
         ws.close(close, code.reason());
+        // Counted and out of its channels now, when the decision is made: the close handshake may
+        // take up to write_timeout with a client that does not read (a slow one).
+        client.close(end).await;
         while let Some(Ok(_)) = ws.recv().await {}
+        return;
     }
     client.close(end).await;
 }

@@ -1,7 +1,8 @@
 // switchboard client: the JSON protocol of docs/protocol.md over WebSocket, SSE, long polling or
 // polling, with automatic fallback, reconnection with backoff, and recovery of missed publications.
 // One file, no dependencies: browsers load it as an ES module, Node 20 imports it (pass `WebSocket`
-// and `EventSource` constructors where Node lacks them).
+// and `EventSource` constructors where Node lacks them). It is `.mjs` so that a copy of this file
+// alone is an ES module in any project, CommonJS ones included (`await import('./switchboard.mjs')`).
 
 export const VERSION = '0.1.0';
 
@@ -20,6 +21,7 @@ const DEFAULTS = {
   connectTimeout: 5000,
   timeout: 10000,
   pollInterval: 1000,
+  debug: false,
   name: 'switchboard-js',
   version: VERSION,
 };
@@ -153,8 +155,16 @@ export class Client extends Emitter {
     this.transport = null;
     /** This connection's id, from the connect reply. */
     this.clientId = null;
-    /** Requests made (HTTP requests and WebSocket handshakes) and payload bytes sent and received. */
-    this.stats = { requests: 0, bytesUp: 0, bytesDown: 0 };
+    /**
+     * Requests made (HTTP requests and WebSocket handshakes), payload bytes sent and received, and,
+     * for WebSocket, the bytes of the frames that carried them (`frameBytesUp`/`frameBytesDown`); for
+     * SSE, the bytes of the events as the stream carried them (`streamBytesDown`: `id:` and `data:`
+     * lines, without the response head, which Resource Timing reports once the stream ends); for the
+     * HTTP transports, the request bodies sent (`bodyBytesUp`).
+     */
+    this.stats = { requests: 0, bytesUp: 0, bytesDown: 0, frameBytesUp: 0, frameBytesDown: 0, streamBytesDown: 0, bodyBytesUp: 0 };
+    /** While `state` is `connecting`: when the next attempt (or retried request) is due (ms since epoch). */
+    this.retryAt = null;
     this._token = options.token ?? null;
     this._subs = new Map();
     this._pending = new Map();
@@ -168,18 +178,85 @@ export class Client extends Emitter {
     this._refreshTimer = null;
     // Bumped by disconnect(): an attempt that was waiting for a token then knows it is stale.
     this._run = 0;
+    this._told = false; // the transport choice was logged
+    this._failures = new Map(); // transport -> why it last failed to connect
+    this._onPageHide = (e) => this._pageHidden(e);
+    this._onPageShow = (e) => this._pageShown(e);
+    this._hiddenConnected = false;
+  }
+
+  /**
+   * Debug output: `options.debug` (a function, or `true` for `console.debug`), or `NODE_DEBUG`
+   * naming `switchboard` in Node.
+   */
+  _debug(message) {
+    const d = this.options.debug;
+    if (typeof d === 'function') d(message);
+    else if (d || /\bswitchboard\b/.test(globalThis.process?.env?.NODE_DEBUG ?? '')) console.debug(`switchboard: ${message}`);
+  }
+
+  /** Why a transport cannot be used here, or null when it can. */
+  _unavailable(name) {
+    const fetchOk = typeof (this.options.fetch ?? globalThis.fetch) === 'function';
+    const node = typeof globalThis.process?.versions?.node === 'string';
+    switch (name) {
+      case 'websocket':
+        if (typeof (this.options.WebSocket ?? globalThis.WebSocket) === 'function') return null;
+        return node
+          ? `no WebSocket in Node ${globalThis.process.versions.node} (Node 22 has one; on Node 20 run with --experimental-websocket or pass options.WebSocket)`
+          : 'no WebSocket here';
+      case 'sse':
+        if (!fetchOk) return 'no fetch here';
+        if (typeof (this.options.EventSource ?? globalThis.EventSource) === 'function') return null;
+        return node ? 'no EventSource in Node (pass options.EventSource, e.g. from the eventsource package)' : 'no EventSource here';
+      case 'long-poll':
+      case 'poll':
+        return fetchOk ? null : 'no fetch here';
+      default:
+        throw new TypeError(`switchboard: unknown transport ${name}`);
+    }
+  }
+
+  /**
+   * The page is going away (closed, reloaded, navigated from): end an HTTP session now, with a request
+   * that survives the unload, so that others see this client leave at once, as over WebSocket (the
+   * browser closes a WebSocket by itself). A page kept for back/forward reconnects when shown again.
+   */
+  _pageHidden(e) {
+    if (this.state === 'disconnected') return;
+    this._hiddenConnected = e?.persisted === true;
+    this.disconnect();
+  }
+
+  _pageShown(e) {
+    if (e?.persisted && this._hiddenConnected) {
+      this._hiddenConnected = false;
+      this.connect();
+    }
   }
 
   /** Starts connecting (and reconnecting until `disconnect()`). */
   connect() {
     if (this.state !== 'disconnected') return;
+    if (typeof globalThis.addEventListener === 'function') {
+      globalThis.addEventListener('pagehide', this._onPageHide);
+      globalThis.addEventListener('pageshow', this._onPageShow);
+    }
     this._attempt = 0;
     this._setState('connecting');
     this._startAttempt();
   }
 
-  /** Closes the connection for good; `connect()` starts again and resubscribes. */
+  /**
+   * Closes the connection for good (an HTTP session is ended on the server at once, so presence and
+   * leave pushes change as they do for a closed WebSocket); `connect()` starts again and resubscribes.
+   */
   disconnect() {
+    if (typeof globalThis.removeEventListener === 'function') {
+      globalThis.removeEventListener('pagehide', this._onPageHide);
+      // pageshow stays: a page restored from the back/forward cache reconnects.
+      if (!this._hiddenConnected) globalThis.removeEventListener('pageshow', this._onPageShow);
+    }
     if (this.state === 'disconnected') return;
     this._run++;
     for (const t of this._timers) clearTimeout(t);
@@ -187,7 +264,7 @@ export class Client extends Emitter {
     clearTimeout(this._refreshTimer);
     const conn = this._conn;
     this._conn = null;
-    conn?.transport.close();
+    conn?.transport.close(true);
     this._failPending(new SwitchboardError(ErrorCode.CLIENT_CLOSED, 'client disconnected'));
     for (const sub of this._subs.values()) sub._lost();
     this.transport = null;
@@ -278,10 +355,30 @@ export class Client extends Emitter {
   }
 
   _setState(state) {
+    if (state !== 'connecting') this.retryAt = null;
     if (state === this.state) return;
     const previous = this.state;
     this.state = state;
     this.emit('state', { state, previous });
+  }
+
+  /**
+   * A request of the connected transport failed (the server or the network is gone for now): the
+   * connection is not working, so the state says `connecting` until a request succeeds again, with
+   * the time of the next try. The transport keeps its session meanwhile.
+   */
+  _trouble(conn, { reason, delay }) {
+    if (this._conn !== conn || !conn.ready) return;
+    this.retryAt = Date.now() + delay;
+    this._setState('connecting');
+    this.emit('reconnecting', { reason, delay, transport: conn.name });
+  }
+
+  /** A request of the connected transport succeeded again after `_trouble`. */
+  _working(conn) {
+    if (this._conn !== conn || !conn.ready || this.state !== 'connecting') return;
+    this._setState('connected');
+    for (const w of this._waiting.splice(0)) this._send(w.line);
   }
 
   _later(ms, fn) {
@@ -302,18 +399,7 @@ export class Client extends Emitter {
   }
 
   _available(name) {
-    const fetchOk = typeof (this.options.fetch ?? globalThis.fetch) === 'function';
-    switch (name) {
-      case 'websocket':
-        return typeof (this.options.WebSocket ?? globalThis.WebSocket) === 'function';
-      case 'sse':
-        return fetchOk && typeof (this.options.EventSource ?? globalThis.EventSource) === 'function';
-      case 'long-poll':
-      case 'poll':
-        return fetchOk;
-      default:
-        throw new TypeError(`switchboard: unknown transport ${name}`);
-    }
+    return this._unavailable(name) === null;
   }
 
   async _startAttempt() {
@@ -354,15 +440,19 @@ export class Client extends Emitter {
     const fail = (reason) => {
       if (settled || this._conn !== conn) return;
       settled = true;
+      this._failures.set(name, reason);
       clearTimeout(timer);
       this._conn = null;
-      conn.transport.close();
+      // A session opened without a connect reply in time is of no use: end it.
+      conn.transport.close(true);
       this.emit('error', { type: 'transport', transport: name, error: new Error(reason) });
       this._tryTransport(order, i + 1);
     };
     const timer = setTimeout(() => fail('no connect reply in time'), this.options.connectTimeout);
     conn.transport = this._makeTransport(name, {
       message: (msg) => this._conn === conn && this._handle(msg, conn),
+      trouble: (info) => this._trouble(conn, info),
+      working: () => this._working(conn),
       close: (info) => (settled ? this._closed(conn, info) : fail(info.reason || 'closed')),
       refused: (line) => this._refused(line),
       bad: (line, error) => {
@@ -397,16 +487,27 @@ export class Client extends Emitter {
     return new HttpTransport(ctx, name);
   }
 
-  /** Schedules the next round of attempts after a backoff delay. */
   /** Reconnects after a backoff delay, and not before `atLeast` ms (a restarting server's advice). */
   _retry(atLeast = 0) {
     const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
     const delay = Math.max(backoff(this._attempt++, min, max), atLeast);
     this._setState('connecting');
+    this.retryAt = Date.now() + delay;
+    this.emit('reconnecting', { reason: 'reconnecting', delay, transport: null });
     this._later(delay, () => this._startAttempt());
   }
 
   _connected(conn, result) {
+    conn.ready = true;
+    if (!this._told) {
+      // Once per client: which transport, and why not the ones before it.
+      this._told = true;
+      const skipped = this.options.transports
+        .filter((name) => name !== conn.name)
+        .slice(0, Math.max(0, this.options.transports.indexOf(conn.name)))
+        .map((name) => `${name}: ${this._unavailable(name) ?? this._failures.get(name) ?? 'failed to connect'}`);
+      this._debug(`connected over ${conn.name}${skipped.length ? ` (not ${skipped.join('; ')})` : ''}`);
+    }
     this._preferred = conn.name;
     this._attempt = 0;
     this.transport = conn.name;
@@ -425,7 +526,7 @@ export class Client extends Emitter {
   /** The server refused connect: the transport works, so no other transport would do better. */
   _rejected(conn, error) {
     this._conn = null;
-    conn.transport.close();
+    conn.transport.close(true);
     const err = serverError(error);
     this.emit('error', { type: 'connect', error: err });
     if (err.code === 109) {
@@ -448,9 +549,9 @@ export class Client extends Emitter {
     conn.transport.close();
     clearTimeout(this._refreshTimer);
     this.transport = null;
-    this._failPending(new SwitchboardError(ErrorCode.CONNECTION_LOST, 'connection lost', true));
-    for (const sub of this._subs.values()) sub._lost();
     const reconnect = info.reconnect ?? (info.code === undefined || shouldReconnect(info.code));
+    this._failPending(new SwitchboardError(ErrorCode.CONNECTION_LOST, 'connection lost', true), reconnect);
+    for (const sub of this._subs.values()) sub._lost();
     this.emit('disconnected', { code: info.code, reason: info.reason, reconnect });
     if (!reconnect) {
       this._setState('disconnected');
@@ -472,8 +573,14 @@ export class Client extends Emitter {
     p.reply({ id, error: { code: 106, message: 'command too large for the server', temporary: false } });
   }
 
-  _failPending(err) {
+  /**
+   * Fails the commands in flight. `keepUnsent`: commands that never left (made while the connection
+   * was failing) wait for the next connection instead, within their own timeout.
+   */
+  _failPending(err, keepUnsent = false) {
+    const unsent = keepUnsent ? new Set(this._waiting.map((w) => w.id)) : new Set();
     for (const [id, p] of this._pending) {
+      if (unsent.has(id)) continue;
       if (!p.internal) {
         clearTimeout(p.timer);
         p.reject(err);
@@ -481,7 +588,7 @@ export class Client extends Emitter {
       this._pending.delete(id);
     }
     this._outbox.length = 0;
-    this._waiting.length = 0;
+    if (!keepUnsent) this._waiting.length = 0;
   }
 
   _scheduleRefresh(ttl) {
@@ -715,6 +822,14 @@ export class Subscription extends Emitter {
   }
 }
 
+/**
+ * The bytes of a WebSocket frame's head for a payload of `n` bytes (RFC 6455 5.2): 2, plus 2 or 8 for
+ * longer payloads, plus the 4-byte mask on frames a client sends.
+ */
+function frameHead(n, masked) {
+  return 2 + (n < 126 ? 0 : n < 65536 ? 2 : 8) + (masked ? 4 : 0);
+}
+
 /** WebSocket: one frame carries one or more newline-separated messages each way. */
 class WebSocketTransport {
   constructor({ url, options, stats, on }) {
@@ -734,7 +849,9 @@ class WebSocketTransport {
     ws.onopen = () => this.send(connectLine);
     ws.onmessage = (e) => {
       if (typeof e.data !== 'string') return;
-      this.stats.bytesDown += utf8Length(e.data);
+      const n = utf8Length(e.data);
+      this.stats.bytesDown += n;
+      this.stats.frameBytesDown += n + frameHead(n, false);
       for (const msg of parseLines(e.data, this.on.bad)) this.on.message(msg);
     };
     // An error should be followed by a close event, but Node 20's WebSocket skips it when the
@@ -751,7 +868,9 @@ class WebSocketTransport {
 
   send(text) {
     if (this.ws?.readyState !== 1) return;
-    this.stats.bytesUp += utf8Length(text);
+    const n = utf8Length(text);
+    this.stats.bytesUp += n;
+    this.stats.frameBytesUp += n + frameHead(n, true);
     this.ws.send(text);
   }
 
@@ -790,6 +909,8 @@ class HttpTransport {
     this.batchLines = Infinity; // most lines per POST: lowered when the server finds a body too large
     this.sending = false;
     this.closed = false;
+    this.gone = false; // the server said the session is over (404): nothing to close
+    this.failures = 0; // requests failed in a row
     this.es = null;
     this.esDown = null;
     this.wake = null;
@@ -820,9 +941,28 @@ class HttpTransport {
     this._pump();
   }
 
-  close() {
+  /**
+   * Stops every request; `end`: also ends the session on the server (`close`), so that it leaves
+   * presence at once rather than at `session_timeout`. The request is `keepalive`, so it is sent even
+   * while the page unloads (`pagehide`).
+   */
+  close(end = false) {
     if (this.closed) return;
     this.closed = true;
+    if (end && this.session !== null && !this.gone) {
+      this.stats.requests++;
+      try {
+        this.fetch(this._url('close', {}), {
+          method: 'POST',
+          keepalive: true,
+          cache: 'no-store',
+          body: '',
+          headers: { 'Content-Type': 'text/plain' },
+        }).catch(() => {});
+      } catch {
+        // The session expires by itself at session_timeout.
+      }
+    }
     this.abort.abort();
     this.es?.close();
     clearTimeout(this.ackTimer);
@@ -833,6 +973,19 @@ class HttpTransport {
     if (this.closed) return;
     this.close();
     this.on.close(info);
+  }
+
+  /** A request failed: tell the client (it shows `connecting`), and the delay before the next try. */
+  _failed(reason, delay) {
+    this.failures++;
+    if (!this.closed) this.on.trouble({ reason, delay });
+  }
+
+  /** A request succeeded. */
+  _ok() {
+    if (this.failures === 0) return;
+    this.failures = 0;
+    this.on.working();
   }
 
   _url(path, params) {
@@ -852,7 +1005,9 @@ class HttpTransport {
     this.abort.signal.addEventListener('abort', stop);
     const init = { signal: ac.signal, cache: 'no-store' };
     if (body !== undefined) {
-      this.stats.bytesUp += utf8Length(body);
+      const n = utf8Length(body);
+      this.stats.bytesUp += n;
+      this.stats.bodyBytesUp += n;
       Object.assign(init, { method: 'POST', body, headers: { 'Content-Type': 'text/plain' } });
     }
     try {
@@ -922,8 +1077,12 @@ class HttpTransport {
     for (let delay = 250; ; delay = Math.min(delay * 2, 2000)) {
       try {
         const { status, text } = await this._request(url, body);
-        if ((status >= 200 && status < 300) || status === 413) return status;
+        if ((status >= 200 && status < 300) || status === 413) {
+          this._ok();
+          return status;
+        }
         if (status === 404) {
+          this.gone = true;
           this._end({ reason: 'session expired' });
         } else if (status === 400) {
           // The server ended the session over our commands, as a WebSocket would with 3501.
@@ -940,6 +1099,7 @@ class HttpTransport {
         this._end({ reason: 'server unreachable' });
         return null;
       }
+      this._failed('send failed', delay);
       await sleep(delay, this.abort.signal);
     }
   }
@@ -948,14 +1108,20 @@ class HttpTransport {
     const ajax = this.mode === 'poll';
     const timeout = ajax ? this.options.timeout : (this.pollTimeout + 10) * 1000;
     let lastOk = Date.now();
+    let retries = 0;
     while (!this.closed) {
       const params = { ack: String(this.seq) };
       if (ajax) params.wait = '0';
       try {
         const res = await this._request(this._url('poll', params), undefined, timeout);
-        if (res.status === 404) return this._end({ reason: 'session expired' });
+        if (res.status === 404) {
+          this.gone = true;
+          return this._end({ reason: 'session expired' });
+        }
         if (res.status === 200) {
           lastOk = Date.now();
+          retries = 0;
+          this._ok();
           const { seq, messages } = JSON.parse(res.text);
           this._deliver(seq, messages);
           if (ajax && !this.pollNow) await this._nap(this.options.pollInterval);
@@ -965,10 +1131,13 @@ class HttpTransport {
       } catch (e) {
         if (e instanceof SyntaxError) return this._end({ reason: 'bad poll response' });
       }
-      // Unreachable or failing: retry until the session would have expired anyway.
+      // Unreachable or failing: retry, backing off, until the session would have expired anyway.
       if (this.closed) return;
       if (Date.now() - lastOk > this.sessionTimeout * 1000) return this._end({ reason: 'server unreachable' });
-      await sleep(1000, this.abort.signal);
+      const { minReconnectDelay: min } = this.options;
+      const delay = Math.min(min * 2 ** retries++, 4000);
+      this._failed('poll failed', delay);
+      await sleep(delay, this.abort.signal);
     }
   }
 
@@ -996,9 +1165,14 @@ class HttpTransport {
     es.onopen = () => {
       clearTimeout(this.esDown);
       this.esDown = null;
+      this._ok();
     };
     es.onmessage = (e) => {
-      this.stats.bytesDown += utf8Length(e.data);
+      const n = utf8Length(e.data);
+      this.stats.bytesDown += n;
+      // As the server writes it: `id: N\n`, `data: ` before each line, and a blank line.
+      const lines = e.data.split('\n').length;
+      this.stats.streamBytesDown += n + 6 * lines + `id: ${e.lastEventId}\n`.length + 1;
       this._deliver(Number(e.lastEventId), parseLines(e.data, this.on.bad));
       this._scheduleAck();
     };
@@ -1008,6 +1182,8 @@ class HttpTransport {
       // reconnects by itself; give up if that takes longer than the session lives.
       if (es.readyState === 2) return this._end({ reason: 'event stream closed' });
       this.stats.requests++;
+      // EventSource retries after the stream's `retry:` (1 s).
+      this._failed('event stream lost', 1000);
       this.esDown ??= setTimeout(() => this._end({ reason: 'server unreachable' }), this.sessionTimeout * 1000);
     };
   }

@@ -1,4 +1,4 @@
-// Types of switchboard.js: the JSON client protocol of docs/protocol.md.
+// Types of switchboard.mjs: the JSON client protocol of docs/protocol.md.
 
 export declare const VERSION: string;
 
@@ -54,6 +54,11 @@ export interface ClientOptions {
   timeout?: number;
   /** Ajax polling: the pause between polls (ms, default 1000). */
   pollInterval?: number;
+  /**
+   * Debug output (which transport was chosen, and why not the ones before it): a function called with
+   * each line, or `true` for `console.debug`. In Node, `NODE_DEBUG=switchboard` does the same.
+   */
+  debug?: boolean | ((line: string) => void);
   /** Sent in connect. */
   name?: string;
   version?: string;
@@ -166,6 +171,22 @@ export interface Stats {
   /** Payload bytes sent and received (frame and HTTP headers not counted). */
   bytesUp: number;
   bytesDown: number;
+  /** WebSocket only: the bytes of the frames that carried them (payload plus frame heads). */
+  frameBytesUp: number;
+  frameBytesDown: number;
+  /** SSE only: the bytes of the events as the stream carried them (`id:`/`data:` lines), without the response head. */
+  streamBytesDown: number;
+  /** HTTP transports only: the request bodies sent. */
+  bodyBytesUp: number;
+}
+
+export interface ReconnectingContext {
+  /** What failed. */
+  reason: string;
+  /** Milliseconds until the next attempt or retried request. */
+  delay: number;
+  /** The transport whose requests fail while its session lives on; null for a new connection attempt. */
+  transport: TransportName | null;
 }
 
 interface Emitter<Events> {
@@ -180,6 +201,8 @@ export interface ClientEvents {
   state: StateContext<ClientState>;
   connected: ConnectedContext;
   disconnected: DisconnectedContext;
+  /** The state went (or stays) `connecting`: a request failed or a reconnect is scheduled. */
+  reconnecting: ReconnectingContext;
   error: ErrorContext;
   /** Server-side subscriptions (token `channels`, the server API) have no Subscription object. */
   publication: Publication;
@@ -237,8 +260,11 @@ export declare class Client implements Emitter<ClientEvents> {
   /** This connection's id while connected. */
   clientId: string | null;
   readonly stats: Stats;
+  /** While `connecting`: when the next attempt or retried request is due (ms since the epoch). */
+  retryAt: number | null;
   /** Starts connecting; the client then reconnects by itself until `disconnect()`. */
   connect(): void;
+  /** Closes for good; an HTTP session is ended on the server at once (others see this client leave). */
   disconnect(): void;
   /** The subscription to `channel` (made and started if new). */
   subscribe(channel: string, options?: SubscriptionOptions): Subscription;

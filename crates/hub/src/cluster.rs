@@ -1,0 +1,848 @@
+//! The cluster: server API calls that act on every node sharing the engine, and the list of live
+//! nodes.
+//!
+//! A client is connected to one node, but a backend calls the API of whichever node its load
+//! balancer picks. So the orders the API gives clients (`subscribe`, `unsubscribe`, `disconnect`,
+//! `refresh`) and the `channels` listing are asked of every node through the engine's control plane
+//! ([`Engine::broadcast_control`]); each node carries the order out on its own clients and answers
+//! the asker alone ([`Engine::send_control`]), which adds the answers up:
+//!
+//! ```text
+//! API --disconnect--> node B --ask{from:B,id:7,disconnect user=alice}--> every node (B too)
+//!                     node B <--answer{from:A,id:7,clients:1}-- node A (alice is here)
+//!                     node B <--answer{from:C,id:7,clients:0}-- node C
+//!     <--{clients:1,nodes:3,unanswered:0}--
+//! ```
+//!
+//! The asker waits until as many nodes answered as the broadcast reached (an engine that can count
+//! receivers says how many, [`Reach::Nodes`]; otherwise the nodes known from announcements are
+//! expected), or [`ClusterConfig::control_timeout`] passed: then it answers with what it has and how
+//! many nodes did not answer. A node that did not answer got the order unless it was down, and may
+//! have carried it out; every order is harmless to repeat.
+//!
+//! Every node also announces itself ([`Node::announce`], every
+//! [`ClusterConfig::announce_interval`]) with its counts, and says goodbye when it stops
+//! ([`Node::leave`]). `info` lists this node and every other one heard from within
+//! [`MISSED_ANNOUNCEMENTS`] intervals. A node that hears a node for the first time announces itself
+//! at once, so that a new node learns of the others without waiting a whole interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use switchboard_engine::{Engine, EngineError, Reach};
+use switchboard_protocol::DisconnectCode;
+use tokio::sync::mpsc;
+
+use crate::node::{Node, NodeInfo};
+
+/// A node missing this many announcements in a row is taken for gone and leaves the `info` list.
+pub const MISSED_ANNOUNCEMENTS: u32 = 3;
+
+/// How the node takes part in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's name in `info`, for people (the server uses `host:port` of its client listener);
+    /// nodes are told apart by their engine id anyway.
+    pub name: String,
+    /// How often the node announces itself to the others.
+    pub announce_interval: Duration,
+    /// How long a cluster-wide API call waits for the other nodes' answers.
+    pub control_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "switchboard".into(),
+            announce_interval: Duration::from_secs(3),
+            control_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which clients an order is for: every connection of `user`, or only the connection `client` (when
+/// it is `user`'s).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTarget {
+    /// The user id (empty: anonymous connections).
+    pub user: String,
+    /// One connection's id; `None`: all of the user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// An order of the server API for clients, carried out on every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientOrder<'a> {
+    /// Subscribe to the channel.
+    Subscribe(&'a str),
+    /// Leave the channel.
+    Unsubscribe(&'a str),
+    /// Disconnect with the code.
+    Disconnect(DisconnectCode),
+    /// Set when the connection expires (Unix seconds; `None`: never).
+    Refresh(Option<u64>),
+}
+
+/// What a cluster-wide call gathered from the nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gathered<T> {
+    /// The answers combined: clients acted on, summed; or channels with their subscribers, summed
+    /// per channel.
+    pub value: T,
+    /// Nodes that answered in time.
+    pub nodes: usize,
+    /// Nodes that got the call but did not answer within the control timeout: they may or may not
+    /// have carried it out, and their part is missing from `value`.
+    pub unanswered: usize,
+}
+
+/// Why a cluster-wide call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The engine cannot carry the call to the nodes (Redis is unreachable): nothing was done
+    /// anywhere. Retry once the engine is back (`/ready` says when).
+    #[error("cannot reach the nodes: {0}")]
+    Engine(#[from] EngineError),
+    /// The call could not be written as a control message (a bug).
+    #[error("cannot encode a control message: {0}")]
+    Encode(String),
+}
+
+/// A control message between nodes, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Wire {
+    /// A node's announcement of itself.
+    Announce { info: NodeInfo },
+    /// A node stops.
+    Leave { node: String },
+    /// A call to every node; answer `from`, quoting `id`.
+    Ask { from: String, id: u64, ask: Ask },
+    /// A node's answer to call `id`.
+    Answer {
+        from: String,
+        id: u64,
+        answer: Answer,
+    },
+}
+
+/// What a call asks of each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Ask {
+    Subscribe {
+        target: ClientTarget,
+        channel: String,
+    },
+    Unsubscribe {
+        target: ClientTarget,
+        channel: String,
+    },
+    Disconnect {
+        target: ClientTarget,
+        code: u16,
+    },
+    Refresh {
+        target: ClientTarget,
+        expire_at: Option<u64>,
+    },
+    Channels {
+        pattern: Option<String>,
+    },
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "re", rename_all = "snake_case")]
+enum Answer {
+    /// How many of its clients it acted on.
+    Clients { n: usize },
+    /// Its channels with their subscribers.
+    Channels { channels: Vec<(String, usize)> },
+    /// It could not carry the call out (a newer node's call it does not know, say).
+    Refused { reason: String },
+}
+
+/// Another node, as it last announced itself.
+#[derive(Debug, Clone)]
+struct Peer {
+    info: NodeInfo,
+    seen: Instant,
+}
+
+/// Answers to one call, by node.
+type Answers = mpsc::UnboundedSender<(String, Answer)>;
+
+/// The node's cluster state.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    config: ClusterConfig,
+    next_id: AtomicU64,
+    /// Calls of this node waiting for answers, by id.
+    waiting: Mutex<HashMap<u64, Answers>>,
+    /// Other nodes by id.
+    peers: Mutex<HashMap<String, Peer>>,
+    /// An announcement in answer to a new node is on its way: no second one.
+    announcing: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    pub(crate) fn new(config: ClusterConfig) -> Self {
+        Self {
+            config,
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            announcing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// How long without an announcement a node counts as gone.
+    fn peer_ttl(&self) -> Duration {
+        self.config.announce_interval * MISSED_ANNOUNCEMENTS
+    }
+}
+
+/// Forgets a call's entry however its wait ends.
+struct Forget<'a> {
+    cluster: &'a Cluster,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.cluster.waiting.lock().remove(&self.id);
+    }
+}
+
+fn encode(wire: &Wire) -> Result<Bytes, ClusterError> {
+    serde_json::to_vec(wire)
+        .map(Bytes::from)
+        .map_err(|e| ClusterError::Encode(e.to_string()))
+}
+
+impl Node {
+    /// Carries `order` out on the clients `target` names on every node of the cluster. The clients
+    /// acted on, over all nodes that answered within the control timeout.
+    pub async fn order_clients(
+        &self,
+        target: &ClientTarget,
+        order: ClientOrder<'_>,
+    ) -> Result<Gathered<usize>, ClusterError> {
+        let target = target.clone();
+        let ask = match order {
+            ClientOrder::Subscribe(channel) => Ask::Subscribe {
+                target,
+                channel: channel.to_owned(),
+            },
+            ClientOrder::Unsubscribe(channel) => Ask::Unsubscribe {
+                target,
+                channel: channel.to_owned(),
+            },
+            ClientOrder::Disconnect(code) => Ask::Disconnect {
+                target,
+                code: code.code(),
+            },
+            ClientOrder::Refresh(expire_at) => Ask::Refresh { target, expire_at },
+        };
+        let (answers, unanswered) = self.ask_all(ask).await?;
+        let mut clients = 0;
+        for (node, answer) in &answers {
+            match answer {
+                Answer::Clients { n } => clients += n,
+                other => tracing::warn!(%node, ?other, "unexpected answer to a client order"),
+            }
+        }
+        Ok(Gathered {
+            value: clients,
+            nodes: answers.len(),
+            unanswered,
+        })
+    }
+
+    /// Channels with subscribers on any node, matching `pattern` (`*` matches any run of
+    /// characters), with their subscribers summed over the nodes that answered; sorted by name.
+    pub async fn cluster_channels(
+        &self,
+        pattern: Option<&str>,
+    ) -> Result<Gathered<Vec<(String, usize)>>, ClusterError> {
+        let ask = Ask::Channels {
+            pattern: pattern.map(str::to_owned),
+        };
+        let (answers, unanswered) = self.ask_all(ask).await?;
+        let mut merged: BTreeMap<String, usize> = BTreeMap::new();
+        for (node, answer) in &answers {
+            match answer {
+                Answer::Channels { channels } => {
+                    for (name, n) in channels {
+                        *merged.entry(name.clone()).or_default() += n;
+                    }
+                }
+                other => tracing::warn!(%node, ?other, "unexpected answer to channels"),
+            }
+        }
+        Ok(Gathered {
+            value: merged.into_iter().collect(),
+            nodes: answers.len(),
+            unanswered,
+        })
+    }
+
+    /// Every live node: this one (counted now) and the others as they last announced themselves
+    /// (their uptime brought up to now), sorted by name and id. Asks the engine nothing, so it
+    /// answers even while the engine is down (listing the nodes heard from recently enough).
+    pub fn cluster_info(&self) -> Vec<NodeInfo> {
+        let ttl = self.cluster.peer_ttl();
+        let mut nodes = vec![self.info()];
+        let mut peers = self.cluster.peers.lock();
+        peers.retain(|_, p| p.seen.elapsed() < ttl);
+        nodes.extend(peers.values().map(|p| {
+            let mut info = p.info.clone();
+            info.uptime += p.seen.elapsed().as_secs();
+            info
+        }));
+        drop(peers);
+        nodes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        nodes
+    }
+
+    /// Tells every node this one is alive, with its counts; forgets nodes not heard from for
+    /// [`MISSED_ANNOUNCEMENTS`] intervals. The server calls it every `announce_interval`.
+    pub async fn announce(&self) -> Result<(), ClusterError> {
+        let ttl = self.cluster.peer_ttl();
+        self.cluster
+            .peers
+            .lock()
+            .retain(|_, p| p.seen.elapsed() < ttl);
+        let message = encode(&Wire::Announce { info: self.info() })?;
+        self.engine.broadcast_control(message).await?;
+        Ok(())
+    }
+
+    /// Tells every node this one stops, so that they drop it from `info` at once. The server calls
+    /// it when shutting down, after its last announcement.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let message = encode(&Wire::Leave {
+            node: self.node_id().to_owned(),
+        })?;
+        self.engine.broadcast_control(message).await?;
+        Ok(())
+    }
+
+    /// Sends `ask` to every node and gathers the answers (by node) until all nodes reached have
+    /// answered or the control timeout passed. Also how many did not answer.
+    async fn ask_all(&self, ask: Ask) -> Result<(HashMap<String, Answer>, usize), ClusterError> {
+        let cluster = &self.cluster;
+        let id = cluster.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        cluster.waiting.lock().insert(id, tx);
+        let _forget = Forget { cluster, id };
+        let message = encode(&Wire::Ask {
+            from: self.node_id().to_owned(),
+            id,
+            ask,
+        })?;
+        let expected = match self.engine.broadcast_control(message).await? {
+            Reach::Nodes(n) => n,
+            // This node and every other one heard from lately.
+            Reach::Unknown => self.cluster_info().len(),
+        };
+        let deadline = tokio::time::Instant::now() + cluster.config.control_timeout;
+        let mut answers = HashMap::new();
+        while answers.len() < expected {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((node, answer))) => {
+                    answers.insert(node, answer);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let unanswered = expected.saturating_sub(answers.len());
+        if unanswered > 0 {
+            tracing::warn!(
+                unanswered,
+                timeout = ?cluster.config.control_timeout,
+                "nodes did not answer a cluster-wide API call in time; answering without them"
+            );
+        }
+        Ok((answers, unanswered))
+    }
+
+    /// Carries out a call on this node's clients.
+    fn run_ask(&self, ask: Ask) -> Answer {
+        let n = match ask {
+            Ask::Subscribe { target, channel } => {
+                self.subscribe_clients(&target.user, target.client.as_deref(), &channel)
+            }
+            Ask::Unsubscribe { target, channel } => {
+                self.unsubscribe_clients(&target.user, target.client.as_deref(), &channel)
+            }
+            Ask::Disconnect { target, code } => {
+                let Some(code) = DisconnectCode::ALL.into_iter().find(|c| c.code() == code) else {
+                    return Answer::Refused {
+                        reason: format!("unknown disconnect code {code}"),
+                    };
+                };
+                self.disconnect_clients(&target.user, target.client.as_deref(), code)
+            }
+            Ask::Refresh { target, expire_at } => {
+                self.refresh_clients(&target.user, target.client.as_deref(), expire_at)
+            }
+            Ask::Channels { pattern } => {
+                return Answer::Channels {
+                    channels: self.channels(pattern.as_deref()),
+                };
+            }
+        };
+        Answer::Clients { n }
+    }
+
+    /// Takes a control message from the engine. Never waits: what must be sent is sent from a task
+    /// of its own.
+    pub(crate) fn receive_control(self: &Arc<Self>, message: &[u8]) {
+        let wire: Wire = match serde_json::from_slice(message) {
+            Ok(w) => w,
+            Err(e) => {
+                // Another version's message, or a bug: the asker gets no answer from us and says so.
+                tracing::warn!(error = %e, "unreadable control message from another node; ignored");
+                return;
+            }
+        };
+        match wire {
+            Wire::Announce { info } => {
+                if info.id == self.node_id() {
+                    return;
+                }
+                let peer = Peer {
+                    seen: Instant::now(),
+                    info,
+                };
+                let new = (self.cluster.peers.lock())
+                    .insert(peer.info.id.clone(), peer)
+                    .is_none();
+                if new && !self.cluster.announcing.swap(true, Ordering::AcqRel) {
+                    // Let the newcomer know of us now rather than at our next announcement.
+                    let node = Arc::clone(self);
+                    spawn(async move {
+                        if let Err(e) = node.announce().await {
+                            tracing::debug!(error = %e, "announcing to a new node failed");
+                        }
+                        node.cluster.announcing.store(false, Ordering::Release);
+                    });
+                }
+            }
+            Wire::Leave { node } => {
+                if self.cluster.peers.lock().remove(&node).is_some() {
+                    tracing::info!(%node, "node left the cluster");
+                }
+            }
+            Wire::Ask { from, id, ask } => {
+                let answer = self.run_ask(ask);
+                let reply = Wire::Answer {
+                    from: self.node_id().to_owned(),
+                    id,
+                    answer,
+                };
+                let message = match encode(&reply) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot answer a cluster call");
+                        return;
+                    }
+                };
+                let engine: Arc<dyn Engine> = Arc::clone(&self.engine);
+                spawn(async move {
+                    if let Err(e) = engine.send_control(&from, message).await {
+                        tracing::debug!(node = %from, error = %e, "answer to a cluster call not delivered");
+                    }
+                });
+            }
+            Wire::Answer { from, id, answer } => {
+                if let Some(tx) = self.cluster.waiting.lock().get(&id) {
+                    // The caller may have stopped waiting: then nobody needs it.
+                    let _ = tx.send((from, answer));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `task` on the current Tokio runtime; engines deliver from inside one. Without a runtime the
+/// work is dropped, with a warning, rather than panicking on the engine's delivery path.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(task);
+        }
+        Err(_) => tracing::warn!("control message handled outside a Tokio runtime; dropped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+    use std::task::{Context, Poll, Waker};
+
+    use async_trait::async_trait;
+    use switchboard_engine::{
+        EngineHandler, History, HistoryQuery, MemoryEngine, PresenceStats, StreamOptions,
+    };
+    use switchboard_protocol::encode::PresenceEvent;
+    use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+
+    use super::*;
+    use crate::client::Client;
+    use crate::node::NodeConfig;
+    use crate::session::Signal;
+
+    fn node(engine: Arc<dyn Engine>, cluster: ClusterConfig) -> Arc<Node> {
+        Node::new(
+            engine,
+            NodeConfig {
+                cluster,
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    async fn connected(node: &Arc<Node>) -> Client {
+        let mut c = node.client("test");
+        c.handle_frame(br#"{"id":1,"connect":{}}"#).await.unwrap();
+        assert_eq!(drain(&c).1.len(), 1, "the connect reply");
+        c
+    }
+
+    /// What the session holds: a signal, and the frames queued (as text).
+    fn drain(c: &Client) -> (Option<Signal>, Vec<String>) {
+        let mut texts = Vec::new();
+        let polled = c
+            .session()
+            .poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
+                texts.push(m.message().as_text().unwrap_or_default().to_owned());
+                true
+            });
+        let signal = match polled {
+            Poll::Ready(signal) => signal,
+            Poll::Pending => None,
+        };
+        (signal, texts)
+    }
+
+    fn one(value: usize) -> Gathered<usize> {
+        Gathered {
+            value,
+            nodes: 1,
+            unanswered: 0,
+        }
+    }
+
+    fn target(client: Option<&str>) -> ClientTarget {
+        ClientTarget {
+            user: String::new(),
+            client: client.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_order_reaches_the_clients_of_a_one_node_cluster() {
+        let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
+        let mut a = connected(&node).await;
+        let b = connected(&node).await;
+        let only_a = target(Some(a.id()));
+        let only_b = target(Some(b.id()));
+
+        let g = node
+            .order_clients(&only_a, ClientOrder::Subscribe("news"))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert_eq!(drain(&a).0, Some(Signal::Control));
+        a.apply_controls().await;
+        let (_, pushed) = drain(&a);
+        assert!(
+            pushed
+                .iter()
+                .any(|t| t.contains(r#""subscribe":{"channel":"news""#)),
+            "{pushed:?}"
+        );
+        assert_eq!(drain(&b), (None, Vec::new()), "b was not named");
+
+        let channels = node.cluster_channels(Some("ne*")).await.unwrap();
+        assert_eq!(
+            (channels.value, channels.nodes, channels.unanswered),
+            (vec![("news".to_owned(), 1)], 1, 0)
+        );
+        let none = node.cluster_channels(Some("other*")).await.unwrap();
+        assert!(none.value.is_empty());
+
+        let g = node
+            .order_clients(&only_a, ClientOrder::Unsubscribe("news"))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        a.apply_controls().await;
+        let (_, pushed) = drain(&a);
+        assert!(
+            pushed
+                .iter()
+                .any(|t| t.contains(r#""unsubscribe":{"channel":"news","code":2000"#)),
+            "{pushed:?}"
+        );
+        assert!(node.cluster_channels(None).await.unwrap().value.is_empty());
+
+        let g = node
+            .order_clients(&target(None), ClientOrder::Refresh(Some(100)))
+            .await
+            .unwrap();
+        assert_eq!(g, one(2), "every anonymous connection");
+        assert!(a.session().expired(100) && b.session().expired(100));
+        assert!(!a.session().expired(99));
+
+        let g = node
+            .order_clients(&only_b, ClientOrder::Disconnect(DisconnectCode::Normal))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert_eq!(
+            drain(&b).0,
+            Some(Signal::Disconnect(DisconnectCode::Normal))
+        );
+        assert_eq!(drain(&a).0, None);
+
+        let ghost = ClientTarget {
+            user: "ghost".into(),
+            client: None,
+        };
+        let g = node
+            .order_clients(
+                &ghost,
+                ClientOrder::Disconnect(DisconnectCode::ForceDisconnect),
+            )
+            .await
+            .unwrap();
+        assert_eq!(g, one(0));
+    }
+
+    fn other(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            name: "there:1".into(),
+            version: "0.0.1".into(),
+            uptime: 10,
+            num_clients: 7,
+            num_users: 3,
+            num_channels: 2,
+            num_subscriptions: 9,
+        }
+    }
+
+    fn message(wire: &Wire) -> Bytes {
+        encode(wire).unwrap()
+    }
+
+    #[tokio::test]
+    async fn info_lists_the_nodes_heard_from_until_they_leave_or_fall_silent() {
+        let interval = Duration::from_millis(50);
+        let node = node(
+            Arc::new(MemoryEngine::new()),
+            ClusterConfig {
+                name: "here:2".into(),
+                announce_interval: interval,
+                ..Default::default()
+            },
+        );
+        node.announce().await.unwrap();
+        let info = node.cluster_info();
+        assert_eq!(info.len(), 1, "its own announcement is not another node");
+        assert_eq!(
+            (info[0].id.as_str(), info[0].name.as_str()),
+            (node.node_id(), "here:2")
+        );
+        assert_eq!(info[0].version, env!("CARGO_PKG_VERSION"));
+
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        let info = node.cluster_info();
+        assert_eq!(info.len(), 2);
+        let there = info.iter().find(|n| n.id == "0badcafe").unwrap();
+        assert_eq!(
+            (there.num_clients, there.num_subscriptions),
+            (7, 9),
+            "as announced"
+        );
+        assert!(there.uptime >= 10);
+
+        node.receive_control(&message(&Wire::Leave {
+            node: "0badcafe".into(),
+        }));
+        assert_eq!(node.cluster_info().len(), 1, "gone at once when it says so");
+
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        assert_eq!(node.cluster_info().len(), 2);
+        tokio::time::sleep(interval * (MISSED_ANNOUNCEMENTS + 1)).await;
+        assert_eq!(
+            node.cluster_info().len(),
+            1,
+            "gone after missing {MISSED_ANNOUNCEMENTS} announcements"
+        );
+
+        // Unreadable messages (another version's) are ignored.
+        node.receive_control(b"{\"t\":\"dance\"}");
+        node.receive_control(b"\xff");
+        assert_eq!(node.cluster_info().len(), 1);
+    }
+
+    /// A memory engine whose broadcasts cannot count their receivers, like a broker without
+    /// subscriber counts.
+    struct Uncounted(MemoryEngine);
+
+    #[async_trait]
+    impl Engine for Uncounted {
+        fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+            self.0.set_handler(handler);
+        }
+        fn node_id(&self) -> &str {
+            self.0.node_id()
+        }
+        async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
+            self.0
+                .broadcast_control(message)
+                .await
+                .map(|_| Reach::Unknown)
+        }
+        async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
+            self.0.send_control(node, message).await
+        }
+        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.subscribe(channel).await
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.unsubscribe(channel).await
+        }
+        async fn publish(
+            &self,
+            channel: &str,
+            publication: Publication,
+            opts: &StreamOptions,
+        ) -> Result<StreamPosition, EngineError> {
+            self.0.publish(channel, publication, opts).await
+        }
+        async fn publish_presence_event(
+            &self,
+            channel: &str,
+            event: PresenceEvent,
+            info: Arc<ClientInfo>,
+        ) -> Result<(), EngineError> {
+            self.0.publish_presence_event(channel, event, info).await
+        }
+        async fn history(
+            &self,
+            channel: &str,
+            query: &HistoryQuery,
+            opts: &StreamOptions,
+        ) -> Result<History, EngineError> {
+            self.0.history(channel, query, opts).await
+        }
+        async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+            self.0.remove_history(channel).await
+        }
+        async fn add_presence(
+            &self,
+            channel: &str,
+            info: Arc<ClientInfo>,
+        ) -> Result<(), EngineError> {
+            self.0.add_presence(channel, info).await
+        }
+        async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+            self.0.remove_presence(channel, client).await
+        }
+        async fn presence(
+            &self,
+            channel: &str,
+        ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
+            self.0.presence(channel).await
+        }
+        async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+            self.0.presence_stats(channel).await
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_count_the_known_nodes_are_expected_and_a_silent_one_is_reported() {
+        let timeout = Duration::from_millis(200);
+        let node = node(
+            Arc::new(Uncounted(MemoryEngine::new())),
+            ClusterConfig {
+                control_timeout: timeout,
+                ..Default::default()
+            },
+        );
+        let c = connected(&node).await;
+        let everyone = target(None);
+        // Alone: its own answer is all there is to wait for.
+        let started = Instant::now();
+        let g = node
+            .order_clients(&everyone, ClientOrder::Refresh(None))
+            .await
+            .unwrap();
+        assert_eq!(g, one(1));
+        assert!(started.elapsed() < timeout, "no wait for nobody");
+        // Another node announced itself but never answers: waited for, up to the timeout.
+        node.receive_control(&message(&Wire::Announce {
+            info: other("0badcafe"),
+        }));
+        let started = Instant::now();
+        let g = node
+            .order_clients(&everyone, ClientOrder::Disconnect(DisconnectCode::Normal))
+            .await
+            .unwrap();
+        assert_eq!(
+            g,
+            Gathered {
+                value: 1,
+                nodes: 1,
+                unanswered: 1
+            }
+        );
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        assert!(started.elapsed() < timeout * 5, "{:?}", started.elapsed());
+        assert_eq!(
+            drain(&c).0,
+            Some(Signal::Disconnect(DisconnectCode::Normal)),
+            "this node acted all the same"
+        );
+        // A late answer, after the caller gave up, goes nowhere.
+        node.receive_control(&message(&Wire::Answer {
+            from: "0badcafe".into(),
+            id: 2,
+            answer: Answer::Clients { n: 5 },
+        }));
+        assert!(node.cluster.waiting.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ask_this_node_cannot_carry_out_is_refused_not_miscounted() {
+        let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
+        let ask = Ask::Disconnect {
+            target: target(None),
+            code: 4999,
+        };
+        assert!(matches!(node.run_ask(ask), Answer::Refused { .. }));
+    }
+}
