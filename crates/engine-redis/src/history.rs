@@ -15,9 +15,9 @@ use fred::prelude::*;
 use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions};
 use switchboard_protocol::{Publication, StreamPosition};
 
-use crate::Inner;
 use crate::codec;
 use crate::scripts::{millis, run};
+use crate::{Inner, Shard};
 
 fn new_epoch() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
