@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use switchboard_engine::conformance::{Recorder, WAIT, until};
+use switchboard_engine::conformance::{Recorder, WAIT, client, opts, publication, until};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions};
 use switchboard_engine_redis::testing::RedisCluster;
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
-use switchboard_protocol::{ClientInfo, Payload, Publication};
 
 fn config(seeds: Vec<String>) -> RedisConfig {
     RedisConfig {
@@ -25,26 +24,6 @@ fn config(seeds: Vec<String>) -> RedisConfig {
         command_timeout: Duration::from_secs(2),
         cluster: true,
     }
-}
-
-fn opts(size: usize, ttl: Duration) -> StreamOptions {
-    StreamOptions {
-        history_size: size,
-        history_ttl: ttl,
-        history_meta_ttl: ttl * 10,
-    }
-}
-
-fn publication(n: u64) -> Publication {
-    Publication::new(Payload::Json(Bytes::from(n.to_string())))
-}
-
-fn client_info(client: &str, user: &str) -> Arc<ClientInfo> {
-    Arc::new(ClientInfo {
-        client: client.into(),
-        user: user.into(),
-        info: None,
-    })
 }
 
 async fn engine(seeds: Vec<String>) -> (RedisEngine, Arc<Recorder>) {
@@ -160,7 +139,7 @@ async fn two_nodes_see_every_publication_once_in_order_on_every_shard() {
 
     // Join/leave events go through sharded pub/sub too.
     let (c0, _) = &channels[0];
-    a.publish_presence_event(c0, PresenceEvent::Join, client_info("x", "u"))
+    a.publish_presence_event(c0, PresenceEvent::Join, client("x", "u"))
         .await
         .unwrap();
     until("join on b", || rec_b.presence.lock().len() == 1).await;
@@ -213,9 +192,9 @@ async fn history_epochs_presence_and_idempotency_work_on_every_shard() {
         assert_eq!(live.unwrap().offset, 0);
 
         // Presence is shared between nodes.
-        a.add_presence(c, client_info("a1", "u1")).await.unwrap();
-        a.add_presence(c, client_info("a2", "u1")).await.unwrap();
-        b.add_presence(c, client_info("b1", "u2")).await.unwrap();
+        a.add_presence(c, client("a1", "u1")).await.unwrap();
+        a.add_presence(c, client("a2", "u1")).await.unwrap();
+        b.add_presence(c, client("b1", "u2")).await.unwrap();
         let stats = b.presence_stats(c).await.unwrap();
         assert_eq!((stats.num_clients, stats.num_users), (3, 2), "{c}");
         a.remove_presence(c, "a2").await.unwrap();

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use switchboard_engine::conformance::{Recorder, WAIT, until};
-use switchboard_engine::{Engine, EngineError, Reach, StreamOptions};
+use switchboard_engine::conformance::{Recorder, WAIT, opts, publication, until};
+use switchboard_engine::{Engine, EngineError, Reach};
 use switchboard_engine_redis::testing::RedisServer;
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
-use switchboard_protocol::{Payload, Publication};
 
 fn config(servers: &[&RedisServer]) -> RedisConfig {
     RedisConfig {
@@ -25,18 +24,6 @@ fn config(servers: &[&RedisServer]) -> RedisConfig {
         command_timeout: Duration::from_secs(2),
         cluster: false,
     }
-}
-
-fn opts(size: usize, ttl: Duration) -> StreamOptions {
-    StreamOptions {
-        history_size: size,
-        history_ttl: ttl,
-        history_meta_ttl: ttl * 10,
-    }
-}
-
-fn publication(n: u64) -> Publication {
-    Publication::new(Payload::Json(Bytes::from(n.to_string())))
 }
 
 async fn engine(servers: &[&RedisServer]) -> (RedisEngine, Arc<Recorder>) {

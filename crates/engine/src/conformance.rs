@@ -122,7 +122,8 @@ async fn node(backend: &dyn Backend) -> (Arc<dyn Engine>, Arc<Recorder>) {
     (engine, recorder)
 }
 
-fn opts(size: usize, ttl: Duration) -> StreamOptions {
+/// Stream options keeping `size` publications for `ttl`, the stream itself ten times as long.
+pub fn opts(size: usize, ttl: Duration) -> StreamOptions {
     StreamOptions {
         history_size: size,
         history_ttl: ttl,
@@ -130,11 +131,13 @@ fn opts(size: usize, ttl: Duration) -> StreamOptions {
     }
 }
 
-fn publication(n: u64) -> Publication {
+/// A publication whose data is the number `n`.
+pub fn publication(n: u64) -> Publication {
     Publication::new(Payload::Json(Bytes::from(n.to_string())))
 }
 
-fn client(client: &str, user: &str) -> Arc<ClientInfo> {
+/// Presence info of `client`, connected as `user`, with no info of its own.
+pub fn client(client: &str, user: &str) -> Arc<ClientInfo> {
     Arc::new(ClientInfo {
         client: client.into(),
         user: user.into(),
