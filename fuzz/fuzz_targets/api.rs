@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
                 );
                 if !body.iter().all(u8::is_ascii_whitespace) {
                     let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");
-                    assert_eq!(switchboard_protocol::json::check(text), Ok(()), "{method}: {text}");
+                    assert_eq!(
+                        switchboard_protocol::json::check(text),
+                        Ok(()),
+                        "{method}: {text}"
+                    );
                     let fields: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
                         serde_json::from_str(text).expect("an accepted body is an object");
                     if let Some(data) = fields.get("data") {

@@ -13,8 +13,15 @@ use switchboard_protocol::{
 
 fn parses_everywhere(raw: &[u8]) {
     let text = std::str::from_utf8(raw).expect("accepted JSON is UTF-8");
-    assert_eq!(json::check(text), Ok(()), "accepted JSON keeps the rule: {text}");
-    assert!(serde_json::from_str::<serde_json::Value>(text).is_ok(), "{text}");
+    assert_eq!(
+        json::check(text),
+        Ok(()),
+        "accepted JSON keeps the rule: {text}"
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(text).is_ok(),
+        "{text}"
+    );
 }
 
 fuzz_target!(|frame: &[u8]| {

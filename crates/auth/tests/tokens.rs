@@ -278,3 +278,26 @@ fn info_breaking_the_json_rule_is_refused() {
     let token = raw(r#"{"sub":"ann","info":{"name":"\ud83d\ude00","n":1.5e300}}"#);
     assert!(v.connection(&token).is_ok());
 }
+
+/// Claims switchboard does not know are the issuer's business: they never leave the server, so they
+/// are skipped unread and a token is not refused for them, even when no JSON parser could read them as
+/// values (an int64 id, a lone surrogate). The fuzz target `token` relies on this.
+#[test]
+fn unknown_claims_are_not_held_to_the_json_rule() {
+    let v = Verifier::new(&all_keys()).unwrap();
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    for extra in [
+        r#""x":"\ud800""#,
+        r#""x":1e400"#,
+        r#""uid":18446744073709551615"#,
+    ] {
+        let claims =
+            serde_json::value::RawValue::from_string(format!(r#"{{"sub":"ann",{extra}}}"#))
+                .unwrap();
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let claims = v
+            .connection(&token)
+            .unwrap_or_else(|e| panic!("{extra}: {e}"));
+        assert_eq!(claims.user, "ann");
+    }
+}
