@@ -20,6 +20,7 @@
 
 mod client;
 mod cluster;
+mod cluster_state;
 mod hub;
 mod metrics;
 mod namespace;
