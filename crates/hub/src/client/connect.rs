@@ -18,6 +18,8 @@ use crate::hub::text;
 use crate::proxy::{self, ProxyEvent, Refusal};
 
 impl Client {
+    /// `connect`: establishes who the connection is (token, connect proxy, or anonymous), joins the
+    /// token's or handler's channels, and answers with them in `subs`. Only once per connection.
     pub(super) async fn connect(&mut self, id: u64, req: ConnectRequest) -> Flow {
         if self.connected {
             self.error(id, ErrorCode::BadRequest, "already connected");
@@ -183,6 +185,8 @@ impl Client {
         }
     }
 
+    /// `refresh`: a new token for the same user moves the connection's expiry; another user's, or
+    /// one that does not verify, ends the connection (3500).
     pub(super) fn refresh(&mut self, id: u64, token: &str) -> Flow {
         let Some(verifier) = self.node.auth.as_ref() else {
             // Nothing to refresh: connections without a verified token never expire.

@@ -95,6 +95,8 @@ impl Client {
         }
     }
 
+    /// One command: decoded, counted, held to the rate, to connect-first and to the private-channel
+    /// rule, then handed to the file that owns it.
     async fn handle_line(&mut self, line: &[u8]) -> Flow {
         self.forget_dropped().await;
         let cmd = match decode_command(line) {

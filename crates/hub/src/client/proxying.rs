@@ -34,6 +34,7 @@ impl Client {
         }
     }
 
+    /// The handshake headers forwarded with every proxy call of this connection.
     pub(super) fn headers(&self) -> &[(String, String)] {
         self.headers.as_deref().unwrap_or(&[])
     }

@@ -10,6 +10,8 @@ use switchboard_protocol::{ErrorCode, HistoryRequest};
 use super::state::Client;
 
 impl Client {
+    /// `history`: the channel's publications (`limit`, `since`, `reverse`) and current position,
+    /// where the namespace keeps history and lets clients read it.
     pub(super) async fn history(&mut self, id: u64, req: HistoryRequest) {
         let Some(ns) = self.namespace(id, &req.channel) else {
             return;
@@ -95,6 +97,8 @@ impl Client {
         }
     }
 
+    /// Whether `channel`'s namespace keeps presence and this client is subscribed to it; otherwise
+    /// answers the error (102, 108, 103) and returns `false`.
     fn presence_allowed(&self, id: u64, channel: &str) -> bool {
         let Some(ns) = self.namespace(id, channel) else {
             return false;

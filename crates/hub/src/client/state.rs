@@ -68,6 +68,7 @@ pub(super) struct Replay {
 pub(super) type Flow = Result<(), switchboard_protocol::DisconnectCode>;
 
 impl Client {
+    /// A client not connected yet, with its own session in the hub under `key`.
     pub(super) fn new(
         node: Arc<Node>,
         key: u64,
@@ -125,10 +126,12 @@ impl Client {
         }
     }
 
+    /// Queues the reply to command `id`.
     pub(super) fn reply<T: serde::Serialize>(&self, id: u64, method: &str, result: &T) {
         self.session.push(text(encode::reply(id, method, result)));
     }
 
+    /// Queues an error reply to command `id`.
     pub(super) fn error(&self, id: u64, code: ErrorCode, message: &str) {
         self.session.push(text(encode::error(id, code, message)));
     }

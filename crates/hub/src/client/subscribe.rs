@@ -39,6 +39,8 @@ struct Grant {
 }
 
 impl Client {
+    /// `subscribe`: checks who grants it (subscription token, subscribe proxy, or the namespace
+    /// alone), joins, and answers with the stream's position and, with `recover`, what was missed.
     pub(super) async fn subscribe(&mut self, id: u64, req: SubscribeRequest) -> Flow {
         let channel = req.channel;
         let Some(ns) = self.namespace(id, &channel) else {
@@ -271,6 +273,7 @@ impl Client {
         }
     }
 
+    /// Leaves `channel` entirely: replay, session, hub, engine, presence and the leave push.
     pub(super) async fn leave(&mut self, channel: &str, m: Membership) {
         self.replays.remove(channel);
         self.session.forget(channel);
@@ -278,6 +281,8 @@ impl Client {
         self.leave_presence(channel, m).await;
     }
 
+    /// Removes this client from the hub's subscribers of `channel`, and the node from the engine's
+    /// when it was the last one.
     async fn unsubscribe_local(&self, channel: &str) {
         if self.node.hub.remove(channel, self.session.key()) {
             let engine = &self.node.engine;
@@ -291,6 +296,8 @@ impl Client {
         }
     }
 
+    /// Removes this client from `channel`'s presence and pushes its leave, where the namespace keeps
+    /// them.
     pub(super) async fn leave_presence(&self, channel: &str, m: Membership) {
         if m.presence {
             let engine = &self.node.engine;
