@@ -360,21 +360,16 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::HashMap;
     use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
-    use async_trait::async_trait;
-    use switchboard_engine::{
-        EngineHandler, History, HistoryQuery, MemoryEngine, PresenceStats, StreamOptions,
-    };
-    use switchboard_protocol::encode::PresenceEvent;
-    use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+    use switchboard_engine::MemoryEngine;
 
     use super::*;
     use crate::client::Client;
     use crate::node::NodeConfig;
     use crate::session::Signal;
+    use crate::test_engine::TestEngine;
 
     fn node(engine: Arc<dyn Engine>, cluster: ClusterConfig) -> Arc<Node> {
         Node::new(
@@ -577,86 +572,11 @@ mod tests {
         assert_eq!(node.cluster_info().len(), 1);
     }
 
-    /// A memory engine whose broadcasts cannot count their receivers, like a broker without
-    /// subscriber counts.
-    struct Uncounted(MemoryEngine);
-
-    #[async_trait]
-    impl Engine for Uncounted {
-        fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
-            self.0.set_handler(handler);
-        }
-        fn node_id(&self) -> &str {
-            self.0.node_id()
-        }
-        async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
-            self.0
-                .broadcast_control(message)
-                .await
-                .map(|_| Reach::Unknown)
-        }
-        async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
-            self.0.send_control(node, message).await
-        }
-        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.subscribe(channel).await
-        }
-        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.unsubscribe(channel).await
-        }
-        async fn publish(
-            &self,
-            channel: &str,
-            publication: Publication,
-            opts: &StreamOptions,
-        ) -> Result<StreamPosition, EngineError> {
-            self.0.publish(channel, publication, opts).await
-        }
-        async fn publish_presence_event(
-            &self,
-            channel: &str,
-            event: PresenceEvent,
-            info: Arc<ClientInfo>,
-        ) -> Result<(), EngineError> {
-            self.0.publish_presence_event(channel, event, info).await
-        }
-        async fn history(
-            &self,
-            channel: &str,
-            query: &HistoryQuery,
-            opts: &StreamOptions,
-        ) -> Result<History, EngineError> {
-            self.0.history(channel, query, opts).await
-        }
-        async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.remove_history(channel).await
-        }
-        async fn add_presence(
-            &self,
-            channel: &str,
-            info: Arc<ClientInfo>,
-        ) -> Result<(), EngineError> {
-            self.0.add_presence(channel, info).await
-        }
-        async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-            self.0.remove_presence(channel, client).await
-        }
-        async fn presence(
-            &self,
-            channel: &str,
-        ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
-            self.0.presence(channel).await
-        }
-        async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-            self.0.presence_stats(channel).await
-        }
-    }
-
     #[tokio::test]
     async fn without_a_count_the_known_nodes_are_expected_and_a_silent_one_is_reported() {
         let timeout = Duration::from_millis(200);
         let node = node(
-            Arc::new(Uncounted(MemoryEngine::new())),
+            Arc::new(TestEngine::uncounted()),
             ClusterConfig {
                 control_timeout: timeout,
                 ..Default::default()

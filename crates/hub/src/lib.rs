@@ -27,6 +27,8 @@ mod namespace;
 mod node;
 mod proxy;
 mod session;
+#[cfg(test)]
+mod test_engine;
 
 pub use client::Client;
 pub use cluster::{

@@ -5,7 +5,7 @@
 //!
 //! One file per concern of `client/`, as the code is split; this one holds the harness: the node's
 //! namespaces, tokens signed with a test secret, a connection that sends commands and reads its
-//! queue, an engine that can be made to fail, and a scripted proxy.
+//! queue, and a scripted proxy.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +18,6 @@ mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -28,17 +27,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use switchboard_auth::{AuthConfig, Verifier};
-use switchboard_engine::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, MemoryEngine, PresenceEvent,
-    PresenceStats, Reach, StreamOptions,
-};
-use switchboard_protocol::{ClientInfo, DisconnectCode, Publication, StreamPosition};
+use switchboard_engine::{Engine, MemoryEngine};
+use switchboard_protocol::{DisconnectCode, StreamPosition};
 
 use super::Client;
 use crate::namespace::NamespaceOptions;
 use crate::node::{Node, NodeConfig};
 use crate::proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 use crate::session::{Session, Signal};
+use crate::test_engine::TestEngine;
 
 /// The HMAC secret tokens are signed with.
 const SECRET: &str = "client-unit-tests-secret-long-enough";
@@ -271,96 +268,6 @@ async fn server_publish(node: &Node, channel: &str, data: Value) -> StreamPositi
     .unwrap()
 }
 
-/// The memory engine, made to fail every stream and presence call while `down` is set.
-#[derive(Default)]
-struct Faulty {
-    inner: MemoryEngine,
-    down: AtomicBool,
-}
-
-impl Faulty {
-    fn check(&self) -> Result<(), EngineError> {
-        if self.down.load(Ordering::Relaxed) {
-            Err(EngineError::Unavailable(
-                "redis://10.0.0.7:6379 refused".into(),
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Engine for Faulty {
-    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
-        self.inner.set_handler(handler);
-    }
-    fn node_id(&self) -> &str {
-        self.inner.node_id()
-    }
-    async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
-        self.inner.broadcast_control(message).await
-    }
-    async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
-        self.inner.send_control(node, message).await
-    }
-    async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.check()?;
-        self.inner.subscribe(channel).await
-    }
-    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.inner.unsubscribe(channel).await
-    }
-    async fn publish(
-        &self,
-        channel: &str,
-        publication: Publication,
-        opts: &StreamOptions,
-    ) -> Result<StreamPosition, EngineError> {
-        self.check()?;
-        self.inner.publish(channel, publication, opts).await
-    }
-    async fn publish_presence_event(
-        &self,
-        channel: &str,
-        event: PresenceEvent,
-        info: Arc<ClientInfo>,
-    ) -> Result<(), EngineError> {
-        self.inner
-            .publish_presence_event(channel, event, info)
-            .await
-    }
-    async fn history(
-        &self,
-        channel: &str,
-        query: &HistoryQuery,
-        opts: &StreamOptions,
-    ) -> Result<History, EngineError> {
-        self.check()?;
-        self.inner.history(channel, query, opts).await
-    }
-    async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-        self.inner.remove_history(channel).await
-    }
-    async fn add_presence(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), EngineError> {
-        self.inner.add_presence(channel, info).await
-    }
-    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-        self.inner.remove_presence(channel, client).await
-    }
-    async fn presence(
-        &self,
-        channel: &str,
-    ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
-        self.check()?;
-        self.inner.presence(channel).await
-    }
-    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-        self.check()?;
-        self.inner.presence_stats(channel).await
-    }
-}
-
 /// The application's backend, scripted: each event answers the replies queued for it, in order
 /// (none queued: an empty result), and every call is recorded with its body.
 #[derive(Debug, Default)]
@@ -444,8 +351,8 @@ fn proxied_node(events: &[ProxyEvent]) -> (Arc<Node>, Arc<Script>) {
 }
 
 /// A node on an engine the test can make fail.
-fn faulty_node() -> (Arc<Node>, Arc<Faulty>) {
-    let engine = Arc::new(Faulty::default());
+fn faulty_node() -> (Arc<Node>, Arc<TestEngine>) {
+    let engine = Arc::new(TestEngine::default());
     let node = Node::new(
         Arc::clone(&engine) as Arc<dyn Engine>,
         config(),
