@@ -276,3 +276,21 @@ async fn close_forgets_the_client_and_leaves_its_channels() {
         .await;
     assert_eq!(stats, json!({"num_clients": 1, "num_users": 1}));
 }
+
+#[tokio::test]
+async fn the_servers_refresh_order_sets_or_clears_the_expiry() {
+    let node = node();
+    let c = Conn::connected(&node, json!({"token": token(json!({"sub": "ann"}))})).await;
+    let exp = at(30);
+    assert_eq!(node.refresh_clients("ann", None, Some(exp)), 1);
+    assert_eq!(node.refresh_clients("bob", None, Some(exp)), 0);
+    assert_eq!(node.expire_clients(exp - 1), 0);
+    assert_eq!(node.refresh_clients("ann", Some(c.client.id()), None), 1);
+    assert_eq!(node.expire_clients(exp), 0, "cleared: never expires");
+    node.refresh_clients("ann", None, Some(exp));
+    assert_eq!(node.expire_clients(exp), 1);
+    assert_eq!(
+        c.signal(),
+        Some(Signal::Disconnect(DisconnectCode::Expired))
+    );
+}
