@@ -360,7 +360,6 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
     use switchboard_engine::MemoryEngine;
@@ -369,7 +368,7 @@ mod tests {
     use crate::client::Client;
     use crate::node::NodeConfig;
     use crate::session::Signal;
-    use crate::test_engine::TestEngine;
+    use crate::testing::{self, TestEngine};
 
     fn node(engine: Arc<dyn Engine>, cluster: ClusterConfig) -> Arc<Node> {
         Node::new(
@@ -391,18 +390,7 @@ mod tests {
 
     /// What the session holds: a signal, and the frames queued (as text).
     fn drain(c: &Client) -> (Option<Signal>, Vec<String>) {
-        let mut texts = Vec::new();
-        let polled = c
-            .session()
-            .poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-                texts.push(m.message().as_text().unwrap_or_default().to_owned());
-                true
-            });
-        let signal = match polled {
-            Poll::Ready(signal) => signal,
-            Poll::Pending => None,
-        };
-        (signal, texts)
+        testing::drain(c.session())
     }
 
     fn one(value: usize) -> Gathered<usize> {

@@ -28,7 +28,7 @@ mod node;
 mod proxy;
 mod session;
 #[cfg(test)]
-mod test_engine;
+mod testing;
 
 pub use client::Client;
 pub use cluster::{

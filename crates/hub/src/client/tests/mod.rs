@@ -18,7 +18,6 @@ mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,7 +34,7 @@ use crate::namespace::NamespaceOptions;
 use crate::node::{Node, NodeConfig};
 use crate::proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 use crate::session::{Session, Signal};
-use crate::test_engine::TestEngine;
+use crate::testing::{self, TestEngine};
 
 /// The HMAC secret tokens are signed with.
 const SECRET: &str = "client-unit-tests-secret-long-enough";
@@ -233,20 +232,13 @@ impl Conn {
 /// Reads `session` as a transport does: its signal, and every message queued, parsed (a message
 /// of several lines gives one value a line).
 fn drain(session: &Session) -> (Option<Signal>, Vec<Value>) {
-    let mut out = Vec::new();
-    let polled = session.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-        let text = m.message().as_text().unwrap_or_default().to_owned();
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        );
-        true
-    });
-    let signal = match polled {
-        Poll::Ready(signal) => signal,
-        Poll::Pending => None,
-    };
-    (signal, out)
+    let (signal, texts) = testing::drain(session);
+    let values = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (signal, values)
 }
 
 /// The pushes among `messages` (no `id`) of kind `kind` (`pub`, `join`, `unsubscribe`...).

@@ -1,10 +1,12 @@
-//! An engine for the hub's unit tests: the memory engine, which can be made to fail like an
-//! unreachable store, or to count no receivers like an engine that cannot. One wrapper for every test
-//! module, so that the `Engine` trait's methods are delegated once.
+//! What the hub's unit tests share: an engine (the memory engine, which can be made to fail like an
+//! unreachable store, or to count no receivers like an engine that cannot), and reading a session as
+//! a transport does. Written once, so that the `Engine` trait's methods are delegated in one place
+//! and a change of the session's message type is followed in one place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,6 +15,23 @@ use switchboard_engine::{
     PresenceStats, Reach, StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+
+use crate::session::{Session, Signal};
+
+/// Reads `session` as a transport does, without waiting: its signal (a disconnect, orders), and
+/// every message queued, as text.
+pub(crate) fn drain(session: &Session) -> (Option<Signal>, Vec<String>) {
+    let mut texts = Vec::new();
+    let polled = session.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
+        texts.push(m.message().as_text().unwrap_or_default().to_owned());
+        true
+    });
+    let signal = match polled {
+        Poll::Ready(signal) => signal,
+        Poll::Pending => None,
+    };
+    (signal, texts)
+}
 
 /// The memory engine, with what tests need to change in it.
 #[derive(Default)]
