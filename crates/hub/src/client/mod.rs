@@ -9,7 +9,7 @@
 //! - `connect.rs`: `connect` (token, anonymous, connect proxy) and the token `refresh`;
 //! - `subscribe.rs`: `subscribe` and `unsubscribe`, joining and leaving a channel, presence;
 //! - `recovery.rs`: replaying a recovery too large for one reply;
-//! - `publish.rs`: `publish` (through [`Node::publish_with`]'s road) and `rpc`;
+//! - `publish.rs`: `publish` (through `Node::publish_as`, the server API's road too) and `rpc`;
 //! - `queries.rs`: `history`, `presence`, `presence_stats`;
 //! - `expiry.rs`: connection and subscription expiry, and the command rate limit;
 //! - `orders.rs`: the server API's orders and the session's requests, carried out between frames;
