@@ -25,56 +25,23 @@
 //! ([`Node::leave`]). `info` lists this node and every other one heard from within
 //! [`MISSED_ANNOUNCEMENTS`] intervals. A node that hears a node for the first time announces itself
 //! at once, so that a new node learns of the others without waiting a whole interval.
+//!
+//! The state these calls keep (peers, calls waiting for answers) and the messages' JSON live in
+//! `cluster_state.rs`, which the node holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use switchboard_engine::{Engine, EngineError, Reach};
 use switchboard_protocol::DisconnectCode;
 use tokio::sync::mpsc;
 
-use crate::node::{Node, NodeInfo};
-
-/// A node missing this many announcements in a row is taken for gone and leaves the `info` list.
-pub const MISSED_ANNOUNCEMENTS: u32 = 3;
-
-/// How the node takes part in the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// This node's name in `info`, for people (the server uses `host:port` of its client listener);
-    /// nodes are told apart by their engine id anyway.
-    pub name: String,
-    /// How often the node announces itself to the others.
-    pub announce_interval: Duration,
-    /// How long a cluster-wide API call waits for the other nodes' answers.
-    pub control_timeout: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            name: "switchboard".into(),
-            announce_interval: Duration::from_secs(3),
-            control_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-/// Which clients an order is for: every connection of `user`, or only the connection `client` (when
-/// it is `user`'s).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientTarget {
-    /// The user id (empty: anonymous connections).
-    pub user: String,
-    /// One connection's id; `None`: all of the user's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-}
+use crate::cluster_state::{Answer, Ask, Cluster, NodeInfo, Peer, Wire};
+pub use crate::cluster_state::{ClientTarget, ClusterConfig, MISSED_ANNOUNCEMENTS};
+use crate::node::Node;
 
 /// An order of the server API for clients, carried out on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,105 +79,6 @@ pub enum ClusterError {
     /// The call could not be written as a control message (a bug).
     #[error("cannot encode a control message: {0}")]
     Encode(String),
-}
-
-/// A control message between nodes, as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum Wire {
-    /// A node's announcement of itself.
-    Announce { info: NodeInfo },
-    /// A node stops.
-    Leave { node: String },
-    /// A call to every node; answer `from`, quoting `id`.
-    Ask { from: String, id: u64, ask: Ask },
-    /// A node's answer to call `id`.
-    Answer {
-        from: String,
-        id: u64,
-        answer: Answer,
-    },
-}
-
-/// What a call asks of each node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Ask {
-    Subscribe {
-        target: ClientTarget,
-        channel: String,
-    },
-    Unsubscribe {
-        target: ClientTarget,
-        channel: String,
-    },
-    Disconnect {
-        target: ClientTarget,
-        code: u16,
-    },
-    Refresh {
-        target: ClientTarget,
-        expire_at: Option<u64>,
-    },
-    Channels {
-        pattern: Option<String>,
-    },
-}
-
-/// A node's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "re", rename_all = "snake_case")]
-enum Answer {
-    /// How many of its clients it acted on.
-    Clients { n: usize },
-    /// Its channels with their subscribers.
-    Channels { channels: Vec<(String, usize)> },
-    /// It could not carry the call out (a newer node's call it does not know, say).
-    Refused { reason: String },
-}
-
-/// Another node, as it last announced itself.
-#[derive(Debug, Clone)]
-struct Peer {
-    info: NodeInfo,
-    seen: Instant,
-}
-
-/// Answers to one call, by node.
-type Answers = mpsc::UnboundedSender<(String, Answer)>;
-
-/// The node's cluster state.
-#[derive(Debug)]
-pub(crate) struct Cluster {
-    config: ClusterConfig,
-    next_id: AtomicU64,
-    /// Calls of this node waiting for answers, by id.
-    waiting: Mutex<HashMap<u64, Answers>>,
-    /// Other nodes by id.
-    peers: Mutex<HashMap<String, Peer>>,
-    /// An announcement in answer to a new node is on its way: no second one.
-    announcing: Arc<AtomicBool>,
-}
-
-impl Cluster {
-    pub(crate) fn new(config: ClusterConfig) -> Self {
-        Self {
-            config,
-            next_id: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
-            announcing: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    /// How long without an announcement a node counts as gone.
-    fn peer_ttl(&self) -> Duration {
-        self.config.announce_interval * MISSED_ANNOUNCEMENTS
-    }
 }
 
 /// Forgets a call's entry however its wait ends.
@@ -492,20 +360,15 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::HashMap;
-    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
 
-    use async_trait::async_trait;
-    use switchboard_engine::{
-        EngineHandler, History, HistoryQuery, MemoryEngine, PresenceStats, StreamOptions,
-    };
-    use switchboard_protocol::encode::PresenceEvent;
-    use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+    use switchboard_engine::MemoryEngine;
 
     use super::*;
     use crate::client::Client;
     use crate::node::NodeConfig;
     use crate::session::Signal;
+    use crate::testing::{self, TestEngine};
 
     fn node(engine: Arc<dyn Engine>, cluster: ClusterConfig) -> Arc<Node> {
         Node::new(
@@ -527,18 +390,7 @@ mod tests {
 
     /// What the session holds: a signal, and the frames queued (as text).
     fn drain(c: &Client) -> (Option<Signal>, Vec<String>) {
-        let mut texts = Vec::new();
-        let polled = c
-            .session()
-            .poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-                texts.push(m.message().as_text().unwrap_or_default().to_owned());
-                true
-            });
-        let signal = match polled {
-            Poll::Ready(signal) => signal,
-            Poll::Pending => None,
-        };
-        (signal, texts)
+        testing::drain(c.session())
     }
 
     fn one(value: usize) -> Gathered<usize> {
@@ -708,86 +560,11 @@ mod tests {
         assert_eq!(node.cluster_info().len(), 1);
     }
 
-    /// A memory engine whose broadcasts cannot count their receivers, like a broker without
-    /// subscriber counts.
-    struct Uncounted(MemoryEngine);
-
-    #[async_trait]
-    impl Engine for Uncounted {
-        fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
-            self.0.set_handler(handler);
-        }
-        fn node_id(&self) -> &str {
-            self.0.node_id()
-        }
-        async fn broadcast_control(&self, message: Bytes) -> Result<Reach, EngineError> {
-            self.0
-                .broadcast_control(message)
-                .await
-                .map(|_| Reach::Unknown)
-        }
-        async fn send_control(&self, node: &str, message: Bytes) -> Result<(), EngineError> {
-            self.0.send_control(node, message).await
-        }
-        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.subscribe(channel).await
-        }
-        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.unsubscribe(channel).await
-        }
-        async fn publish(
-            &self,
-            channel: &str,
-            publication: Publication,
-            opts: &StreamOptions,
-        ) -> Result<StreamPosition, EngineError> {
-            self.0.publish(channel, publication, opts).await
-        }
-        async fn publish_presence_event(
-            &self,
-            channel: &str,
-            event: PresenceEvent,
-            info: Arc<ClientInfo>,
-        ) -> Result<(), EngineError> {
-            self.0.publish_presence_event(channel, event, info).await
-        }
-        async fn history(
-            &self,
-            channel: &str,
-            query: &HistoryQuery,
-            opts: &StreamOptions,
-        ) -> Result<History, EngineError> {
-            self.0.history(channel, query, opts).await
-        }
-        async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-            self.0.remove_history(channel).await
-        }
-        async fn add_presence(
-            &self,
-            channel: &str,
-            info: Arc<ClientInfo>,
-        ) -> Result<(), EngineError> {
-            self.0.add_presence(channel, info).await
-        }
-        async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-            self.0.remove_presence(channel, client).await
-        }
-        async fn presence(
-            &self,
-            channel: &str,
-        ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
-            self.0.presence(channel).await
-        }
-        async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-            self.0.presence_stats(channel).await
-        }
-    }
-
     #[tokio::test]
     async fn without_a_count_the_known_nodes_are_expected_and_a_silent_one_is_reported() {
         let timeout = Duration::from_millis(200);
         let node = node(
-            Arc::new(Uncounted(MemoryEngine::new())),
+            Arc::new(TestEngine::uncounted()),
             ClusterConfig {
                 control_timeout: timeout,
                 ..Default::default()

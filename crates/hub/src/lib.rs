@@ -4,7 +4,7 @@
 //!
 //! # Brief overview (follow a publication)
 //!
-//! 1. A client's `publish` command reaches [`Client::handle_frame`] (`client.rs`), or the server calls
+//! 1. A client's `publish` command reaches [`Client::handle_frame`] (`client/`), or the server calls
 //!    [`Node::publish`] (`node.rs`).
 //! 2. The engine (`switchboard-engine`) appends it to the channel's history and hands it back, in offset
 //!    order, to the node.
@@ -20,12 +20,15 @@
 
 mod client;
 mod cluster;
+mod cluster_state;
 mod hub;
 mod metrics;
 mod namespace;
 mod node;
 mod proxy;
 mod session;
+#[cfg(test)]
+mod testing;
 
 pub use client::Client;
 pub use cluster::{

@@ -1,9 +1,12 @@
-//! The node: one switchboard process's core. Publications enter here (from a client command or, later,
-//! the server API), go through the engine, and come back through [`EngineHandler`] to the hub, which
-//! queues them for every local subscriber.
+//! The node: one switchboard process's core. Publications enter here, a client's `publish` command
+//! and the server API's alike through [`Node::publish_as`], go through the engine, and come back
+//! through [`EngineHandler`] to the hub, which queues them for every local subscriber.
+//!
+//! The node knows nothing of a client's protocol state: `client/` builds clients on it (see
+//! `Node::client`) and the cluster-wide calls (`cluster.rs`) act on it, both from above.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,8 +19,8 @@ use switchboard_protocol::{
     ClientInfo, DisconnectCode, ErrorCode, Payload, Publication, StreamPosition,
 };
 
-use crate::client::Client;
-use crate::cluster::{Cluster, ClusterConfig};
+pub use crate::cluster_state::NodeInfo;
+use crate::cluster_state::{Cluster, ClusterConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::namespace::ChannelsConfig;
@@ -94,7 +97,8 @@ pub struct Node {
     /// Results of recent server publishes by idempotency key, with when they are forgotten.
     idempotency: Mutex<HashMap<String, (StreamPosition, Instant)>>,
     started: Instant,
-    next_key: AtomicU64,
+    /// The next client session's key in the hub (see [`Session::key`]).
+    pub(crate) next_key: AtomicU64,
     /// Receives messages from other nodes, once a transport that exchanges them is set up.
     node_messages: OnceLock<NodeMessageHandler>,
     /// Cluster-wide API calls and the other nodes' announcements.
@@ -117,27 +121,6 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
 }
 
-/// What `info` reports about a node, and what each node announces about itself to the others.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// The node's id among the nodes sharing the engine (random per process).
-    pub id: String,
-    /// The node's name, for people (`host:port` of its client listener).
-    pub name: String,
-    /// Server version.
-    pub version: String,
-    /// Seconds since start.
-    pub uptime: u64,
-    /// Connected clients.
-    pub num_clients: usize,
-    /// Distinct users among them.
-    pub num_users: usize,
-    /// Channels with subscribers on this node.
-    pub num_channels: usize,
-    /// Subscriptions on this node (a client in two channels counts twice).
-    pub num_subscriptions: usize,
-}
-
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
@@ -146,7 +129,17 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// Why a server-side publish failed.
+/// Who publishes, for [`Node::publish_as`]: it decides what the publication says of its publisher and
+/// whose idempotency keys it shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Publisher<'a> {
+    /// The server API: no publisher info; keys shared by every API caller.
+    Server,
+    /// A connected client: its info goes with the publication; keys are its user's own.
+    Client(&'a Arc<ClientInfo>),
+}
+
+/// Why a publish failed before it reached the stream, or in the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The channel name or namespace is not valid.
@@ -190,22 +183,6 @@ impl Node {
         node
     }
 
-    /// A new client session for a connection arriving over `transport`.
-    pub fn client(self: &Arc<Self>, transport: &'static str) -> Client {
-        self.client_with(transport, None)
-    }
-
-    /// A new client session, with the handshake headers proxy calls forward (see
-    /// [`Node::forwarded_headers`]).
-    pub fn client_with(
-        self: &Arc<Self>,
-        transport: &'static str,
-        headers: Option<ForwardedHeaders>,
-    ) -> Client {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        Client::new(Arc::clone(self), key, transport, headers)
-    }
-
     /// The handshake headers (name, value) a proxy wants forwarded, picked from `headers`; `None`
     /// without a proxy, so connections carry nothing they do not need.
     pub fn forwarded_headers<'a>(
@@ -235,6 +212,21 @@ impl Node {
         payload: Payload,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, PublishError> {
+        self.publish_as(Publisher::Server, channel, payload, opts)
+            .await
+    }
+
+    /// The one road of every publication, the server API's and the clients': resolves the
+    /// namespace, keeps the publication out of history when asked, tags it with its publisher, and
+    /// publishes it once per idempotency key. Permission checks (namespace, private channels,
+    /// publish proxy) are the caller's, done before.
+    pub(crate) async fn publish_as(
+        &self,
+        publisher: Publisher<'_>,
+        channel: &str,
+        payload: Payload,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, PublishError> {
         let ns = self
             .config
             .channels
@@ -247,20 +239,26 @@ impl Node {
         };
         let mut publication = Publication::new(payload);
         publication.tags = opts.tags.clone();
+        let key = match publisher {
+            Publisher::Server => opts.idempotency_key.clone(),
+            Publisher::Client(info) => {
+                publication.info = Some(Arc::clone(info));
+                // Per user: one user's keys never suppress another's publication, nor the server
+                // API's.
+                opts.idempotency_key
+                    .as_ref()
+                    .map(|k| format!("client\u{0}{}\u{0}{k}", info.user))
+            }
+        };
         Ok(self
-            .publish_once(
-                channel,
-                publication,
-                &stream,
-                opts.idempotency_key.as_deref(),
-            )
+            .publish_once(channel, publication, &stream, key.as_deref())
             .await?)
     }
 
     /// Publishes `publication` as it is; with `key`, only once per key and channel within the
     /// idempotency window (a repeat answers the first one's position). Server publishes and client
-    /// publishes share it, their keys kept apart by the caller.
-    pub(crate) async fn publish_once(
+    /// publishes share it, their keys kept apart by [`Node::publish_as`].
+    async fn publish_once(
         &self,
         channel: &str,
         publication: Publication,
