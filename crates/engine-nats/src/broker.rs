@@ -138,11 +138,7 @@ pub(crate) async fn broadcast_control(inner: &Inner, message: Bytes) -> Result<R
 
 /// Makes sure the server has processed everything this client sent so far (a round trip).
 async fn confirm(inner: &Inner) -> Result<(), EngineError> {
-    match tokio::time::timeout(inner.config.command_timeout, inner.client.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(inner.error("flush", e)),
-        Err(_) => Err(inner.error("flush", "timed out")),
-    }
+    crate::health::round_trip(inner).await
 }
 
 /// Subscribes this node to `channel`. Returns once the server confirmed: from then on every

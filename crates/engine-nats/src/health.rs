@@ -1,4 +1,4 @@
-//! Readiness, measured: the server is asked for a round trip (a PING, through `flush`) at least
+//! Readiness, measured: the server is asked for a round trip ([`round_trip`]) at least
 //! every second, and counts as down when it does not answer within `command_timeout`, while the
 //! connection is lost, and while subscriptions are being confirmed after a reconnect.
 //!
@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::Event;
+use futures_util::TryFutureExt;
 use parking_lot::Mutex;
+use switchboard_engine::EngineError;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{Inner, broker};
@@ -114,6 +116,25 @@ impl Inner {
     }
 }
 
+/// A request the server answers itself (JetStream's account info), within `command_timeout`.
+/// Its answer proves that the server processed everything this client sent before it (a
+/// connection's messages are processed in order), subscriptions included, and that JetStream
+/// serves. (`Client::flush` only writes out the client's buffer: a hung server would pass it.)
+pub(crate) async fn round_trip(inner: &Inner) -> Result<(), EngineError> {
+    let asked = inner
+        .client
+        .request(JS_INFO, bytes::Bytes::new())
+        .map_err(|e| inner.error("round trip", e));
+    match tokio::time::timeout(inner.config.command_timeout, asked).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(inner.error("round trip", "timed out")),
+    }
+}
+
+/// The subject of JetStream's account info.
+pub(crate) const JS_INFO: &str = "$JS.API.INFO";
+
 /// Asks the server for a round trip every [`ping_period`] (again and again while it does not
 /// answer), recording what it sees. Runs until the engine stops.
 pub(crate) async fn watch(inner: Arc<Inner>) {
@@ -121,11 +142,7 @@ pub(crate) async fn watch(inner: Arc<Inner>) {
     let period = ping_period(timeout);
     loop {
         let started = tokio::time::Instant::now();
-        let answering = inner.connected().is_ok()
-            && matches!(
-                tokio::time::timeout(timeout, inner.client.flush()).await,
-                Ok(Ok(()))
-            );
+        let answering = inner.connected().is_ok() && round_trip(&inner).await.is_ok();
         inner.health.answering.store(answering, Ordering::Release);
         inner.observe();
         let next = if answering {
@@ -142,15 +159,19 @@ pub(crate) async fn watch(inner: Arc<Inner>) {
 /// dropped before this node read them) means every channel may have lost publications. Runs until
 /// the engine stops.
 pub(crate) async fn follow_events(inner: Arc<Inner>, mut events: UnboundedReceiver<Event>) {
+    // The first connection is announced too; only a connection after a loss means a resync.
+    let mut was_down = false;
     while let Some(event) = events.recv().await {
         match event {
             Event::Disconnected => {
+                was_down = true;
                 inner.health.trouble();
                 inner.health.answering.store(false, Ordering::Release);
                 inner.lasts.forget_all();
                 inner.observe();
             }
-            Event::Connected => {
+            Event::Connected if was_down => {
+                was_down = false;
                 inner.health.trouble();
                 inner.lasts.forget_all();
                 resync(&inner).await;
@@ -173,8 +194,8 @@ async fn resync(inner: &Inner) {
     inner.resyncing.store(true, Ordering::Release);
     let mut delay = Duration::from_millis(20);
     loop {
-        match tokio::time::timeout(inner.config.command_timeout, inner.client.flush()).await {
-            Ok(Ok(())) => break,
+        match round_trip(inner).await {
+            Ok(()) => break,
             _ if inner.connected().is_err() => {
                 // Lost again: the next Connected event resyncs.
                 inner.resyncing.store(false, Ordering::Release);

@@ -368,7 +368,7 @@ impl NatsEngine {
         // servers, and only whether JetStream answers matters here.)
         let info = tokio::time::timeout(
             config.connect_timeout,
-            client.request("$JS.API.INFO", Bytes::new()),
+            client.request(health::JS_INFO, Bytes::new()),
         )
         .await
         .map_err(|_| connect_error("JetStream did not answer".into()))?

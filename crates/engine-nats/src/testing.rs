@@ -14,6 +14,8 @@ pub struct NatsServer {
     /// The JetStream store (and the ports file that proves which process listens).
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// Stopped with SIGSTOP ([`NatsServer::pause`]).
+    paused: bool,
 }
 
 /// The binary to run: `$NATS_SERVER`, else `nats-server` on the `PATH`.
@@ -36,6 +38,7 @@ impl NatsServer {
                 port: free_port(),
                 store: temp_store(),
                 child: None,
+                paused: false,
             };
             if s.spawn() {
                 return s;
@@ -116,8 +119,39 @@ impl NatsServer {
         self.store.path()
     }
 
+    /// Freezes it with SIGSTOP: connections stay open and nothing answers, as when the server
+    /// hangs rather than dies. [`NatsServer::resume`] or drop undoes it.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = true;
+    }
+
+    /// Lets a [`NatsServer::pause`]d server run again (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
+    }
+
+    /// Sends a signal with `kill(1)` (no `unsafe` here). Panics when it cannot: a test that pauses
+    /// the server must not go on believing it did.
+    fn signal(&self, which: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("nats-server on port {} is not running", self.port));
+        let status = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill {which} {pid}: {e}"));
+        assert!(status.success(), "kill {which} {pid} failed: {status}");
+    }
+
     /// Kills it with SIGKILL, as a crash would: no clean shutdown, its store left as it was.
     pub fn kill(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
