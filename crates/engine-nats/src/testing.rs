@@ -18,9 +18,16 @@ pub struct NatsServer {
     paused: bool,
 }
 
-/// The binary to run: `$NATS_SERVER`, else `nats-server` on the `PATH`.
+/// The binary to run: `$NATS_SERVER`, else Debian's `/usr/sbin/nats-server` (not on every user's
+/// `PATH`), else `nats-server` on the `PATH`.
 fn binary() -> String {
-    std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+    std::env::var("NATS_SERVER").unwrap_or_else(|_| {
+        if Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server".into()
+        } else {
+            "nats-server".into()
+        }
+    })
 }
 
 fn temp_store() -> tempfile::TempDir {
