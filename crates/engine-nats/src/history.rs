@@ -486,14 +486,14 @@ pub(crate) async fn read(
             position,
         });
     }
-    let start_time = time::OffsetDateTime::now_utc() - opts.history_ttl;
-    let messages = consume(
-        inner,
-        &stream,
-        subject,
-        DeliverPolicy::ByStartTime { start_time },
-    )
-    .await?;
+    // The server leaves out what is older than the ttl (it keeps it until the meta ttl); a ttl
+    // reaching before the calendar begins reads everything.
+    let deliver = time::OffsetDateTime::now_utc()
+        .checked_sub(time::Duration::try_from(opts.history_ttl).unwrap_or(time::Duration::MAX))
+        .map_or(DeliverPolicy::All, |start_time| {
+            DeliverPolicy::ByStartTime { start_time }
+        });
+    let messages = consume(inner, &stream, subject, deliver).await?;
     let mut publications = Vec::new();
     for m in messages {
         let (kind, offset, epoch) = codec::position(m.headers.as_ref())
