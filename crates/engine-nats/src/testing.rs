@@ -16,6 +16,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Stopped with SIGSTOP ([`NatsServer::pause`]).
     paused: bool,
+    /// Started with `-js`.
+    jetstream: bool,
 }
 
 /// The binary to run: `$NATS_SERVER`, else Debian's `/usr/sbin/nats-server` (not on every user's
@@ -38,6 +40,15 @@ impl NatsServer {
     /// Starts one on a free port. Panics (a test helper) when `nats-server` is missing or does not
     /// come up within 10 s.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts one without JetStream: what an engine must refuse, clearly, at start.
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
         for _ in 0..5 {
             // Ask the OS for a free port, then give it to NATS. Another test may take the same port
             // in between: then this server fails to bind, and we try another port.
@@ -46,6 +57,7 @@ impl NatsServer {
                 store: temp_store(),
                 child: None,
                 paused: false,
+                jetstream,
             };
             if s.spawn() {
                 return s;
@@ -59,8 +71,8 @@ impl NatsServer {
     fn spawn(&mut self) -> bool {
         let store = self.store.path().to_string_lossy().into_owned();
         let mut child = Command::new(binary())
+            .args(self.jetstream.then_some("-js"))
             .args([
-                "-js",
                 "-a",
                 "127.0.0.1",
                 "-p",

@@ -158,3 +158,44 @@ async fn a_live_message_that_skips_an_offset_is_reported_as_a_gap() {
     raw.flush().await.unwrap();
     until("the second gap", || rec.gaps.lock().len() == 2).await;
 }
+
+#[tokio::test]
+async fn the_engine_does_not_start_without_nats_or_without_jetstream_and_says_which() {
+    let plain = NatsServer::start_without_jetstream();
+    let err = NatsEngine::connect(config(&plain))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("JetStream"), "{err}");
+    assert!(
+        err.contains(&plain.addr().to_string()),
+        "names the server: {err}"
+    );
+
+    let nobody = format!(
+        "nats://127.0.0.1:{}",
+        switchboard_engine_nats::testing::free_port()
+    );
+    let started = std::time::Instant::now();
+    let err = NatsEngine::connect(NatsConfig {
+        servers: vec![nobody],
+        ..config(&plain)
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "within the connect timeout: {:?}",
+        started.elapsed()
+    );
+    let err = NatsEngine::connect(NatsConfig {
+        servers: vec!["nats://u:secret@127.0.0.1:1".into()],
+        ..config(&plain)
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("secret"), "no password in errors: {err}");
+}
