@@ -13,6 +13,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v php >/dev/null || need_apt+=(php-cli)              # examples/php
 command -v redis-server >/dev/null || need_apt+=(redis-server) # the Redis engine's tests
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)     # creates the Redis Cluster of tests
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server) # the NATS engine's tests
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)               # browser tests (never downloaded)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"

@@ -259,8 +259,9 @@ impl ShutdownConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Which engine: `memory` (one node, nothing to install) or `redis` (several nodes share
-    /// channels through Redis; see `[engine.redis]`).
+    /// Which engine: `memory` (one node, nothing to install), `redis` (several nodes share
+    /// channels through Redis; see `[engine.redis]`) or `nats` (through NATS with JetStream; see
+    /// `[engine.nats]`).
     #[serde(rename = "type")]
     pub kind: EngineKind,
     /// How often each node announces itself (with its counts) to the others, for the API's `info`.
@@ -274,6 +275,8 @@ pub struct EngineConfig {
     pub control_timeout: Duration,
     /// Settings of the Redis engine (used when `type = "redis"`).
     pub redis: switchboard_engine_redis::RedisConfig,
+    /// Settings of the NATS engine (used when `type = "nats"`).
+    pub nats: switchboard_engine_nats::NatsConfig,
 }
 
 impl Default for EngineConfig {
@@ -284,6 +287,7 @@ impl Default for EngineConfig {
             announce_interval: cluster.announce_interval,
             control_timeout: cluster.control_timeout,
             redis: switchboard_engine_redis::RedisConfig::default(),
+            nats: switchboard_engine_nats::NatsConfig::default(),
         }
     }
 }
@@ -297,6 +301,8 @@ pub enum EngineKind {
     Memory,
     /// Redis: several nodes.
     Redis,
+    /// NATS with JetStream: several nodes.
+    Nats,
 }
 
 /// A configuration that could not be loaded, with the key and the reason.
@@ -451,6 +457,12 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        if self.engine.kind == EngineKind::Nats {
+            self.engine
+                .nats
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)
@@ -541,6 +553,39 @@ mod tests {
     }
 
     #[test]
+    fn the_nats_engine_is_chosen_and_checked_like_redis() {
+        let c = Config::from_toml(
+            r#"
+            [engine]
+            type = "nats"
+            [engine.nats]
+            servers = ["nats://10.0.0.1:4222", "10.0.0.2:4222"]
+            token = "s3cret"
+            storage = "memory"
+            presence_ttl = "30s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Nats);
+        assert_eq!(c.engine.nats.servers.len(), 2);
+        assert_eq!(
+            c.engine.nats.storage,
+            switchboard_engine_nats::NatsStorage::Memory
+        );
+        assert_eq!(c.engine.nats.presence_ttl, Duration::from_secs(30));
+        let err = Config::from_toml("[engine]\ntype = \"nats\"\n[engine.nats]\nservers = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[engine.nats] servers"), "{err}");
+        let err = Config::from_toml("[engine]\ntype = \"nats\"\n[engine.nats]\nprefix = \"a.b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix"), "{err}");
+        // Checked only when chosen, like Redis's.
+        assert!(Config::from_toml("[engine.nats]\nservers = []").is_ok());
+    }
+
+    #[test]
     fn docs_configuration_md_documents_every_setting_and_only_real_ones() {
         let doc = include_str!("../../../docs/configuration.md");
         let defaults = toml::Value::try_from(Config::default()).unwrap();
@@ -566,6 +611,10 @@ mod tests {
                 "auth.jwks_file",
                 "auth.audience",
                 "auth.issuer",
+                "engine.nats.token",
+                "engine.nats.user",
+                "engine.nats.password",
+                "engine.nats.credentials_file",
             ]
             .map(String::from),
         );

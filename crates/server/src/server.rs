@@ -22,6 +22,7 @@ use tower::ServiceExt as _;
 
 use switchboard_auth::Verifier;
 use switchboard_engine::{Engine, MemoryEngine};
+use switchboard_engine_nats::NatsEngine;
 use switchboard_engine_redis::RedisEngine;
 use switchboard_hub::{ClusterConfig, Node, NodeConfig, Proxy};
 use switchboard_protocol::DisconnectCode;
@@ -49,6 +50,9 @@ pub enum ServerError {
     /// The Redis engine could not start.
     #[error(transparent)]
     Redis(#[from] switchboard_engine_redis::RedisError),
+    /// The NATS engine could not start.
+    #[error(transparent)]
+    Nats(#[from] switchboard_engine_nats::NatsError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -128,6 +132,11 @@ impl Server {
                 let redis = RedisEngine::connect(config.engine.redis.clone()).await?;
                 tracing::info!(addresses = ?config.engine.redis.addresses, cluster = config.engine.redis.cluster, "engine: Redis");
                 (Arc::new(redis) as Arc<dyn Engine>, None)
+            }
+            EngineKind::Nats => {
+                let nats = NatsEngine::connect(config.engine.nats.clone()).await?;
+                tracing::info!(servers = %config.engine.nats.display_name(), prefix = %config.engine.nats.prefix, "engine: NATS");
+                (Arc::new(nats) as Arc<dyn Engine>, None)
             }
         };
         let auth = if config.auth.has_keys() {

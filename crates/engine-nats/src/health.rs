@@ -1,0 +1,247 @@
+//! Readiness, measured: the server is asked for a round trip ([`round_trip`]) at least
+//! every second, and counts as down when it does not answer within `command_timeout`, while the
+//! connection is lost, and while subscriptions are being confirmed after a reconnect.
+//!
+//! Connection state alone is not enough: a server that stops answering (paused, a network that drops
+//! packets) leaves the TCP connection open, and an idle node would report ready through the whole
+//! outage.
+//!
+//! After every reconnect the client sends its subscriptions again; once the server confirmed them
+//! (a round trip after them), every channel this node is subscribed to is reported as a possible gap
+//! ([`EngineHandler::on_stream_gap`](switchboard_engine::EngineHandler::on_stream_gap)): what was
+//! published meanwhile never reached this node, and its subscribers must recover it from history.
+//! The positions remembered for publishing are forgotten too: the server may have lost streams.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::Event;
+use futures_util::TryFutureExt;
+use parking_lot::Mutex;
+use switchboard_engine::EngineError;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{Inner, broker};
+
+/// The longest delay between two reconnect attempts: after NATS is back, every node reconnects
+/// within about this time.
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// The delay before reconnect attempt `attempts`: 0 first, then doubling from 50 ms up to
+/// [`RECONNECT_MAX`].
+pub(crate) fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(10);
+    (Duration::from_millis(50) * 2u32.pow(exp)).min(RECONNECT_MAX)
+}
+
+/// How often a server that answers is asked: every second, more often when `command_timeout` is
+/// short.
+pub(crate) fn ping_period(command_timeout: Duration) -> Duration {
+    (command_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// How long after trouble a message between nodes may still have been lost: the other nodes
+/// reconnect within [`RECONNECT_MAX`] of NATS answering again, and notice an outage within
+/// `command_timeout` of its start.
+pub(crate) fn settle_time(command_timeout: Duration) -> Duration {
+    RECONNECT_MAX + command_timeout
+}
+
+/// The measured state.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// The last round trip was answered within `command_timeout`.
+    answering: AtomicBool,
+    /// When NATS was last seen not serving (never: `None`).
+    last_trouble: Mutex<Option<Instant>>,
+    /// The state last reported and since when, for `/health` and the logs.
+    reported: Mutex<(bool, Instant)>,
+}
+
+impl Health {
+    /// Just connected: ready.
+    pub(crate) fn new() -> Self {
+        Self {
+            answering: AtomicBool::new(true),
+            last_trouble: Mutex::new(None),
+            reported: Mutex::new((true, Instant::now())),
+        }
+    }
+
+    /// Records trouble seen now.
+    pub(crate) fn trouble(&self) {
+        *self.last_trouble.lock() = Some(Instant::now());
+    }
+}
+
+impl Inner {
+    /// Whether the engine serves: connected, answering, subscriptions in place.
+    pub(crate) fn ready(&self) -> bool {
+        self.health.answering.load(Ordering::Acquire)
+            && self.connected().is_ok()
+            && !self.resyncing.load(Ordering::Acquire)
+    }
+
+    /// Whether a message sent at `since` may have been lost.
+    pub(crate) fn uncertain_since(&self, since: Instant, settle: Duration) -> bool {
+        !self.ready()
+            || self
+                .health
+                .last_trouble
+                .lock()
+                .is_some_and(|t| t + settle >= since)
+    }
+
+    /// The state now, and for how long it has held. Notes a change (and logs it once).
+    pub(crate) fn observe(&self) -> (bool, Duration) {
+        let ready = self.ready();
+        if !ready {
+            self.health.trouble();
+        }
+        let mut reported = self.health.reported.lock();
+        if reported.0 != ready {
+            let was = reported.1.elapsed();
+            *reported = (ready, Instant::now());
+            if ready {
+                tracing::info!(servers = %self.name, after = ?was, "NATS answers again");
+            } else {
+                tracing::warn!(servers = %self.name, "NATS does not answer; channels fail until it does");
+            }
+        }
+        (ready, reported.1.elapsed())
+    }
+}
+
+/// A request the server answers itself (JetStream's account info), within `command_timeout`.
+/// Its answer proves that the server processed everything this client sent before it (a
+/// connection's messages are processed in order), subscriptions included, and that JetStream
+/// serves. (`Client::flush` only writes out the client's buffer: a hung server would pass it.)
+pub(crate) async fn round_trip(inner: &Inner) -> Result<(), EngineError> {
+    let asked = inner
+        .client
+        .request(JS_INFO, bytes::Bytes::new())
+        .map_err(|e| inner.error("round trip", e));
+    match tokio::time::timeout(inner.config.command_timeout, asked).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(inner.error("round trip", "timed out")),
+    }
+}
+
+/// The subject of JetStream's account info.
+pub(crate) const JS_INFO: &str = "$JS.API.INFO";
+
+/// Asks the server for a round trip every [`ping_period`] (again and again while it does not
+/// answer), recording what it sees. Runs until the engine stops.
+pub(crate) async fn watch(inner: Arc<Inner>) {
+    let timeout = inner.config.command_timeout;
+    let period = ping_period(timeout);
+    loop {
+        let started = tokio::time::Instant::now();
+        let answering = inner.connected().is_ok() && round_trip(&inner).await.is_ok();
+        inner.health.answering.store(answering, Ordering::Release);
+        inner.observe();
+        let next = if answering {
+            started + period
+        } else {
+            tokio::time::Instant::now() + Duration::from_millis(50)
+        };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Follows the client's connection events: a lost connection is trouble; a new one means
+/// confirming every subscription and reporting every channel as a gap; a slow consumer (messages
+/// dropped before this node read them) means every channel may have lost publications. Runs until
+/// the engine stops.
+pub(crate) async fn follow_events(inner: Arc<Inner>, mut events: UnboundedReceiver<Event>) {
+    // The first connection is announced too; only a connection after a loss means a resync.
+    let mut was_down = false;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Disconnected => {
+                was_down = true;
+                inner.health.trouble();
+                inner.health.answering.store(false, Ordering::Release);
+                inner.lasts.forget_all();
+                inner.observe();
+            }
+            Event::Connected if was_down => {
+                was_down = false;
+                inner.health.trouble();
+                inner.lasts.forget_all();
+                resync(&inner).await;
+            }
+            Event::SlowConsumer(sid) => {
+                tracing::warn!(
+                    sid,
+                    "NATS subscription fell behind; every channel must recover"
+                );
+                broker::report_gaps(&inner);
+            }
+            other => tracing::debug!(event = %other, "NATS event"),
+        }
+    }
+}
+
+/// Waits until the server confirmed the subscriptions the client sent again after reconnecting,
+/// then reports every channel as a gap; not ready meanwhile.
+async fn resync(inner: &Inner) {
+    inner.resyncing.store(true, Ordering::Release);
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match round_trip(inner).await {
+            Ok(()) => break,
+            _ if inner.connected().is_err() => {
+                // Lost again: the next Connected event resyncs.
+                inner.resyncing.store(false, Ordering::Release);
+                return;
+            }
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    inner.health.answering.store(true, Ordering::Release);
+    // Only now: a subscriber resubscribing with recovery after this report sees every publication,
+    // from history up to its read and live after it.
+    let n = broker::report_gaps(inner);
+    if n > 0 {
+        tracing::info!(servers = %inner.name, channels = n, "NATS is back: subscribers recover");
+    }
+    inner.health.trouble();
+    inner.resyncing.store(false, Ordering::Release);
+    inner.observe();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_start_at_once_and_back_off_to_two_seconds() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(100), RECONNECT_MAX);
+    }
+
+    #[test]
+    fn the_ping_period_is_at_most_a_second_and_half_the_timeout() {
+        assert_eq!(ping_period(Duration::from_secs(5)), Duration::from_secs(1));
+        assert_eq!(
+            ping_period(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            ping_period(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Presence in a JetStream stream (`P_PRESENCE`): one subject per client and channel
+//! (`P.p.<channel>.<client>`), keeping its last message only, and a maximum age of
+//! `presence_ttl`. Every node rewrites its own clients' entries every third of `presence_ttl`, so
+//! the entries of a node that died vanish within `presence_ttl` (JetStream drops them by age),
+//! with no cleanup by anyone. A read takes the last message of each subject of the channel.
+//!
+//! This is what a NATS KV bucket with a TTL is, without the KV layer's tombstones: a removal purges
+//! the subject.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, Stream};
+use bytes::Bytes;
+use switchboard_engine::{EngineError, PresenceStats};
+use switchboard_protocol::ClientInfo;
+
+use crate::Inner;
+use crate::history::{consume, ensure_stream, forget_stream};
+
+async fn presence_stream(inner: &Inner) -> Result<Stream, EngineError> {
+    let s = &inner.subjects;
+    let ttl = inner.config.presence_ttl;
+    let config = stream::Config {
+        name: s.presence_stream(),
+        subjects: vec![s.presence_filter()],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        storage: match inner.config.storage {
+            crate::NatsStorage::File => stream::StorageType::File,
+            crate::NatsStorage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: inner.config.replicas,
+        ..Default::default()
+    };
+    // Nodes share the stream: the last to start with another presence_ttl sets it.
+    ensure_stream(inner, config, |c| c.max_age != ttl).await
+}
+
+/// Writes one entry.
+async fn write(inner: &Inner, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
+    let body = serde_json::to_vec(info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let subject = inner.subjects.presence(channel, &info.client);
+    for _ in 0..2 {
+        let stream = presence_stream(inner).await?;
+        let acked = match inner
+            .js
+            .publish(subject.clone(), Bytes::from(body.clone()))
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                forget_stream(inner, &stream.cached_info().config.name);
+            }
+            Err(e) => return Err(inner.error("presence", e)),
+        }
+    }
+    Err(inner.error("presence", "the stream disappears as it is made"))
+}
+
+/// Records `info.client` in `channel`'s presence, and keeps rewriting it until removed.
+pub(crate) async fn add(
+    inner: &Inner,
+    channel: &str,
+    info: Arc<ClientInfo>,
+) -> Result<(), EngineError> {
+    inner.connected()?;
+    inner
+        .local_presence
+        .lock()
+        .entry(channel.to_owned())
+        .or_default()
+        .insert(info.client.clone(), Arc::clone(&info));
+    write(inner, channel, &info).await
+}
+
+/// Removes `client` from `channel`'s presence.
+pub(crate) async fn remove(inner: &Inner, channel: &str, client: &str) -> Result<(), EngineError> {
+    {
+        let mut local = inner.local_presence.lock();
+        if let Some(clients) = local.get_mut(channel) {
+            clients.remove(client);
+            if clients.is_empty() {
+                local.remove(channel);
+            }
+        }
+    }
+    inner.connected()?;
+    let stream = presence_stream(inner).await?;
+    stream
+        .purge()
+        .filter(inner.subjects.presence(channel, client))
+        .await
+        .map(drop)
+        .map_err(|e| inner.error("presence", e))
+}
+
+/// Who is present in `channel`, on every node.
+pub(crate) async fn get(
+    inner: &Inner,
+    channel: &str,
+) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
+    inner.connected()?;
+    let stream = presence_stream(inner).await?;
+    let messages = consume(
+        inner,
+        &stream,
+        inner.subjects.presence_of(channel),
+        DeliverPolicy::LastPerSubject,
+    )
+    .await?;
+    let mut out = HashMap::new();
+    for m in messages {
+        match serde_json::from_slice::<ClientInfo>(&m.payload) {
+            Ok(info) => {
+                out.insert(info.client.clone(), Arc::new(info));
+            }
+            Err(e) => {
+                tracing::warn!(channel, subject = %m.subject, error = %e, "unreadable presence entry; skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Presence counts of `channel`.
+pub(crate) async fn stats(inner: &Inner, channel: &str) -> Result<PresenceStats, EngineError> {
+    let members = get(inner, channel).await?;
+    let users: HashSet<&str> = members.values().map(|c| c.user.as_str()).collect();
+    Ok(PresenceStats {
+        num_clients: members.len(),
+        num_users: users.len(),
+    })
+}
+
+/// Rewrites this node's presence entries every third of `presence_ttl`. Runs until the engine
+/// stops.
+pub(crate) async fn refresh(inner: Arc<Inner>) {
+    let period = (inner.config.presence_ttl / 3).max(Duration::from_millis(100));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let snapshot: Vec<(String, Vec<Arc<ClientInfo>>)> = inner
+            .local_presence
+            .lock()
+            .iter()
+            .map(|(c, m)| (c.clone(), m.values().cloned().collect()))
+            .collect();
+        for (channel, members) in snapshot {
+            for info in members {
+                if let Err(e) = write(&inner, &channel, &info).await {
+                    // NATS is away; the next round (after the reconnect) restores the entries.
+                    tracing::debug!(channel, error = %e, "presence refresh failed");
+                }
+            }
+        }
+    }
+}
