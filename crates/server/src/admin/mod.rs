@@ -61,12 +61,27 @@ pub fn start(
     Ok((routes::router(Arc::new(console)), traffic))
 }
 
-/// `router` with every request counted by transport in `traffic` (for the cost view).
+/// `router` with every request of a transport counted in `traffic`, with its head's bytes and its
+/// answer's (for the cost view). Other requests pass untouched.
 pub fn count_requests(router: Router, traffic: Arc<Traffic>) -> Router {
-    router.layer(tower::util::MapRequestLayer::new(
-        move |req: axum::extract::Request| {
-            traffic.count(req.method(), req.uri());
-            req
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let traffic = Arc::clone(&traffic);
+            async move {
+                let Some(slot) = traffic.classify(req.method(), req.uri()) else {
+                    return next.run(req).await;
+                };
+                let (parts, body) = req.into_parts();
+                traffic.count(slot, stats::request_head_bytes(&parts));
+                let resp = next
+                    .run(axum::extract::Request::from_parts(parts, body))
+                    .await;
+                traffic.answered(
+                    slot,
+                    stats::response_head_bytes(resp.status(), resp.headers()),
+                );
+                resp
+            }
         },
     ))
 }

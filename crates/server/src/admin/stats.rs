@@ -27,11 +27,44 @@ const REQUEST_LABELS: [&str; 5] = ["websocket", "sse", "long-poll", "poll", "htt
 
 /// HTTP requests on the client listener, by transport: WebSocket upgrades, SSE streams, polls (long
 /// or not), and the fallbacks' uploads (POSTs, shared by the three, labelled `http`).
+///
+/// It also adds up the bytes of the HTTP heads of those requests and their responses, which the
+/// node's payload counters leave out and which are most of what a fallback costs per message.
 #[derive(Debug, Default)]
 pub struct Traffic {
     counts: [AtomicU64; 5],
+    heads_in: [AtomicU64; 5],
+    heads_out: [AtomicU64; 5],
     websocket_path: String,
     fallback_path: String,
+}
+
+/// A transport's index in [`Traffic`]'s counters, as [`Traffic::classify`] gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(usize);
+
+/// Bytes of an HTTP/1.1 request head as it came: the request line, each header line, the blank line.
+pub fn request_head_bytes(req: &http::request::Parts) -> u64 {
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    (line + header_bytes(&req.headers)) as u64
+}
+
+/// Bytes of an HTTP/1.1 response head: the status line, each header line, the blank line, and the
+/// `date` and length headers hyper adds on the way out (a `content-length` or
+/// `transfer-encoding: chunked` line, about 20 bytes).
+pub fn response_head_bytes(status: http::StatusCode, headers: &http::HeaderMap) -> u64 {
+    let line = "HTTP/1.1 200 ".len() + status.canonical_reason().map_or(0, str::len) + 2;
+    let added = "date: Thu, 03 Dec 2026 02:43:00 GMT\r\n".len() + 20;
+    (line + header_bytes(headers) + added) as u64
+}
+
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum::<usize>()
+        + 2
 }
 
 impl Traffic {
@@ -40,19 +73,30 @@ impl Traffic {
     pub fn new(websocket_path: &str, fallback_path: &str) -> Self {
         Self {
             counts: Default::default(),
+            heads_in: Default::default(),
+            heads_out: Default::default(),
             websocket_path: websocket_path.to_owned(),
             fallback_path: fallback_path.trim_end_matches('/').to_owned(),
         }
     }
 
-    /// Counts one request, if it belongs to a transport.
-    pub fn count(&self, method: &http::Method, uri: &http::Uri) {
-        if let Some(i) = self.classify(method, uri) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts one request of a transport (`slot` from [`Traffic::classify`]) with its head's bytes.
+    pub fn count(&self, slot: Slot, head_bytes: u64) {
+        self.counts[slot.0].fetch_add(1, Ordering::Relaxed);
+        self.heads_in[slot.0].fetch_add(head_bytes, Ordering::Relaxed);
     }
 
-    fn classify(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
+    /// Counts the head of the answer to a request of `slot`.
+    pub fn answered(&self, slot: Slot, head_bytes: u64) {
+        self.heads_out[slot.0].fetch_add(head_bytes, Ordering::Relaxed);
+    }
+
+    /// The transport a request belongs to, if any.
+    pub fn classify(&self, method: &http::Method, uri: &http::Uri) -> Option<Slot> {
+        self.index(method, uri).map(Slot)
+    }
+
+    fn index(&self, method: &http::Method, uri: &http::Uri) -> Option<usize> {
         let path = uri.path();
         if *method == http::Method::GET && path == self.websocket_path {
             return Some(0);
@@ -73,9 +117,13 @@ impl Traffic {
 
     /// Requests so far, by label.
     fn totals(&self) -> BTreeMap<String, f64> {
+        Self::by_label(&self.counts)
+    }
+
+    fn by_label(counters: &[AtomicU64; 5]) -> BTreeMap<String, f64> {
         REQUEST_LABELS
             .iter()
-            .zip(&self.counts)
+            .zip(counters)
             .map(|(l, c)| ((*l).to_owned(), c.load(Ordering::Relaxed) as f64))
             .collect()
     }
@@ -174,8 +222,11 @@ struct Totals {
 
 impl Totals {
     fn read(metrics: &str, traffic: &Traffic) -> Self {
+        // Bytes start with the HTTP heads; the payload counters are added to them below.
         let mut t = Self {
             requests: traffic.totals(),
+            bytes_in: Traffic::by_label(&traffic.heads_in),
+            bytes_out: Traffic::by_label(&traffic.heads_out),
             ..Self::default()
         };
         for s in parse(metrics) {
@@ -236,9 +287,9 @@ pub struct Point {
     pub deliveries: f64,
     /// Client commands per second.
     pub commands: f64,
-    /// Payload bytes received per second, by transport.
+    /// Bytes received per second, by transport: payload and HTTP request heads.
     pub bytes_in: BTreeMap<String, f64>,
-    /// Payload bytes sent per second, by transport.
+    /// Bytes sent per second, by transport: payload and HTTP response heads.
     pub bytes_out: BTreeMap<String, f64>,
     /// HTTP requests per second, by transport (see [`Traffic`]).
     pub requests: BTreeMap<String, f64>,
@@ -491,15 +542,23 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
     fn points_are_rates_over_the_interval() {
         let traffic = Traffic::new("/connection/websocket", "/connection/http");
         let before = Totals::read("", &traffic);
-        traffic.count(
-            &http::Method::GET,
-            &"/connection/websocket".parse().unwrap(),
-        );
+        let ws = traffic
+            .classify(
+                &http::Method::GET,
+                &"/connection/websocket".parse().unwrap(),
+            )
+            .unwrap();
+        traffic.count(ws, 100);
+        traffic.answered(ws, 50);
         let now = Totals::read(TEXT, &traffic);
         let p = Point::between(&now, &before, 2.0);
         assert_eq!(p.deliveries, 50.0);
         assert_eq!(p.publications, 5.0);
-        assert_eq!(p.bytes_out["websocket"], 4500.0);
+        assert_eq!(
+            p.bytes_out["websocket"], 4525.0,
+            "payload and the upgrade's answer"
+        );
+        assert_eq!(p.bytes_in["websocket"], 50.0, "the upgrade request");
         assert_eq!(p.bytes_in["http"], 200.0);
         assert_eq!(p.requests["websocket"], 0.5);
         assert_eq!(p.requests["sse"], 0.0);
@@ -529,7 +588,9 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
             (&post, "/ws"),
             (&get, "/connection/http/other"),
         ] {
-            t.count(m, &uri.parse().unwrap());
+            if let Some(slot) = t.classify(m, &uri.parse().unwrap()) {
+                t.count(slot, 1);
+            }
         }
         let totals = t.totals();
         assert_eq!(
@@ -539,6 +600,29 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
         );
         assert_eq!(totals["poll"], 1.0);
         assert_eq!(totals["http"], 3.0);
+    }
+
+    #[test]
+    fn head_sizes_are_what_goes_on_the_wire() {
+        let req = http::Request::get("/connection/http/poll?session=ab&ack=3")
+            .header("host", "127.0.0.1:8080")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let wire = "GET /connection/http/poll?session=ab&ack=3 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\naccept: */*\r\n\r\n";
+        assert_eq!(request_head_bytes(&req.into_parts().0), wire.len() as u64);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        let wire = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: Thu, 03 Dec 2026 02:43:00 GMT\r\ncontent-length: 123\r\n\r\n";
+        let ours = response_head_bytes(http::StatusCode::OK, &headers);
+        assert!(
+            ours.abs_diff(wire.len() as u64) <= 2,
+            "{ours} vs {}",
+            wire.len()
+        );
     }
 
     fn point(

@@ -179,11 +179,13 @@ function plot(svg, series, format = (n) => num(n, 1)) {
   const parts = [];
   const line = (y) => { const l = document.createElementNS(SVG, 'line'); l.setAttribute('x1', 0); l.setAttribute('x2', W); l.setAttribute('y1', y); l.setAttribute('y2', y); l.setAttribute('class', 'grid'); return l; };
   parts.push(line(PAD), line(H));
+  // Up to 15 minutes, but at least one: a node that just started still gets a readable plot.
+  const span = Math.max(60, ...series.map((v) => v.length));
   series.forEach((values, i) => {
     const n = values.length;
     if (!n) return;
     const pts = values.map((v, j) => {
-      const x = W - ((n - 1 - j) / (HISTORY - 1)) * W;
+      const x = W - ((n - 1 - j) / (span - 1)) * W;
       const y = H - (v / max) * (H - PAD);
       return `${x.toFixed(1)},${y.toFixed(1)}`;
     });
@@ -194,7 +196,8 @@ function plot(svg, series, format = (n) => num(n, 1)) {
   });
   const text = (x, y, s, anchor = 'start') => { const t = document.createElementNS(SVG, 'text'); t.setAttribute('x', x); t.setAttribute('y', y); t.setAttribute('text-anchor', anchor); t.textContent = s; return t; };
   parts.push(text(2, PAD - 3, `max ${format(series.flat().length ? max : 0)}`));
-  parts.push(text(2, H + PAD - 2, '−15 min'), text(W - 2, H + PAD - 2, 'now', 'end'));
+  const ago = span >= 120 ? `−${Math.round(span / 60)} min` : `−${span} s`;
+  parts.push(text(2, H + PAD - 2, ago), text(W - 2, H + PAD - 2, 'now', 'end'));
   svg.replaceChildren(...parts);
 }
 
