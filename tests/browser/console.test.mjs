@@ -194,7 +194,7 @@ test('the overview follows clients connecting over each transport', { timeout: 9
   assert.ok(await c.page.locator('#p-clients polyline').count() >= 1);
   if (process.env.SCREENSHOT) {
     await c.page.evaluate(() => window.scrollTo(0, 0));
-    await c.page.screenshot({ path: SCREENSHOT, fullPage: true });
+    await c.page.screenshot({ path: SCREENSHOT });
   }
   await noStrangers(c, s);
   await cp.context.close();

@@ -54,7 +54,7 @@ pub struct Config {
     /// Where channels, history and presence live: this process only, or Redis (several nodes).
     pub engine: EngineConfig,
     /// The operator's console at `/admin/` on the API listener (off unless asked for).
-    pub admin: crate::admin::AdminConfig,
+    pub admin: crate::admin::config::AdminConfig,
 }
 
 impl Default for Config {
@@ -80,7 +80,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             shutdown: ShutdownConfig::default(),
             engine: EngineConfig::default(),
-            admin: crate::admin::AdminConfig::default(),
+            admin: crate::admin::config::AdminConfig::default(),
         }
     }
 }
