@@ -39,7 +39,11 @@ pub fn start(
     } else {
         None
     };
-    let traffic = Arc::new(Traffic::new(&config.websocket_path, &config.fallback.path));
+    let fallback = config
+        .fallback
+        .enabled
+        .then_some(config.fallback.path.as_str());
+    let traffic = Arc::new(Traffic::new(&config.websocket_path, fallback));
     let stats = Arc::new(stats::Stats::default());
     let (tick, ticks) = tokio::sync::watch::channel(0u64);
     tracker.spawn(stats::sample(

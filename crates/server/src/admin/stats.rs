@@ -36,7 +36,7 @@ pub struct Traffic {
     heads_in: [AtomicU64; 5],
     heads_out: [AtomicU64; 5],
     websocket_path: String,
-    fallback_path: String,
+    fallback_path: Option<String>,
 }
 
 /// A transport's index in [`Traffic`]'s counters, as [`Traffic::classify`] gives it.
@@ -69,14 +69,14 @@ fn header_bytes(headers: &http::HeaderMap) -> usize {
 
 impl Traffic {
     /// Counts requests to the client endpoint at `websocket_path` and the fallbacks at
-    /// `fallback_path`.
-    pub fn new(websocket_path: &str, fallback_path: &str) -> Self {
+    /// `fallback_path` (`None`: the fallbacks are off, and requests there are nobody's).
+    pub fn new(websocket_path: &str, fallback_path: Option<&str>) -> Self {
         Self {
             counts: Default::default(),
             heads_in: Default::default(),
             heads_out: Default::default(),
             websocket_path: websocket_path.to_owned(),
-            fallback_path: fallback_path.trim_end_matches('/').to_owned(),
+            fallback_path: fallback_path.map(|p| p.trim_end_matches('/').to_owned()),
         }
     }
 
@@ -101,7 +101,7 @@ impl Traffic {
         if *method == http::Method::GET && path == self.websocket_path {
             return Some(0);
         }
-        let rest = path.strip_prefix(self.fallback_path.as_str())?;
+        let rest = path.strip_prefix(self.fallback_path.as_deref()?)?;
         match (method.as_str(), rest) {
             ("GET", "/sse") => Some(1),
             ("GET", "/poll") => {
@@ -352,7 +352,8 @@ pub struct Cost {
     /// Messages delivered to its clients per second. Estimated: the node counts deliveries in all,
     /// so they are shared out by the transport's part of the clients.
     pub deliveries: f64,
-    /// HTTP requests per delivered message.
+    /// HTTP requests per delivered message (`None` also for a transport whose requests the console
+    /// does not count).
     pub requests_per_msg: Option<f64>,
     /// Bytes sent per delivered message.
     pub bytes_down_per_msg: Option<f64>,
@@ -398,7 +399,13 @@ pub fn cost(window: &[Point]) -> Vec<Cost> {
             transport,
             clients,
             deliveries: d,
-            requests_per_msg: per(requests, d),
+            // A transport the console does not count requests of (one added later) shows none
+            // rather than a false 0.
+            requests_per_msg: if REQUEST_LABELS.contains(&key.as_str()) {
+                per(requests, d)
+            } else {
+                None
+            },
             bytes_down_per_msg: per(down, d),
             bytes_up_per_msg: per(up, d),
         });
@@ -540,7 +547,7 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
 
     #[test]
     fn points_are_rates_over_the_interval() {
-        let traffic = Traffic::new("/connection/websocket", "/connection/http");
+        let traffic = Traffic::new("/connection/websocket", Some("/connection/http"));
         let before = Totals::read("", &traffic);
         let ws = traffic
             .classify(
@@ -573,7 +580,12 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
 
     #[test]
     fn requests_are_counted_by_transport() {
-        let t = Traffic::new("/ws", "/connection/http/");
+        let off = Traffic::new("/ws", None);
+        assert!(
+            off.classify(&http::Method::GET, &"/connection/http/sse".parse().unwrap())
+                .is_none()
+        );
+        let t = Traffic::new("/ws", Some("/connection/http/"));
         let get = http::Method::GET;
         let post = http::Method::POST;
         for (m, uri) in [
@@ -666,5 +678,11 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
         assert_eq!(row("http").clients, 10.0);
         assert_eq!(row("http").requests_per_msg, Some(0.0));
         assert!(cost(&[]).is_empty());
+        // A transport whose requests are not counted here shows no ratio rather than 0.
+        let other = point(&[("socketio", 1.0)], 5.0, &[("socketio", 500.0)], &[]);
+        let rows = cost(&[other]);
+        let row = rows.iter().find(|r| r.transport == "socketio").unwrap();
+        assert_eq!(row.requests_per_msg, None);
+        assert_eq!(row.bytes_down_per_msg, Some(100.0));
     }
 }
