@@ -260,6 +260,10 @@ test('a disconnect from one node reaches a client on another (two nodes on Redis
   await c.page.waitForFunction(() => document.querySelectorAll('#nodes tbody tr').length === 2, null, { timeout: WAIT });
   const cp = await clientPage(b);
   await connect(cp, 'erin', { channel: 'chat:far' });
+  // Node B's console shares its figures through Redis: A's page shows B's transports and memory.
+  await c.page.waitForFunction(() => [...document.querySelectorAll('#nodes tbody tr')].some((tr) =>
+    !tr.textContent.includes('(this one)') && tr.children[4].textContent === 'WebSocket 1'
+      && tr.children[9].textContent.endsWith('MiB')), null, { timeout: WAIT });
   // Find erin from node A's console: the channel, who is here, and her Disconnect button.
   await c.page.fill('#prefix', 'chat:f');
   await c.page.click('#search button');

@@ -297,13 +297,26 @@ fn sse(event: &str, data: &Value) -> Bytes {
 fn tick_event(console: &Console) -> Bytes {
     let (point, cost) = console.stats.latest().unwrap_or_default();
     let audit: Vec<AuditEntry> = console.audit.lock().iter().cloned().collect();
+    // Each node as it announces itself, with what its console shares (a node whose console is off,
+    // or one that left, has none: the list is the announced one).
+    let figures = console.stats.figures();
+    let nodes: Vec<Value> = console
+        .node
+        .cluster_info()
+        .into_iter()
+        .map(|n| {
+            let mut v = json!(n);
+            v["figures"] = json!(figures.get(&n.id));
+            v
+        })
+        .collect();
     sse(
         "tick",
         &json!({
             "self": console.node.node_id(),
             "point": point,
             "cost": cost,
-            "nodes": console.node.cluster_info(),
+            "nodes": nodes,
             "audit": audit,
         }),
     )

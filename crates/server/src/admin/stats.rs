@@ -435,13 +435,49 @@ fn memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The last [`HISTORY_POINTS`] points of this node.
+/// Where each node's console shares its own figures with the others: the engine's presence of a
+/// channel no client can name (its namespace starts with a NUL byte, which no configuration has),
+/// one entry per node, its `info` a [`NodeFigures`]. Presence is what the engine already shares
+/// between nodes (and expires in Redis when a node stops refreshing it).
+pub const FIGURES_CHANNEL: &str = "\0switchboard:console-nodes";
+
+/// What a node's console tells the others about its node, beyond what nodes announce anyway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct NodeFigures {
+    /// Connected clients, by transport.
+    pub clients: BTreeMap<String, f64>,
+    /// Resident memory, bytes.
+    pub memory: u64,
+    /// Publications fanned out per second.
+    pub publications: f64,
+    /// Deliveries per second.
+    pub deliveries: f64,
+}
+
+impl From<&Point> for NodeFigures {
+    fn from(p: &Point) -> Self {
+        Self {
+            clients: p.clients.clone(),
+            memory: p.memory,
+            publications: p.publications,
+            deliveries: p.deliveries,
+        }
+    }
+}
+
+/// The last [`HISTORY_POINTS`] points of this node, and the other nodes' figures.
 #[derive(Debug, Default)]
 pub struct Stats {
     points: Mutex<VecDeque<Point>>,
+    figures: Mutex<BTreeMap<String, NodeFigures>>,
 }
 
 impl Stats {
+    /// Every node's figures by node id, as last read (nodes without a console on are missing).
+    pub fn figures(&self) -> BTreeMap<String, NodeFigures> {
+        self.figures.lock().clone()
+    }
+
     /// Every point kept, oldest first.
     pub fn history(&self) -> Vec<Point> {
         self.points.lock().iter().cloned().collect()
@@ -479,7 +515,7 @@ pub async fn sample(
     let mut before = (Instant::now(), Totals::read(&node.metrics_text(), &traffic));
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             _ = every.tick() => {}
         }
         let now = Instant::now();
@@ -497,9 +533,44 @@ pub async fn sample(
         point.subscriptions = info.num_subscriptions;
         point.channels = info.num_channels;
         point.memory = memory();
+        share(&node, &stats, &point).await;
         stats.push(point);
         tick();
         before = (now, totals);
+    }
+    if let Err(e) = node
+        .engine()
+        .remove_presence(FIGURES_CHANNEL, node.node_id())
+        .await
+    {
+        tracing::debug!(error = %e, "console: cannot withdraw this node's figures");
+    }
+}
+
+/// Tells the other nodes' consoles this node's figures, and reads theirs.
+async fn share(node: &Node, stats: &Stats, point: &Point) {
+    let info = serde_json::value::to_raw_value(&NodeFigures::from(point)).ok();
+    let entry = switchboard_protocol::ClientInfo {
+        client: node.node_id().to_owned(),
+        user: String::new(),
+        info,
+    };
+    let engine = node.engine();
+    if let Err(e) = engine.add_presence(FIGURES_CHANNEL, Arc::new(entry)).await {
+        tracing::debug!(error = %e, "console: cannot share this node's figures");
+    }
+    match engine.presence(FIGURES_CHANNEL).await {
+        Ok(all) => {
+            let figures = all
+                .into_iter()
+                .filter_map(|(id, c)| {
+                    let f = serde_json::from_str(c.info.as_ref()?.get()).ok()?;
+                    Some((id, f))
+                })
+                .collect();
+            *stats.figures.lock() = figures;
+        }
+        Err(e) => tracing::debug!(error = %e, "console: cannot read the nodes' figures"),
     }
 }
 

@@ -145,11 +145,19 @@ function render(tick) {
   $('#c-proxy').textContent = proxied ? `${proxied.proxy_ms.toFixed(1)} ms` : 'no calls';
   $('#c-proxy-err').textContent = num(points.reduce((a, q) => a + q.proxy_errors, 0));
 
-  fill($('#nodes tbody'), nodes.map((n) => el('tr', {},
-    el('th', { scope: 'row' }, n.name, n.id === tick.self ? ' (this one)' : ''),
-    el('td', {}, n.version), el('td', {}, uptime(n.uptime)),
-    el('td', { class: 'n' }, num(n.num_clients)), el('td', { class: 'n' }, num(n.num_users)),
-    el('td', { class: 'n' }, num(n.num_channels)), el('td', { class: 'n' }, num(n.num_subscriptions)))));
+  fill($('#nodes tbody'), nodes.map((n) => {
+    const f = n.figures;
+    const split = f ? Object.entries(f.clients).filter(([, v]) => v > 0).map(([t, v]) => `${name(t)} ${num(v)}`).join(', ') : '';
+    return el('tr', { 'data-node': n.id },
+      el('th', { scope: 'row' }, n.name, n.id === tick.self ? ' (this one)' : ''),
+      el('td', {}, n.version), el('td', {}, uptime(n.uptime)),
+      el('td', { class: 'n' }, num(n.num_clients)),
+      el('td', { class: 'small' }, f ? split || 'none' : '–'),
+      el('td', { class: 'n' }, num(n.num_users)),
+      el('td', { class: 'n' }, num(n.num_channels)), el('td', { class: 'n' }, num(n.num_subscriptions)),
+      el('td', { class: 'n' }, f ? num(f.deliveries, 1) : '–'),
+      el('td', { class: 'n' }, f ? bytes(f.memory) : '–'));
+  }));
 
   const transports = [...new Set(['websocket', 'sse', 'long-poll', 'poll', ...Object.keys(p.clients ?? {}), 'http'])];
   fill($('#transports tbody'), transports.map((t) => el('tr', { 'data-transport': t },
