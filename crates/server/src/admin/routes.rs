@@ -368,6 +368,8 @@ async fn events(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A reverse proxy in front (nginx) would otherwise hold the events back to fill its buffer.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
