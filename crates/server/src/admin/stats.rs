@@ -370,7 +370,8 @@ pub fn cost(window: &[Point]) -> Vec<Cost> {
     let n = window.len() as f64;
     let mean = |f: &dyn Fn(&Point) -> f64| window.iter().map(f).sum::<f64>() / n;
     let deliveries = mean(&|p| p.deliveries);
-    let all_clients: f64 = last.clients.values().sum();
+    // A fold from 0.0: the sum of no floats is -0.0, which the page would show as "-0".
+    let all_clients = last.clients.values().fold(0.0, |a, b| a + b);
     let per = |x: f64, d: f64| (d > 0.0).then(|| x / d);
     let mut rows = Vec::new();
     let mut fallback_deliveries = 0.0;
@@ -749,6 +750,11 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
         assert_eq!(row("http").clients, 10.0);
         assert_eq!(row("http").requests_per_msg, Some(0.0));
         assert!(cost(&[]).is_empty());
+        let idle = cost(&[Point::default()]);
+        assert!(
+            idle.iter().all(|r| r.clients.is_sign_positive()),
+            "{idle:?}"
+        );
         // A transport whose requests are not counted here shows no ratio rather than 0.
         let other = point(&[("socketio", 1.0)], 5.0, &[("socketio", 500.0)], &[]);
         let rows = cost(&[other]);
