@@ -53,6 +53,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Where channels, history and presence live: this process only, or Redis (several nodes).
     pub engine: EngineConfig,
+    /// The operator's console at `/admin/` on the API listener (off unless asked for).
+    pub admin: crate::admin::config::AdminConfig,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             shutdown: ShutdownConfig::default(),
             engine: EngineConfig::default(),
+            admin: crate::admin::config::AdminConfig::default(),
         }
     }
 }
@@ -463,6 +466,9 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        self.admin
+            .validate(self.auth.has_keys())
+            .map_err(ConfigError::Invalid)?;
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)

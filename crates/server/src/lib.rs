@@ -11,11 +11,13 @@
 //! - [`config`]: every setting, from defaults, a TOML file, `SWITCHBOARD_*` variables and flags.
 //! - [`cli`]: the `switchboard` command line; [`tools`] runs its client subcommands (`subscribe`,
 //!   `publish`).
+//! - [`admin`]: the operator's console at `/admin/` on the API listener (`[admin] enabled`).
 //! - [`demo`]: the chat demo page at `/`, with the JavaScript client of `clients/js`.
 //!
 //! The WebSocket protocol itself (framing, compression, keepalive, close) is the
 //! `switchboard-websocket` crate.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;

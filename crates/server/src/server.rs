@@ -177,16 +177,20 @@ impl Server {
             config.engine.announce_interval,
             shutdown.clone(),
         ));
-        let router = routes(&config, &node, &limits, &shutdown, &tracker);
+        let mut router = routes(&config, &node, &limits, &shutdown, &tracker);
         if config.api.key.is_empty() {
             tracing::warn!(
                 "[api] key is empty: the server API refuses every request until one is set"
             );
         }
-        let api = (
-            api_listener,
-            switchboard_api::router(Arc::clone(&node), &config.api),
-        );
+        let mut api_router = switchboard_api::router(Arc::clone(&node), &config.api);
+        if config.admin.enabled {
+            // The console lives on the API listener only: it can do what the API does.
+            let (console, traffic) = crate::admin::start(&config, &node, &shutdown, &tracker)?;
+            api_router = api_router.merge(console);
+            router = crate::admin::count_requests(router, traffic);
+        }
+        let api = (api_listener, api_router);
         Ok(Self {
             listener,
             router,
