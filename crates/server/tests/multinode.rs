@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard::config::EngineKind;
 use switchboard_engine_redis::testing::{RedisCluster, RedisServer};
 
 const KEY: &str = "multinode-key";
@@ -26,26 +25,13 @@ fn config(redis: &RedisServer) -> Config {
 }
 
 fn config_for(addresses: Vec<String>, cluster: bool) -> Config {
-    let mut c = Config::default();
-    c.api.key = KEY.into();
-    c.engine.kind = EngineKind::Redis;
-    c.engine.redis.addresses = addresses;
+    let mut c = redis_node_config(KEY, "multinode", addresses);
     c.engine.redis.cluster = cluster;
-    c.engine.redis.prefix = "multinode".into();
-    c.engine.redis.connect_timeout = Duration::from_secs(2);
-    c.engine.redis.command_timeout = Duration::from_secs(2);
-    c.channels
-        .namespaces
-        .insert("chat".into(), chat_namespace());
     c
 }
 
 async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(start(config(redis)).await);
-    }
-    nodes
+    start_nodes(3, &config(redis)).await
 }
 
 async fn api(node: &TestServer, method: &str, body: Value) -> Value {
@@ -188,12 +174,7 @@ async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_misse
         )
         .await;
     assert_eq!(r["recovered"], true, "{r}");
-    let got: Vec<u64> = r["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["data"]["n"].as_u64().unwrap())
-        .collect();
+    let got = publications_at(&r, "/data/n");
     assert_eq!(got, [3, 4, 5]);
     api(
         &nodes[0],
@@ -469,12 +450,7 @@ async fn on_a_redis_cluster_publications_reach_every_node_and_clients_recover_on
             )
             .await;
         assert_eq!(r["recovered"], true, "{ch}: {r}");
-        let got: Vec<u64> = r["publications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["data"]["n"].as_u64().unwrap())
-            .collect();
+        let got = publications_at(&r, "/data/n");
         assert_eq!(got, [4, 5], "{ch}");
     }
     // And live from then on, published through node A.
