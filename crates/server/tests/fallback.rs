@@ -321,6 +321,16 @@ async fn open_session(addr: SocketAddr) -> String {
     v["session"].as_str().unwrap().to_owned()
 }
 
+/// Opens a session and sends it a `subscribe` to `channel` (its first POST, `n=1`), unacknowledged:
+/// the reply waits downstream, for the test to read as it pleases.
+async fn open_subscribed(addr: SocketAddr, channel: &str) -> String {
+    let session = open_session(addr).await;
+    let subscribe = json!({"id": 2, "subscribe": {"channel": channel}}).to_string();
+    let (status, v) = send(addr, &format!("session={session}&n=1"), &subscribe).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    session
+}
+
 /// `GET {path}/poll?{query}`: the status and the JSON answer.
 async fn poll(addr: SocketAddr, query: &str) -> (StatusCode, Value) {
     let resp = reqwest::Client::new()
@@ -599,13 +609,7 @@ async fn a_long_poll_answers_as_soon_as_a_publication_arrives() {
     let mut cfg = config();
     cfg.fallback.poll_timeout = Duration::from_secs(20);
     let s = start(cfg).await;
-    let session = open_session(s.addr).await;
-    send(
-        s.addr,
-        &format!("session={session}&n=1"),
-        r#"{"id":2,"subscribe":{"channel":"chat:fast"}}"#,
-    )
-    .await;
+    let session = open_subscribed(s.addr, "chat:fast").await;
     let (_, v) = poll(s.addr, &format!("session={session}&ack=0")).await;
     assert_eq!(v["seq"], 1);
     let held = {
@@ -912,13 +916,7 @@ async fn sse_resumes_from_last_event_id_without_loss_or_duplicates() {
     let mut cfg = config();
     cfg.fallback.sse_max_unacked_bytes = 2048;
     let s = start(cfg).await;
-    let session = open_session(s.addr).await;
-    send(
-        s.addr,
-        &format!("session={session}&n=1"),
-        r#"{"id":2,"subscribe":{"channel":"feed:sse"}}"#,
-    )
-    .await;
+    let session = open_subscribed(s.addr, "feed:sse").await;
     let http = reqwest::Client::new();
     let url = format!("{}/sse?session={session}", base(s.addr));
     let mut resp = http.get(&url).send().await.unwrap();
