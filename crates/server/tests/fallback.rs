@@ -310,9 +310,7 @@ async fn open_raw(addr: SocketAddr, body: &str) -> (StatusCode, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 async fn open_session(addr: SocketAddr) -> String {
@@ -338,9 +336,7 @@ async fn poll(addr: SocketAddr, query: &str) -> (StatusCode, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 /// `POST {path}/send?{query}` with `body`: the status and the JSON answer (if any).
@@ -351,9 +347,7 @@ async fn send(addr: SocketAddr, query: &str, body: &str) -> (StatusCode, Value) 
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 fn ids(messages: &Value) -> Vec<Value> {

@@ -47,13 +47,6 @@ async fn publish(node: &TestServer, channel: &str, data: Value) -> u64 {
     v["result"]["offset"].as_u64().unwrap()
 }
 
-/// An answer: the status and the JSON body (null when there is none).
-async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// A fallback client behind a round-robin load balancer: each request goes to the next node.
 struct Client {
     http: reqwest::Client,

@@ -46,9 +46,8 @@ async fn get(api: SocketAddr, path: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let (status, v) = answer(resp).await;
+    (status.as_u16(), v)
 }
 
 async fn metrics(api: SocketAddr) -> String {
@@ -208,7 +207,7 @@ async fn publish(api: SocketAddr, channel: &str) -> (u16, Value) {
 
 /// A response's JSON body.
 async fn json(resp: reqwest::Response) -> Value {
-    serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null)
+    answer(resp).await.1
 }
 
 /// The next chunk of an event stream as text (empty after 5 s without one); `None` when it ended.

@@ -87,6 +87,14 @@ pub fn publications_at(reply: &Value, pointer: &str) -> Vec<Value> {
         .collect()
 }
 
+/// An HTTP answer as tests check it: its status and its body as JSON (`null` when there is none or
+/// it is not JSON, so that a test can still assert on the status).
+pub async fn answer(resp: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Asserts that `answer` (a fallback request's JSON body) is the error of a session that is not
 /// there (expired, closed, or never was): code 101, telling the client to open a new one.
 pub fn assert_no_session(answer: &Value) {
