@@ -10,8 +10,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -35,37 +33,12 @@ async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
 }
 
 async fn api(node: &TestServer, method: &str, body: Value) -> Value {
-    let (status, v) = api_call(node.api, Some(KEY), method, &body.to_string()).await;
-    assert_eq!(status, 200, "{method}: {v}");
-    v["result"].clone()
-}
-
-/// The status of `GET path` on the API listener.
-async fn get_status(api: SocketAddr, path: &str) -> u16 {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    request(api, &raw).await.1.status
-}
-
-/// Waits until every node's `/ready` answers `status`.
-async fn ready_everywhere(nodes: &[TestServer], status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for n in nodes {
-        while get_status(n.api, "/ready").await != status {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/ready never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    api_result(node.api, KEY, method, body).await
 }
 
 /// The next reply or push, pushes kept aside by `call` first.
 async fn next(c: &mut JsonClient) -> Value {
-    match c.pushes.pop_front() {
-        Some(v) => v,
-        None => c.next().await.expect("connection open"),
-    }
+    c.next_unread().await.expect("connection open")
 }
 
 #[tokio::test]

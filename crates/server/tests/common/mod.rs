@@ -417,6 +417,35 @@ pub async fn api_call(
     (resp.status, json)
 }
 
+/// Calls the server API `method` on the API listener `api` with `key`; the answer's `result`, the
+/// test failing unless the status is 200.
+pub async fn api_result(api: SocketAddr, key: &str, method: &str, body: Value) -> Value {
+    let (status, v) = api_call(api, Some(key), method, &body.to_string()).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    v["result"].clone()
+}
+
+/// The status of `GET path` on an API listener (`/ready`, `/health`).
+pub async fn get_status(api: SocketAddr, path: &str) -> u16 {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    request(api, &raw).await.1.status
+}
+
+/// Waits until every node's `/ready` answers `status`: nodes of one engine follow its outages
+/// each on its own clock.
+pub async fn ready_everywhere(nodes: &[TestServer], status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for n in nodes {
+        while get_status(n.api, "/ready").await != status {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A client of the JSON protocol over any transport, as tests read it: the messages it kept while
 /// waiting for a reply, and the next one from the server. Pushes are then read the same way over
 /// WebSocket ([`JsonClient`]) and the HTTP fallbacks.
