@@ -208,16 +208,7 @@ impl Config {
         if self.demo.enabled && !self.channels.namespaces.contains_key("chat") {
             self.channels.namespaces.insert(
                 "chat".into(),
-                switchboard_hub::NamespaceOptions {
-                    history_size: 100,
-                    history_ttl: Duration::from_secs(600),
-                    recover: true,
-                    presence: true,
-                    join_leave: true,
-                    allow_publish: true,
-                    allow_history: true,
-                    ..Default::default()
-                },
+                switchboard_hub::NamespaceOptions::all_on(100, Duration::from_secs(600)),
             );
         }
         self
