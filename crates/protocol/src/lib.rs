@@ -10,11 +10,14 @@
 //! - [`json`] is the one rule for JSON switchboard accepts and forwards, wherever it comes from.
 //! - [`encode`] builds replies and pushes; pushes are written by hand because a publication is
 //!   encoded once and sent to every subscriber.
+//! - [`Frame`] is one encoded reply or push as the hub queues it, shared by every subscriber of a
+//!   publication, with a cache slot per wire type so that each transport wraps it once.
 //! - [`ErrorCode`], [`DisconnectCode`] and [`UnsubscribeCode`] are the codes of docs/protocol.md.
 
 mod codes;
 mod command;
 pub mod encode;
+mod frame;
 pub mod json;
 mod types;
 
@@ -23,6 +26,7 @@ pub use command::{
     ChannelRequest, Command, ConnectRequest, DecodeError, HistoryRequest, MAX_ID, Method,
     PublishRequest, RefreshRequest, RpcRequest, SubscribeRequest, decode_command, lines,
 };
+pub use frame::Frame;
 pub use types::{ClientInfo, Payload, Publication, StreamPosition, single_line, single_line_raw};
 
 /// The WebSocket subprotocol name of this protocol.
