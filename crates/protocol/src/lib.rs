@@ -12,6 +12,8 @@
 //!   encoded once and sent to every subscriber.
 //! - [`Frame`] is one encoded reply or push as the hub queues it, shared by every subscriber of a
 //!   publication, with a cache slot per wire type so that each transport wraps it once.
+//! - [`proxy`] is the proxy contract of docs/proxy.md (events, replies, the `Proxy` trait), shared
+//!   by the hub that calls proxies and the crate that carries the calls over HTTP.
 //! - [`ErrorCode`], [`DisconnectCode`] and [`UnsubscribeCode`] are the codes of docs/protocol.md.
 
 mod codes;
@@ -19,6 +21,7 @@ mod command;
 pub mod encode;
 mod frame;
 pub mod json;
+pub mod proxy;
 mod types;
 
 pub use codes::{DisconnectCode, ErrorCode, UnsubscribeCode};
