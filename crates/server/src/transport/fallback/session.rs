@@ -1,14 +1,16 @@
-//! HTTP fallback sessions: the registry, one session's shared state, and the task that owns its hub
-//! [`Client`].
+//! HTTP fallback sessions: the registry, one session's shared state, and the session as its
+//! client's [`Wire`].
 //!
 //! A WebSocket connection is one long request; a fallback session is many short ones (an open, upstream
-//! POSTs, downstream polls or an SSE stream), any of which may be lost or repeated. The session task is
-//! what the WebSocket connection's task is for WebSocket: it alone owns the [`Client`], handles the
-//! commands POSTed to it one at a time and in order (`n`), applies the server's orders, and moves
-//! replies and pushes from the hub [`Session`](switchboard_hub::Session) into the session's
-//! [`Downstream`] buffer, where the poll and SSE handlers find them. It ends the client exactly as a
-//! WebSocket connection would: with a `disconnect` push, silently when the client ends it (`close`,
-//! like a WebSocket close frame), or silently when the client stops coming (`session_timeout`).
+//! POSTs, downstream polls or an SSE stream), any of which may be lost or repeated. The session's task
+//! runs the hub's [`drive`] over an [`HttpWire`], exactly as a WebSocket connection's task does over
+//! its connection: the wire hands the driver the commands POSTed to it one at a time and in order
+//! (`n`, a retried POST is not redone), and takes replies and pushes into the session's
+//! [`Downstream`] buffer, where the poll and SSE handlers find them. Its batches stay there until
+//! acknowledged; the wire reports those bytes to the hub session, whose slow-consumer bound counts
+//! them as it counts its own queue. The client ends as over WebSocket: with a `disconnect` push,
+//! silently when the client ends it (`close`, like a WebSocket close frame), or silently when the
+//! client stops coming (`session_timeout`).
 
 use std::collections::HashMap;
 use std::future::Future;
