@@ -69,7 +69,7 @@ pub async fn drive<W: Wire>(
                 let outcome = client.handle_frame(&frame).await;
                 // The replies are on the wire before it hears the outcome: an HTTP client that
                 // polls right after its POST is answered finds them.
-                drain_now(&session, &mut wire);
+                drain_now(&session, &mut wire, false);
                 wire.handled(outcome);
                 if let Err(code) = outcome {
                     break Ok(code);
@@ -84,7 +84,7 @@ pub async fn drive<W: Wire>(
         Ok(code) if wire.is_open() => {
             // Replies queued before the decision (an error explaining it, say) go first; a slow
             // client's queue was already dropped by its session.
-            drain_now(&session, &mut wire);
+            drain_now(&session, &mut wire, true);
             let delay = (code == DisconnectCode::Shutdown).then(&reconnect_delay_ms);
             let push = encode::disconnect_push_after(code, delay);
             wire.end(End::Tell { code, push });
@@ -119,17 +119,20 @@ fn drain<W: Wire>(session: &Session, wire: &mut W, cx: &mut Context<'_>) -> Poll
     drained
 }
 
-/// Moves everything queued onto the wire, without waiting and whether or not it is ready: what
-/// the client must read next (the replies to its commands, the frames before its `disconnect`).
-/// The task's own waker is registered again the next time the loop polls, and the session checks
-/// its queue after registering, so no wake-up is lost meanwhile; a signal left unread here is
-/// found again then.
-fn drain_now<W: Wire>(session: &Session, wire: &mut W) {
+/// Moves queued frames onto the wire without waiting: what the client must read next (the replies to
+/// its commands; with `all`, every frame before its `disconnect`, whether or not the wire is ready).
+/// Otherwise only while the wire takes frames, so that what it cannot write yet stays counted by
+/// the slow-consumer bound. The task's own waker is registered again the next time the loop polls,
+/// and the session checks its queue after registering, so no wake-up is lost meanwhile; a signal
+/// left unread here is found again then.
+fn drain_now<W: Wire>(session: &Session, wire: &mut W, all: bool) {
+    if !all && !wire.ready() {
+        return;
+    }
     let mut moved = false;
     let _ = session.poll_drain(&mut Context::from_waker(Waker::noop()), |frame| {
         moved = true;
-        let _ = wire.send(frame);
-        true
+        wire.send(frame) || all
     });
     if moved {
         wire.flush();
@@ -209,6 +212,8 @@ mod tests {
         session: Arc<Session>,
         holds: usize,
         open: bool,
+        /// Frames it takes before it is full (it never drains in these tests).
+        room: usize,
     }
 
     impl Wire for Scripted {
@@ -216,10 +221,15 @@ mod tests {
             self.script.pop_front().map_or(Poll::Pending, Poll::Ready)
         }
 
+        fn ready(&self) -> bool {
+            self.room > 0
+        }
+
         fn send(&mut self, frame: Frame) -> bool {
             let text = frame.as_str().unwrap().to_owned();
             self.seen.lock().unwrap().push(Seen::Frame(text));
-            true
+            self.room = self.room.saturating_sub(1);
+            self.ready()
         }
 
         fn flush(&mut self) {
@@ -268,6 +278,17 @@ mod tests {
         open: bool,
         shutdown: &CancellationToken,
     ) -> Vec<Seen> {
+        run_with_room(node, script, holds, open, shutdown, usize::MAX).await
+    }
+
+    async fn run_with_room(
+        node: &Arc<Node>,
+        script: Vec<Upstream>,
+        holds: usize,
+        open: bool,
+        shutdown: &CancellationToken,
+        room: usize,
+    ) -> Vec<Seen> {
         let client = node.client("test");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let wire = Scripted {
@@ -276,6 +297,7 @@ mod tests {
             session: Arc::clone(client.session()),
             holds,
             open,
+            room,
         };
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -388,5 +410,33 @@ mod tests {
             seen,
             [Seen::Silent, Seen::Finished(Some(DisconnectCode::NoPong))]
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_wire_gets_replies_only_when_the_session_ends() {
+        let node = node(1 << 20);
+        let seen = run_with_room(
+            &node,
+            vec![
+                commands(r#"{"id":1,"connect":{}}"#),
+                Upstream::End(DisconnectCode::BadRequest),
+            ],
+            0,
+            true,
+            &CancellationToken::new(),
+            0,
+        )
+        .await;
+        // The reply waited in the session (counted by its bound) while the wire was full, and
+        // still went out before the disconnect push.
+        assert_eq!(seen[0], Seen::Handled(Ok(())));
+        assert!(
+            matches!(&seen[1], Seen::Frame(t) if t.contains(r#""id":1"#)),
+            "{seen:?}"
+        );
+        assert!(matches!(
+            &seen[2],
+            Seen::Told(DisconnectCode::BadRequest, _)
+        ));
     }
 }
