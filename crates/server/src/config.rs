@@ -34,7 +34,7 @@ pub struct Config {
     /// Path of the client protocol's WebSocket endpoint.
     pub websocket_path: String,
     /// The HTTP fallback transports (SSE, long polling, ajax polling).
-    pub fallback: crate::transport::http::FallbackConfig,
+    pub fallback: crate::transport::fallback::config::FallbackConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -70,7 +70,7 @@ impl Default for Config {
                 ..Default::default()
             },
             websocket_path: "/connection/websocket".into(),
-            fallback: crate::transport::http::FallbackConfig::default(),
+            fallback: crate::transport::fallback::config::FallbackConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
@@ -651,7 +651,7 @@ mod tests {
         assert_eq!(c.websocket_path, "/connection/websocket");
         assert_eq!(
             c.fallback,
-            crate::transport::http::FallbackConfig::default()
+            crate::transport::fallback::config::FallbackConfig::default()
         );
     }
 

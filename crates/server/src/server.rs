@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, EngineKind};
 use crate::limits::Limits;
 use crate::tls::Tls;
-use crate::transport::http;
+use crate::transport::fallback;
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -366,7 +366,7 @@ fn routes(
         any(websocket::client_handler).with_state((clients, Arc::clone(node))),
     );
     if config.fallback.enabled {
-        router = router.merge(http::router(config, node, limits, shutdown, tracker));
+        router = router.merge(fallback::router(config, node, limits, shutdown, tracker));
     }
     if config.demo.enabled {
         router = router.merge(crate::demo::router());
