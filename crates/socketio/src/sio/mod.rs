@@ -1,0 +1,1 @@
+//! Socket.IO v5: namespaces, events and acknowledgements over Engine.IO messages.
