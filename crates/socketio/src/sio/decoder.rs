@@ -8,9 +8,33 @@ use super::packet::{Packet, PacketError, check_placeholders, decode_text};
 /// The default limit on attachments per binary packet.
 pub const DEFAULT_MAX_ATTACHMENTS: usize = 64;
 
+/// The Socket.IO parsers: how packets map onto Engine.IO messages. Client and server must use the
+/// same one (the JavaScript client's `parser` option).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Parser {
+    /// The default `socket.io-parser`: text packets, binary attachments as separate messages.
+    #[default]
+    Default,
+    /// `socket.io-msgpack-parser`: one binary MessagePack message per packet.
+    #[cfg(feature = "msgpack")]
+    Msgpack,
+}
+
+impl Parser {
+    /// The Engine.IO messages of a packet, in order.
+    pub fn encode(self, packet: &Packet) -> Vec<Data> {
+        match self {
+            Self::Default => encode(packet),
+            #[cfg(feature = "msgpack")]
+            Self::Msgpack => vec![Data::Binary(super::msgpack::encode(packet))],
+        }
+    }
+}
+
 /// Turns the Engine.IO messages of one connection into Socket.IO packets.
 #[derive(Debug)]
 pub struct Decoder {
+    parser: Parser,
     max_attachments: usize,
     /// A binary packet and the number of attachments it still awaits.
     pending: Option<(Packet, usize)>,
@@ -26,16 +50,43 @@ impl Decoder {
     /// A decoder that refuses binary packets announcing more than `max_attachments` attachments
     /// (each is one Engine.IO message, at most `maxPayload` bytes).
     pub fn new(max_attachments: usize) -> Self {
+        Self::with_parser(Parser::Default, max_attachments)
+    }
+
+    /// A decoder for another parser's format.
+    pub fn with_parser(parser: Parser, max_attachments: usize) -> Self {
         Self {
+            parser,
             max_attachments,
             pending: None,
         }
+    }
+
+    /// The parser this decoder reads.
+    pub fn parser(&self) -> Parser {
+        self.parser
     }
 
     /// Reads one Engine.IO message: a complete packet, or `None` while a binary packet awaits more
     /// attachments. After an error the connection must close: the reference server does, and the
     /// stream is out of step.
     pub fn decode(&mut self, message: Data) -> Result<Option<Packet>, PacketError> {
+        #[cfg(feature = "msgpack")]
+        if self.parser == Parser::Msgpack {
+            let Data::Binary(bytes) = message else {
+                return Err(PacketError::Msgpack(
+                    "a text message; this parser sends binary messages only".to_owned(),
+                ));
+            };
+            let packet = super::msgpack::decode(&bytes)?;
+            if packet.attachments.len() > self.max_attachments {
+                return Err(PacketError::TooManyAttachments {
+                    count: packet.attachments.len() as u64,
+                    max: self.max_attachments,
+                });
+            }
+            return Ok(Some(packet));
+        }
         match message {
             Data::Text(text) => {
                 if self.pending.is_some() {
@@ -72,7 +123,8 @@ impl Decoder {
     }
 }
 
-/// The Engine.IO messages of a packet: its text, then its attachments.
+/// The Engine.IO messages of a packet in the default parser's format: its text, then its
+/// attachments.
 pub fn encode(packet: &Packet) -> Vec<Data> {
     std::iter::once(Data::Text(packet.encode()))
         .chain(packet.attachments.iter().cloned().map(Data::Binary))
@@ -186,6 +238,38 @@ mod tests {
             d.decode(text(r#"50-["a"]"#))
                 .map(|p| p.map(|p| p.attachments.len())),
             Ok(Some(0))
+        );
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_parser() {
+        let mut d = Decoder::with_parser(Parser::Msgpack, 1);
+        assert_eq!(d.parser(), Parser::Msgpack);
+        assert!(matches!(d.decode(text("0")), Err(PacketError::Msgpack(_))));
+        let event = crate::sio::Packet::binary(
+            PacketType::Event,
+            "/",
+            Some(1),
+            json!(["up", placeholder(0)]),
+            vec![Bytes::from_static(&[9])],
+        );
+        let messages = Parser::Msgpack.encode(&event);
+        let [Data::Binary(_)] = messages.as_slice() else {
+            panic!("{messages:?}")
+        };
+        assert_eq!(d.decode(messages[0].clone()), Ok(Some(event)));
+        let two = crate::sio::Packet::binary(
+            PacketType::Event,
+            "/",
+            None,
+            json!(["up", placeholder(0), placeholder(1)]),
+            vec![Bytes::from_static(&[1]), Bytes::from_static(&[2])],
+        );
+        let messages = Parser::Msgpack.encode(&two);
+        assert_eq!(
+            d.decode(messages[0].clone()),
+            Err(PacketError::TooManyAttachments { count: 2, max: 1 })
         );
     }
 

@@ -2,10 +2,12 @@
 
 mod connection;
 mod decoder;
+#[cfg(feature = "msgpack")]
+mod msgpack;
 mod packet;
 
 pub use connection::{Connection, ConnectionError, Incoming};
-pub use decoder::{DEFAULT_MAX_ATTACHMENTS, Decoder, encode};
+pub use decoder::{DEFAULT_MAX_ATTACHMENTS, Decoder, Parser, encode};
 pub use packet::{
     MAIN_NAMESPACE, MAX_ACK_ID, Packet, PacketError, PacketType, RESERVED_EVENTS, placeholder,
 };

@@ -154,6 +154,9 @@ pub enum PacketError {
     /// A binary message when no binary packet awaits attachments.
     #[error("got binary data that no binary Socket.IO packet announced")]
     UnexpectedBinary,
+    /// A message that is no `socket.io-msgpack-parser` packet.
+    #[error("invalid MessagePack Socket.IO packet: {0}")]
+    Msgpack(String),
     /// A `CONNECT_ERROR` from a client: only servers refuse connections.
     #[error("CONNECT_ERROR comes from servers only")]
     ConnectErrorFromClient,
@@ -365,7 +368,7 @@ pub(crate) fn decode_text(
 
 /// The reference parser's `isPayloadValid`: a payload is optional only for `CONNECT` and absent
 /// for `DISCONNECT`.
-fn check_payload(kind: PacketType, data: Option<&Value>) -> Result<(), PacketError> {
+pub(crate) fn check_payload(kind: PacketType, data: Option<&Value>) -> Result<(), PacketError> {
     let ok = match kind {
         PacketType::Connect => matches!(data, None | Some(Value::Object(_))),
         PacketType::Disconnect => data.is_none(),
