@@ -35,6 +35,8 @@ pub struct Config {
     pub websocket_path: String,
     /// The HTTP fallback transports (SSE, long polling, ajax polling).
     pub fallback: crate::transport::http::FallbackConfig,
+    /// Socket.IO clients (Engine.IO v4, Socket.IO v5), off unless asked for.
+    pub socketio: crate::transport::socketio::SocketIoConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -69,6 +71,7 @@ impl Default for Config {
             },
             websocket_path: "/connection/websocket".into(),
             fallback: crate::transport::http::FallbackConfig::default(),
+            socketio: crate::transport::socketio::SocketIoConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
@@ -438,6 +441,9 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        self.socketio
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[socketio] {e}")))?;
         if self.engine.announce_interval < Duration::from_millis(10)
             || self.engine.control_timeout < Duration::from_millis(10)
         {

@@ -8,6 +8,7 @@ pub mod http;
 mod http_session;
 mod poll;
 mod relay;
+pub mod socketio;
 mod sse;
 pub mod websocket;
 

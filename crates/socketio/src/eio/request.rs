@@ -72,6 +72,12 @@ pub enum BadRequest {
     /// A WebSocket upgrade request with `transport=polling`.
     #[error("a WebSocket upgrade request must say transport=websocket")]
     UpgradeWithPolling,
+    /// A request with a sid that is neither GET nor POST.
+    #[error("Engine.IO polling uses GET (receive) and POST (send) only")]
+    Method,
+    /// A POST body that could not be read (the client went away, or it took too long).
+    #[error("the POST body could not be read: {0}; the session is closed")]
+    Body(String),
     /// A query parameter given twice.
     #[error("query parameter {0} given more than once")]
     DuplicateParameter(&'static str),

@@ -209,7 +209,13 @@ pub struct Session {
     liveness: Instant,
     /// Whether the probe WebSocket must be closed by the caller (set by a timeout).
     probe_abandoned: bool,
+    /// After a client's `close` over polling with no poll held: until then, one poll sent together
+    /// with the `close` (that lost the race to the server) still gets the `noop` a held poll gets.
+    linger: Option<Instant>,
 }
+
+/// How long a session closed by its client over polling waits for a poll that raced the `close`.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 impl Session {
     /// Opens a session on `transport` at `now`; its `open` packet is the first of the outbox (the
@@ -228,6 +234,7 @@ impl Session {
             next_ping: Some(now + config.ping_interval),
             liveness: now + config.ping_interval + config.ping_timeout,
             probe_abandoned: false,
+            linger: None,
             config,
         };
         let open = serde_json::to_string(&session.handshake()).unwrap_or_default();
@@ -265,10 +272,16 @@ impl Session {
         self.transport
     }
 
-    /// Whether the session is over; the caller then forgets it (a later request with its sid gets
-    /// `Session ID unknown`), after answering a held poll with [`Session::take_poll_response`].
+    /// Whether the session is over: it takes no more data, and a held poll gets its last answer
+    /// from [`Session::take_poll_response`].
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Whether the caller may forget the session (a later request with its sid then gets `Session
+    /// ID unknown`): closed, and no longer lingering for a poll that raced the client's `close`.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Closed && self.linger.is_none()
     }
 
     /// Why the session closed, once it has.
@@ -314,7 +327,11 @@ impl Session {
     // ---- HTTP long-polling ----
 
     /// A GET with this session's sid.
-    pub fn poll(&mut self, _now: Instant) -> Result<Poll, RequestError> {
+    pub fn poll(&mut self, now: Instant) -> Result<Poll, RequestError> {
+        self.catch_up(now);
+        if self.state == State::Closed && self.linger.take().is_some() {
+            return Ok(Poll::Respond("6".to_owned()));
+        }
         self.check_polling()?;
         if self.poll_held {
             self.close_now(CloseReason::TransportError("overlap from client"), "1");
@@ -393,6 +410,7 @@ impl Session {
     /// layer above. Answer `ok` (`text/html`) on success, the error's status and body otherwise.
     pub fn post_body(&mut self, body: &[u8], now: Instant) -> Result<Vec<Data>, RequestError> {
         self.post_in_flight = false;
+        self.catch_up(now);
         if self.state == State::Closed {
             return Err(RequestError::UnknownSid(self.sid.0.clone()));
         }
@@ -451,6 +469,7 @@ impl Session {
     /// not already probing. The caller then upgrades the connection and feeds its frames to
     /// [`Session::ws_frame`].
     pub fn ws_begin(&mut self, now: Instant) -> Result<(), RequestError> {
+        self.catch_up(now);
         if self.state == State::Closed {
             return Err(RequestError::UnknownSid(self.sid.0.clone()));
         }
@@ -468,6 +487,7 @@ impl Session {
 
     /// A frame on the session's WebSocket (the one it was opened on, or the one probing it).
     pub fn ws_frame(&mut self, frame: Frame, now: Instant) -> Result<WsOutcome, WsError> {
+        self.catch_up(now);
         if self.state == State::Closed {
             return Err(self.closed_error());
         }
@@ -543,7 +563,7 @@ impl Session {
     /// When [`Session::on_timer`] must run next (`None` once closed).
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut next = match self.state {
-            State::Closed => return None,
+            State::Closed => return self.linger,
             State::Closing { deadline } => deadline.min(self.liveness),
             State::Open => self.liveness,
         };
@@ -562,6 +582,9 @@ impl Session {
     /// [`Session::take_probe_abandoned`] say.
     pub fn on_timer(&mut self, now: Instant) {
         if self.state == State::Closed {
+            if self.linger.is_some_and(|l| now >= l) {
+                self.linger = None;
+            }
             return;
         }
         if now >= self.liveness {
@@ -586,11 +609,24 @@ impl Session {
         {
             self.next_ping = None;
             self.outbox.push_back(Packet::Ping(String::new()));
-            self.liveness = now + self.config.ping_timeout;
+            // From when the ping was due, not from when this timer ran: a late timer (a busy
+            // server) must not extend the deadline the client was given.
+            self.liveness = ping + self.config.ping_timeout;
+            if now >= self.liveness {
+                self.close_now(CloseReason::PingTimeout, "1");
+            }
         }
     }
 
     // ---- internals ----
+
+    /// Runs the timers that are due before an input is handled: a request that arrives after the
+    /// ping timeout finds the session closed, however late the caller's own timer fires.
+    fn catch_up(&mut self, now: Instant) {
+        if self.next_deadline().is_some_and(|d| d <= now) {
+            self.on_timer(now);
+        }
+    }
 
     /// A packet from the client on the session's transport: the data of a message, if any.
     fn receive(&mut self, packet: Packet, now: Instant) -> Option<Data> {
@@ -602,7 +638,12 @@ impl Session {
                 CloseReason::TransportError("invalid heartbeat direction"),
                 "1",
             ),
-            Packet::Close => self.close_now(CloseReason::TransportClose, "6"),
+            Packet::Close => {
+                self.close_now(CloseReason::TransportClose, "6");
+                if self.transport == Transport::Polling && !self.poll_held {
+                    self.linger = Some(now + CLOSE_LINGER);
+                }
+            }
             Packet::Open(_) | Packet::Upgrade | Packet::Noop => {}
         }
         None

@@ -219,6 +219,44 @@ fn ping_timeout() {
 }
 
 #[test]
+fn inputs_see_the_timeouts_that_passed() {
+    // A poll at 500 ms finds the session closed even if the caller's timer has not fired yet.
+    let t0 = Instant::now();
+    let mut s = polling(t0);
+    assert_eq!(s.poll(t0 + ms(500)).unwrap_err().code(), 1);
+    assert_eq!(s.close_reason(), Some(&CloseReason::PingTimeout));
+    let mut s = Session::open(sid(), Transport::WebSocket, config(), t0);
+    assert_eq!(
+        s.ws_frame(Frame::Text("4late".into()), t0 + ms(600)),
+        Err(WsError::Closed(CloseReason::PingTimeout))
+    );
+    // A due ping is queued before the input is handled.
+    let mut s = polling(t0);
+    assert_eq!(s.poll(t0 + ms(300)), Ok(Poll::Respond("2".into())));
+}
+
+#[test]
+fn a_late_timer_does_not_extend_the_ping_timeout() {
+    let t0 = Instant::now();
+    let mut s = polling(t0);
+    // The ping was due at 300 ms; the timer runs at 350 ms: the answer is still due at 500 ms.
+    s.on_timer(t0 + ms(350));
+    assert_eq!(s.next_deadline(), Some(t0 + ms(500)));
+    assert_eq!(s.poll(t0 + ms(505)).unwrap_err().code(), 1);
+    // Late but before the answer is due: the session goes on.
+    let mut s = polling(t0);
+    s.on_timer(t0 + ms(450));
+    assert!(!s.is_closed());
+    // So late that the answer was due already (a packet at 250 ms had pushed the liveness
+    // deadline to 750 ms): closed at once.
+    let mut s = Session::open(sid(), Transport::WebSocket, config(), t0);
+    s.ws_frame(Frame::Text("4keepalive".into()), t0 + ms(250))
+        .unwrap();
+    s.on_timer(t0 + ms(520));
+    assert_eq!(s.close_reason(), Some(&CloseReason::PingTimeout));
+}
+
+#[test]
 fn client_ping_closes() {
     let t0 = Instant::now();
     let mut s = polling(t0);
@@ -240,9 +278,32 @@ fn client_close_over_polling() {
     // Packets after the close are not delivered.
     assert_eq!(s.post_body(b"1\x1e4late", t0), Ok(vec![]));
     assert_eq!(s.take_poll_response(), Some("6".into()));
-    assert!(s.is_closed());
+    assert!(s.is_finished());
     assert_eq!(s.close_reason(), Some(&CloseReason::TransportClose));
     assert_eq!(s.poll(t0).unwrap_err().code(), 1);
+}
+
+#[test]
+fn a_poll_racing_the_clients_close_gets_noop_once() {
+    // "forcefully closes the session" when the POST `1` reaches the server before the GET.
+    let t0 = Instant::now();
+    let mut s = polling(t0);
+    s.post_begin(false).unwrap();
+    assert_eq!(s.post_body(b"1", t0), Ok(vec![]));
+    assert!(s.is_closed());
+    assert!(!s.is_finished());
+    assert_eq!(s.poll(t0 + ms(10)), Ok(Poll::Respond("6".into())));
+    assert!(s.is_finished());
+    assert_eq!(s.poll(t0 + ms(20)).unwrap_err().code(), 1);
+    // Nobody polls: the session is forgotten after the linger.
+    let mut s = polling(t0);
+    s.post_begin(false).unwrap();
+    s.post_body(b"1", t0).unwrap();
+    let due = s.next_deadline().unwrap();
+    s.on_timer(due);
+    assert!(s.is_finished());
+    assert_eq!(s.next_deadline(), None);
+    assert_eq!(s.poll(due).unwrap_err().code(), 1);
 }
 
 #[test]

@@ -1,0 +1,187 @@
+//! Socket.IO clients, unchanged: Engine.IO v4 (HTTP long-polling, WebSocket, the upgrade between
+//! them) at `[socketio] path`, with Socket.IO v5 on top. The protocols themselves live in
+//! `switchboard-socketio` (no I/O); this module gives them HTTP, WebSocket and time.
+//!
+//! One task per Engine.IO session owns its state ([`engine`]); requests and WebSocket frames reach
+//! it through a channel, so a session's packets stay in order whatever transport carries them.
+//! Sessions live on the node that opened them: behind a load balancer, Socket.IO clients need
+//! sticky sessions (as with the reference server) unless they use WebSocket only.
+//!
+//! With `[socketio] conformance = true` the endpoints run the applications that the official
+//! suites (`engine.io-protocol`, `socket.io-protocol`) expect instead of switchboard's: an Engine.IO
+//! echo at `/engine.io/`, and the suite's reference Socket.IO application at `path`. That is for
+//! conformance runs only.
+
+mod apps;
+mod engine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::websocket::Endpoint;
+
+/// `[socketio]`: the Engine.IO / Socket.IO endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Serve Socket.IO clients (on with `--demo`).
+    pub enabled: bool,
+    /// Path of the endpoint: the JavaScript client's `path` option (`/socket.io/` there too).
+    pub path: String,
+    /// The server pings each session this often (Engine.IO `pingInterval`).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session that answers nothing this long after a ping is closed (`pingTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Largest POST body and WebSocket message a client may send, in bytes (`maxPayload`,
+    /// announced in the handshake; 413 or close 1009 beyond).
+    pub max_payload: usize,
+    /// A session that joins no namespace within this time is closed (`connectTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A WebSocket opened to upgrade a polling session must complete the upgrade within this time.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
+    /// A POST body must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Origins whose pages may use the polling transport besides the server's own, as `[fallback]
+    /// allowed_origins` (`"*"` allows any). WebSocket connections follow `[websocket]
+    /// allowed_origins`.
+    pub allowed_origins: Vec<String>,
+    /// Answer `Access-Control-Allow-Credentials: true` (the client's `withCredentials`).
+    pub allow_credentials: bool,
+    /// Run the official conformance suites' applications instead of switchboard's (see the module
+    /// documentation). Never in production.
+    pub conformance: bool,
+}
+
+impl Default for SocketIoConfig {
+    /// The reference server's defaults.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1_000_000,
+            connect_timeout: Duration::from_secs(45),
+            upgrade_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            conformance: false,
+        }
+    }
+}
+
+impl SocketIoConfig {
+    /// Checks values that would make the endpoint unusable, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') || self.path.trim_end_matches('/').is_empty() {
+            return Err(format!(
+                "path {:?} must start with '/' and name something below it",
+                self.path
+            ));
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err("ping_interval and ping_timeout must be more than 0s".into());
+        }
+        if self.max_payload == 0 {
+            return Err("max_payload must be at least 1".into());
+        }
+        if self.body_read_timeout.is_zero() || self.upgrade_timeout.is_zero() {
+            return Err("body_read_timeout and upgrade_timeout must be more than 0s".into());
+        }
+        for origin in &self.allowed_origins {
+            if origin != "*" && !origin.contains("://") {
+                return Err(format!(
+                    "allowed_origins: {origin:?} is not \"*\" nor scheme://host[:port]"
+                ));
+            }
+        }
+        if self.allow_credentials && self.allowed_origins.iter().any(|o| o == "*") {
+            return Err(
+                "allow_credentials with allowed_origins = [\"*\"] would let any site act with the \
+                 user's cookies: list the allowed origins instead"
+                    .into(),
+            );
+        }
+        if self.enabled && !self.conformance {
+            return Err(
+                "enabled needs conformance = true for now: Socket.IO sockets on switchboard's \
+                 channels come with the transport seam (issue #14); only the conformance \
+                 applications exist yet"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn engine(&self) -> switchboard_socketio::eio::Config {
+        switchboard_socketio::eio::Config {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_payload: self.max_payload,
+            upgrade_timeout: self.upgrade_timeout,
+            allow_upgrades: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The routes of the endpoint (both `path` and `path` without its trailing slash).
+pub fn router(
+    config: &crate::Config,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Router {
+    let sio = &config.socketio;
+    let websocket = Endpoint {
+        config: Arc::new(switchboard_websocket::Config {
+            subprotocols: Vec::new(),
+            max_message_size: sio.max_payload,
+            max_frame_size: sio.max_payload,
+            write_high_water: config.websocket.write_high_water.max(sio.max_payload),
+            ..config.websocket.clone()
+        }),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        limits: None,
+        restart: config.shutdown.clone(),
+    };
+    let settings = |app: engine::AppFactory| {
+        engine::Engine::new(engine::Settings {
+            engine: sio.engine(),
+            websocket: websocket.clone(),
+            body_read_timeout: sio.body_read_timeout,
+            allowed_origins: sio.allowed_origins.clone(),
+            allow_credentials: sio.allow_credentials,
+            app,
+        })
+    };
+    let mut router = Router::new();
+    let mut mount = |path: &str, engine: engine::Engine| {
+        let trimmed = path.trim_end_matches('/');
+        let mut r = Router::new().route(path, any(engine::handle));
+        if !trimmed.is_empty() && trimmed != path {
+            r = r.route(trimmed, any(engine::handle));
+        }
+        router = std::mem::take(&mut router).merge(r.with_state(engine));
+    };
+    if sio.conformance {
+        mount("/engine.io/", settings(apps::engine_echo()));
+        mount(
+            &sio.path,
+            settings(apps::socketio_suite(sio.connect_timeout)),
+        );
+    }
+    router
+}
