@@ -531,7 +531,7 @@ mod tests {
         let polled = c
             .session()
             .poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-                texts.push(m.message().as_text().unwrap_or_default().to_owned());
+                texts.push(m.as_str().unwrap_or_default().to_owned());
                 true
             });
         let signal = match polled {

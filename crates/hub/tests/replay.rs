@@ -84,7 +84,7 @@ impl Reader {
                     });
             taken += out.len();
             for m in out {
-                for line in m.message().as_text().unwrap().lines() {
+                for line in m.as_str().unwrap().lines() {
                     self.got.push(serde_json::from_str(line).unwrap());
                 }
             }

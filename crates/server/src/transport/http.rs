@@ -218,7 +218,6 @@ pub fn router(
             sessions: Arc::new(Sessions::default()),
             node_id: relay.node_id().to_owned(),
             session_timeout: fb.session_timeout,
-            queue_bytes: config.client.queue_bytes,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             restart: config.shutdown.clone(),
