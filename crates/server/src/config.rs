@@ -202,9 +202,13 @@ pub struct DemoConfig {
 }
 
 impl Config {
-    /// The configuration the server runs with: the demo's `chat` namespace added when the demo is on
-    /// and no `chat` namespace is configured.
+    /// The configuration the server runs with: under the demo, Socket.IO on, and the demo's `chat`
+    /// namespace added when no `chat` namespace is configured.
     pub fn effective(mut self) -> Self {
+        if self.demo.enabled {
+            // The demo's page may be opened with a Socket.IO client too.
+            self.socketio.enabled = true;
+        }
         if self.demo.enabled && !self.channels.namespaces.contains_key("chat") {
             self.channels.namespaces.insert(
                 "chat".into(),

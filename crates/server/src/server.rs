@@ -360,7 +360,7 @@ fn routes(
     }
     if config.socketio.enabled {
         router = router.merge(crate::transport::socketio::router(
-            config, shutdown, tracker,
+            config, node, shutdown, tracker,
         ));
     }
     if config.echo.enabled {

@@ -1,7 +1,7 @@
-//! The Engine.IO / Socket.IO endpoint on a real server (127.0.0.1, port 0), in conformance mode:
-//! the Engine.IO echo at `/engine.io/` and the suites' reference application at `/socket.io/`.
-//! The official suites themselves run against a built server (docs/socketio.md); these tests keep
-//! the wiring honest in `cargo test`.
+//! The Engine.IO / Socket.IO endpoint on a real server (127.0.0.1, port 0): in conformance mode
+//! (the Engine.IO echo at `/engine.io/` and the suites' reference application at `/socket.io/`),
+//! and as switchboard clients. The official suites themselves run against a built server
+//! (`/work/shared/conformance/socketio/run.sh`); these tests keep the wiring honest in `cargo test`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -187,6 +187,72 @@ async fn socketio_over_websocket() {
     }
 }
 
+const KEY: &str = "api-key-for-socketio-tests";
+
+/// Socket.IO on the hub: switchboard's application, not the conformance one.
+fn hub_config(anonymous: bool) -> Config {
+    let mut c = Config::default();
+    c.socketio.enabled = true;
+    c.client.allow_anonymous = anonymous;
+    c.api.key = KEY.into();
+    c
+}
+
+#[tokio::test]
+async fn sockets_are_switchboard_clients() {
+    let server = start(hub_config(true)).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert!(text(&mut ws).await.starts_with("0{"));
+    ws.send_text("40").await;
+    let connected = text(&mut ws).await;
+    assert!(connected.starts_with(r#"40{"sid":""#), "{connected}");
+    // Rooms are channels: join one with an ack.
+    ws.send_text(r#"421["subscribe","news"]"#).await;
+    assert_eq!(text(&mut ws).await, "431[null]");
+    // A publication shaped as an event arrives as that event; any other as `publication`.
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"news","data":{"event":"chat","args":["hi",{"n":1}]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text(&mut ws).await, r#"42["chat","hi",{"n":1}]"#);
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"news","data":{"x":1}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text(&mut ws).await, r#"42["publication","news",{"x":1}]"#);
+    // Unknown events are refused through their ack; other namespaces are refused.
+    ws.send_text(r#"422["dance"]"#).await;
+    assert_eq!(
+        text(&mut ws).await,
+        r#"432[{"code":404,"message":"unknown event"}]"#
+    );
+    ws.send_text("40/admin,").await;
+    assert_eq!(
+        text(&mut ws).await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_connect_error() {
+    let server = start(hub_config(false)).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    text(&mut ws).await;
+    ws.send_text("40").await;
+    let refused = text(&mut ws).await;
+    assert!(refused.starts_with(r#"44{"data":{"code":"#), "{refused}");
+}
+
 #[tokio::test]
 async fn off_by_default() {
     let server = start(Config::default()).await;
@@ -203,7 +269,6 @@ async fn off_by_default() {
 #[test]
 fn settings_are_checked() {
     for (bad, key) in [
-        ("enabled = true", "conformance"),
         ("path = \"socket.io\"", "path"),
         ("ping_timeout = \"0s\"", "ping_timeout"),
         ("allowed_origins = [\"a.example\"]", "allowed_origins"),

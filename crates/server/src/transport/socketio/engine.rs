@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -31,6 +31,12 @@ pub trait App: Send + 'static {
     fn next_deadline(&self) -> Option<std::time::Instant>;
     /// The application's timers (the connect timeout).
     fn on_timer(&mut self, now: std::time::Instant) -> Result<Vec<Data>, String>;
+    /// Messages the application sends of its own accord (pushes from the hub), or why the session
+    /// must close.
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
+        let _ = cx;
+        Poll::Pending
+    }
 }
 
 /// Makes the application of each new session.
@@ -433,6 +439,7 @@ struct Actor {
 
 enum Wake {
     Cmd(Option<Cmd>),
+    App(Result<Vec<Data>, String>),
     Timer,
     PollGone,
     Shutdown,
@@ -455,8 +462,10 @@ impl Actor {
             let wake = {
                 let held = &mut self.held;
                 let rx = &mut self.rx;
+                let app = &mut self.app;
                 tokio::select! {
                     cmd = rx.recv() => Wake::Cmd(cmd),
+                    out = std::future::poll_fn(|cx| app.poll_output(cx)) => Wake::App(out),
                     () = sleep(deadline) => Wake::Timer,
                     () = poll_gone(held) => Wake::PollGone,
                     () = shutdown.cancelled(), if !stopping => Wake::Shutdown,
@@ -466,6 +475,7 @@ impl Actor {
             match wake {
                 Wake::Cmd(Some(cmd)) => self.command(cmd, now),
                 Wake::Cmd(None) => break,
+                Wake::App(out) => self.deliver(out, now),
                 Wake::Timer => {
                     self.session.on_timer(now);
                     let out = self.app.on_timer(now);

@@ -7,6 +7,9 @@
 //! Sessions live on the node that opened them: behind a load balancer, Socket.IO clients need
 //! sticky sessions (as with the reference server) unless they use WebSocket only.
 //!
+//! Each Socket.IO socket of the main namespace is one switchboard client ([`hub`] says how packets
+//! map onto the protocol).
+//!
 //! With `[socketio] conformance = true` the endpoints run the applications that the official
 //! suites (`engine.io-protocol`, `socket.io-protocol`) expect instead of switchboard's: an Engine.IO
 //! echo at `/engine.io/`, and the suite's reference Socket.IO application at `path`. That is for
@@ -14,6 +17,7 @@
 
 mod apps;
 mod engine;
+mod hub;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,14 +118,6 @@ impl SocketIoConfig {
                     .into(),
             );
         }
-        if self.enabled && !self.conformance {
-            return Err(
-                "enabled needs conformance = true for now: Socket.IO sockets on switchboard's \
-                 channels come with the transport seam (issue #14); only the conformance \
-                 applications exist yet"
-                    .into(),
-            );
-        }
         Ok(())
     }
 
@@ -140,6 +136,7 @@ impl SocketIoConfig {
 /// The routes of the endpoint (both `path` and `path` without its trailing slash).
 pub fn router(
     config: &crate::Config,
+    node: &Arc<switchboard_hub::Node>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Router {
@@ -182,6 +179,14 @@ pub fn router(
             &sio.path,
             settings(apps::socketio_suite(sio.connect_timeout)),
         );
+    } else {
+        let env = hub::Env {
+            node: Arc::clone(node),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            restart: config.shutdown.clone(),
+        };
+        mount(&sio.path, settings(hub::app(env, sio.connect_timeout)));
     }
     router
 }

@@ -1,0 +1,361 @@
+//! Socket.IO sockets as switchboard clients: the main namespace of an Engine.IO session is one
+//! client of the hub, run by [`switchboard_hub::drive`] over a [`SioWire`] in a task of its own.
+//!
+//! The mapping (issue #14; this is its first part):
+//!
+//! - `CONNECT` to `/` is the protocol's `connect`, with `auth.token` as the connection token (JWT);
+//!   without one, the connect proxy or anonymous access decides. Success answers
+//!   `40{"sid":"<client id>"}`, refusal `44{"message":"...","data":{"code":N}}`. Other namespaces are
+//!   refused (`Invalid namespace`).
+//! - Events from the client: `subscribe` (channel), `unsubscribe` (channel), `publish` (channel,
+//!   data) become those commands; with an ack id, the reply comes back as the ack: `[null]` on
+//!   success, `[{"code":N,"message":"..."}]` on error.
+//! - Publications in the socket's channels (rooms) arrive as events: a publication
+//!   `{"event":"chat","args":[...]}` as `42["chat",...]`, any other as
+//!   `42["publication","<channel>",<data>]`.
+//! - The server's `disconnect` ends the socket with `DISCONNECT` and closes the Engine.IO session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use serde_json::{Value, json};
+use switchboard_hub::{End, Node, Upstream, Wire};
+use switchboard_protocol::{DisconnectCode, Frame};
+use switchboard_socketio::eio::Data;
+use switchboard_socketio::sio::{self, Connection, Decoder, Incoming, MAIN_NAMESPACE, Packet};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::engine::{App, AppFactory};
+
+/// What the session's task tells the client's.
+enum ToClient {
+    /// A packet of the main namespace (`CONNECT` first).
+    Packet(Packet),
+}
+
+/// What the client's task tells the session's.
+#[derive(Debug)]
+enum ToSession {
+    /// The hub accepted the connection: the socket id.
+    Accepted(String),
+    /// The hub refused it.
+    Refused { message: String, code: u32 },
+    /// Packets for the client.
+    Packets(Vec<Packet>),
+    /// The hub ended the client: close the Engine.IO session.
+    Close,
+}
+
+/// Frames the client's task may queue for the session's before the session counts as slow.
+const QUEUE: usize = 1024;
+
+/// What the hub application needs from the server.
+#[derive(Clone)]
+pub struct Env {
+    /// The node clients join.
+    pub node: Arc<Node>,
+    /// The server's shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks client tasks.
+    pub tracker: TaskTracker,
+    /// How clients are told to come back after a shutdown.
+    pub restart: crate::config::ShutdownConfig,
+}
+
+/// Socket.IO on switchboard's hub.
+pub fn app(env: Env, connect_timeout: Duration) -> AppFactory {
+    Arc::new(move |now| {
+        Box::new(HubApp {
+            env: env.clone(),
+            connection: Connection::new(Decoder::default(), connect_timeout, now),
+            to_client: None,
+            from_client: None,
+        })
+    })
+}
+
+struct HubApp {
+    env: Env,
+    connection: Connection,
+    to_client: Option<mpsc::Sender<ToClient>>,
+    from_client: Option<mpsc::Receiver<ToSession>>,
+}
+
+impl HubApp {
+    /// Starts the hub client of this session, on the first `CONNECT` to `/`.
+    fn start_client(&mut self) {
+        let (to_client, up) = mpsc::channel(QUEUE);
+        let (down, from_client) = mpsc::channel(QUEUE);
+        let client = self.env.node.client_with("socketio", None);
+        let wire = SioWire {
+            up,
+            down,
+            pending: HashMap::new(),
+            next_id: 1,
+            open: true,
+        };
+        let shutdown = self.env.shutdown.clone();
+        let restart = self.env.restart.clone();
+        self.env.tracker.spawn(async move {
+            switchboard_hub::drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
+        });
+        self.to_client = Some(to_client);
+        self.from_client = Some(from_client);
+    }
+
+    fn forward(&mut self, packet: Packet) -> Result<(), String> {
+        let Some(tx) = &self.to_client else {
+            return Err("no client for a packet".into());
+        };
+        tx.try_send(ToClient::Packet(packet))
+            .map_err(|_| "the client does not keep up with its socket's packets".to_owned())
+    }
+}
+
+impl App for HubApp {
+    fn on_message(&mut self, data: Data, _now: Instant) -> Result<Vec<Data>, String> {
+        let incoming = match self.connection.receive(data) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        match incoming {
+            Incoming::Connect { namespace, auth } if namespace == MAIN_NAMESPACE => {
+                if self.to_client.is_none() {
+                    self.start_client();
+                }
+                self.forward(Packet {
+                    kind: sio::PacketType::Connect,
+                    namespace,
+                    id: None,
+                    data: auth,
+                    attachments: Vec::new(),
+                })?;
+                Ok(Vec::new())
+            }
+            Incoming::Connect { namespace, .. } => {
+                let refusal = self
+                    .connection
+                    .refuse(&namespace, "Invalid namespace", None);
+                Ok(sio::encode(&refusal))
+            }
+            Incoming::Packet(p) => {
+                self.forward(p)?;
+                Ok(Vec::new())
+            }
+            // The client left its only namespace: its hub client ends with it.
+            Incoming::Disconnect { .. } => {
+                self.to_client = None;
+                self.from_client = None;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.connection.next_deadline()
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Result<Vec<Data>, String> {
+        self.connection.on_timer(now).map_err(|e| e.to_string())?;
+        Ok(Vec::new())
+    }
+
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
+        let Some(rx) = &mut self.from_client else {
+            return Poll::Pending;
+        };
+        let Some(msg) = std::task::ready!(rx.poll_recv(cx)) else {
+            self.from_client = None;
+            return Poll::Ready(Err("the hub client ended".into()));
+        };
+        Poll::Ready(match msg {
+            ToSession::Accepted(sid) => {
+                Ok(sio::encode(&self.connection.accept(MAIN_NAMESPACE, &sid)))
+            }
+            ToSession::Refused { message, code } => {
+                let p =
+                    self.connection
+                        .refuse(MAIN_NAMESPACE, &message, Some(json!({ "code": code })));
+                Ok(sio::encode(&p))
+            }
+            ToSession::Packets(packets) => Ok(packets.iter().flat_map(sio::encode).collect()),
+            ToSession::Close => Err("disconnected by the server".into()),
+        })
+    }
+}
+
+/// What a command id stands for, until its reply.
+enum Pending {
+    Connect,
+    /// A client event with an ack id.
+    Ack(u64),
+    /// A client event without one: the reply is dropped.
+    Quiet,
+}
+
+/// The client's side: Socket.IO packets in, protocol frames out.
+struct SioWire {
+    up: mpsc::Receiver<ToClient>,
+    down: mpsc::Sender<ToSession>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+    open: bool,
+}
+
+impl SioWire {
+    /// The protocol command of a Socket.IO packet, if it has one.
+    fn command(&mut self, packet: &Packet) -> Option<Bytes> {
+        let id = self.next_id;
+        let body = match packet.kind {
+            sio::PacketType::Connect => {
+                let token = packet
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("token"))
+                    .and_then(Value::as_str);
+                self.pending.insert(id, Pending::Connect);
+                match token {
+                    Some(t) => json!({ "id": id, "connect": { "token": t } }),
+                    None => json!({ "id": id, "connect": {} }),
+                }
+            }
+            sio::PacketType::Event => {
+                let args = packet.args();
+                let channel = args.first().and_then(Value::as_str);
+                let method = match (packet.event_name().as_deref(), channel) {
+                    (Some("subscribe"), Some(ch)) => json!({ "subscribe": { "channel": ch } }),
+                    (Some("unsubscribe"), Some(ch)) => json!({ "unsubscribe": { "channel": ch } }),
+                    (Some("publish"), Some(ch)) => {
+                        json!({ "publish": { "channel": ch, "data": args.get(1).cloned().unwrap_or(Value::Null) } })
+                    }
+                    _ => {
+                        // Not a command: answered locally when an ack is wanted.
+                        if let Some(ack) = packet.id {
+                            let err = json!([{ "code": 404, "message": "unknown event" }]);
+                            let _ = self.down.try_send(ToSession::Packets(vec![Packet::ack(
+                                MAIN_NAMESPACE,
+                                ack,
+                                err.as_array().cloned().unwrap_or_default(),
+                            )]));
+                        }
+                        return None;
+                    }
+                };
+                let mut body = method;
+                if let Value::Object(map) = &mut body {
+                    map.insert("id".into(), json!(id));
+                }
+                self.pending
+                    .insert(id, packet.id.map_or(Pending::Quiet, Pending::Ack));
+                body
+            }
+            // Acks from the client, binary events: nothing in the protocol to carry them yet.
+            _ => return None,
+        };
+        self.next_id += 1;
+        Some(Bytes::from(body.to_string()))
+    }
+
+    /// The Socket.IO side of one protocol reply or push.
+    fn translate(&mut self, frame: &Frame) -> Option<ToSession> {
+        let value: Value = serde_json::from_slice(frame.text()).ok()?;
+        if let Some(id) = value.get("id").and_then(Value::as_u64) {
+            let error = value.get("error");
+            return match self.pending.remove(&id)? {
+                Pending::Connect => Some(match (error, value.get("connect")) {
+                    (None, Some(c)) => ToSession::Accepted(c.get("client")?.as_str()?.to_owned()),
+                    (e, _) => ToSession::Refused {
+                        message: e
+                            .and_then(|e| e.get("message"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("connection refused")
+                            .to_owned(),
+                        code: e
+                            .and_then(|e| e.get("code"))
+                            .and_then(Value::as_u64)
+                            .and_then(|c| u32::try_from(c).ok())
+                            .unwrap_or(0),
+                    },
+                }),
+                Pending::Ack(ack) => {
+                    let args = match error {
+                        Some(e) => vec![e.clone()],
+                        None => vec![Value::Null],
+                    };
+                    Some(ToSession::Packets(vec![Packet::ack(
+                        MAIN_NAMESPACE,
+                        ack,
+                        args,
+                    )]))
+                }
+                Pending::Quiet => None,
+            };
+        }
+        let publication = value.get("pub")?;
+        let channel = publication
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let data = publication.get("data").cloned().unwrap_or(Value::Null);
+        let event = match (
+            data.get("event").and_then(Value::as_str),
+            data.get("args").and_then(Value::as_array),
+        ) {
+            (Some(name), Some(args)) => {
+                Packet::event(MAIN_NAMESPACE, name, args.iter().cloned(), None)
+            }
+            _ => Packet::event(MAIN_NAMESPACE, "publication", [json!(channel), data], None),
+        };
+        Some(ToSession::Packets(vec![event]))
+    }
+}
+
+impl Wire for SioWire {
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
+        loop {
+            match std::task::ready!(self.up.poll_recv(cx)) {
+                Some(ToClient::Packet(p)) => {
+                    if let Some(cmd) = self.command(&p) {
+                        return Poll::Ready(Upstream::Commands(cmd));
+                    }
+                }
+                None => {
+                    self.open = false;
+                    return Poll::Ready(Upstream::Gone(None));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, frame: Frame) -> bool {
+        if let Some(msg) = self.translate(&frame)
+            && self.down.try_send(msg).is_err()
+        {
+            // The session's task does not keep up: the Engine.IO session closes, and with it
+            // this client (its channel closes).
+            self.open = false;
+        }
+        true
+    }
+
+    fn is_open(&self) -> bool {
+        self.open && !self.down.is_closed()
+    }
+
+    fn end(&mut self, end: End) {
+        if let End::Tell { .. } = end {
+            let _ = self
+                .down
+                .try_send(ToSession::Packets(vec![Packet::disconnect(MAIN_NAMESPACE)]));
+        }
+        let _ = self.down.try_send(ToSession::Close);
+    }
+
+    async fn finish(self, _code: Option<DisconnectCode>) {}
+}
