@@ -68,6 +68,9 @@ pub struct Config {
     pub allow_upgrades: bool,
     /// How long a server-side close waits for the next poll to deliver the `close` packet.
     pub close_timeout: Duration,
+    /// Most bytes of messages queued for a client that does not poll or read (a slow consumer):
+    /// [`Session::send`] refuses more.
+    pub max_buffered: usize,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             upgrade_timeout: Duration::from_millis(10_000),
             allow_upgrades: true,
             close_timeout: Duration::from_millis(30_000),
+            max_buffered: 16 << 20,
         }
     }
 }
@@ -161,6 +165,9 @@ pub enum SendError {
     /// The session is closing or closed.
     #[error("the Engine.IO session is closed")]
     Closed,
+    /// More than `max_buffered` bytes wait for a client that does not read.
+    #[error("more than {0} bytes are queued for an Engine.IO client that does not read them")]
+    Full(usize),
     /// Text with `\x1e` cannot travel in a polling payload.
     #[error("text containing the record separator \\x1e cannot be sent over Engine.IO polling")]
     RecordSeparator,
@@ -200,6 +207,8 @@ pub struct Session {
     upgrade: Upgrade,
     /// Packets for the client, in order, on whatever transport is current.
     outbox: VecDeque<Packet>,
+    /// Bytes of the messages in `outbox`.
+    buffered: usize,
     poll_held: bool,
     /// The body a held poll gets once the session has closed (`1` or `6`).
     last_poll: Option<&'static str>,
@@ -228,6 +237,7 @@ impl Session {
             reason: None,
             upgrade: Upgrade::None,
             outbox: VecDeque::new(),
+            buffered: 0,
             poll_held: false,
             last_poll: None,
             post_in_flight: false,
@@ -305,6 +315,10 @@ impl Session {
         {
             return Err(SendError::RecordSeparator);
         }
+        if self.buffered + data.len() > self.config.max_buffered {
+            return Err(SendError::Full(self.config.max_buffered));
+        }
+        self.buffered += data.len();
         self.outbox.push_back(Packet::Message(data));
         Ok(())
     }
@@ -359,6 +373,7 @@ impl Session {
                 self.finish_close();
             }
             self.outbox.clear();
+            self.buffered = 0;
             body
         } else if matches!(self.upgrade, Upgrade::Probed { .. })
             || self.transport != Transport::Polling
@@ -546,6 +561,7 @@ impl Session {
             return Vec::new();
         }
         let frames: Vec<Frame> = self.outbox.drain(..).map(|p| p.to_frame()).collect();
+        self.buffered = 0;
         if matches!(self.state, State::Closing { .. }) {
             self.finish_close();
         }
@@ -660,6 +676,7 @@ impl Session {
         self.reason.get_or_insert(reason);
         self.last_poll = Some(last_poll);
         self.outbox.clear();
+        self.buffered = 0;
         self.upgrade = Upgrade::None;
         self.next_ping = None;
     }

@@ -335,6 +335,26 @@ fn aborted_poll_closes() {
 }
 
 #[test]
+fn a_client_that_does_not_poll_fills_its_buffer() {
+    let t0 = Instant::now();
+    let mut s = Session::open(
+        sid(),
+        Transport::Polling,
+        Config {
+            max_buffered: 10,
+            ..config()
+        },
+        t0,
+    );
+    s.send(text("12345")).unwrap();
+    s.send(text("67890")).unwrap();
+    assert_eq!(s.send(text("x")), Err(SendError::Full(10)));
+    // Delivered, the room is back.
+    assert!(matches!(s.poll(t0), Ok(Poll::Respond(_))));
+    s.send(text("1234567890")).unwrap();
+}
+
+#[test]
 fn record_separator_refused_over_polling() {
     let t0 = Instant::now();
     let mut s = polling(t0);

@@ -572,8 +572,14 @@ impl Actor {
         match out {
             Ok(messages) => {
                 for m in messages {
-                    if self.session.send(m).is_err() {
-                        break;
+                    match self.session.send(m) {
+                        Ok(()) => {}
+                        Err(eio::SendError::Full(bytes)) => {
+                            tracing::debug!(sid = %self.session.sid(), bytes, "Engine.IO client too slow, closing");
+                            self.session.close(now);
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
             }

@@ -47,6 +47,8 @@ enum ToSession {
     Refused { message: String, code: u32 },
     /// Packets for the client.
     Packets(Vec<Packet>),
+    /// A packet already encoded (a publication, encoded once for all its subscribers).
+    Encoded(String),
     /// The hub ended the client: close the Engine.IO session.
     Close,
 }
@@ -185,6 +187,7 @@ impl App for HubApp {
                 Ok(sio::encode(&p))
             }
             ToSession::Packets(packets) => Ok(packets.iter().flat_map(sio::encode).collect()),
+            ToSession::Encoded(text) => Ok(vec![Data::Text(text)]),
             ToSession::Close => Err("disconnected by the server".into()),
         })
     }
@@ -264,6 +267,14 @@ impl SioWire {
 
     /// The Socket.IO side of one protocol reply or push.
     fn translate(&mut self, frame: &Frame) -> Option<ToSession> {
+        if frame.is_shared() {
+            // A publication (or another push) sent to many clients: encoded once for all.
+            return frame
+                .encoded(push_event)
+                .as_ref()
+                .clone()
+                .map(ToSession::Encoded);
+        }
         let value: Value = serde_json::from_slice(frame.text()).ok()?;
         if let Some(id) = value.get("id").and_then(Value::as_u64) {
             let error = value.get("error");
@@ -297,23 +308,33 @@ impl SioWire {
                 Pending::Quiet => None,
             };
         }
-        let publication = value.get("pub")?;
-        let channel = publication
-            .get("channel")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let data = publication.get("data").cloned().unwrap_or(Value::Null);
-        let event = match (
-            data.get("event").and_then(Value::as_str),
-            data.get("args").and_then(Value::as_array),
-        ) {
-            (Some(name), Some(args)) => {
-                Packet::event(MAIN_NAMESPACE, name, args.iter().cloned(), None)
-            }
-            _ => Packet::event(MAIN_NAMESPACE, "publication", [json!(channel), data], None),
-        };
-        Some(ToSession::Packets(vec![event]))
+        publication_event(&value).map(|p| ToSession::Encoded(p.encode()))
     }
+}
+
+/// The Socket.IO packet text of a push, if it maps to one (publications do).
+fn push_event(text: &Bytes) -> Option<String> {
+    let value: Value = serde_json::from_slice(text).ok()?;
+    publication_event(&value).map(|p| p.encode())
+}
+
+/// A publication as an event: `{"event":name,"args":[...]}` as that event (unless the name is one
+/// Socket.IO reserves), other data as `publication` with the channel and the data.
+fn publication_event(push: &Value) -> Option<Packet> {
+    let publication = push.get("pub")?;
+    let channel = publication
+        .get("channel")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let data = publication.get("data").cloned().unwrap_or(Value::Null);
+    let name = data.get("event").and_then(Value::as_str);
+    let args = data.get("args").and_then(Value::as_array);
+    Some(match (name, args) {
+        (Some(name), Some(args)) if !sio::RESERVED_EVENTS.contains(&name) => {
+            Packet::event(MAIN_NAMESPACE, name, args.iter().cloned(), None)
+        }
+        _ => Packet::event(MAIN_NAMESPACE, "publication", [json!(channel), data], None),
+    })
 }
 
 impl Wire for SioWire {
@@ -358,4 +379,134 @@ impl Wire for SioWire {
     }
 
     async fn finish(self, _code: Option<DisconnectCode>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> (SioWire, mpsc::Receiver<ToSession>) {
+        let (_up_tx, up) = mpsc::channel(4);
+        let (down, down_rx) = mpsc::channel(4);
+        let wire = SioWire {
+            up,
+            down,
+            pending: HashMap::new(),
+            next_id: 1,
+            open: true,
+        };
+        (wire, down_rx)
+    }
+
+    fn decode(text: &str) -> Packet {
+        let mut d = Decoder::default();
+        d.decode(Data::Text(text.into())).unwrap().unwrap()
+    }
+
+    fn command(w: &mut SioWire, text: &str) -> Option<Value> {
+        w.command(&decode(text))
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn reply(w: &mut SioWire, json: &str) -> Option<ToSession> {
+        w.translate(&Frame::new(Bytes::from(json.to_owned())))
+    }
+
+    #[test]
+    fn connect_with_and_without_token() {
+        let (mut w, _) = wire();
+        assert_eq!(
+            command(&mut w, r#"0{"token":"jwt"}"#),
+            Some(json!({"id": 1, "connect": {"token": "jwt"}}))
+        );
+        assert!(matches!(
+            reply(&mut w, r#"{"id":1,"connect":{"client":"c1","version":"0.1.0","ping":25,"subs":{}}}"#),
+            Some(ToSession::Accepted(sid)) if sid == "c1"
+        ));
+        assert_eq!(command(&mut w, "0"), Some(json!({"id": 2, "connect": {}})));
+        match reply(
+            &mut w,
+            r#"{"id":2,"error":{"code":109,"message":"token expired","temporary":false}}"#,
+        ) {
+            Some(ToSession::Refused { message, code }) => {
+                assert_eq!((message.as_str(), code), ("token expired", 109));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_become_commands_and_replies_acks() {
+        let (mut w, mut down) = wire();
+        assert_eq!(
+            command(&mut w, r#"27["subscribe","news"]"#),
+            Some(json!({"id": 1, "subscribe": {"channel": "news"}}))
+        );
+        assert_eq!(
+            command(&mut w, r#"2["publish","news",{"text":"hi"}]"#),
+            Some(json!({"id": 2, "publish": {"channel": "news", "data": {"text": "hi"}}}))
+        );
+        assert_eq!(
+            command(&mut w, r#"28["unsubscribe","news"]"#),
+            Some(json!({"id": 3, "unsubscribe": {"channel": "news"}}))
+        );
+        match reply(&mut w, r#"{"id":1,"subscribe":{}}"#) {
+            Some(ToSession::Packets(p)) => assert_eq!(p[0].encode(), "37[null]"),
+            other => panic!("{other:?}"),
+        }
+        // No ack id: the reply is dropped.
+        assert!(reply(&mut w, r#"{"id":2,"publish":{}}"#).is_none());
+        match reply(
+            &mut w,
+            r#"{"id":3,"error":{"code":102,"message":"unknown channel","temporary":false}}"#,
+        ) {
+            Some(ToSession::Packets(p)) => assert_eq!(
+                p[0].encode(),
+                r#"38[{"code":102,"message":"unknown channel","temporary":false}]"#
+            ),
+            other => panic!("{other:?}"),
+        }
+        // An event that is no command: refused through its ack, locally.
+        assert_eq!(command(&mut w, r#"29["dance"]"#), None);
+        match down.try_recv() {
+            Ok(ToSession::Packets(p)) => {
+                assert_eq!(
+                    p[0].encode(),
+                    r#"39[{"code":404,"message":"unknown event"}]"#
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A reply nobody waits for is ignored.
+        assert!(reply(&mut w, r#"{"id":99,"subscribe":{}}"#).is_none());
+    }
+
+    #[test]
+    fn publications_are_events() {
+        let (mut w, _) = wire();
+        let event =
+            r#"{"pub":{"channel":"news","offset":3,"data":{"event":"chat","args":["hi",1]}}}"#;
+        for frame in [
+            Frame::new(Bytes::from_static(event.as_bytes())),
+            Frame::shared(Bytes::from_static(event.as_bytes())),
+        ] {
+            match w.translate(&frame) {
+                Some(ToSession::Encoded(t)) => assert_eq!(t, r#"2["chat","hi",1]"#),
+                other => panic!("{other:?}"),
+            }
+        }
+        let plain = r#"{"pub":{"channel":"news","offset":4,"data":{"x":1}}}"#;
+        match reply(&mut w, plain) {
+            Some(ToSession::Encoded(t)) => assert_eq!(t, r#"2["publication","news",{"x":1}]"#),
+            other => panic!("{other:?}"),
+        }
+        // Reserved names are not emitted as such.
+        let reserved = r#"{"pub":{"channel":"n","data":{"event":"disconnect","args":[]}}}"#;
+        match reply(&mut w, reserved) {
+            Some(ToSession::Encoded(t)) => assert!(t.starts_with(r#"2["publication","n","#), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        // Other pushes have no Socket.IO form yet.
+        assert!(reply(&mut w, r#"{"join":{"channel":"n","info":{}}}"#).is_none());
+    }
 }

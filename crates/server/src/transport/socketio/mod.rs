@@ -121,8 +121,9 @@ impl SocketIoConfig {
         Ok(())
     }
 
-    fn engine(&self) -> switchboard_socketio::eio::Config {
+    fn engine(&self, queue_bytes: usize) -> switchboard_socketio::eio::Config {
         switchboard_socketio::eio::Config {
+            max_buffered: queue_bytes,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload: self.max_payload,
@@ -156,7 +157,8 @@ pub fn router(
     };
     let settings = |app: engine::AppFactory| {
         engine::Engine::new(engine::Settings {
-            engine: sio.engine(),
+            // A client that does not read is dropped at the same bound as on other transports.
+            engine: sio.engine(config.client.queue_bytes),
             websocket: websocket.clone(),
             body_read_timeout: sio.body_read_timeout,
             allowed_origins: sio.allowed_origins.clone(),
