@@ -360,7 +360,7 @@ fn routes(
     }
     if config.socketio.enabled {
         router = router.merge(crate::transport::socketio::router(
-            config, node, shutdown, tracker,
+            config, node, limits, shutdown, tracker,
         ));
     }
     if config.echo.enabled {

@@ -254,6 +254,17 @@ async fn a_refused_connect_is_connect_error() {
 }
 
 #[tokio::test]
+async fn sessions_count_under_the_connection_limits() {
+    let mut c = hub_config(true);
+    c.limits.max_connections_per_ip = 1;
+    let server = start(c).await;
+    let first = http(server.addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let second = http(server.addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    assert_eq!(second.status, 429, "{second:?}");
+}
+
+#[tokio::test]
 async fn off_by_default() {
     let server = start(Config::default()).await;
     let resp = http(

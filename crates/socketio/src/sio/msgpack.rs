@@ -58,6 +58,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Packet, PacketError> {
             ));
         }
     };
+    // As in the default format, where nothing else can be written: one rule for both parsers.
+    if !namespace.starts_with('/') {
+        return Err(PacketError::Msgpack(format!(
+            "namespace {namespace:?} does not start with '/'"
+        )));
+    }
     let id = match id.filter(|v| !is_undefined(v)) {
         None => None,
         Some(v) => Some(
@@ -373,6 +379,9 @@ mod tests {
                 ("data", forged)
             ]) != PacketError::Empty
         );
+        // Found by the fuzz target: a namespace the text format cannot carry.
+        let no_slash = vec![("type", Mp::from(0)), ("nsp", Mp::from("~"))];
+        assert!(matches!(bad(no_slash), PacketError::Msgpack(_)));
         assert!(matches!(decode(&[0xc1]), Err(PacketError::Msgpack(_))));
         assert!(matches!(
             decode(&[0x91, 0x00]),

@@ -56,6 +56,8 @@ pub struct Settings {
     pub allow_credentials: bool,
     /// The application.
     pub app: AppFactory,
+    /// Connection limits: each session counts as one client connection of its address.
+    pub limits: Option<Arc<crate::limits::Limits>>,
 }
 
 /// One Engine.IO endpoint: its settings and its open sessions.
@@ -82,6 +84,20 @@ impl Engine {
             .get(sid)
             .cloned()
             .ok_or_else(|| RequestError::UnknownSid(sid.to_owned()))
+    }
+
+    /// Admits a new session from `req`'s address under the connection limits.
+    fn admit(&self, req: &Request) -> Result<Option<crate::limits::Permit>, Response> {
+        match (
+            &self.settings.limits,
+            super::super::peer_ip(req.extensions()),
+        ) {
+            (Some(limits), Some(ip)) => limits.admit(ip).map(Some).map_err(|refusal| {
+                tracing::debug!(%ip, ?refusal, "Engine.IO session refused by a limit");
+                refusal.response()
+            }),
+            _ => Ok(None),
+        }
     }
 
     /// Opens a session and starts its task.
@@ -111,6 +127,7 @@ impl Engine {
         session: Session,
         rx: mpsc::Receiver<Cmd>,
         ws: Option<(u64, mpsc::Sender<WsOut>)>,
+        permit: Option<crate::limits::Permit>,
     ) {
         let app = (self.settings.app)(std::time::Instant::now());
         let actor = Actor {
@@ -120,6 +137,7 @@ impl Engine {
             held: None,
             ws,
             engine: self.clone(),
+            _permit: permit,
         };
         self.settings.websocket.tracker.spawn(actor.run());
     }
@@ -207,11 +225,17 @@ async fn route(engine: &Engine, req: Request) -> Response {
         Err(e) => return error(&e),
     };
     let result = match (request.transport, request.sid, method) {
-        (Transport::Polling, None, _) => handshake(engine),
+        (Transport::Polling, None, _) => match engine.admit(&req) {
+            Ok(permit) => handshake(engine, permit),
+            Err(refused) => return refused,
+        },
         (Transport::Polling, Some(sid), Method::Get) => poll(engine, &sid).await,
         (Transport::Polling, Some(sid), Method::Post) => post(engine, &sid, req).await,
         (Transport::Polling, Some(_), Method::Other) => Err(BadRequest::Method.into()),
-        (Transport::WebSocket, None, _) => websocket_session(engine, req),
+        (Transport::WebSocket, None, _) => match engine.admit(&req) {
+            Ok(permit) => websocket_session(engine, req, permit),
+            Err(refused) => return refused,
+        },
         (Transport::WebSocket, Some(sid), _) => websocket_upgrade(engine, &sid, req).await,
     };
     result.unwrap_or_else(|e| error(&e))
@@ -240,13 +264,16 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
 
-fn handshake(engine: &Engine) -> Result<Response, RequestError> {
+fn handshake(
+    engine: &Engine,
+    permit: Option<crate::limits::Permit>,
+) -> Result<Response, RequestError> {
     let (mut session, _tx, rx) = engine.open(Transport::Polling)?;
     let body = match session.poll(std::time::Instant::now())? {
         eio::Poll::Respond(body) => body,
         eio::Poll::Hold => String::new(),
     };
-    engine.spawn(session, rx, None);
+    engine.spawn(session, rx, None, permit);
     Ok(text(body))
 }
 
@@ -303,11 +330,15 @@ async fn post(engine: &Engine, sid: &str, req: Request) -> Result<Response, Requ
 }
 
 /// A WebSocket-only session: opened by the upgrade itself.
-fn websocket_session(engine: &Engine, req: Request) -> Result<Response, RequestError> {
+fn websocket_session(
+    engine: &Engine,
+    req: Request,
+    permit: Option<crate::limits::Permit>,
+) -> Result<Response, RequestError> {
     let (session, tx, rx) = engine.open(Transport::WebSocket)?;
     let id = engine.next_ws.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = mpsc::channel(WS_QUEUE);
-    engine.spawn(session, rx, Some((id, out_tx)));
+    engine.spawn(session, rx, Some((id, out_tx)), permit);
     Ok(attach(engine, req, id, tx, out_rx))
 }
 
@@ -435,6 +466,8 @@ struct Actor {
     /// The session's WebSocket (probing or current) and its id.
     ws: Option<(u64, mpsc::Sender<WsOut>)>,
     engine: Engine,
+    /// The session's place under the connection limits, given back when it ends.
+    _permit: Option<crate::limits::Permit>,
 }
 
 enum Wake {

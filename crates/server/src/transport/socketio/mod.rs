@@ -138,6 +138,7 @@ impl SocketIoConfig {
 pub fn router(
     config: &crate::Config,
     node: &Arc<switchboard_hub::Node>,
+    limits: &Arc<crate::limits::Limits>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Router {
@@ -164,6 +165,8 @@ pub fn router(
             allowed_origins: sio.allowed_origins.clone(),
             allow_credentials: sio.allow_credentials,
             app,
+            // The conformance applications are not clients; switchboard's sockets are.
+            limits: (!sio.conformance).then(|| Arc::clone(limits)),
         })
     };
     let mut router = Router::new();
