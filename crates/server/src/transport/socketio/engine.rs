@@ -87,14 +87,16 @@ impl Engine {
     }
 
     /// Admits a new session from `req`'s address under the connection limits.
-    fn admit(&self, req: &Request) -> Result<Option<crate::limits::Permit>, Response> {
+    fn admit(
+        &self,
+        req: &Request,
+    ) -> Result<Option<crate::limits::Permit>, crate::limits::Refusal> {
         match (
             &self.settings.limits,
             super::super::peer_ip(req.extensions()),
         ) {
-            (Some(limits), Some(ip)) => limits.admit(ip).map(Some).map_err(|refusal| {
+            (Some(limits), Some(ip)) => limits.admit(ip).map(Some).inspect_err(|refusal| {
                 tracing::debug!(%ip, ?refusal, "Engine.IO session refused by a limit");
-                refusal.response()
             }),
             _ => Ok(None),
         }
@@ -227,14 +229,14 @@ async fn route(engine: &Engine, req: Request) -> Response {
     let result = match (request.transport, request.sid, method) {
         (Transport::Polling, None, _) => match engine.admit(&req) {
             Ok(permit) => handshake(engine, permit),
-            Err(refused) => return refused,
+            Err(refused) => return refused.response(),
         },
         (Transport::Polling, Some(sid), Method::Get) => poll(engine, &sid).await,
         (Transport::Polling, Some(sid), Method::Post) => post(engine, &sid, req).await,
         (Transport::Polling, Some(_), Method::Other) => Err(BadRequest::Method.into()),
         (Transport::WebSocket, None, _) => match engine.admit(&req) {
             Ok(permit) => websocket_session(engine, req, permit),
-            Err(refused) => return refused,
+            Err(refused) => return refused.response(),
         },
         (Transport::WebSocket, Some(sid), _) => websocket_upgrade(engine, &sid, req).await,
     };
