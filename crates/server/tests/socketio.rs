@@ -243,6 +243,61 @@ async fn sockets_are_switchboard_clients() {
 }
 
 #[tokio::test]
+async fn the_msgpack_parser() {
+    use switchboard_socketio::eio::Data;
+    use switchboard_socketio::sio::{Decoder, Packet, PacketType, Parser};
+    let mut c = hub_config(true);
+    c.socketio.parser = switchboard::transport::socketio::ParserKind::Msgpack;
+    let server = start(c).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    text(&mut ws).await;
+    let send = |p: Packet| match Parser::Msgpack.encode(&p).pop() {
+        Some(Data::Binary(b)) => b,
+        other => panic!("{other:?}"),
+    };
+    let connect = Packet {
+        kind: PacketType::Connect,
+        namespace: "/".into(),
+        id: None,
+        data: None,
+        attachments: vec![],
+    };
+    ws.send_frame(true, false, 2, &send(connect), true).await;
+    let mut decoder = Decoder::with_parser(Parser::Msgpack, 4);
+    let mut next = async |ws: &mut RawClient| loop {
+        let f = ws.read_frame().await.expect("a frame");
+        if f.opcode == 2 {
+            return decoder
+                .decode(Data::Binary(f.payload.into()))
+                .unwrap()
+                .unwrap();
+        }
+    };
+    let connected = next(&mut ws).await;
+    assert_eq!(connected.kind, PacketType::Connect);
+    assert!(connected.data.unwrap()["sid"].is_string());
+    let subscribe = Packet::event("/", "subscribe", [serde_json::json!("news")], Some(5));
+    ws.send_frame(true, false, 2, &send(subscribe), true).await;
+    let ack = next(&mut ws).await;
+    assert_eq!(
+        (ack.kind, ack.id, ack.args()),
+        (PacketType::Ack, Some(5), &[serde_json::Value::Null][..])
+    );
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"news","data":{"event":"chat","args":["hi"]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let event = next(&mut ws).await;
+    assert_eq!(event.event_name().as_deref(), Some("chat"));
+    assert_eq!(event.args(), &[serde_json::json!("hi")]);
+}
+
+#[tokio::test]
 async fn a_refused_connect_is_connect_error() {
     let server = start(hub_config(false)).await;
     let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
@@ -258,9 +313,21 @@ async fn sessions_count_under_the_connection_limits() {
     let mut c = hub_config(true);
     c.limits.max_connections_per_ip = 1;
     let server = start(c).await;
-    let first = http(server.addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    let first = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
     assert_eq!(first.status, 200, "{first:?}");
-    let second = http(server.addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    let second = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
     assert_eq!(second.status, 429, "{second:?}");
 }
 

@@ -70,11 +70,13 @@ pub struct Env {
 }
 
 /// Socket.IO on switchboard's hub.
-pub fn app(env: Env, connect_timeout: Duration) -> AppFactory {
+pub fn app(env: Env, parser: sio::Parser, connect_timeout: Duration) -> AppFactory {
     Arc::new(move |now| {
+        let decoder = Decoder::with_parser(parser, sio::DEFAULT_MAX_ATTACHMENTS);
         Box::new(HubApp {
             env: env.clone(),
-            connection: Connection::new(Decoder::default(), connect_timeout, now),
+            parser,
+            connection: Connection::new(decoder, connect_timeout, now),
             to_client: None,
             from_client: None,
         })
@@ -83,6 +85,7 @@ pub fn app(env: Env, connect_timeout: Duration) -> AppFactory {
 
 struct HubApp {
     env: Env,
+    parser: sio::Parser,
     connection: Connection,
     to_client: Option<mpsc::Sender<ToClient>>,
     from_client: Option<mpsc::Receiver<ToSession>>,
@@ -97,6 +100,7 @@ impl HubApp {
         let wire = SioWire {
             up,
             down,
+            parser: self.parser,
             pending: HashMap::new(),
             next_id: 1,
             open: true,
@@ -144,7 +148,7 @@ impl App for HubApp {
                 let refusal = self
                     .connection
                     .refuse(&namespace, "Invalid namespace", None);
-                Ok(sio::encode(&refusal))
+                Ok(self.parser.encode(&refusal))
             }
             Incoming::Packet(p) => {
                 self.forward(p)?;
@@ -178,15 +182,18 @@ impl App for HubApp {
         };
         Poll::Ready(match msg {
             ToSession::Accepted(sid) => {
-                Ok(sio::encode(&self.connection.accept(MAIN_NAMESPACE, &sid)))
+                let accepted = self.connection.accept(MAIN_NAMESPACE, &sid);
+                Ok(self.parser.encode(&accepted))
             }
             ToSession::Refused { message, code } => {
                 let p =
                     self.connection
                         .refuse(MAIN_NAMESPACE, &message, Some(json!({ "code": code })));
-                Ok(sio::encode(&p))
+                Ok(self.parser.encode(&p))
             }
-            ToSession::Packets(packets) => Ok(packets.iter().flat_map(sio::encode).collect()),
+            ToSession::Packets(packets) => {
+                Ok(packets.iter().flat_map(|p| self.parser.encode(p)).collect())
+            }
             ToSession::Encoded(text) => Ok(vec![Data::Text(text)]),
             ToSession::Close => Err("disconnected by the server".into()),
         })
@@ -206,6 +213,8 @@ enum Pending {
 struct SioWire {
     up: mpsc::Receiver<ToClient>,
     down: mpsc::Sender<ToSession>,
+    /// The endpoint's parser: publications are encoded once per publication for the default one.
+    parser: sio::Parser,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     open: bool,
@@ -267,7 +276,7 @@ impl SioWire {
 
     /// The Socket.IO side of one protocol reply or push.
     fn translate(&mut self, frame: &Frame) -> Option<ToSession> {
-        if frame.is_shared() {
+        if frame.is_shared() && self.parser == sio::Parser::Default {
             // A publication (or another push) sent to many clients: encoded once for all.
             return frame
                 .encoded(push_event)
@@ -308,7 +317,7 @@ impl SioWire {
                 Pending::Quiet => None,
             };
         }
-        publication_event(&value).map(|p| ToSession::Encoded(p.encode()))
+        publication_event(&value).map(|p| ToSession::Packets(vec![p]))
     }
 }
 
@@ -391,6 +400,7 @@ mod tests {
         let wire = SioWire {
             up,
             down,
+            parser: sio::Parser::Default,
             pending: HashMap::new(),
             next_id: 1,
             open: true,
@@ -481,32 +491,53 @@ mod tests {
         assert!(reply(&mut w, r#"{"id":99,"subscribe":{}}"#).is_none());
     }
 
+    /// The Engine.IO message text of a translation.
+    fn text_of(t: Option<ToSession>) -> String {
+        match t {
+            Some(ToSession::Encoded(t)) => t,
+            Some(ToSession::Packets(p)) => p.iter().map(Packet::encode).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn publications_are_events() {
         let (mut w, _) = wire();
         let event =
             r#"{"pub":{"channel":"news","offset":3,"data":{"event":"chat","args":["hi",1]}}}"#;
-        for frame in [
-            Frame::new(Bytes::from_static(event.as_bytes())),
-            Frame::shared(Bytes::from_static(event.as_bytes())),
-        ] {
-            match w.translate(&frame) {
-                Some(ToSession::Encoded(t)) => assert_eq!(t, r#"2["chat","hi",1]"#),
-                other => panic!("{other:?}"),
-            }
-        }
+        // Shared (encoded once for every subscriber) or not, the same event.
+        let shared = w.translate(&Frame::shared(Bytes::from_static(event.as_bytes())));
+        assert!(matches!(shared, Some(ToSession::Encoded(_))));
+        assert_eq!(text_of(shared), r#"2["chat","hi",1]"#);
+        assert_eq!(text_of(reply(&mut w, event)), r#"2["chat","hi",1]"#);
         let plain = r#"{"pub":{"channel":"news","offset":4,"data":{"x":1}}}"#;
-        match reply(&mut w, plain) {
-            Some(ToSession::Encoded(t)) => assert_eq!(t, r#"2["publication","news",{"x":1}]"#),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            text_of(reply(&mut w, plain)),
+            r#"2["publication","news",{"x":1}]"#
+        );
         // Reserved names are not emitted as such.
         let reserved = r#"{"pub":{"channel":"n","data":{"event":"disconnect","args":[]}}}"#;
-        match reply(&mut w, reserved) {
-            Some(ToSession::Encoded(t)) => assert!(t.starts_with(r#"2["publication","n","#), "{t}"),
-            other => panic!("{other:?}"),
-        }
+        assert!(text_of(reply(&mut w, reserved)).starts_with(r#"2["publication","n","#));
         // Other pushes have no Socket.IO form yet.
         assert!(reply(&mut w, r#"{"join":{"channel":"n","info":{}}}"#).is_none());
+    }
+
+    #[test]
+    fn msgpack_publications_are_not_text() {
+        let (mut w, _) = wire();
+        w.parser = sio::Parser::Msgpack;
+        let event = r#"{"pub":{"channel":"news","data":{"event":"chat","args":[1]}}}"#;
+        match w.translate(&Frame::shared(Bytes::from_static(event.as_bytes()))) {
+            Some(ToSession::Packets(p)) => {
+                let messages = sio::Parser::Msgpack.encode(&p[0]);
+                let [Data::Binary(bytes)] = messages.as_slice() else {
+                    panic!("one binary message")
+                };
+                let mut d = Decoder::with_parser(sio::Parser::Msgpack, 0);
+                let back = d.decode(Data::Binary(bytes.clone())).unwrap().unwrap();
+                assert_eq!(back.event_name().as_deref(), Some("chat"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -62,6 +62,9 @@ pub struct SocketIoConfig {
     pub allowed_origins: Vec<String>,
     /// Answer `Access-Control-Allow-Credentials: true` (the client's `withCredentials`).
     pub allow_credentials: bool,
+    /// The Socket.IO parser clients use: `default` (text packets), or `msgpack` for clients built
+    /// with `socket.io-msgpack-parser`. One per endpoint, as in the reference server.
+    pub parser: ParserKind,
     /// Run the official conformance suites' applications instead of switchboard's (see the module
     /// documentation). Never in production.
     pub conformance: bool,
@@ -81,7 +84,28 @@ impl Default for SocketIoConfig {
             body_read_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             allow_credentials: false,
+            parser: ParserKind::Default,
             conformance: false,
+        }
+    }
+}
+
+/// `[socketio] parser`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParserKind {
+    /// `socket.io-parser`, the JavaScript client's default.
+    #[default]
+    Default,
+    /// `socket.io-msgpack-parser`.
+    Msgpack,
+}
+
+impl ParserKind {
+    fn parser(self) -> switchboard_socketio::sio::Parser {
+        match self {
+            Self::Default => switchboard_socketio::sio::Parser::Default,
+            Self::Msgpack => switchboard_socketio::sio::Parser::Msgpack,
         }
     }
 }
@@ -191,7 +215,10 @@ pub fn router(
             tracker: tracker.clone(),
             restart: config.shutdown.clone(),
         };
-        mount(&sio.path, settings(hub::app(env, sio.connect_timeout)));
+        mount(
+            &sio.path,
+            settings(hub::app(env, sio.parser.parser(), sio.connect_timeout)),
+        );
     }
     router
 }
