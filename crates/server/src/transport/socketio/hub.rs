@@ -14,6 +14,10 @@
 //!   `{"event":"chat","args":[...]}` as `42["chat",...]`, any other as
 //!   `42["publication","<channel>",<data>]`.
 //! - The server's `disconnect` ends the socket with `DISCONNECT` and closes the Engine.IO session.
+//!
+//! Not mapped yet: other namespaces, binary arguments (refused through the ack), history, presence,
+//! RPC, join/leave pushes, and Socket.IO's connection state recovery (`pid`/`offset` on reconnect,
+//! which switchboard's offsets can serve).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -267,7 +271,20 @@ impl SioWire {
                     .insert(id, packet.id.map_or(Pending::Quiet, Pending::Ack));
                 body
             }
-            // Acks from the client, binary events: nothing in the protocol to carry them yet.
+            sio::PacketType::BinaryEvent => {
+                // Binary arguments have no protocol command yet: refused through the ack.
+                if let Some(ack) = packet.id {
+                    let err =
+                        json!({ "code": 415, "message": "binary arguments are not supported" });
+                    let _ = self.down.try_send(ToSession::Packets(vec![Packet::ack(
+                        MAIN_NAMESPACE,
+                        ack,
+                        vec![err],
+                    )]));
+                }
+                return None;
+            }
+            // Acks from the client: the server asks for none yet.
             _ => return None,
         };
         self.next_id += 1;
@@ -485,6 +502,19 @@ mod tests {
                     r#"39[{"code":404,"message":"unknown event"}]"#
                 )
             }
+            other => panic!("{other:?}"),
+        }
+        // Binary events are refused through their ack.
+        let mut binary = decode(r#"2["publish","news"]"#);
+        binary.kind = sio::PacketType::BinaryEvent;
+        binary.id = Some(10);
+        binary.attachments = vec![Bytes::from_static(&[1])];
+        assert_eq!(w.command(&binary), None);
+        match down.try_recv() {
+            Ok(ToSession::Packets(p)) => assert_eq!(
+                p[0].encode(),
+                r#"310[{"code":415,"message":"binary arguments are not supported"}]"#
+            ),
             other => panic!("{other:?}"),
         }
         // A reply nobody waits for is ignored.
