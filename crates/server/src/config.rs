@@ -35,6 +35,8 @@ pub struct Config {
     pub websocket_path: String,
     /// The HTTP fallback transports (SSE, long polling, ajax polling).
     pub fallback: crate::transport::fallback::config::FallbackConfig,
+    /// Socket.IO clients (Engine.IO v4, Socket.IO v5), off unless asked for.
+    pub socketio: crate::transport::socketio::SocketIoConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -71,6 +73,7 @@ impl Default for Config {
             },
             websocket_path: "/connection/websocket".into(),
             fallback: crate::transport::fallback::config::FallbackConfig::default(),
+            socketio: crate::transport::socketio::SocketIoConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
@@ -202,9 +205,13 @@ pub struct DemoConfig {
 }
 
 impl Config {
-    /// The configuration the server runs with: the demo's `chat` namespace added when the demo is on
-    /// and no `chat` namespace is configured.
+    /// The configuration the server runs with: under the demo, Socket.IO on, and the demo's `chat`
+    /// namespace added when no `chat` namespace is configured.
     pub fn effective(mut self) -> Self {
+        if self.demo.enabled {
+            // The demo's page may be opened with a Socket.IO client too.
+            self.socketio.enabled = true;
+        }
         if self.demo.enabled && !self.channels.namespaces.contains_key("chat") {
             self.channels.namespaces.insert(
                 "chat".into(),
@@ -438,6 +445,9 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        self.socketio
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[socketio] {e}")))?;
         if self.engine.announce_interval < Duration::from_millis(10)
             || self.engine.control_timeout < Duration::from_millis(10)
         {

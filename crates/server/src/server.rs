@@ -371,6 +371,11 @@ fn routes(
     if config.demo.enabled {
         router = router.merge(crate::demo::router());
     }
+    if config.socketio.enabled {
+        router = router.merge(crate::transport::socketio::router(
+            config, node, limits, shutdown, tracker,
+        ));
+    }
     if config.echo.enabled {
         let echo = Endpoint {
             config: Arc::new(config.echo.websocket(&config.websocket)),

@@ -6,8 +6,11 @@
 //! - `websocket.rs`: the WebSocket endpoint and its wire (and the echo endpoint).
 //! - `fallback/`: SSE, long polling and ajax polling, for where WebSocket does not get through: an
 //!   HTTP session is one wire made of many short requests, any of which may land on another node.
+//! - `socketio/`: Engine.IO v4 (polling and WebSocket) with Socket.IO v5 packets, for unchanged
+//!   Socket.IO clients; each socket is a switchboard client over its own wire.
 
 pub mod fallback;
+pub mod socketio;
 pub mod websocket;
 
 use axum::http::{Extensions, HeaderMap};

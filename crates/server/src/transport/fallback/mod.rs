@@ -24,10 +24,10 @@
 //! - `session.rs`: the session registry, and `HttpWire`, the session as its client's
 //!   [`Wire`](switchboard_hub::Wire) (the hub's driver runs the client); `downstream.rs` its seq/ack
 //!   buffer.
-//! - `config.rs` (`[fallback]`), `params.rs`, `error.rs`, `cors.rs` (the cross-origin policy).
+//! - `config.rs` (`[fallback]`), `params.rs`, `error.rs`, `cors.rs` (the cross-origin policy; Socket.IO's endpoint answers preflights with it too).
 
 pub mod config;
-mod cors;
+pub(crate) mod cors;
 mod downstream;
 mod error;
 mod local;
