@@ -65,6 +65,12 @@ pub struct SocketIoConfig {
     /// The Socket.IO parser clients use: `default` (text packets), or `msgpack` for clients built
     /// with `socket.io-msgpack-parser`. One per endpoint, as in the reference server.
     pub parser: ParserKind,
+    /// Connection state recovery (Socket.IO 4.6+): the `CONNECT` answer carries a `pid`, every
+    /// event from a room carries the socket's offset string as its last argument, and a client
+    /// that reconnects with them gets its rooms back with every publication it missed
+    /// (`socket.recovered`), from the channels' history, on any node. Needs history in the
+    /// rooms' namespaces. See docs/socketio.md.
+    pub recovery: bool,
     /// Run the official conformance suites' applications instead of switchboard's (see the module
     /// documentation). Never in production.
     pub conformance: bool,
@@ -85,6 +91,7 @@ impl Default for SocketIoConfig {
             allowed_origins: Vec::new(),
             allow_credentials: false,
             parser: ParserKind::Default,
+            recovery: false,
             conformance: false,
         }
     }
@@ -217,7 +224,12 @@ pub fn router(
         };
         mount(
             &sio.path,
-            settings(hub::app(env, sio.parser.parser(), sio.connect_timeout)),
+            settings(hub::app(
+                env,
+                sio.parser.parser(),
+                sio.connect_timeout,
+                sio.recovery,
+            )),
         );
     }
     router
