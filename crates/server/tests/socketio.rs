@@ -365,3 +365,91 @@ fn settings_are_checked() {
             .unwrap();
     assert_eq!(c.socketio.ping_interval, Duration::from_secs(1));
 }
+
+/// A server with recovery on and history in namespace `h`.
+fn recovery_config() -> Config {
+    let mut c = hub_config(true);
+    c.socketio.recovery = true;
+    c.channels.namespaces.insert(
+        "h".into(),
+        switchboard_hub::NamespaceOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            recover: true,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+/// The next Socket.IO packet text that is not a position event.
+async fn packet(ws: &mut RawClient) -> String {
+    loop {
+        let t = text(ws).await;
+        if !t.starts_with(r#"42["switchboard:position""#) {
+            return t;
+        }
+    }
+}
+
+async fn publish(api: SocketAddr, channel: &str, n: u64) {
+    let body = format!(r#"{{"channel":"{channel}","data":{{"event":"n","args":[{n}]}}}}"#);
+    let (status, _) = common::api_call(api, Some(KEY), "publish", &body).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_reconnect_recovers_what_it_missed() {
+    let server = start(recovery_config()).await;
+    let open = async || {
+        let (mut ws, resp) =
+            handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+        assert_eq!(resp.status, 101, "{resp:?}");
+        text(&mut ws).await;
+        ws
+    };
+    let mut ws = open().await;
+    ws.send_text("40").await;
+    let connected: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_owned();
+    ws.send_text(r#"421["subscribe","h:a"]"#).await;
+    assert_eq!(packet(&mut ws).await, "431[null]");
+    publish(server.api, "h:a", 1).await;
+    let event: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(event[1], 1);
+    let offset = event[2].as_str().unwrap().to_owned();
+    drop(ws);
+    // Missed while away.
+    publish(server.api, "h:a", 2).await;
+    publish(server.api, "h:a", 3).await;
+    let connect = serde_json::json!({ "pid": pid, "offset": offset });
+    let mut ws = open().await;
+    ws.send_text(&format!("40{connect}")).await;
+    let back: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(back["pid"], pid.as_str(), "recovered: the same pid");
+    for n in [2, 3] {
+        let event: serde_json::Value =
+            serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(
+            (&event[0], &event[1]),
+            (&serde_json::json!("n"), &serde_json::json!(n))
+        );
+    }
+    // Live publications follow, in the recovered room.
+    publish(server.api, "h:a", 4).await;
+    let event: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(event[1], 4);
+
+    // A position from another epoch cannot be recovered: a new socket (another pid), in no room.
+    let stale = serde_json::json!({ "pid": pid, "offset": r#"[["h:a",1,"gone"]]"# });
+    let mut ws = open().await;
+    ws.send_text(&format!("40{stale}")).await;
+    let fresh: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    assert_ne!(fresh["pid"], pid.as_str());
+    assert_eq!(text(&mut ws).await, r#"42["switchboard:position","[]"]"#);
+}
