@@ -453,3 +453,60 @@ async fn a_reconnect_recovers_what_it_missed() {
     assert_ne!(fresh["pid"], pid.as_str());
     assert_eq!(text(&mut ws).await, r#"42["switchboard:position","[]"]"#);
 }
+
+#[tokio::test]
+async fn a_polling_client_that_does_not_poll_is_slow_under_the_same_bound() {
+    let mut c = hub_config(true);
+    c.client.queue_bytes = 8 * 1024;
+    let server = start(c).await;
+    let handshake = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
+    let open: serde_json::Value =
+        serde_json::from_str(handshake.body.strip_prefix('0').unwrap()).unwrap();
+    let target = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    assert_eq!(http(server.addr, "POST", &target, "40").await.body, "ok");
+    let connected = http(server.addr, "GET", &target, "").await;
+    assert!(connected.body.starts_with(r#"40{"sid":""#), "{connected:?}");
+    let (status, _) = common::api_call(server.api, Some(KEY), "info", "{}").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http(server.addr, "POST", &target, r#"42["subscribe","news"]"#)
+            .await
+            .body,
+        "ok"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 20 KB for a client that holds at most 8: it does not poll, so the session holds them.
+    let big = "x".repeat(1000);
+    for _ in 0..20 {
+        let body = format!(r#"{{"channel":"news","data":{{"t":"{big}"}}}}"#);
+        let (status, _) = common::api_call(server.api, Some(KEY), "publish", &body).await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Disconnected as slow (3008): the session ends without all of them (and without a
+    // DISCONNECT, so that the client reconnects and recovers).
+    let mut delivered = 0;
+    for _ in 0..3 {
+        let resp = http(server.addr, "GET", &target, "").await;
+        if resp.status != 200 {
+            break;
+        }
+        delivered += resp.body.matches("publication").count();
+        assert!(!resp.body.contains("\x1e41"), "{}", resp.body);
+        if resp.body.ends_with('1') && !resp.body.contains("publication") {
+            break;
+        }
+    }
+    assert!(delivered < 20, "{delivered} publications delivered");
+    let metrics = http(server.api, "GET", "/metrics", "").await;
+    assert!(metrics.body.contains(r#"code="3008""#), "{}", metrics.body);
+}

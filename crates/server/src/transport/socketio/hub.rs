@@ -84,6 +84,7 @@ pub fn app(env: Env, parser: sio::Parser, connect_timeout: Duration, recovery: b
             env: env.clone(),
             parser,
             recovery,
+            hub_session: None,
             connection: Connection::new(decoder, connect_timeout, now),
             to_client: None,
             from_client: None,
@@ -96,6 +97,8 @@ struct HubApp {
     parser: sio::Parser,
     recovery: bool,
     connection: Connection,
+    /// The hub client's queue, told what the Engine.IO session holds.
+    hub_session: Option<Arc<switchboard_hub::Session>>,
     to_client: Option<mpsc::Sender<ToClient>>,
     from_client: Option<mpsc::Receiver<ToSession>>,
 }
@@ -106,6 +109,7 @@ impl HubApp {
         let (to_client, up) = mpsc::channel(QUEUE);
         let (down, from_client) = mpsc::channel(QUEUE);
         let client = self.env.node.client_with("socketio", None);
+        self.hub_session = Some(Arc::clone(client.session()));
         let wire = SioWire::new(up, down, self.parser, self.recovery);
         let shutdown = self.env.shutdown.clone();
         let restart = self.env.restart.clone();
@@ -167,6 +171,14 @@ impl App for HubApp {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.connection.next_deadline()
+    }
+
+    fn on_buffered(&mut self, bytes: usize) {
+        // What the Engine.IO session holds (no poll took it yet) counts as held by the wire: the
+        // slow-consumer rule (3008) is the same as on every transport.
+        if let Some(s) = &self.hub_session {
+            s.set_transport_queued(bytes);
+        }
     }
 
     fn on_timer(&mut self, now: Instant) -> Result<Vec<Data>, String> {
@@ -829,7 +841,12 @@ impl Wire for SioWire {
 
     fn end(&mut self, end: End) {
         self.recovering = None;
-        if let End::Tell { .. } = end {
+        // A code that asks the client back (a slow client, a restart) just closes the Engine.IO
+        // session: the Socket.IO client reconnects by itself and recovers. `DISCONNECT` would
+        // keep it away (`io server disconnect`), as the other codes mean to.
+        if let End::Tell { code, .. } = end
+            && !code.reconnect()
+        {
             let _ = self
                 .down
                 .try_send(ToSession::Packets(vec![Packet::disconnect(MAIN_NAMESPACE)]));

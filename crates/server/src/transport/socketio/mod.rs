@@ -189,8 +189,9 @@ pub fn router(
     };
     let settings = |app: engine::AppFactory| {
         engine::Engine::new(engine::Settings {
-            // A client that does not read is dropped at the same bound as on other transports.
-            engine: sio.engine(config.client.queue_bytes),
+            // A client that does not read is dropped by the hub's rule (3008, the session reports
+            // what it holds); the Engine.IO bound is a backstop above it.
+            engine: sio.engine(config.client.queue_bytes.saturating_mul(2)),
             websocket: websocket.clone(),
             body_read_timeout: sio.body_read_timeout,
             allowed_origins: sio.allowed_origins.clone(),
