@@ -354,6 +354,8 @@ fn settings_are_checked() {
             "allow_credentials",
         ),
         ("max_paylod = 1", "max_paylod"),
+        ("namespaces = { \"/chat\" = \"chat\" }", "namespaces"),
+        ("namespaces = { \"chat\" = \"chat:\" }", "namespaces"),
     ] {
         let err = Config::from_toml(&format!("[socketio]\n{bad}"))
             .unwrap_err()
@@ -509,4 +511,59 @@ async fn a_polling_client_that_does_not_poll_is_slow_under_the_same_bound() {
     assert!(delivered < 20, "{delivered} publications delivered");
     let metrics = http(server.api, "GET", "/metrics", "").await;
     assert!(metrics.body.contains(r#"code="3008""#), "{}", metrics.body);
+}
+
+#[tokio::test]
+async fn namespaces_map_to_channel_prefixes() {
+    let mut c = hub_config(true);
+    c.socketio.namespaces.insert("/chat".into(), "chat:".into());
+    c.channels
+        .namespaces
+        .insert("chat".into(), switchboard_hub::NamespaceOptions::default());
+    let server = start(c).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    text(&mut ws).await;
+    // Two namespaces of one session: two sockets, two clients of the hub.
+    ws.send_text("40").await;
+    let main = text(&mut ws).await;
+    assert!(main.starts_with(r#"40{"sid":""#), "{main}");
+    ws.send_text("40/chat,").await;
+    let chat = text(&mut ws).await;
+    assert!(chat.starts_with(r#"40/chat,{"sid":""#), "{chat}");
+    assert_ne!(main[2..], chat[8..]);
+    // The room `lobby` of /chat is the channel chat:lobby.
+    ws.send_text(r#"42/chat,1["subscribe","lobby"]"#).await;
+    assert_eq!(text(&mut ws).await, "43/chat,1[null]");
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"chat:lobby","data":{"event":"say","args":["hi"]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text(&mut ws).await, r#"42/chat,["say","hi"]"#);
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"chat:lobby","data":{"x":1}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text(&mut ws).await,
+        r#"42/chat,["publication","lobby",{"x":1}]"#
+    );
+    // Leaving /chat leaves its rooms; / stays.
+    ws.send_text("41/chat,").await;
+    ws.send_text(r#"421["subscribe","news"]"#).await;
+    assert_eq!(text(&mut ws).await, "431[null]");
+    // Unlisted namespaces are refused.
+    ws.send_text("40/admin,").await;
+    assert_eq!(
+        text(&mut ws).await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
 }

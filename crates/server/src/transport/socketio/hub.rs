@@ -41,7 +41,7 @@ use super::engine::{App, AppFactory};
 
 /// What the session's task tells the client's.
 enum ToClient {
-    /// A packet of the main namespace (`CONNECT` first).
+    /// A packet of the socket's namespace (`CONNECT` first).
     Packet(Packet),
 }
 
@@ -56,7 +56,10 @@ enum ToSession {
     Packets(Vec<Packet>),
     /// A packet already encoded (a publication, encoded once for all its subscribers).
     Encoded(String),
-    /// The hub ended the client: close the Engine.IO session.
+    /// The hub ended the client for good (after its `DISCONNECT`): the socket leaves its namespace.
+    Leave,
+    /// The hub ended the client and asks it back: close the Engine.IO session (the client
+    /// reconnects, and recovers).
     Close,
 }
 
@@ -76,56 +79,113 @@ pub struct Env {
     pub restart: crate::config::ShutdownConfig,
 }
 
+/// How the endpoint maps Socket.IO onto the hub.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// The Socket.IO parser.
+    pub parser: sio::Parser,
+    /// `connectTimeout`.
+    pub connect_timeout: Duration,
+    /// Connection state recovery.
+    pub recovery: bool,
+    /// Socket.IO namespaces served, each with the channel prefix of its rooms.
+    pub namespaces: Arc<BTreeMap<String, String>>,
+}
+
 /// Socket.IO on switchboard's hub.
-pub fn app(env: Env, parser: sio::Parser, connect_timeout: Duration, recovery: bool) -> AppFactory {
+pub fn app(env: Env, mapping: Mapping) -> AppFactory {
     Arc::new(move |now| {
-        let decoder = Decoder::with_parser(parser, sio::DEFAULT_MAX_ATTACHMENTS);
+        let decoder = Decoder::with_parser(mapping.parser, sio::DEFAULT_MAX_ATTACHMENTS);
         Box::new(HubApp {
             env: env.clone(),
-            parser,
-            recovery,
-            hub_session: None,
-            connection: Connection::new(decoder, connect_timeout, now),
-            to_client: None,
-            from_client: None,
+            connection: Connection::new(decoder, mapping.connect_timeout, now),
+            mapping: mapping.clone(),
+            sockets: BTreeMap::new(),
         })
     })
 }
 
+/// One joined (or joining) namespace: a hub client of its own.
+struct Socket {
+    to_client: mpsc::Sender<ToClient>,
+    from_client: mpsc::Receiver<ToSession>,
+    /// The hub client's queue, told what the Engine.IO session holds.
+    hub_session: Arc<switchboard_hub::Session>,
+}
+
 struct HubApp {
     env: Env,
-    parser: sio::Parser,
-    recovery: bool,
+    mapping: Mapping,
     connection: Connection,
-    /// The hub client's queue, told what the Engine.IO session holds.
-    hub_session: Option<Arc<switchboard_hub::Session>>,
-    to_client: Option<mpsc::Sender<ToClient>>,
-    from_client: Option<mpsc::Receiver<ToSession>>,
+    sockets: BTreeMap<String, Socket>,
 }
 
 impl HubApp {
-    /// Starts the hub client of this session, on the first `CONNECT` to `/`.
-    fn start_client(&mut self) {
+    /// Starts the hub client of a namespace's socket, on its `CONNECT`.
+    fn start_client(&mut self, namespace: &str, prefix: &str) {
         let (to_client, up) = mpsc::channel(QUEUE);
         let (down, from_client) = mpsc::channel(QUEUE);
         let client = self.env.node.client_with("socketio", None);
-        self.hub_session = Some(Arc::clone(client.session()));
-        let wire = SioWire::new(up, down, self.parser, self.recovery);
+        let hub_session = Arc::clone(client.session());
+        let mut wire = SioWire::new(up, down, self.mapping.parser, self.mapping.recovery);
+        wire.namespace = namespace.to_owned();
+        wire.prefix = prefix.to_owned();
         let shutdown = self.env.shutdown.clone();
         let restart = self.env.restart.clone();
         self.env.tracker.spawn(async move {
             switchboard_hub::drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
         });
-        self.to_client = Some(to_client);
-        self.from_client = Some(from_client);
+        self.sockets.insert(
+            namespace.to_owned(),
+            Socket {
+                to_client,
+                from_client,
+                hub_session,
+            },
+        );
     }
 
     fn forward(&mut self, packet: Packet) -> Result<(), String> {
-        let Some(tx) = &self.to_client else {
+        let Some(socket) = self.sockets.get(&packet.namespace) else {
             return Err("no client for a packet".into());
         };
-        tx.try_send(ToClient::Packet(packet))
+        socket
+            .to_client
+            .try_send(ToClient::Packet(packet))
             .map_err(|_| "the client does not keep up with its socket's packets".to_owned())
+    }
+
+    /// One message of a namespace's client, as Engine.IO messages.
+    fn output(&mut self, namespace: &str, msg: ToSession) -> Result<Vec<Data>, String> {
+        let parser = self.mapping.parser;
+        Ok(match msg {
+            ToSession::Accepted { sid, pid } => {
+                let mut accepted = self.connection.accept(namespace, &sid);
+                if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
+                    data.insert("pid".into(), Value::String(pid));
+                }
+                parser.encode(&accepted)
+            }
+            ToSession::Refused { message, code } => {
+                self.sockets.remove(namespace);
+                let p = self
+                    .connection
+                    .refuse(namespace, &message, Some(json!({ "code": code })));
+                parser.encode(&p)
+            }
+            ToSession::Packets(packets) => packets.iter().flat_map(|p| parser.encode(p)).collect(),
+            ToSession::Encoded(text) => vec![Data::Text(text)],
+            ToSession::Leave => {
+                // Its DISCONNECT went out already.
+                let _ = self.connection.disconnect(namespace);
+                self.sockets.remove(namespace);
+                if self.sockets.is_empty() {
+                    return Err("disconnected by the server".into());
+                }
+                Vec::new()
+            }
+            ToSession::Close => return Err("disconnected by the server".into()),
+        })
     }
 }
 
@@ -137,10 +197,18 @@ impl App for HubApp {
             Err(e) => return Err(e.to_string()),
         };
         match incoming {
-            Incoming::Connect { namespace, auth } if namespace == MAIN_NAMESPACE => {
-                if self.to_client.is_none() {
-                    self.start_client();
-                }
+            Incoming::Connect { namespace, auth } => {
+                let prefix = match self.mapping.namespaces.get(&namespace) {
+                    Some(p) => p.clone(),
+                    None if namespace == MAIN_NAMESPACE => String::new(),
+                    None => {
+                        let refusal = self
+                            .connection
+                            .refuse(&namespace, "Invalid namespace", None);
+                        return Ok(self.mapping.parser.encode(&refusal));
+                    }
+                };
+                self.start_client(&namespace, &prefix);
                 self.forward(Packet {
                     kind: sio::PacketType::Connect,
                     namespace,
@@ -150,20 +218,13 @@ impl App for HubApp {
                 })?;
                 Ok(Vec::new())
             }
-            Incoming::Connect { namespace, .. } => {
-                let refusal = self
-                    .connection
-                    .refuse(&namespace, "Invalid namespace", None);
-                Ok(self.parser.encode(&refusal))
-            }
             Incoming::Packet(p) => {
                 self.forward(p)?;
                 Ok(Vec::new())
             }
-            // The client left its only namespace: its hub client ends with it.
-            Incoming::Disconnect { .. } => {
-                self.to_client = None;
-                self.from_client = None;
+            // The client left a namespace: its hub client ends with it.
+            Incoming::Disconnect { namespace } => {
+                self.sockets.remove(&namespace);
                 Ok(Vec::new())
             }
         }
@@ -174,10 +235,10 @@ impl App for HubApp {
     }
 
     fn on_buffered(&mut self, bytes: usize) {
-        // What the Engine.IO session holds (no poll took it yet) counts as held by the wire: the
-        // slow-consumer rule (3008) is the same as on every transport.
-        if let Some(s) = &self.hub_session {
-            s.set_transport_queued(bytes);
+        // What the Engine.IO session holds (no poll took it yet) counts as held by each socket's
+        // wire: the slow-consumer rule (3008) is the same as on every transport.
+        for socket in self.sockets.values() {
+            socket.hub_session.set_transport_queued(bytes);
         }
     }
 
@@ -187,33 +248,21 @@ impl App for HubApp {
     }
 
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
-        let Some(rx) = &mut self.from_client else {
+        let mut ready = None;
+        for (namespace, socket) in &mut self.sockets {
+            if let Poll::Ready(msg) = socket.from_client.poll_recv(cx) {
+                ready = Some((namespace.clone(), msg));
+                break;
+            }
+        }
+        let Some((namespace, msg)) = ready else {
             return Poll::Pending;
         };
-        let Some(msg) = std::task::ready!(rx.poll_recv(cx)) else {
-            self.from_client = None;
+        let Some(msg) = msg else {
+            self.sockets.remove(&namespace);
             return Poll::Ready(Err("the hub client ended".into()));
         };
-        Poll::Ready(match msg {
-            ToSession::Accepted { sid, pid } => {
-                let mut accepted = self.connection.accept(MAIN_NAMESPACE, &sid);
-                if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
-                    data.insert("pid".into(), Value::String(pid));
-                }
-                Ok(self.parser.encode(&accepted))
-            }
-            ToSession::Refused { message, code } => {
-                let p =
-                    self.connection
-                        .refuse(MAIN_NAMESPACE, &message, Some(json!({ "code": code })));
-                Ok(self.parser.encode(&p))
-            }
-            ToSession::Packets(packets) => {
-                Ok(packets.iter().flat_map(|p| self.parser.encode(p)).collect())
-            }
-            ToSession::Encoded(text) => Ok(vec![Data::Text(text)]),
-            ToSession::Close => Err("disconnected by the server".into()),
-        })
+        Poll::Ready(self.output(&namespace, msg))
     }
 }
 
@@ -299,6 +348,10 @@ struct SioWire {
     dropped: HashSet<String>,
     /// Wakes the driver for the outbox.
     waker: Option<Waker>,
+    /// The socket's Socket.IO namespace.
+    namespace: String,
+    /// The channel prefix of its rooms (empty: rooms are channel names as they are).
+    prefix: String,
 }
 
 impl SioWire {
@@ -321,6 +374,8 @@ impl SioWire {
             outbox: Vec::new(),
             dropped: HashSet::new(),
             waker: None,
+            namespace: MAIN_NAMESPACE.to_owned(),
+            prefix: String::new(),
         }
     }
 
@@ -341,7 +396,7 @@ impl SioWire {
             let err = json!({ "code": code, "message": message });
             self.deliver(
                 None,
-                ToSession::Packets(vec![Packet::ack(MAIN_NAMESPACE, ack, vec![err])]),
+                ToSession::Packets(vec![Packet::ack(&self.namespace, ack, vec![err])]),
             );
         }
     }
@@ -392,12 +447,16 @@ impl SioWire {
         if let (true, Some(pid)) = (self.recovery, pid) {
             // A reconnect asking for recovery: each room resubscribed from its position, in the
             // same batch (commands run in order, after the connect).
-            let positions = offset.and_then(parse_offset).unwrap_or_default();
+            let mut positions = offset.and_then(parse_offset).unwrap_or_default();
+            // A namespace reaches only the channels under its prefix, whatever the string says.
+            let foreign = positions.len();
+            positions.retain(|ch, _| ch.starts_with(&self.prefix));
+            let foreign = foreign - positions.len();
             let mut rec = Recovering {
                 pid: pid.to_owned(),
                 waiting: 1 + positions.len(),
                 // Without a readable offset string nothing can be known recovered.
-                complete: offset.is_some_and(|o| parse_offset(o).is_some()),
+                complete: foreign == 0 && offset.is_some_and(|o| parse_offset(o).is_some()),
                 sid: None,
                 channels: Vec::new(),
                 wanted: positions.clone(),
@@ -422,7 +481,11 @@ impl SioWire {
     /// An event from the client, `b64data` the bytes of a binary `publish`.
     fn event(&mut self, packet: &Packet, b64data: Option<String>) -> Vec<Value> {
         let args = packet.args();
-        let channel = args.first().and_then(Value::as_str);
+        let channel = args
+            .first()
+            .and_then(Value::as_str)
+            .map(|room| format!("{}{room}", self.prefix));
+        let channel = channel.as_deref();
         let ack = packet.id;
         let Some(name) = packet.event_name() else {
             return Vec::new();
@@ -482,7 +545,7 @@ impl SioWire {
     fn tell_positions(&mut self) {
         if self.recovery {
             let p = Packet::event(
-                MAIN_NAMESPACE,
+                &self.namespace,
                 POSITION_EVENT,
                 [json!(offset_string(&self.positions))],
                 None,
@@ -557,7 +620,12 @@ impl SioWire {
 
     /// The Socket.IO side of one protocol reply or push.
     fn translate(&mut self, frame: &Frame) {
-        if frame.is_shared() && self.parser == sio::Parser::Default && !self.recovery {
+        if frame.is_shared()
+            && self.parser == sio::Parser::Default
+            && !self.recovery
+            && self.namespace == MAIN_NAMESPACE
+            && self.prefix.is_empty()
+        {
             // A publication (or another push) sent to many clients: encoded once for all. With
             // recovery on, each socket's events carry its own offset string instead.
             if let Some(text) = frame.encoded(push_event).as_ref().clone() {
@@ -580,7 +648,10 @@ impl SioWire {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        let ack_of = |ack: u64, args: Vec<Value>| ToSession::Packets(vec![ack_packet(ack, args)]);
+        let namespace = self.namespace.clone();
+        let ack_of = |ack: u64, args: Vec<Value>| {
+            ToSession::Packets(vec![Packet::ack(&namespace, ack, args)])
+        };
         let error_or = |ok: Vec<Value>| match error {
             Some(e) => vec![e.clone()],
             None => ok,
@@ -729,7 +800,8 @@ impl SioWire {
         if self.dropped.contains(channel) {
             return;
         }
-        let mut packet = publication_packet(channel, publication);
+        let room = channel.strip_prefix(&self.prefix).unwrap_or(channel);
+        let mut packet = publication_packet(&self.namespace, room, publication);
         if self.recovery
             && let Some(offset) = publication.get("offset").and_then(Value::as_u64)
         {
@@ -760,11 +832,6 @@ fn is_placeholder(v: &Value, num: u64) -> bool {
         && v.get("num").and_then(Value::as_u64) == Some(num)
 }
 
-/// An ack to the client.
-fn ack_packet(ack: u64, args: Vec<Value>) -> Packet {
-    Packet::ack(MAIN_NAMESPACE, ack, args)
-}
-
 /// The Socket.IO packet text of a push, if it maps to one (publications do).
 fn push_event(text: &Bytes) -> Option<String> {
     let value: Value = serde_json::from_slice(text).ok()?;
@@ -773,7 +840,7 @@ fn push_event(text: &Bytes) -> Option<String> {
         .get("channel")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let packet = publication_packet(channel, publication);
+    let packet = publication_packet(MAIN_NAMESPACE, channel, publication);
     // Binary publications have attachments, which one text message cannot carry.
     (!packet.kind.is_binary()).then(|| packet.encode())
 }
@@ -781,7 +848,7 @@ fn push_event(text: &Bytes) -> Option<String> {
 /// A publication as an event: `{"event":name,"args":[...]}` as that event (unless the name is one
 /// Socket.IO reserves), other data as `publication` with the channel and the data, a binary
 /// publication (`b64data`) as `publication` with the channel and the bytes.
-fn publication_packet(channel: &str, publication: &Value) -> Packet {
+fn publication_packet(namespace: &str, channel: &str, publication: &Value) -> Packet {
     if let Some(bytes) = publication
         .get("b64data")
         .and_then(Value::as_str)
@@ -789,7 +856,7 @@ fn publication_packet(channel: &str, publication: &Value) -> Packet {
     {
         return Packet::binary(
             sio::PacketType::BinaryEvent,
-            MAIN_NAMESPACE,
+            namespace,
             None,
             json!(["publication", channel, sio::placeholder(0)]),
             vec![Bytes::from(bytes)],
@@ -800,9 +867,9 @@ fn publication_packet(channel: &str, publication: &Value) -> Packet {
     let args = data.get("args").and_then(Value::as_array);
     match (name, args) {
         (Some(name), Some(args)) if !sio::RESERVED_EVENTS.contains(&name) => {
-            Packet::event(MAIN_NAMESPACE, name, args.iter().cloned(), None)
+            Packet::event(namespace, name, args.iter().cloned(), None)
         }
-        _ => Packet::event(MAIN_NAMESPACE, "publication", [json!(channel), data], None),
+        _ => Packet::event(namespace, "publication", [json!(channel), data], None),
     }
 }
 
@@ -849,7 +916,11 @@ impl Wire for SioWire {
         {
             let _ = self
                 .down
-                .try_send(ToSession::Packets(vec![Packet::disconnect(MAIN_NAMESPACE)]));
+                .try_send(ToSession::Packets(vec![Packet::disconnect(
+                    &self.namespace,
+                )]));
+            let _ = self.down.try_send(ToSession::Leave);
+            return;
         }
         let _ = self.down.try_send(ToSession::Close);
     }

@@ -71,6 +71,11 @@ pub struct SocketIoConfig {
     /// (`socket.recovered`), from the channels' history, on any node. Needs history in the
     /// rooms' namespaces. See docs/socketio.md.
     pub recovery: bool,
+    /// Socket.IO namespaces besides `/`, each with the channel prefix of its rooms: `"/chat" =
+    /// "chat:"` makes the room `lobby` of `/chat` the channel `chat:lobby` (the namespace's rules
+    /// apply). `/` maps rooms to channels as named unless listed here. Others are refused
+    /// (`Invalid namespace`).
+    pub namespaces: std::collections::BTreeMap<String, String>,
     /// Run the official conformance suites' applications instead of switchboard's (see the module
     /// documentation). Never in production.
     pub conformance: bool,
@@ -92,6 +97,7 @@ impl Default for SocketIoConfig {
             allow_credentials: false,
             parser: ParserKind::Default,
             recovery: false,
+            namespaces: std::collections::BTreeMap::new(),
             conformance: false,
         }
     }
@@ -134,6 +140,17 @@ impl SocketIoConfig {
         }
         if self.body_read_timeout.is_zero() || self.upgrade_timeout.is_zero() {
             return Err("body_read_timeout and upgrade_timeout must be more than 0s".into());
+        }
+        for (namespace, prefix) in &self.namespaces {
+            if !namespace.starts_with('/') {
+                return Err(format!("namespaces: {namespace:?} must start with '/'"));
+            }
+            if !prefix.is_empty() && !prefix.ends_with(':') {
+                return Err(format!(
+                    "namespaces: the prefix {prefix:?} of {namespace:?} must be empty or a \
+                     switchboard namespace followed by ':' (e.g. \"chat:\")"
+                ));
+            }
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !origin.contains("://") {
@@ -227,9 +244,12 @@ pub fn router(
             &sio.path,
             settings(hub::app(
                 env,
-                sio.parser.parser(),
-                sio.connect_timeout,
-                sio.recovery,
+                hub::Mapping {
+                    parser: sio.parser.parser(),
+                    connect_timeout: sio.connect_timeout,
+                    recovery: sio.recovery,
+                    namespaces: Arc::new(sio.namespaces.clone()),
+                },
             )),
         );
     }
