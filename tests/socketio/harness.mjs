@@ -78,6 +78,10 @@ recovery = true
 ping_interval = "1s"
 ping_timeout = "1s"
 
+
+[socketio.namespaces]
+"/chat" = "h:"
+
 [proxy]
 rpc = "${rpc}"
 

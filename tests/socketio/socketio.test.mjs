@@ -161,6 +161,28 @@ test('a reconnect to another node on Redis recovers everything missed', async ()
   }
 });
 
+test('a namespace is a channel prefix, with recovery of its own', async () => {
+  const server = await startServer(config);
+  try {
+    const chat = connect(`${server.url}/chat`, { transports: ['websocket'] });
+    const seen = [];
+    chat.on('say', (text) => seen.push(text));
+    await next(chat, 'connect');
+    await join(chat, 'lobby');
+    await server.api('publish', { channel: 'h:lobby', data: { event: 'say', args: ['one'] } });
+    await until(() => seen.length === 1, 5000, 'the first');
+    chat.io.engine.close();
+    await server.api('publish', { channel: 'h:lobby', data: { event: 'say', args: ['two'] } });
+    await next(chat, 'connect', 10000);
+    assert.equal(chat.recovered, true);
+    await until(() => seen.length === 2, 5000, 'the missed one');
+    assert.deepEqual(seen, ['one', 'two']);
+    chat.disconnect();
+  } finally {
+    await server.stop();
+  }
+});
+
 test('a client whose WebSocket is blocked stays on polling', async () => {
   const server = await startServer(config);
   // A proxy that forwards plain HTTP and drops every upgrade, as some corporate proxies do.
