@@ -7,8 +7,9 @@
 //! Sessions live on the node that opened them: behind a load balancer, Socket.IO clients need
 //! sticky sessions (as with the reference server) unless they use WebSocket only.
 //!
-//! Each Socket.IO socket of the main namespace is one switchboard client ([`hub`] says how packets
-//! map onto the protocol).
+//! Each Socket.IO socket (one per joined namespace: `/`, and those `[socketio] namespaces` maps to
+//! channel prefixes) is one switchboard client ([`hub`] says how packets map onto the protocol,
+//! docs/socketio.md the whole mapping, connection state recovery included).
 //!
 //! With `[socketio] conformance = true` the endpoints run the applications that the official
 //! suites (`engine.io-protocol`, `socket.io-protocol`) expect instead of switchboard's: an Engine.IO
