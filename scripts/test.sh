@@ -70,6 +70,9 @@ done
 step "JavaScript client: node tests over every transport, and npm pack installed into fresh CommonJS and ESM projects"
 (cd clients/js && npm test)
 
+step "Socket.IO: the stock socket.io-client over polling, WebSocket and the upgrade; rpc, binary, recovery across a restart and two nodes on Redis"
+tests/socketio/run.sh
+
 step "browser end-to-end tests: the chat demo in headless Chromium"
 tests/browser/run.sh
 

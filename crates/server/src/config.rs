@@ -602,6 +602,7 @@ mod tests {
         all.extend(
             [
                 "channels.namespaces",
+                "socketio.namespaces",
                 "tls.cert_file",
                 "tls.key_file",
                 "proxy.connect",

@@ -229,12 +229,11 @@ async fn sockets_are_switchboard_clients() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(text(&mut ws).await, r#"42["publication","news",{"x":1}]"#);
-    // Unknown events are refused through their ack; other namespaces are refused.
+    // Other events go to the application's RPC handler: none here (error 108, through the ack).
     ws.send_text(r#"422["dance"]"#).await;
-    assert_eq!(
-        text(&mut ws).await,
-        r#"432[{"code":404,"message":"unknown event"}]"#
-    );
+    let refused = text(&mut ws).await;
+    assert!(refused.starts_with(r#"432[{"code":108,"#), "{refused}");
+    // Other namespaces are refused.
     ws.send_text("40/admin,").await;
     assert_eq!(
         text(&mut ws).await,
@@ -355,6 +354,8 @@ fn settings_are_checked() {
             "allow_credentials",
         ),
         ("max_paylod = 1", "max_paylod"),
+        ("namespaces = { \"/chat\" = \"chat\" }", "namespaces"),
+        ("namespaces = { \"chat\" = \"chat:\" }", "namespaces"),
     ] {
         let err = Config::from_toml(&format!("[socketio]\n{bad}"))
             .unwrap_err()
@@ -365,4 +366,204 @@ fn settings_are_checked() {
         Config::from_toml("[socketio]\nenabled = true\nconformance = true\nping_interval = \"1s\"")
             .unwrap();
     assert_eq!(c.socketio.ping_interval, Duration::from_secs(1));
+}
+
+/// A server with recovery on and history in namespace `h`.
+fn recovery_config() -> Config {
+    let mut c = hub_config(true);
+    c.socketio.recovery = true;
+    c.channels.namespaces.insert(
+        "h".into(),
+        switchboard_hub::NamespaceOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            recover: true,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+/// The next Socket.IO packet text that is not a position event.
+async fn packet(ws: &mut RawClient) -> String {
+    loop {
+        let t = text(ws).await;
+        if !t.starts_with(r#"42["switchboard:position""#) {
+            return t;
+        }
+    }
+}
+
+async fn publish(api: SocketAddr, channel: &str, n: u64) {
+    let body = format!(r#"{{"channel":"{channel}","data":{{"event":"n","args":[{n}]}}}}"#);
+    let (status, _) = common::api_call(api, Some(KEY), "publish", &body).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_reconnect_recovers_what_it_missed() {
+    let server = start(recovery_config()).await;
+    let open = async || {
+        let (mut ws, resp) =
+            handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+        assert_eq!(resp.status, 101, "{resp:?}");
+        text(&mut ws).await;
+        ws
+    };
+    let mut ws = open().await;
+    ws.send_text("40").await;
+    let connected: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_owned();
+    ws.send_text(r#"421["subscribe","h:a"]"#).await;
+    assert_eq!(packet(&mut ws).await, "431[null]");
+    publish(server.api, "h:a", 1).await;
+    let event: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(event[1], 1);
+    let offset = event[2].as_str().unwrap().to_owned();
+    drop(ws);
+    // Missed while away.
+    publish(server.api, "h:a", 2).await;
+    publish(server.api, "h:a", 3).await;
+    let connect = serde_json::json!({ "pid": pid, "offset": offset });
+    let mut ws = open().await;
+    ws.send_text(&format!("40{connect}")).await;
+    let back: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    assert_eq!(back["pid"], pid.as_str(), "recovered: the same pid");
+    for n in [2, 3] {
+        let event: serde_json::Value =
+            serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(
+            (&event[0], &event[1]),
+            (&serde_json::json!("n"), &serde_json::json!(n))
+        );
+    }
+    // Live publications follow, in the recovered room.
+    publish(server.api, "h:a", 4).await;
+    let event: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(event[1], 4);
+
+    // A position from another epoch cannot be recovered: a new socket (another pid), in no room.
+    let stale = serde_json::json!({ "pid": pid, "offset": r#"[["h:a",1,"gone"]]"# });
+    let mut ws = open().await;
+    ws.send_text(&format!("40{stale}")).await;
+    let fresh: serde_json::Value =
+        serde_json::from_str(packet(&mut ws).await.strip_prefix("40").unwrap()).unwrap();
+    assert_ne!(fresh["pid"], pid.as_str());
+    assert_eq!(text(&mut ws).await, r#"42["switchboard:position","[]"]"#);
+}
+
+#[tokio::test]
+async fn a_polling_client_that_does_not_poll_is_slow_under_the_same_bound() {
+    let mut c = hub_config(true);
+    c.client.queue_bytes = 8 * 1024;
+    let server = start(c).await;
+    let handshake = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
+    let open: serde_json::Value =
+        serde_json::from_str(handshake.body.strip_prefix('0').unwrap()).unwrap();
+    let target = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    assert_eq!(http(server.addr, "POST", &target, "40").await.body, "ok");
+    let connected = http(server.addr, "GET", &target, "").await;
+    assert!(connected.body.starts_with(r#"40{"sid":""#), "{connected:?}");
+    let (status, _) = common::api_call(server.api, Some(KEY), "info", "{}").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http(server.addr, "POST", &target, r#"42["subscribe","news"]"#)
+            .await
+            .body,
+        "ok"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 20 KB for a client that holds at most 8: it does not poll, so the session holds them.
+    let big = "x".repeat(1000);
+    for _ in 0..20 {
+        let body = format!(r#"{{"channel":"news","data":{{"t":"{big}"}}}}"#);
+        let (status, _) = common::api_call(server.api, Some(KEY), "publish", &body).await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Disconnected as slow (3008): the session ends without all of them (and without a
+    // DISCONNECT, so that the client reconnects and recovers).
+    let mut delivered = 0;
+    for _ in 0..3 {
+        let resp = http(server.addr, "GET", &target, "").await;
+        if resp.status != 200 {
+            break;
+        }
+        delivered += resp.body.matches("publication").count();
+        assert!(!resp.body.contains("\x1e41"), "{}", resp.body);
+        if resp.body.ends_with('1') && !resp.body.contains("publication") {
+            break;
+        }
+    }
+    assert!(delivered < 20, "{delivered} publications delivered");
+    let metrics = http(server.api, "GET", "/metrics", "").await;
+    assert!(metrics.body.contains(r#"code="3008""#), "{}", metrics.body);
+}
+
+#[tokio::test]
+async fn namespaces_map_to_channel_prefixes() {
+    let mut c = hub_config(true);
+    c.socketio.namespaces.insert("/chat".into(), "chat:".into());
+    c.channels
+        .namespaces
+        .insert("chat".into(), switchboard_hub::NamespaceOptions::default());
+    let server = start(c).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    text(&mut ws).await;
+    // Two namespaces of one session: two sockets, two clients of the hub.
+    ws.send_text("40").await;
+    let main = text(&mut ws).await;
+    assert!(main.starts_with(r#"40{"sid":""#), "{main}");
+    ws.send_text("40/chat,").await;
+    let chat = text(&mut ws).await;
+    assert!(chat.starts_with(r#"40/chat,{"sid":""#), "{chat}");
+    assert_ne!(main[2..], chat[8..]);
+    // The room `lobby` of /chat is the channel chat:lobby.
+    ws.send_text(r#"42/chat,1["subscribe","lobby"]"#).await;
+    assert_eq!(text(&mut ws).await, "43/chat,1[null]");
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"chat:lobby","data":{"event":"say","args":["hi"]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text(&mut ws).await, r#"42/chat,["say","hi"]"#);
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"chat:lobby","data":{"x":1}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text(&mut ws).await,
+        r#"42/chat,["publication","lobby",{"x":1}]"#
+    );
+    // Leaving /chat leaves its rooms; / stays.
+    ws.send_text("41/chat,").await;
+    ws.send_text(r#"421["subscribe","news"]"#).await;
+    assert_eq!(text(&mut ws).await, "431[null]");
+    // Unlisted namespaces are refused.
+    ws.send_text("40/admin,").await;
+    assert_eq!(
+        text(&mut ws).await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
 }

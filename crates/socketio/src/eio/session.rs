@@ -267,6 +267,12 @@ impl Session {
         }
     }
 
+    /// Bytes of the messages waiting for the client (no poll, no WebSocket frame took them yet):
+    /// what a server counts against its bound for a slow client.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     /// The session id.
     pub fn sid(&self) -> &Sid {
         &self.sid

@@ -37,6 +37,11 @@ pub trait App: Send + 'static {
         let _ = cx;
         Poll::Pending
     }
+    /// The bytes the session holds for its client now (after each change): the hub counts them
+    /// against the slow-consumer bound, as for every transport.
+    fn on_buffered(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
 }
 
 /// Makes the application of each new session.
@@ -486,6 +491,7 @@ impl Actor {
         let mut stopping = false;
         loop {
             self.flush();
+            self.app.on_buffered(self.session.buffered());
             if self.session.is_finished() {
                 break;
             }

@@ -1,27 +1,30 @@
 //! Socket.IO sockets as switchboard clients: the main namespace of an Engine.IO session is one
 //! client of the hub, run by [`switchboard_hub::drive`] over a [`SioWire`] in a task of its own.
 //!
-//! The mapping (issue #14; this is its first part):
+//! The mapping (docs/socketio.md has the whole of it):
 //!
 //! - `CONNECT` to `/` is the protocol's `connect`, with `auth.token` as the connection token (JWT);
 //!   without one, the connect proxy or anonymous access decides. Success answers
-//!   `40{"sid":"<client id>"}`, refusal `44{"message":"...","data":{"code":N}}`. Other namespaces are
-//!   refused (`Invalid namespace`).
-//! - Events from the client: `subscribe` (channel), `unsubscribe` (channel), `publish` (channel,
-//!   data) become those commands; with an ack id, the reply comes back as the ack: `[null]` on
-//!   success, `[{"code":N,"message":"..."}]` on error.
+//!   `40{"sid":"<client id>"}` (plus `"pid"` with `[socketio] recovery`), refusal
+//!   `44{"message":"...","data":{"code":N}}`. Other namespaces are refused (`Invalid namespace`).
+//! - Events from the client: `subscribe` (channel[, data]), `unsubscribe` (channel), `publish`
+//!   (channel, data or one binary argument as `b64data`) become those commands; any other event
+//!   goes to the application's RPC handler (method = event name, data = the arguments), never
+//!   executed by switchboard. With an ack id, the reply comes back as the ack: `[null]` (`[null,
+//!   data]` for RPC) on success, `[{"code":N,"message":"..."}]` on error.
 //! - Publications in the socket's channels (rooms) arrive as events: a publication
 //!   `{"event":"chat","args":[...]}` as `42["chat",...]`, any other as
-//!   `42["publication","<channel>",<data>]`.
+//!   `42["publication","<channel>",<data>]`, a binary one with its bytes attached.
+//! - Connection state recovery: the offset string the client keeps is the list of its rooms'
+//!   positions (`[["channel",offset,"epoch"],...]`), so any node can serve a reconnect from the
+//!   channels' history; no session record is kept anywhere.
 //! - The server's `disconnect` ends the socket with `DISCONNECT` and closes the Engine.IO session.
-//!
-//! Not mapped yet: other namespaces, binary arguments (refused through the ack), history, presence,
-//! RPC, join/leave pushes, and Socket.IO's connection state recovery (`pid`/`offset` on reconnect,
-//! which switchboard's offsets can serve).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+
+use base64::Engine as _;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -38,22 +41,25 @@ use super::engine::{App, AppFactory};
 
 /// What the session's task tells the client's.
 enum ToClient {
-    /// A packet of the main namespace (`CONNECT` first).
+    /// A packet of the socket's namespace (`CONNECT` first).
     Packet(Packet),
 }
 
 /// What the client's task tells the session's.
 #[derive(Debug)]
 enum ToSession {
-    /// The hub accepted the connection: the socket id.
-    Accepted(String),
+    /// The hub accepted the connection: the socket id, and the pid when recovery is on.
+    Accepted { sid: String, pid: Option<String> },
     /// The hub refused it.
     Refused { message: String, code: u32 },
     /// Packets for the client.
     Packets(Vec<Packet>),
     /// A packet already encoded (a publication, encoded once for all its subscribers).
     Encoded(String),
-    /// The hub ended the client: close the Engine.IO session.
+    /// The hub ended the client for good (after its `DISCONNECT`): the socket leaves its namespace.
+    Leave,
+    /// The hub ended the client and asks it back: close the Engine.IO session (the client
+    /// reconnects, and recovers).
     Close,
 }
 
@@ -73,57 +79,113 @@ pub struct Env {
     pub restart: crate::config::ShutdownConfig,
 }
 
+/// How the endpoint maps Socket.IO onto the hub.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// The Socket.IO parser.
+    pub parser: sio::Parser,
+    /// `connectTimeout`.
+    pub connect_timeout: Duration,
+    /// Connection state recovery.
+    pub recovery: bool,
+    /// Socket.IO namespaces served, each with the channel prefix of its rooms.
+    pub namespaces: Arc<BTreeMap<String, String>>,
+}
+
 /// Socket.IO on switchboard's hub.
-pub fn app(env: Env, parser: sio::Parser, connect_timeout: Duration) -> AppFactory {
+pub fn app(env: Env, mapping: Mapping) -> AppFactory {
     Arc::new(move |now| {
-        let decoder = Decoder::with_parser(parser, sio::DEFAULT_MAX_ATTACHMENTS);
+        let decoder = Decoder::with_parser(mapping.parser, sio::DEFAULT_MAX_ATTACHMENTS);
         Box::new(HubApp {
             env: env.clone(),
-            parser,
-            connection: Connection::new(decoder, connect_timeout, now),
-            to_client: None,
-            from_client: None,
+            connection: Connection::new(decoder, mapping.connect_timeout, now),
+            mapping: mapping.clone(),
+            sockets: BTreeMap::new(),
         })
     })
 }
 
+/// One joined (or joining) namespace: a hub client of its own.
+struct Socket {
+    to_client: mpsc::Sender<ToClient>,
+    from_client: mpsc::Receiver<ToSession>,
+    /// The hub client's queue, told what the Engine.IO session holds.
+    hub_session: Arc<switchboard_hub::Session>,
+}
+
 struct HubApp {
     env: Env,
-    parser: sio::Parser,
+    mapping: Mapping,
     connection: Connection,
-    to_client: Option<mpsc::Sender<ToClient>>,
-    from_client: Option<mpsc::Receiver<ToSession>>,
+    sockets: BTreeMap<String, Socket>,
 }
 
 impl HubApp {
-    /// Starts the hub client of this session, on the first `CONNECT` to `/`.
-    fn start_client(&mut self) {
+    /// Starts the hub client of a namespace's socket, on its `CONNECT`.
+    fn start_client(&mut self, namespace: &str, prefix: &str) {
         let (to_client, up) = mpsc::channel(QUEUE);
         let (down, from_client) = mpsc::channel(QUEUE);
         let client = self.env.node.client_with("socketio", None);
-        let wire = SioWire {
-            up,
-            down,
-            parser: self.parser,
-            pending: HashMap::new(),
-            next_id: 1,
-            open: true,
-        };
+        let hub_session = Arc::clone(client.session());
+        let mut wire = SioWire::new(up, down, self.mapping.parser, self.mapping.recovery);
+        wire.namespace = namespace.to_owned();
+        wire.prefix = prefix.to_owned();
         let shutdown = self.env.shutdown.clone();
         let restart = self.env.restart.clone();
         self.env.tracker.spawn(async move {
             switchboard_hub::drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
         });
-        self.to_client = Some(to_client);
-        self.from_client = Some(from_client);
+        self.sockets.insert(
+            namespace.to_owned(),
+            Socket {
+                to_client,
+                from_client,
+                hub_session,
+            },
+        );
     }
 
     fn forward(&mut self, packet: Packet) -> Result<(), String> {
-        let Some(tx) = &self.to_client else {
+        let Some(socket) = self.sockets.get(&packet.namespace) else {
             return Err("no client for a packet".into());
         };
-        tx.try_send(ToClient::Packet(packet))
+        socket
+            .to_client
+            .try_send(ToClient::Packet(packet))
             .map_err(|_| "the client does not keep up with its socket's packets".to_owned())
+    }
+
+    /// One message of a namespace's client, as Engine.IO messages.
+    fn output(&mut self, namespace: &str, msg: ToSession) -> Result<Vec<Data>, String> {
+        let parser = self.mapping.parser;
+        Ok(match msg {
+            ToSession::Accepted { sid, pid } => {
+                let mut accepted = self.connection.accept(namespace, &sid);
+                if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
+                    data.insert("pid".into(), Value::String(pid));
+                }
+                parser.encode(&accepted)
+            }
+            ToSession::Refused { message, code } => {
+                self.sockets.remove(namespace);
+                let p = self
+                    .connection
+                    .refuse(namespace, &message, Some(json!({ "code": code })));
+                parser.encode(&p)
+            }
+            ToSession::Packets(packets) => packets.iter().flat_map(|p| parser.encode(p)).collect(),
+            ToSession::Encoded(text) => vec![Data::Text(text)],
+            ToSession::Leave => {
+                // Its DISCONNECT went out already.
+                let _ = self.connection.disconnect(namespace);
+                self.sockets.remove(namespace);
+                if self.sockets.is_empty() {
+                    return Err("disconnected by the server".into());
+                }
+                Vec::new()
+            }
+            ToSession::Close => return Err("disconnected by the server".into()),
+        })
     }
 }
 
@@ -135,10 +197,18 @@ impl App for HubApp {
             Err(e) => return Err(e.to_string()),
         };
         match incoming {
-            Incoming::Connect { namespace, auth } if namespace == MAIN_NAMESPACE => {
-                if self.to_client.is_none() {
-                    self.start_client();
-                }
+            Incoming::Connect { namespace, auth } => {
+                let prefix = match self.mapping.namespaces.get(&namespace) {
+                    Some(p) => p.clone(),
+                    None if namespace == MAIN_NAMESPACE => String::new(),
+                    None => {
+                        let refusal = self
+                            .connection
+                            .refuse(&namespace, "Invalid namespace", None);
+                        return Ok(self.mapping.parser.encode(&refusal));
+                    }
+                };
+                self.start_client(&namespace, &prefix);
                 self.forward(Packet {
                     kind: sio::PacketType::Connect,
                     namespace,
@@ -148,20 +218,13 @@ impl App for HubApp {
                 })?;
                 Ok(Vec::new())
             }
-            Incoming::Connect { namespace, .. } => {
-                let refusal = self
-                    .connection
-                    .refuse(&namespace, "Invalid namespace", None);
-                Ok(self.parser.encode(&refusal))
-            }
             Incoming::Packet(p) => {
                 self.forward(p)?;
                 Ok(Vec::new())
             }
-            // The client left its only namespace: its hub client ends with it.
-            Incoming::Disconnect { .. } => {
-                self.to_client = None;
-                self.from_client = None;
+            // The client left a namespace: its hub client ends with it.
+            Incoming::Disconnect { namespace } => {
+                self.sockets.remove(&namespace);
                 Ok(Vec::new())
             }
         }
@@ -171,47 +234,98 @@ impl App for HubApp {
         self.connection.next_deadline()
     }
 
+    fn on_buffered(&mut self, bytes: usize) {
+        // What the Engine.IO session holds (no poll took it yet) counts as held by each socket's
+        // wire: the slow-consumer rule (3008) is the same as on every transport.
+        for socket in self.sockets.values() {
+            socket.hub_session.set_transport_queued(bytes);
+        }
+    }
+
     fn on_timer(&mut self, now: Instant) -> Result<Vec<Data>, String> {
         self.connection.on_timer(now).map_err(|e| e.to_string())?;
         Ok(Vec::new())
     }
 
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
-        let Some(rx) = &mut self.from_client else {
+        let mut ready = None;
+        for (namespace, socket) in &mut self.sockets {
+            if let Poll::Ready(msg) = socket.from_client.poll_recv(cx) {
+                ready = Some((namespace.clone(), msg));
+                break;
+            }
+        }
+        let Some((namespace, msg)) = ready else {
             return Poll::Pending;
         };
-        let Some(msg) = std::task::ready!(rx.poll_recv(cx)) else {
-            self.from_client = None;
+        let Some(msg) = msg else {
+            self.sockets.remove(&namespace);
             return Poll::Ready(Err("the hub client ended".into()));
         };
-        Poll::Ready(match msg {
-            ToSession::Accepted(sid) => {
-                let accepted = self.connection.accept(MAIN_NAMESPACE, &sid);
-                Ok(self.parser.encode(&accepted))
-            }
-            ToSession::Refused { message, code } => {
-                let p =
-                    self.connection
-                        .refuse(MAIN_NAMESPACE, &message, Some(json!({ "code": code })));
-                Ok(self.parser.encode(&p))
-            }
-            ToSession::Packets(packets) => {
-                Ok(packets.iter().flat_map(|p| self.parser.encode(p)).collect())
-            }
-            ToSession::Encoded(text) => Ok(vec![Data::Text(text)]),
-            ToSession::Close => Err("disconnected by the server".into()),
-        })
+        Poll::Ready(self.output(&namespace, msg))
     }
 }
 
 /// What a command id stands for, until its reply.
 enum Pending {
     Connect,
+    /// A `subscribe` with `recover`, part of a reconnect's recovery.
+    Recover(String),
+    /// A subscription asked for by an event (a room joined).
+    Subscribe(String, Option<u64>),
+    /// An unsubscription asked for by an event, or made by a failed recovery (no ack).
+    Unsubscribe(String, Option<u64>),
+    /// An event sent to the application's RPC handler, with its ack id.
+    Rpc(u64),
     /// A client event with an ack id.
     Ack(u64),
     /// A client event without one: the reply is dropped.
     Quiet,
 }
+
+/// A channel's position as the socket last saw it: its offset and epoch (empty when the channel
+/// keeps no history, so it cannot be recovered).
+type Positions = BTreeMap<String, (u64, String)>;
+
+/// The Socket.IO offset string of a set of positions: `[["channel",offset,"epoch"],...]`.
+fn offset_string(positions: &Positions) -> String {
+    let list: Vec<Value> = positions
+        .iter()
+        .map(|(ch, (offset, epoch))| json!([ch, offset, epoch]))
+        .collect();
+    Value::Array(list).to_string()
+}
+
+/// The positions an offset string names; `None` when it is not one (the client sent something
+/// else: nothing to recover).
+fn parse_offset(text: &str) -> Option<Positions> {
+    let list: Vec<(String, u64, String)> = serde_json::from_str(text).ok()?;
+    Some(list.into_iter().map(|(c, o, e)| (c, (o, e))).collect())
+}
+
+/// A reconnect's recovery in progress: the `CONNECT` answer waits until every channel answered.
+struct Recovering {
+    /// The pid the client sent: answered back when the recovery is complete.
+    pid: String,
+    /// Replies still awaited (the connect and each channel's subscribe).
+    waiting: usize,
+    /// Every channel recovered so far.
+    complete: bool,
+    /// The connect's socket id, once accepted.
+    sid: Option<String>,
+    /// Channels resubscribed by the recovery (unsubscribed again when it is incomplete).
+    channels: Vec<String>,
+    /// The positions the client sent.
+    wanted: Positions,
+    /// Channels the connect itself subscribed (the token's) at the position the client had.
+    unchanged: HashSet<String>,
+    /// What arrived meanwhile (recovered publications first), with the channel it belongs to.
+    held: Vec<(Option<String>, ToSession)>,
+}
+
+/// The event that tells the client its rooms' positions when they change without a publication
+/// (a room joined or left): its last argument is the offset string the client keeps.
+pub const POSITION_EVENT: &str = "switchboard:position";
 
 /// The client's side: Socket.IO packets in, protocol frames out.
 struct SioWire {
@@ -222,149 +336,552 @@ struct SioWire {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     open: bool,
+    /// Connection state recovery is on: pids, offsets on events, recovery on reconnect.
+    recovery: bool,
+    /// The socket's rooms and their positions (kept with recovery on).
+    positions: Positions,
+    /// A reconnect's recovery in progress.
+    recovering: Option<Recovering>,
+    /// Commands the wire issues itself (unsubscribes after a failed recovery).
+    outbox: Vec<Value>,
+    /// Channels whose publications are dropped (left after a failed recovery).
+    dropped: HashSet<String>,
+    /// Wakes the driver for the outbox.
+    waker: Option<Waker>,
+    /// The socket's Socket.IO namespace.
+    namespace: String,
+    /// The channel prefix of its rooms (empty: rooms are channel names as they are).
+    prefix: String,
 }
 
 impl SioWire {
-    /// The protocol command of a Socket.IO packet, if it has one.
-    fn command(&mut self, packet: &Packet) -> Option<Bytes> {
+    fn new(
+        up: mpsc::Receiver<ToClient>,
+        down: mpsc::Sender<ToSession>,
+        parser: sio::Parser,
+        recovery: bool,
+    ) -> Self {
+        Self {
+            up,
+            down,
+            parser,
+            pending: HashMap::new(),
+            next_id: 1,
+            open: true,
+            recovery,
+            positions: Positions::new(),
+            recovering: None,
+            outbox: Vec::new(),
+            dropped: HashSet::new(),
+            waker: None,
+            namespace: MAIN_NAMESPACE.to_owned(),
+            prefix: String::new(),
+        }
+    }
+
+    /// One command with a fresh id.
+    fn cmd(&mut self, mut body: Value, pending: Pending) -> Value {
         let id = self.next_id;
-        let body = match packet.kind {
-            sio::PacketType::Connect => {
-                let token = packet
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("token"))
-                    .and_then(Value::as_str);
-                self.pending.insert(id, Pending::Connect);
-                match token {
-                    Some(t) => json!({ "id": id, "connect": { "token": t } }),
-                    None => json!({ "id": id, "connect": {} }),
-                }
-            }
-            sio::PacketType::Event => {
+        self.next_id += 1;
+        if let Value::Object(map) = &mut body {
+            map.insert("id".into(), json!(id));
+        }
+        self.pending.insert(id, pending);
+        body
+    }
+
+    /// Answers an event's ack locally (the event had no command).
+    fn refuse_ack(&mut self, ack: Option<u64>, code: u32, message: &str) {
+        if let Some(ack) = ack {
+            let err = json!({ "code": code, "message": message });
+            self.deliver(
+                None,
+                ToSession::Packets(vec![Packet::ack(&self.namespace, ack, vec![err])]),
+            );
+        }
+    }
+
+    /// The protocol commands of a Socket.IO packet, newline-separated, if it has any.
+    fn command(&mut self, packet: &Packet) -> Option<Bytes> {
+        let commands = match packet.kind {
+            sio::PacketType::Connect => self.connect(packet.data.as_ref()),
+            sio::PacketType::Event => self.event(packet, None),
+            sio::PacketType::BinaryEvent => {
+                // The one binary payload switchboard carries: a publication's bytes (`b64data`).
                 let args = packet.args();
-                let channel = args.first().and_then(Value::as_str);
-                let method = match (packet.event_name().as_deref(), channel) {
-                    (Some("subscribe"), Some(ch)) => json!({ "subscribe": { "channel": ch } }),
-                    (Some("unsubscribe"), Some(ch)) => json!({ "unsubscribe": { "channel": ch } }),
-                    (Some("publish"), Some(ch)) => {
-                        json!({ "publish": { "channel": ch, "data": args.get(1).cloned().unwrap_or(Value::Null) } })
+                match (
+                    packet.event_name().as_deref(),
+                    args,
+                    packet.attachments.as_slice(),
+                ) {
+                    (Some("publish"), [Value::String(_), p], [bytes]) if is_placeholder(p, 0) => {
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                        self.event(packet, Some(b64))
                     }
                     _ => {
-                        // Not a command: answered locally when an ack is wanted.
-                        if let Some(ack) = packet.id {
-                            let err = json!([{ "code": 404, "message": "unknown event" }]);
-                            let _ = self.down.try_send(ToSession::Packets(vec![Packet::ack(
-                                MAIN_NAMESPACE,
-                                ack,
-                                err.as_array().cloned().unwrap_or_default(),
-                            )]));
-                        }
-                        return None;
+                        self.refuse_ack(
+                            packet.id,
+                            415,
+                            "binary arguments are only carried by publish(channel, bytes): \
+                             switchboard's payloads are JSON or one binary blob",
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+            // Acks from the client: the server asks for none.
+            _ => Vec::new(),
+        };
+        lines(commands)
+    }
+
+    fn connect(&mut self, auth: Option<&Value>) -> Vec<Value> {
+        let token = auth.and_then(|d| d.get("token")).and_then(Value::as_str);
+        let connect = match token {
+            Some(t) => json!({ "connect": { "token": t } }),
+            None => json!({ "connect": {} }),
+        };
+        let mut out = vec![self.cmd(connect, Pending::Connect)];
+        let pid = auth.and_then(|d| d.get("pid")).and_then(Value::as_str);
+        let offset = auth.and_then(|d| d.get("offset")).and_then(Value::as_str);
+        if let (true, Some(pid)) = (self.recovery, pid) {
+            // A reconnect asking for recovery: each room resubscribed from its position, in the
+            // same batch (commands run in order, after the connect).
+            let mut positions = offset.and_then(parse_offset).unwrap_or_default();
+            // A namespace reaches only the channels under its prefix, whatever the string says.
+            let foreign = positions.len();
+            positions.retain(|ch, _| ch.starts_with(&self.prefix));
+            let foreign = foreign - positions.len();
+            let mut rec = Recovering {
+                pid: pid.to_owned(),
+                waiting: 1 + positions.len(),
+                // Without a readable offset string nothing can be known recovered.
+                complete: foreign == 0 && offset.is_some_and(|o| parse_offset(o).is_some()),
+                sid: None,
+                channels: Vec::new(),
+                wanted: positions.clone(),
+                unchanged: HashSet::new(),
+                held: Vec::new(),
+            };
+            for (channel, (offset, epoch)) in positions {
+                let sub = if epoch.is_empty() {
+                    rec.complete = false;
+                    json!({ "subscribe": { "channel": channel } })
+                } else {
+                    json!({ "subscribe": { "channel": channel, "recover": true, "epoch": epoch, "offset": offset } })
+                };
+                rec.channels.push(channel.clone());
+                out.push(self.cmd(sub, Pending::Recover(channel)));
+            }
+            self.recovering = Some(rec);
+        }
+        out
+    }
+
+    /// An event from the client, `b64data` the bytes of a binary `publish`.
+    fn event(&mut self, packet: &Packet, b64data: Option<String>) -> Vec<Value> {
+        let args = packet.args();
+        let channel = args
+            .first()
+            .and_then(Value::as_str)
+            .map(|room| format!("{}{room}", self.prefix));
+        let channel = channel.as_deref();
+        let ack = packet.id;
+        let Some(name) = packet.event_name() else {
+            return Vec::new();
+        };
+        let quiet = || ack.map_or(Pending::Quiet, Pending::Ack);
+        let (body, pending) = match (name.as_str(), channel) {
+            ("subscribe", Some(ch)) => {
+                let mut sub = json!({ "channel": ch });
+                if let Some(data) = args.get(1) {
+                    sub["data"] = data.clone();
+                }
+                (
+                    json!({ "subscribe": sub }),
+                    Pending::Subscribe(ch.to_owned(), ack),
+                )
+            }
+            ("unsubscribe", Some(ch)) => (
+                json!({ "unsubscribe": { "channel": ch } }),
+                Pending::Unsubscribe(ch.to_owned(), ack),
+            ),
+            ("publish", Some(ch)) => {
+                let body = match b64data {
+                    Some(b) => json!({ "publish": { "channel": ch, "b64data": b } }),
+                    None => {
+                        json!({ "publish": { "channel": ch, "data": args.get(1).cloned().unwrap_or(Value::Null) } })
                     }
                 };
-                let mut body = method;
-                if let Value::Object(map) = &mut body {
-                    map.insert("id".into(), json!(id));
-                }
-                self.pending
-                    .insert(id, packet.id.map_or(Pending::Quiet, Pending::Ack));
-                body
+                (body, quiet())
             }
-            sio::PacketType::BinaryEvent => {
-                // Binary arguments have no protocol command yet: refused through the ack.
-                if let Some(ack) = packet.id {
-                    let err =
-                        json!({ "code": 415, "message": "binary arguments are not supported" });
-                    let _ = self.down.try_send(ToSession::Packets(vec![Packet::ack(
-                        MAIN_NAMESPACE,
-                        ack,
-                        vec![err],
-                    )]));
-                }
-                return None;
+            ("subscribe" | "unsubscribe" | "publish", None) => {
+                self.refuse_ack(ack, 107, "the first argument must be the channel");
+                return Vec::new();
             }
-            // Acks from the client: the server asks for none yet.
-            _ => return None,
+            // Any other event goes to the application's RPC handler, named by the event.
+            (name, _) => (
+                json!({ "rpc": { "method": name, "data": Value::Array(args.to_vec()) } }),
+                ack.map_or(Pending::Quiet, Pending::Rpc),
+            ),
         };
-        self.next_id += 1;
-        Some(Bytes::from(body.to_string()))
+        vec![self.cmd(body, pending)]
+    }
+
+    /// Sends a message to the session (or holds it while a recovery is in progress).
+    fn deliver(&mut self, channel: Option<String>, msg: ToSession) {
+        if let Some(rec) = &mut self.recovering {
+            rec.held.push((channel, msg));
+            return;
+        }
+        if self.down.try_send(msg).is_err() {
+            // The session's task does not keep up: the Engine.IO session closes, and with it
+            // this client (its channel closes).
+            self.open = false;
+        }
+    }
+
+    /// Tells the client its rooms' positions (a room joined or left without a publication).
+    fn tell_positions(&mut self) {
+        if self.recovery {
+            let p = Packet::event(
+                &self.namespace,
+                POSITION_EVENT,
+                [json!(offset_string(&self.positions))],
+                None,
+            );
+            self.deliver(None, ToSession::Packets(vec![p]));
+        }
+    }
+
+    /// Records a subscribe result's position for a channel.
+    fn record(&mut self, channel: &str, result: &Value) {
+        if !self.recovery {
+            return;
+        }
+        let offset = result.get("offset").and_then(Value::as_u64).unwrap_or(0);
+        let epoch = result
+            .get("epoch")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.positions
+            .insert(channel.to_owned(), (offset, epoch.to_owned()));
+    }
+
+    /// One reply of the recovery came in: when it was the last, the `CONNECT` answer goes out.
+    fn recovery_step(&mut self, ok: bool) {
+        let Some(rec) = &mut self.recovering else {
+            return;
+        };
+        rec.complete &= ok;
+        rec.waiting = rec.waiting.saturating_sub(1);
+        if rec.waiting > 0 {
+            return;
+        }
+        let Some(rec) = self.recovering.take() else {
+            return;
+        };
+        let Some(sid) = rec.sid else {
+            // The connect was refused: its answer went out already.
+            return;
+        };
+        let pid = if rec.complete {
+            rec.pid
+        } else {
+            // Socket.IO's rule: an incomplete recovery is a new socket, in no room. The rooms the
+            // recovery rejoined are left again, and what they delivered meanwhile is dropped.
+            for channel in &rec.channels {
+                self.positions.remove(channel);
+                self.dropped.insert(channel.clone());
+                let unsub = json!({ "unsubscribe": { "channel": channel } });
+                let cmd = self.cmd(unsub, Pending::Unsubscribe(channel.clone(), None));
+                self.outbox.push(cmd);
+            }
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+            sid.clone()
+        };
+        self.deliver(
+            None,
+            ToSession::Accepted {
+                sid,
+                pid: Some(pid),
+            },
+        );
+        for (channel, msg) in rec.held {
+            if channel.is_some_and(|c| self.dropped.contains(&c)) {
+                continue;
+            }
+            self.deliver(None, msg);
+        }
+        self.tell_positions();
     }
 
     /// The Socket.IO side of one protocol reply or push.
-    fn translate(&mut self, frame: &Frame) -> Option<ToSession> {
-        if frame.is_shared() && self.parser == sio::Parser::Default {
-            // A publication (or another push) sent to many clients: encoded once for all.
-            return frame
-                .encoded(push_event)
-                .as_ref()
-                .clone()
-                .map(ToSession::Encoded);
+    fn translate(&mut self, frame: &Frame) {
+        if frame.is_shared()
+            && self.parser == sio::Parser::Default
+            && !self.recovery
+            && self.namespace == MAIN_NAMESPACE
+            && self.prefix.is_empty()
+        {
+            // A publication (or another push) sent to many clients: encoded once for all. With
+            // recovery on, each socket's events carry its own offset string instead.
+            if let Some(text) = frame.encoded(push_event).as_ref().clone() {
+                self.deliver(None, ToSession::Encoded(text));
+            }
+            return;
         }
-        let value: Value = serde_json::from_slice(frame.text()).ok()?;
+        let Ok(value) = serde_json::from_slice::<Value>(frame.text()) else {
+            return;
+        };
         if let Some(id) = value.get("id").and_then(Value::as_u64) {
-            let error = value.get("error");
-            return match self.pending.remove(&id)? {
-                Pending::Connect => Some(match (error, value.get("connect")) {
-                    (None, Some(c)) => ToSession::Accepted(c.get("client")?.as_str()?.to_owned()),
-                    (e, _) => ToSession::Refused {
-                        message: e
-                            .and_then(|e| e.get("message"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("connection refused")
-                            .to_owned(),
-                        code: e
-                            .and_then(|e| e.get("code"))
-                            .and_then(Value::as_u64)
-                            .and_then(|c| u32::try_from(c).ok())
-                            .unwrap_or(0),
-                    },
-                }),
-                Pending::Ack(ack) => {
-                    let args = match error {
-                        Some(e) => vec![e.clone()],
-                        None => vec![Value::Null],
-                    };
-                    Some(ToSession::Packets(vec![Packet::ack(
-                        MAIN_NAMESPACE,
-                        ack,
-                        args,
-                    )]))
-                }
-                Pending::Quiet => None,
-            };
+            self.reply(id, &value);
+            return;
         }
-        publication_event(&value).map(|p| ToSession::Packets(vec![p]))
+        self.push(&value);
     }
+
+    fn reply(&mut self, id: u64, value: &Value) {
+        let error = value.get("error");
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let namespace = self.namespace.clone();
+        let ack_of = |ack: u64, args: Vec<Value>| {
+            ToSession::Packets(vec![Packet::ack(&namespace, ack, args)])
+        };
+        let error_or = |ok: Vec<Value>| match error {
+            Some(e) => vec![e.clone()],
+            None => ok,
+        };
+        match pending {
+            Pending::Connect => match (error, value.get("connect")) {
+                (None, Some(c)) => {
+                    let sid = c
+                        .get("client")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(Value::Object(subs)) = c.get("subs") {
+                        for (channel, result) in subs {
+                            self.record(channel, result);
+                            if let Some(rec) = &mut self.recovering {
+                                // Subscribed by the token, not recovered: complete only when
+                                // nothing was published there since the client's position.
+                                rec.channels.retain(|c| c != channel);
+                                if self.positions.get(channel) == rec.wanted.get(channel) {
+                                    rec.unchanged.insert(channel.clone());
+                                }
+                            }
+                        }
+                    }
+                    match &mut self.recovering {
+                        Some(rec) => {
+                            rec.sid = Some(sid);
+                            self.recovery_step(true);
+                        }
+                        None => {
+                            let pid = self.recovery.then(|| sid.clone());
+                            self.deliver(None, ToSession::Accepted { sid, pid });
+                            if !self.positions.is_empty() {
+                                self.tell_positions();
+                            }
+                        }
+                    }
+                }
+                (e, _) => {
+                    // Refused: the recovery (if any) ends with it; its subscribes fail too.
+                    self.recovering = None;
+                    self.deliver(
+                        None,
+                        ToSession::Refused {
+                            message: e
+                                .and_then(|e| e.get("message"))
+                                .and_then(Value::as_str)
+                                .unwrap_or("connection refused")
+                                .to_owned(),
+                            code: e
+                                .and_then(|e| e.get("code"))
+                                .and_then(Value::as_u64)
+                                .and_then(|c| u32::try_from(c).ok())
+                                .unwrap_or(0),
+                        },
+                    );
+                }
+            },
+            Pending::Recover(channel) => {
+                let result = value.get("subscribe");
+                let recovered = result
+                    .and_then(|r| r.get("recovered"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                // A token channel the connect subscribed again: complete when nothing was
+                // published there meanwhile.
+                let token_channel_unchanged = error.is_some()
+                    && self
+                        .recovering
+                        .as_ref()
+                        .is_some_and(|r| r.unchanged.contains(&channel));
+                if let Some(r) = result {
+                    let publications = r
+                        .get("publications")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    self.record(&channel, r);
+                    for p in publications {
+                        let p = p.get("pub").cloned().unwrap_or(p);
+                        self.publication(&channel, &p);
+                    }
+                }
+                self.recovery_step(recovered || token_channel_unchanged);
+            }
+            Pending::Subscribe(channel, ack) => {
+                if let (None, Some(r)) = (error, value.get("subscribe")) {
+                    self.dropped.remove(&channel);
+                    self.record(&channel, r);
+                    self.tell_positions();
+                }
+                if let Some(ack) = ack {
+                    self.deliver(None, ack_of(ack, error_or(vec![Value::Null])));
+                }
+            }
+            Pending::Unsubscribe(channel, ack) => {
+                if error.is_none() && self.positions.remove(&channel).is_some() {
+                    self.tell_positions();
+                }
+                if let Some(ack) = ack {
+                    self.deliver(None, ack_of(ack, error_or(vec![Value::Null])));
+                }
+            }
+            Pending::Rpc(ack) => {
+                let data = value
+                    .get("rpc")
+                    .and_then(|r| r.get("data"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                self.deliver(None, ack_of(ack, error_or(vec![Value::Null, data])));
+            }
+            Pending::Ack(ack) => {
+                self.deliver(None, ack_of(ack, error_or(vec![Value::Null])));
+            }
+            Pending::Quiet => {}
+        }
+    }
+
+    /// A push: publications become events; subscriptions made or ended by the server change the
+    /// socket's rooms.
+    fn push(&mut self, value: &Value) {
+        if let Some(p) = value.get("pub") {
+            let channel = p
+                .get("channel")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            self.publication(&channel, p);
+        } else if let Some(s) = value.get("subscribe") {
+            if let Some(ch) = s.get("channel").and_then(Value::as_str) {
+                self.dropped.remove(ch);
+                self.record(ch, s);
+                self.tell_positions();
+            }
+        } else if let Some(s) = value.get("unsubscribe")
+            && let Some(ch) = s.get("channel").and_then(Value::as_str)
+            && self.positions.remove(ch).is_some()
+        {
+            self.tell_positions();
+        }
+    }
+
+    /// One publication of `channel` (from a push or a recovery) as an event.
+    fn publication(&mut self, channel: &str, publication: &Value) {
+        if self.dropped.contains(channel) {
+            return;
+        }
+        let room = channel.strip_prefix(&self.prefix).unwrap_or(channel);
+        let mut packet = publication_packet(&self.namespace, room, publication);
+        if self.recovery
+            && let Some(offset) = publication.get("offset").and_then(Value::as_u64)
+        {
+            if let Some(pos) = self.positions.get_mut(channel) {
+                pos.0 = pos.0.max(offset);
+            }
+            // The offset string is the event's last argument, where the client takes it from.
+            if let Some(Value::Array(data)) = &mut packet.data {
+                data.push(json!(offset_string(&self.positions)));
+            }
+        }
+        self.deliver(Some(channel.to_owned()), ToSession::Packets(vec![packet]));
+    }
+}
+
+/// Newline-separated commands, `None` when there are none.
+fn lines(commands: Vec<Value>) -> Option<Bytes> {
+    if commands.is_empty() {
+        return None;
+    }
+    let text: Vec<String> = commands.iter().map(Value::to_string).collect();
+    Some(Bytes::from(text.join("\n")))
+}
+
+/// Whether `v` is the placeholder of attachment `num`.
+fn is_placeholder(v: &Value, num: u64) -> bool {
+    v.get("_placeholder").and_then(Value::as_bool) == Some(true)
+        && v.get("num").and_then(Value::as_u64) == Some(num)
 }
 
 /// The Socket.IO packet text of a push, if it maps to one (publications do).
 fn push_event(text: &Bytes) -> Option<String> {
     let value: Value = serde_json::from_slice(text).ok()?;
-    publication_event(&value).map(|p| p.encode())
-}
-
-/// A publication as an event: `{"event":name,"args":[...]}` as that event (unless the name is one
-/// Socket.IO reserves), other data as `publication` with the channel and the data.
-fn publication_event(push: &Value) -> Option<Packet> {
-    let publication = push.get("pub")?;
+    let publication = value.get("pub")?;
     let channel = publication
         .get("channel")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let packet = publication_packet(MAIN_NAMESPACE, channel, publication);
+    // Binary publications have attachments, which one text message cannot carry.
+    (!packet.kind.is_binary()).then(|| packet.encode())
+}
+
+/// A publication as an event: `{"event":name,"args":[...]}` as that event (unless the name is one
+/// Socket.IO reserves), other data as `publication` with the channel and the data, a binary
+/// publication (`b64data`) as `publication` with the channel and the bytes.
+fn publication_packet(namespace: &str, channel: &str, publication: &Value) -> Packet {
+    if let Some(bytes) = publication
+        .get("b64data")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+    {
+        return Packet::binary(
+            sio::PacketType::BinaryEvent,
+            namespace,
+            None,
+            json!(["publication", channel, sio::placeholder(0)]),
+            vec![Bytes::from(bytes)],
+        );
+    }
     let data = publication.get("data").cloned().unwrap_or(Value::Null);
     let name = data.get("event").and_then(Value::as_str);
     let args = data.get("args").and_then(Value::as_array);
-    Some(match (name, args) {
+    match (name, args) {
         (Some(name), Some(args)) if !sio::RESERVED_EVENTS.contains(&name) => {
-            Packet::event(MAIN_NAMESPACE, name, args.iter().cloned(), None)
+            Packet::event(namespace, name, args.iter().cloned(), None)
         }
-        _ => Packet::event(MAIN_NAMESPACE, "publication", [json!(channel), data], None),
-    })
+        _ => Packet::event(namespace, "publication", [json!(channel), data], None),
+    }
 }
 
 impl Wire for SioWire {
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
+        self.waker = Some(cx.waker().clone());
+        if !self.outbox.is_empty() {
+            let cmds = std::mem::take(&mut self.outbox);
+            if let Some(b) = lines(cmds) {
+                return Poll::Ready(Upstream::Commands(b));
+            }
+        }
         loop {
             match std::task::ready!(self.up.poll_recv(cx)) {
                 Some(ToClient::Packet(p)) => {
@@ -381,13 +898,7 @@ impl Wire for SioWire {
     }
 
     fn send(&mut self, frame: Frame) -> bool {
-        if let Some(msg) = self.translate(&frame)
-            && self.down.try_send(msg).is_err()
-        {
-            // The session's task does not keep up: the Engine.IO session closes, and with it
-            // this client (its channel closes).
-            self.open = false;
-        }
+        self.translate(&frame);
         true
     }
 
@@ -396,10 +907,20 @@ impl Wire for SioWire {
     }
 
     fn end(&mut self, end: End) {
-        if let End::Tell { .. } = end {
+        self.recovering = None;
+        // A code that asks the client back (a slow client, a restart) just closes the Engine.IO
+        // session: the Socket.IO client reconnects by itself and recovers. `DISCONNECT` would
+        // keep it away (`io server disconnect`), as the other codes mean to.
+        if let End::Tell { code, .. } = end
+            && !code.reconnect()
+        {
             let _ = self
                 .down
-                .try_send(ToSession::Packets(vec![Packet::disconnect(MAIN_NAMESPACE)]));
+                .try_send(ToSession::Packets(vec![Packet::disconnect(
+                    &self.namespace,
+                )]));
+            let _ = self.down.try_send(ToSession::Leave);
+            return;
         }
         let _ = self.down.try_send(ToSession::Close);
     }
@@ -411,18 +932,17 @@ impl Wire for SioWire {
 mod tests {
     use super::*;
 
-    fn wire() -> (SioWire, mpsc::Receiver<ToSession>) {
+    fn wire_with(recovery: bool) -> (SioWire, mpsc::Receiver<ToSession>) {
         let (_up_tx, up) = mpsc::channel(4);
-        let (down, down_rx) = mpsc::channel(4);
-        let wire = SioWire {
-            up,
-            down,
-            parser: sio::Parser::Default,
-            pending: HashMap::new(),
-            next_id: 1,
-            open: true,
-        };
-        (wire, down_rx)
+        let (down, down_rx) = mpsc::channel(64);
+        (
+            SioWire::new(up, down, sio::Parser::Default, recovery),
+            down_rx,
+        )
+    }
+
+    fn wire() -> (SioWire, mpsc::Receiver<ToSession>) {
+        wire_with(false)
     }
 
     fn decode(text: &str) -> Packet {
@@ -430,31 +950,61 @@ mod tests {
         d.decode(Data::Text(text.into())).unwrap().unwrap()
     }
 
-    fn command(w: &mut SioWire, text: &str) -> Option<Value> {
+    fn commands(w: &mut SioWire, text: &str) -> Vec<Value> {
         w.command(&decode(text))
-            .map(|b| serde_json::from_slice(&b).unwrap())
+            .map(|b| {
+                b.split(|c| *c == b'\n')
+                    .map(|l| serde_json::from_slice(l).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    fn reply(w: &mut SioWire, json: &str) -> Option<ToSession> {
-        w.translate(&Frame::new(Bytes::from(json.to_owned())))
+    fn command(w: &mut SioWire, text: &str) -> Option<Value> {
+        commands(w, text).pop()
+    }
+
+    /// What the session got for one frame.
+    fn reply(w: &mut SioWire, down: &mut mpsc::Receiver<ToSession>, json: &str) -> Vec<ToSession> {
+        w.translate(&Frame::new(Bytes::from(json.to_owned())));
+        std::iter::from_fn(|| down.try_recv().ok()).collect()
+    }
+
+    /// The Engine.IO message text of what the session got.
+    fn texts(t: Vec<ToSession>) -> Vec<String> {
+        t.into_iter()
+            .map(|t| match t {
+                ToSession::Encoded(t) => t,
+                ToSession::Packets(p) => p.iter().map(Packet::encode).collect(),
+                ToSession::Accepted { sid, pid } => format!("accepted {sid} {pid:?}"),
+                other => panic!("{other:?}"),
+            })
+            .collect()
     }
 
     #[test]
     fn connect_with_and_without_token() {
-        let (mut w, _) = wire();
+        let (mut w, mut down) = wire();
         assert_eq!(
             command(&mut w, r#"0{"token":"jwt"}"#),
             Some(json!({"id": 1, "connect": {"token": "jwt"}}))
         );
-        assert!(matches!(
-            reply(&mut w, r#"{"id":1,"connect":{"client":"c1","version":"0.1.0","ping":25,"subs":{}}}"#),
-            Some(ToSession::Accepted(sid)) if sid == "c1"
-        ));
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"connect":{"client":"c1","version":"0.1.0","ping":25,"subs":{}}}"#
+            )),
+            ["accepted c1 None"]
+        );
         assert_eq!(command(&mut w, "0"), Some(json!({"id": 2, "connect": {}})));
         match reply(
             &mut w,
+            &mut down,
             r#"{"id":2,"error":{"code":109,"message":"token expired","temporary":false}}"#,
-        ) {
+        )
+        .pop()
+        {
             Some(ToSession::Refused { message, code }) => {
                 assert_eq!((message.as_str(), code), ("token expired", 109));
             }
@@ -477,88 +1027,279 @@ mod tests {
             command(&mut w, r#"28["unsubscribe","news"]"#),
             Some(json!({"id": 3, "unsubscribe": {"channel": "news"}}))
         );
-        match reply(&mut w, r#"{"id":1,"subscribe":{}}"#) {
-            Some(ToSession::Packets(p)) => assert_eq!(p[0].encode(), "37[null]"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            texts(reply(&mut w, &mut down, r#"{"id":1,"subscribe":{}}"#)),
+            ["37[null]"]
+        );
         // No ack id: the reply is dropped.
-        assert!(reply(&mut w, r#"{"id":2,"publish":{}}"#).is_none());
-        match reply(
-            &mut w,
-            r#"{"id":3,"error":{"code":102,"message":"unknown channel","temporary":false}}"#,
-        ) {
-            Some(ToSession::Packets(p)) => assert_eq!(
-                p[0].encode(),
-                r#"38[{"code":102,"message":"unknown channel","temporary":false}]"#
-            ),
-            other => panic!("{other:?}"),
-        }
-        // An event that is no command: refused through its ack, locally.
-        assert_eq!(command(&mut w, r#"29["dance"]"#), None);
-        match down.try_recv() {
-            Ok(ToSession::Packets(p)) => {
-                assert_eq!(
-                    p[0].encode(),
-                    r#"39[{"code":404,"message":"unknown event"}]"#
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        // Binary events are refused through their ack.
-        let mut binary = decode(r#"2["publish","news"]"#);
-        binary.kind = sio::PacketType::BinaryEvent;
-        binary.id = Some(10);
-        binary.attachments = vec![Bytes::from_static(&[1])];
-        assert_eq!(w.command(&binary), None);
-        match down.try_recv() {
-            Ok(ToSession::Packets(p)) => assert_eq!(
-                p[0].encode(),
-                r#"310[{"code":415,"message":"binary arguments are not supported"}]"#
-            ),
-            other => panic!("{other:?}"),
-        }
+        assert!(reply(&mut w, &mut down, r#"{"id":2,"publish":{}}"#).is_empty());
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":3,"error":{"code":102,"message":"unknown channel","temporary":false}}"#
+            )),
+            [r#"38[{"code":102,"message":"unknown channel","temporary":false}]"#]
+        );
         // A reply nobody waits for is ignored.
-        assert!(reply(&mut w, r#"{"id":99,"subscribe":{}}"#).is_none());
+        assert!(reply(&mut w, &mut down, r#"{"id":99,"subscribe":{}}"#).is_empty());
+        // A command event without its channel is refused through its ack.
+        assert_eq!(command(&mut w, r#"211["subscribe"]"#), None);
+        assert_eq!(
+            texts(std::iter::from_fn(|| down.try_recv().ok()).collect()),
+            [r#"311[{"code":107,"message":"the first argument must be the channel"}]"#]
+        );
     }
 
-    /// The Engine.IO message text of a translation.
-    fn text_of(t: Option<ToSession>) -> String {
-        match t {
-            Some(ToSession::Encoded(t)) => t,
-            Some(ToSession::Packets(p)) => p.iter().map(Packet::encode).collect(),
-            other => panic!("{other:?}"),
-        }
+    #[test]
+    fn other_events_go_to_the_rpc_handler() {
+        let (mut w, mut down) = wire();
+        assert_eq!(
+            command(&mut w, r#"29["buy",{"item":1},2]"#),
+            Some(json!({"id": 1, "rpc": {"method": "buy", "data": [{"item": 1}, 2]}}))
+        );
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"rpc":{"data":{"ok":true}}}"#
+            )),
+            [r#"39[null,{"ok":true}]"#]
+        );
+        // Without an ack the handler still gets it; its answer is dropped.
+        assert_eq!(
+            command(&mut w, r#"2["typing"]"#),
+            Some(json!({"id": 2, "rpc": {"method": "typing", "data": []}}))
+        );
+        assert!(reply(&mut w, &mut down, r#"{"id":2,"rpc":{"data":1}}"#).is_empty());
+        assert_eq!(command(&mut w, r#"23["buy"]"#).unwrap()["id"], 3);
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":3,"error":{"code":108,"message":"not available"}}"#
+            )),
+            [r#"33[{"code":108,"message":"not available"}]"#]
+        );
+    }
+
+    #[test]
+    fn binary_publish_is_b64data_and_other_binary_is_refused() {
+        let (mut w, mut down) = wire();
+        let mut d = Decoder::default();
+        assert!(
+            d.decode(Data::Text(
+                r#"51-["publish","files",{"_placeholder":true,"num":0}]"#.into()
+            ))
+            .unwrap()
+            .is_none()
+        );
+        let p = d
+            .decode(Data::Binary(Bytes::from_static(&[0, 255])))
+            .unwrap()
+            .unwrap();
+        let cmd: Value = serde_json::from_slice(&w.command(&p).unwrap()).unwrap();
+        assert_eq!(
+            cmd,
+            json!({"id": 1, "publish": {"channel": "files", "b64data": "AP8="}})
+        );
+        let mut other = decode(r#"2["buy"]"#);
+        other.kind = sio::PacketType::BinaryEvent;
+        other.id = Some(10);
+        other.data = Some(json!(["buy", sio::placeholder(0)]));
+        other.attachments = vec![Bytes::from_static(&[1])];
+        assert_eq!(w.command(&other), None);
+        let refused = texts(std::iter::from_fn(|| down.try_recv().ok()).collect());
+        assert!(refused[0].starts_with(r#"310[{"code":415,"#), "{refused:?}");
+        // A binary publication arrives as a binary event with its bytes attached.
+        let got = reply(
+            &mut w,
+            &mut down,
+            r#"{"pub":{"channel":"files","offset":1,"b64data":"AP8="}}"#,
+        );
+        let Some(ToSession::Packets(p)) = got.into_iter().next() else {
+            panic!("a packet")
+        };
+        assert_eq!(
+            p[0].encode(),
+            r#"51-["publication","files",{"_placeholder":true,"num":0}]"#
+        );
+        assert_eq!(p[0].attachments, [Bytes::from_static(&[0, 255])]);
     }
 
     #[test]
     fn publications_are_events() {
-        let (mut w, _) = wire();
+        let (mut w, mut down) = wire();
         let event =
             r#"{"pub":{"channel":"news","offset":3,"data":{"event":"chat","args":["hi",1]}}}"#;
         // Shared (encoded once for every subscriber) or not, the same event.
-        let shared = w.translate(&Frame::shared(Bytes::from_static(event.as_bytes())));
-        assert!(matches!(shared, Some(ToSession::Encoded(_))));
-        assert_eq!(text_of(shared), r#"2["chat","hi",1]"#);
-        assert_eq!(text_of(reply(&mut w, event)), r#"2["chat","hi",1]"#);
+        w.translate(&Frame::shared(Bytes::from_static(event.as_bytes())));
+        let shared: Vec<ToSession> = std::iter::from_fn(|| down.try_recv().ok()).collect();
+        assert!(matches!(shared[0], ToSession::Encoded(_)));
+        assert_eq!(texts(shared), [r#"2["chat","hi",1]"#]);
+        assert_eq!(
+            texts(reply(&mut w, &mut down, event)),
+            [r#"2["chat","hi",1]"#]
+        );
         let plain = r#"{"pub":{"channel":"news","offset":4,"data":{"x":1}}}"#;
         assert_eq!(
-            text_of(reply(&mut w, plain)),
-            r#"2["publication","news",{"x":1}]"#
+            texts(reply(&mut w, &mut down, plain)),
+            [r#"2["publication","news",{"x":1}]"#]
         );
         // Reserved names are not emitted as such.
         let reserved = r#"{"pub":{"channel":"n","data":{"event":"disconnect","args":[]}}}"#;
-        assert!(text_of(reply(&mut w, reserved)).starts_with(r#"2["publication","n","#));
-        // Other pushes have no Socket.IO form yet.
-        assert!(reply(&mut w, r#"{"join":{"channel":"n","info":{}}}"#).is_none());
+        assert!(
+            texts(reply(&mut w, &mut down, reserved))[0].starts_with(r#"2["publication","n","#)
+        );
+        // Other pushes have no Socket.IO form.
+        assert!(reply(&mut w, &mut down, r#"{"join":{"channel":"n","info":{}}}"#).is_empty());
+    }
+
+    #[test]
+    fn recovery_gives_pids_and_offsets() {
+        let (mut w, mut down) = wire_with(true);
+        command(&mut w, "0");
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"connect":{"client":"c1","subs":{"t":{"epoch":"E","offset":2}}}}"#
+            )),
+            [
+                r#"accepted c1 Some("c1")"#,
+                r#"2["switchboard:position","[[\"t\",2,\"E\"]]"]"#
+            ]
+        );
+        command(&mut w, r#"25["subscribe","news"]"#);
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":2,"subscribe":{"epoch":"N","offset":7}}"#
+            )),
+            [
+                r#"2["switchboard:position","[[\"news\",7,\"N\"],[\"t\",2,\"E\"]]"]"#,
+                "35[null]"
+            ]
+        );
+        // Every event carries the socket's positions last.
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"pub":{"channel":"news","offset":8,"data":{"event":"chat","args":[1]}}}"#
+            )),
+            [r#"2["chat",1,"[[\"news\",8,\"N\"],[\"t\",2,\"E\"]]"]"#]
+        );
+    }
+
+    #[test]
+    fn a_reconnect_recovers_every_room() {
+        let (mut w, mut down) = wire_with(true);
+        let cmds = commands(
+            &mut w,
+            r#"0{"token":"x","pid":"c1","offset":"[[\"news\",8,\"N\"],[\"t\",2,\"E\"]]"}"#,
+        );
+        assert_eq!(
+            cmds,
+            [
+                json!({"id": 1, "connect": {"token": "x"}}),
+                json!({"id": 2, "subscribe": {"channel": "news", "recover": true, "epoch": "N", "offset": 8}}),
+                json!({"id": 3, "subscribe": {"channel": "t", "recover": true, "epoch": "E", "offset": 2}}),
+            ]
+        );
+        // Nothing reaches the client before the CONNECT answer.
+        assert!(
+            reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"connect":{"client":"c2","subs":{"t":{"epoch":"E","offset":2}}}}"#
+            )
+            .is_empty()
+        );
+        assert!(
+            reply(
+                &mut w,
+                &mut down,
+                r#"{"id":2,"subscribe":{"epoch":"N","offset":9,"recovered":true,"publications":[{"offset":9,"data":{"event":"chat","args":["missed"]}}]}}"#
+            )
+            .is_empty()
+        );
+        // The token's channel was subscribed by the connect, at the client's position: complete.
+        let got = texts(reply(
+            &mut w,
+            &mut down,
+            r#"{"id":3,"error":{"code":105,"message":"already subscribed"}}"#,
+        ));
+        assert_eq!(got[0], r#"accepted c2 Some("c1")"#);
+        assert_eq!(
+            got[1],
+            r#"2["chat","missed","[[\"news\",9,\"N\"],[\"t\",2,\"E\"]]"]"#
+        );
+    }
+
+    #[test]
+    fn an_incomplete_recovery_is_a_new_socket() {
+        let (mut w, mut down) = wire_with(true);
+        commands(&mut w, r#"0{"pid":"c1","offset":"[[\"news\",8,\"N\"]]"}"#);
+        assert!(
+            reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"connect":{"client":"c2","subs":{}}}"#
+            )
+            .is_empty()
+        );
+        let got = texts(reply(
+            &mut w,
+            &mut down,
+            r#"{"id":2,"subscribe":{"epoch":"M","offset":1,"recovered":false}}"#,
+        ));
+        assert_eq!(
+            got,
+            [
+                r#"accepted c2 Some("c2")"#,
+                r#"2["switchboard:position","[]"]"#
+            ]
+        );
+        // The room is left again.
+        let waker = futures_task_noop();
+        let mut cx = Context::from_waker(&waker);
+        match w.poll_upstream(&mut cx) {
+            Poll::Ready(Upstream::Commands(b)) => assert_eq!(
+                serde_json::from_slice::<Value>(&b).unwrap(),
+                json!({"id": 3, "unsubscribe": {"channel": "news"}})
+            ),
+            _ => panic!("the unsubscribe"),
+        }
+        // A pid with no offset string recovers nothing.
+        let (mut w, mut down) = wire_with(true);
+        commands(&mut w, r#"0{"pid":"c1"}"#);
+        assert_eq!(
+            texts(reply(
+                &mut w,
+                &mut down,
+                r#"{"id":1,"connect":{"client":"c3"}}"#
+            )),
+            [
+                r#"accepted c3 Some("c3")"#,
+                r#"2["switchboard:position","[]"]"#
+            ]
+        );
+    }
+
+    fn futures_task_noop() -> Waker {
+        Waker::noop().clone()
     }
 
     #[test]
     fn msgpack_publications_are_not_text() {
-        let (mut w, _) = wire();
+        let (mut w, mut down) = wire();
         w.parser = sio::Parser::Msgpack;
         let event = r#"{"pub":{"channel":"news","data":{"event":"chat","args":[1]}}}"#;
-        match w.translate(&Frame::shared(Bytes::from_static(event.as_bytes()))) {
-            Some(ToSession::Packets(p)) => {
+        w.translate(&Frame::shared(Bytes::from_static(event.as_bytes())));
+        match down.try_recv() {
+            Ok(ToSession::Packets(p)) => {
                 let messages = sio::Parser::Msgpack.encode(&p[0]);
                 let [Data::Binary(bytes)] = messages.as_slice() else {
                     panic!("one binary message")

@@ -7,8 +7,9 @@
 //! Sessions live on the node that opened them: behind a load balancer, Socket.IO clients need
 //! sticky sessions (as with the reference server) unless they use WebSocket only.
 //!
-//! Each Socket.IO socket of the main namespace is one switchboard client ([`hub`] says how packets
-//! map onto the protocol).
+//! Each Socket.IO socket (one per joined namespace: `/`, and those `[socketio] namespaces` maps to
+//! channel prefixes) is one switchboard client ([`hub`] says how packets map onto the protocol,
+//! docs/socketio.md the whole mapping, connection state recovery included).
 //!
 //! With `[socketio] conformance = true` the endpoints run the applications that the official
 //! suites (`engine.io-protocol`, `socket.io-protocol`) expect instead of switchboard's: an Engine.IO
@@ -65,6 +66,17 @@ pub struct SocketIoConfig {
     /// The Socket.IO parser clients use: `default` (text packets), or `msgpack` for clients built
     /// with `socket.io-msgpack-parser`. One per endpoint, as in the reference server.
     pub parser: ParserKind,
+    /// Connection state recovery (Socket.IO 4.6+): the `CONNECT` answer carries a `pid`, every
+    /// event from a room carries the socket's offset string as its last argument, and a client
+    /// that reconnects with them gets its rooms back with every publication it missed
+    /// (`socket.recovered`), from the channels' history, on any node. Needs history in the
+    /// rooms' namespaces. See docs/socketio.md.
+    pub recovery: bool,
+    /// Socket.IO namespaces besides `/`, each with the channel prefix of its rooms: `"/chat" =
+    /// "chat:"` makes the room `lobby` of `/chat` the channel `chat:lobby` (the namespace's rules
+    /// apply). `/` maps rooms to channels as named unless listed here. Others are refused
+    /// (`Invalid namespace`).
+    pub namespaces: std::collections::BTreeMap<String, String>,
     /// Run the official conformance suites' applications instead of switchboard's (see the module
     /// documentation). Never in production.
     pub conformance: bool,
@@ -85,6 +97,8 @@ impl Default for SocketIoConfig {
             allowed_origins: Vec::new(),
             allow_credentials: false,
             parser: ParserKind::Default,
+            recovery: false,
+            namespaces: std::collections::BTreeMap::new(),
             conformance: false,
         }
     }
@@ -127,6 +141,17 @@ impl SocketIoConfig {
         }
         if self.body_read_timeout.is_zero() || self.upgrade_timeout.is_zero() {
             return Err("body_read_timeout and upgrade_timeout must be more than 0s".into());
+        }
+        for (namespace, prefix) in &self.namespaces {
+            if !namespace.starts_with('/') {
+                return Err(format!("namespaces: {namespace:?} must start with '/'"));
+            }
+            if !prefix.is_empty() && !prefix.ends_with(':') {
+                return Err(format!(
+                    "namespaces: the prefix {prefix:?} of {namespace:?} must be empty or a \
+                     switchboard namespace followed by ':' (e.g. \"chat:\")"
+                ));
+            }
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !origin.contains("://") {
@@ -182,8 +207,9 @@ pub fn router(
     };
     let settings = |app: engine::AppFactory| {
         engine::Engine::new(engine::Settings {
-            // A client that does not read is dropped at the same bound as on other transports.
-            engine: sio.engine(config.client.queue_bytes),
+            // A client that does not read is dropped by the hub's rule (3008, the session reports
+            // what it holds); the Engine.IO bound is a backstop above it.
+            engine: sio.engine(config.client.queue_bytes.saturating_mul(2)),
             websocket: websocket.clone(),
             body_read_timeout: sio.body_read_timeout,
             allowed_origins: sio.allowed_origins.clone(),
@@ -217,7 +243,15 @@ pub fn router(
         };
         mount(
             &sio.path,
-            settings(hub::app(env, sio.parser.parser(), sio.connect_timeout)),
+            settings(hub::app(
+                env,
+                hub::Mapping {
+                    parser: sio.parser.parser(),
+                    connect_timeout: sio.connect_timeout,
+                    recovery: sio.recovery,
+                    namespaces: Arc::new(sio.namespaces.clone()),
+                },
+            )),
         );
     }
     router
