@@ -36,7 +36,7 @@ pub struct Config {
     /// The HTTP fallback transports (SSE, long polling, ajax polling).
     pub fallback: crate::transport::fallback::config::FallbackConfig,
     /// Socket.IO clients (Engine.IO v4, Socket.IO v5), off unless asked for.
-    pub socketio: crate::transport::socketio::SocketIoConfig,
+    pub socketio: crate::transport::socketio::config::SocketIoConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -73,7 +73,7 @@ impl Default for Config {
             },
             websocket_path: "/connection/websocket".into(),
             fallback: crate::transport::fallback::config::FallbackConfig::default(),
-            socketio: crate::transport::socketio::SocketIoConfig::default(),
+            socketio: crate::transport::socketio::config::SocketIoConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
