@@ -146,7 +146,9 @@ async fn confirm(inner: &Inner) -> Result<(), EngineError> {
 pub(crate) async fn subscribe(inner: &Arc<Inner>, channel: &str) -> Result<(), EngineError> {
     inner.connected()?;
     if inner.live.lock().contains_key(channel) {
-        return Ok(());
+        // Another subscribe of this channel may still wait for the server's confirmation: answer
+        // only once the server has processed everything sent so far, its SUB included.
+        return confirm(inner).await;
     }
     let sub = inner
         .client
