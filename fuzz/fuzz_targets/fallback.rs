@@ -146,7 +146,8 @@ async fn run(data: &[u8]) {
     let limits = Limits::new(config.limits.clone());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let router = switchboard::transport::http::router(&config, &node, &limits, &shutdown, &tracker);
+    let router =
+        switchboard::transport::fallback::router(&config, &node, &limits, &shutdown, &tracker);
     let mut session = String::from("none.none");
     for block in split(data, b"\n===\n").into_iter().take(8) {
         let Some(req) = parse(block) else { continue };

@@ -1,7 +1,19 @@
-// What the client tests share: waiting with a deadline, collecting a subscription's publications, and
-// connection tokens signed like switchboard's `gentoken`.
+// What the client tests share: options for the HTTP fallbacks, waiting with a deadline, collecting a
+// subscription's publications, and connection tokens signed like switchboard's `gentoken`.
 import { createHmac } from 'node:crypto';
+import { EventSource } from 'eventsource';
 import { HMAC_SECRET } from './server.mjs';
+
+/**
+ * Client options for tests over the HTTP fallbacks: Node's EventSource (Node has none of its own),
+ * and reconnects and polls fast enough for a test's deadline.
+ */
+export const HTTP_CLIENT_OPTIONS = {
+  EventSource,
+  minReconnectDelay: 50,
+  maxReconnectDelay: 300,
+  pollInterval: 100,
+};
 
 /** Resolves when `check()` is truthy; fails after `ms` with `what`. */
 export async function until(check, what, ms = 8000) {

@@ -1,36 +1,13 @@
 // The client over the HTTP fallbacks (SSE, long polling, polling) against the real server, and the
 // fallback from one transport to the next.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventSource } from 'eventsource';
-import { Client } from '../switchboard.mjs';
-import { startServer } from './server.mjs';
-import { until, next, collect, gatedFetch } from './helpers.mjs';
+import { startServer, serverForTests } from './server.mjs';
+import { until, next, collect, gatedFetch, HTTP_CLIENT_OPTIONS } from './helpers.mjs';
 
-let server;
-const clients = [];
-
-before(async () => {
-  server = await startServer();
-});
-
-after(async () => {
-  for (const c of clients) c.disconnect();
-  await server.stop();
-});
-
-function client(options = {}) {
-  const c = new Client(server.url, {
-    EventSource,
-    minReconnectDelay: 50,
-    maxReconnectDelay: 300,
-    pollInterval: 100,
-    ...options,
-  });
-  clients.push(c);
-  c.connect();
-  return c;
-}
+const files = serverForTests(HTTP_CLIENT_OPTIONS);
+const { client } = files;
 
 for (const transport of ['sse', 'long-poll', 'poll']) {
   test(`${transport}: two clients chat, with presence, join/leave and history`, { timeout: 15000 }, async () => {
@@ -62,7 +39,7 @@ for (const transport of ['sse', 'long-poll', 'poll']) {
     const sub = a.subscribe(channel);
     await sub.ready();
     const got = collect(sub);
-    await server.api('publish', { channel, data: 1 });
+    await files.server.api('publish', { channel, data: 1 });
     await until(() => got.length === 1, 'the first publication');
     // Cut the network once the client has heard of the disconnect (a poll after the cut would not),
     // before it can reconnect.
@@ -71,17 +48,17 @@ for (const transport of ['sse', 'long-poll', 'poll']) {
       off();
     });
     const down = next(a, 'disconnected');
-    await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+    await files.server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
     assert.equal((await down).code, 3000);
     await until(() => gate.failed >= 2, 'reconnect attempts while down');
-    await server.api('publish', { channel, data: 2 });
-    await server.api('publish', { channel, data: 3 });
+    await files.server.api('publish', { channel, data: 2 });
+    await files.server.api('publish', { channel, data: 3 });
     const resubscribed = next(sub, 'subscribed');
     gate.down = false;
     assert.deepEqual(await resubscribed, {
       channel, epoch: sub.epoch, offset: 3, recoverable: true, wasRecovering: true, recovered: true,
     });
-    await server.api('publish', { channel, data: 4 });
+    await files.server.api('publish', { channel, data: 4 });
     await until(() => got.length >= 4, 'four publications');
     assert.deepEqual(got, [1, 2, 3, 4]);
   });
@@ -104,7 +81,7 @@ for (const transport of ['long-poll', 'poll']) {
       return false;
     };
     await sub.publish('once'); // its 204 is lost: sent again with the same n, done once
-    await server.api('publish', { channel, data: 'twice?' });
+    await files.server.api('publish', { channel, data: 'twice?' });
     await until(() => got.length >= 2, 'both publications');
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual([lostPolls, lostSends], [1, 1]);
@@ -143,7 +120,7 @@ test('falls back when WebSocket connects nowhere, and remembers what worked', { 
   const connected = await next(a, 'connected');
   assert.equal(connected.transport, 'sse');
   assert.deepEqual(errors, ['websocket']);
-  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await files.server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
   assert.equal((await next(a, 'connected')).transport, 'sse');
   assert.equal(sockets, 1, 'WebSocket was not tried again');
 });
@@ -171,11 +148,11 @@ test('sse, long-poll, poll: a server restart on the same port ends the session; 
   const subs = cs.map((c) => c.subscribe('chat:restart'));
   await Promise.all(subs.map((s) => s.ready()));
   const got = subs.map(collect);
-  const { port, apiPort } = server;
-  await server.stop('SIGKILL');
-  server = await startServer({ port, apiPort });
+  const { port, apiPort } = files.server;
+  await files.server.stop('SIGKILL');
+  files.server = await startServer({ port, apiPort });
   await Promise.all(subs.map((s) => next(s, 'subscribed', (ctx) => ctx.wasRecovering && !ctx.recovered, 30000)));
-  await server.api('publish', { channel: 'chat:restart', data: 'after' });
+  await files.server.api('publish', { channel: 'chat:restart', data: 'after' });
   await until(() => got.every((g) => g.length === 1), 'the publication after the restart at every client');
   assert.deepEqual(got, [['after'], ['after'], ['after']]);
   assert.deepEqual(cs.map((c) => c.transport), ['sse', 'long-poll', 'poll']);

@@ -1,39 +1,16 @@
 // What a user of the client sees around the edges of a connection: an HTTP session ends on the server
 // the moment the client ends it (disconnect, a transport switch), the state never says "connected"
 // while requests fail, and the client says which transport it chose and why.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { EventSource } from 'eventsource';
-import { Client } from '../switchboard.mjs';
-import { startServer } from './server.mjs';
-import { until, next, gatedFetch } from './helpers.mjs';
+import { startServer, serverForTests } from './server.mjs';
+import { until, next, gatedFetch, HTTP_CLIENT_OPTIONS } from './helpers.mjs';
 
-let server;
-const clients = [];
-
-before(async () => {
-  server = await startServer();
-});
-
-after(async () => {
-  for (const c of clients) c.disconnect();
-  await server.stop();
-});
-
-function client(options = {}) {
-  const c = new Client(server.url, {
-    EventSource,
-    minReconnectDelay: 50,
-    maxReconnectDelay: 300,
-    pollInterval: 100,
-    ...options,
-  });
-  clients.push(c);
-  c.connect();
-  return c;
-}
+const files = serverForTests(HTTP_CLIENT_OPTIONS);
+const { client } = files;
 
 for (const transport of ['sse', 'long-poll', 'poll']) {
   test(`${transport}: disconnect() ends the session at once: others see the leave within a second`, { timeout: 15000 }, async () => {
@@ -99,7 +76,7 @@ test('Node without WebSocket: the debug output says once which transport was cho
   const script = `
     delete globalThis.WebSocket;
     const { Client } = await import(${JSON.stringify(lib)});
-    const c = new Client(${JSON.stringify(server.url)}, { minReconnectDelay: 50 });
+    const c = new Client(${JSON.stringify(files.server.url)}, { minReconnectDelay: 50 });
     c.connect();
     await c.once('connected');
     c.disconnect();
@@ -124,12 +101,12 @@ test('long-poll: a command made while requests fail is kept, and goes out once a
   const c = client({ transports: ['long-poll'] });
   const sub = c.subscribe('chat:kept');
   await sub.ready();
-  const { port, apiPort } = server;
-  await server.stop('SIGKILL');
+  const { port, apiPort } = files.server;
+  await files.server.stop('SIGKILL');
   await next(c, 'reconnecting', () => true, 5000);
   // Never sent: the session it was for ends (404 from the new server), and it waits for the next.
   const published = sub.publish('kept');
-  server = await startServer({ port, apiPort });
+  files.server = await startServer({ port, apiPort });
   await published;
   await until(async () => (await sub.history()).publications.some((p) => p.data === 'kept'), 'kept in history', 8000);
 });

@@ -3,6 +3,8 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { before, after } from 'node:test';
+import { Client } from '../switchboard.mjs';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 export const BIN = process.env.SWITCHBOARD_BIN ?? `${root}target/debug/switchboard`;
@@ -59,4 +61,32 @@ export async function startServer({ port = 0, apiPort = 0, config = CONFIG } = {
       return json.result;
     },
   };
+}
+
+/**
+ * One server for the tests of a file: started before them, stopped after them with every client
+ * made by `client`. `client(options)` makes and connects a Client of that server with `defaults`
+ * under `options`. A test that restarts the server assigns the new one to `server`, so that later
+ * tests and the stop at the end use it.
+ */
+export function serverForTests(defaults = {}) {
+  const clients = [];
+  const it = {
+    /** The running server (`startServer`'s answer); set once the `before` hook ran. */
+    server: undefined,
+    client(options = {}) {
+      const c = new Client(it.server.url, { ...defaults, ...options });
+      clients.push(c);
+      c.connect();
+      return c;
+    },
+  };
+  before(async () => {
+    it.server = await startServer();
+  });
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await it.server.stop();
+  });
+  return it;
 }

@@ -1,35 +1,18 @@
 // The client over WebSocket against the real server: commands, recovery, reconnection and its
 // advice, backoff, and tokens.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, backoff, shouldReconnect } from '../switchboard.mjs';
-import { startServer } from './server.mjs';
+import { backoff, shouldReconnect } from '../switchboard.mjs';
+import { startServer, serverForTests } from './server.mjs';
 import { until, next, collect, token, gatedWebSocket } from './helpers.mjs';
 
-let server;
-const clients = [];
-
-before(async () => {
-  server = await startServer();
+const files = serverForTests({
+  transports: ['websocket'],
+  WebSocket: globalThis.WebSocket,
+  minReconnectDelay: 50,
+  maxReconnectDelay: 300,
 });
-
-after(async () => {
-  for (const c of clients) c.disconnect();
-  await server.stop();
-});
-
-function client(options = {}) {
-  const c = new Client(server.url, {
-    transports: ['websocket'],
-    WebSocket: globalThis.WebSocket,
-    minReconnectDelay: 50,
-    maxReconnectDelay: 300,
-    ...options,
-  });
-  clients.push(c);
-  c.connect();
-  return c;
-}
+const { client } = files;
 
 test('connects, subscribes, publishes and reads presence and history', { timeout: 15000 }, async () => {
   const a = client();
@@ -66,21 +49,21 @@ test('recovers publications missed while the network was down, exactly once and 
   const sub = a.subscribe('chat:recover');
   await sub.ready();
   const got = collect(sub);
-  await server.api('publish', { channel: 'chat:recover', data: 1 });
+  await files.server.api('publish', { channel: 'chat:recover', data: 1 });
   await until(() => got.length === 1, 'the first publication');
   gate.down = true;
   const down = next(a, 'disconnected');
-  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await files.server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
   assert.equal((await down).reconnect, true);
-  await server.api('publish', { channel: 'chat:recover', data: 2 });
-  await server.api('publish', { channel: 'chat:recover', data: 3 });
+  await files.server.api('publish', { channel: 'chat:recover', data: 2 });
+  await files.server.api('publish', { channel: 'chat:recover', data: 3 });
   await until(() => gate.opened >= 3, 'reconnect attempts while down');
   const resubscribed = next(sub, 'subscribed');
   gate.down = false;
   const s = await resubscribed;
   assert.equal(s.wasRecovering, true);
   assert.equal(s.recovered, true);
-  await server.api('publish', { channel: 'chat:recover', data: 4 });
+  await files.server.api('publish', { channel: 'chat:recover', data: 4 });
   await until(() => got.length >= 4, 'four publications');
   assert.deepEqual(got, [1, 2, 3, 4]);
   assert.equal(sub.offset, 4);
@@ -94,19 +77,19 @@ test('recovers more than the server queues for one client: the rest follows the 
   const sub = a.subscribe('chat:big-recovery');
   await sub.ready();
   const got = collect(sub);
-  await server.api('publish', { channel: 'chat:big-recovery', data: 0 });
+  await files.server.api('publish', { channel: 'chat:big-recovery', data: 0 });
   await until(() => got.length === 1, 'the first publication');
   gate.down = true;
   const down = next(a, 'disconnected');
-  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await files.server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
   await down;
   const pad = 'x'.repeat(30000);
-  for (let i = 1; i <= 99; i++) await server.api('publish', { channel: 'chat:big-recovery', data: { i, pad } });
+  for (let i = 1; i <= 99; i++) await files.server.api('publish', { channel: 'chat:big-recovery', data: { i, pad } });
   const resubscribed = next(sub, 'subscribed');
   gate.down = false;
   const s = await resubscribed;
   assert.equal(s.recovered, true);
-  await server.api('publish', { channel: 'chat:big-recovery', data: { i: 100 } });
+  await files.server.api('publish', { channel: 'chat:big-recovery', data: { i: 100 } });
   await until(() => got.length >= 101, 'every publication', 20000);
   assert.deepEqual(got.map((d) => (typeof d === 'number' ? d : d.i)), [...Array(101).keys()]);
   assert.equal(sub.offset, 101);
@@ -120,13 +103,13 @@ test('a server restart on the same port: reconnects, and says the stream was los
   await sub.publish('before');
   await until(() => got.length === 1, 'the publication before the restart');
   const down = next(a, 'disconnected');
-  const { port, apiPort } = server;
-  await server.stop('SIGTERM');
+  const { port, apiPort } = files.server;
+  await files.server.stop('SIGTERM');
   const d = await down;
   assert.equal(d.reconnect, true);
   assert.ok([1001, 3001].includes(d.code), `close code ${d.code}`);
   const resubscribed = next(sub, 'subscribed', () => true, 15000);
-  server = await startServer({ port, apiPort });
+  files.server = await startServer({ port, apiPort });
   const s = await resubscribed;
   // The in-memory engine lost the stream: a new epoch, nothing to recover.
   assert.deepEqual([s.wasRecovering, s.recovered], [true, false]);
@@ -140,12 +123,12 @@ test('follows the server advice: 3503 stays disconnected, 3000 reconnects', { ti
   const a = client({ WebSocket: gate.WebSocket });
   await next(a, 'connected');
   let down = next(a, 'disconnected');
-  await server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
+  await files.server.api('disconnect', { user: '', client: a.clientId, code: 3000 });
   assert.deepEqual(await down, { code: 3000, reason: 'normal', reconnect: true });
   await next(a, 'connected');
   assert.equal(gate.opened, 2);
   down = next(a, 'disconnected');
-  await server.api('disconnect', { user: '', client: a.clientId, code: 3503 });
+  await files.server.api('disconnect', { user: '', client: a.clientId, code: 3503 });
   assert.deepEqual(await down, { code: 3503, reason: 'force disconnect', reconnect: false });
   assert.equal(a.state, 'disconnected');
   await new Promise((r) => setTimeout(r, 700));

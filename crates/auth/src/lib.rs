@@ -105,6 +105,9 @@ pub enum TokenError {
     /// A subscription token for another channel or user.
     #[error("subscription token is for another channel or user")]
     WrongSubscription,
+    /// A valid token without `"admin": true`, offered to the operator's console.
+    #[error("token has no \"admin\": true claim")]
+    NotAdmin,
 }
 
 /// What a connection token says.
@@ -141,6 +144,10 @@ struct Claims {
     channels: Vec<String>,
     #[serde(default)]
     channel: Option<String>,
+    /// Any JSON: a connection token may carry an application's own `admin` claim of another type;
+    /// only `true` opens the console.
+    #[serde(default)]
+    admin: Option<serde_json::Value>,
 }
 
 /// Checks tokens against the configured keys.
@@ -283,6 +290,17 @@ impl Verifier {
             expires_at: c.exp,
             info: c.info,
         })
+    }
+
+    /// Verifies a token for the operator's console: any token the configured keys sign, as long as
+    /// it carries `"admin": true`, so that the backend issuing connection tokens can issue console
+    /// logins too, and a leaked connection token opens nothing. The user (`sub`) for the audit log.
+    pub fn admin(&self, token: &str) -> Result<String, TokenError> {
+        let c = self.verify(token)?;
+        if c.admin != Some(serde_json::Value::Bool(true)) {
+            return Err(TokenError::NotAdmin);
+        }
+        Ok(c.sub)
     }
 
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {

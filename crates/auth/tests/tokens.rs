@@ -238,6 +238,27 @@ fn subscription_tokens_name_their_channel_and_user() {
     );
 }
 
+#[test]
+fn console_tokens_need_the_admin_claim() {
+    let v = Verifier::new(&all_keys()).unwrap();
+    let admin = sign(Algorithm::ES256, &json!({"sub": "ops", "admin": true}));
+    assert_eq!(v.admin(&admin).unwrap(), "ops");
+    let user = sign(Algorithm::HS256, &json!({"sub": "alice"}));
+    assert_eq!(v.admin(&user).unwrap_err(), TokenError::NotAdmin);
+    let not_true = sign(Algorithm::HS256, &json!({"sub": "alice", "admin": false}));
+    assert_eq!(v.admin(&not_true).unwrap_err(), TokenError::NotAdmin);
+    // Only the boolean: an application's own `admin` claim of another type opens nothing, and
+    // still leaves the token good for connecting.
+    let string = sign(Algorithm::HS256, &json!({"sub": "alice", "admin": "true"}));
+    assert_eq!(v.admin(&string).unwrap_err(), TokenError::NotAdmin);
+    assert_eq!(v.connection(&string).unwrap().user, "alice");
+    let expired = sign(
+        Algorithm::HS256,
+        &json!({"sub": "ops", "admin": true, "exp": now() - 3600}),
+    );
+    assert_eq!(v.admin(&expired).unwrap_err(), TokenError::Expired);
+}
+
 fn base64url(s: &str) -> String {
     use std::fmt::Write;
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

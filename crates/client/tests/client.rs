@@ -65,16 +65,7 @@ fn config() -> Config {
     let ns = &mut c.channels.namespaces;
     ns.insert(
         "chat".into(),
-        NamespaceOptions {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(300),
-            recover: true,
-            presence: true,
-            join_leave: true,
-            allow_publish: true,
-            allow_history: true,
-            ..Default::default()
-        },
+        NamespaceOptions::all_on(1000, Duration::from_secs(300)),
     );
     ns.insert(
         "readonly".into(),

@@ -8,6 +8,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::RedisConfig;
+
+/// An engine's configuration on `addresses` as tests want it: timeouts of seconds, so that a Redis
+/// that is missing or away fails a test quickly, and presence that expires a second after its node
+/// stops. A test changes the fields its check is about (`RedisConfig { cluster: true, ..config(a) }`).
+pub fn config(addresses: Vec<String>) -> RedisConfig {
+    RedisConfig {
+        addresses,
+        prefix: "test".into(),
+        presence_ttl: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+        cluster: false,
+    }
+}
+
+/// The URLs of `servers`, for [`config`]: a sharded engine lists every one.
+pub fn urls(servers: &[&RedisServer]) -> Vec<String> {
+    servers.iter().map(|s| s.url()).collect()
+}
+
 /// A running `redis-server`, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {

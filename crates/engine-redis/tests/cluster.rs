@@ -10,26 +10,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
-use switchboard_engine::conformance::{Recorder, WAIT, client, opts, publication, until};
+use switchboard_engine::conformance::{
+    Recorder, WAIT, client, opts, publication, until, until_node_gone,
+};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, PresenceEvent, Reach, StreamOptions};
-use switchboard_engine_redis::testing::RedisCluster;
+use switchboard_engine_redis::testing::{self, RedisCluster};
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
 
-fn config(seeds: Vec<String>) -> RedisConfig {
-    RedisConfig {
-        addresses: seeds,
-        prefix: "test".into(),
-        presence_ttl: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(2),
-        cluster: true,
-    }
-}
-
 async fn engine(seeds: Vec<String>) -> (RedisEngine, Arc<Recorder>) {
-    let e = RedisEngine::connect(config(seeds)).await.unwrap();
-    let rec = Arc::new(Recorder::default());
-    e.set_handler(rec.clone());
+    let config = RedisConfig {
+        cluster: true,
+        ..testing::config(seeds)
+    };
+    let e = RedisEngine::connect(config).await.unwrap();
+    let rec = Recorder::attach(&e);
     (e, rec)
 }
 
@@ -286,14 +280,7 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
     let gone_id = gone.node_id().to_owned();
     drop(gone);
     let (a, _) = &engines[0];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.send_to_node(&gone_id, Bytes::new()).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a gone node still listens"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_node_gone(a, &gone_id).await;
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use switchboard_engine::Engine;
 use switchboard_engine::conformance::Backend;
-use switchboard_engine_redis::testing::RedisServer;
+use switchboard_engine_redis::testing::{self, RedisServer};
 use switchboard_engine_redis::{RedisConfig, RedisEngine};
 
 const PRESENCE_TTL: Duration = Duration::from_secs(1);
@@ -28,12 +28,8 @@ impl Redis {
 impl Backend for Redis {
     async fn node(&self) -> Arc<dyn Engine> {
         let config = RedisConfig {
-            addresses: vec![self.0.lock().url()],
-            prefix: "test".into(),
             presence_ttl: PRESENCE_TTL,
-            connect_timeout: Duration::from_secs(2),
-            command_timeout: Duration::from_secs(2),
-            cluster: false,
+            ..testing::config(vec![self.0.lock().url()])
         };
         Arc::new(RedisEngine::connect(config).await.unwrap())
     }

@@ -10,26 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use switchboard_engine::conformance::{Recorder, WAIT, opts, publication, until};
+use switchboard_engine::conformance::{Recorder, WAIT, opts, publication, until, until_node_gone};
 use switchboard_engine::{Engine, EngineError, Reach};
-use switchboard_engine_redis::testing::RedisServer;
-use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
-
-fn config(servers: &[&RedisServer]) -> RedisConfig {
-    RedisConfig {
-        addresses: servers.iter().map(|s| s.url()).collect(),
-        prefix: "test".into(),
-        presence_ttl: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(2),
-        cluster: false,
-    }
-}
+use switchboard_engine_redis::testing::{RedisServer, config, urls};
+use switchboard_engine_redis::{RedisEngine, shard_of};
 
 async fn engine(servers: &[&RedisServer]) -> (RedisEngine, Arc<Recorder>) {
-    let e = RedisEngine::connect(config(servers)).await.unwrap();
-    let rec = Arc::new(Recorder::default());
-    e.set_handler(rec.clone());
+    let e = RedisEngine::connect(config(urls(servers))).await.unwrap();
+    let rec = Recorder::attach(&e);
     (e, rec)
 }
 
@@ -79,14 +67,14 @@ async fn a_missing_redis_stops_the_start_with_its_address() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     redis.stop();
-    let mut c = config(&[]);
+    let mut c = config(vec![]);
     c.addresses = vec![url.clone()];
     let err = RedisEngine::connect(c).await.unwrap_err().to_string();
     assert!(
         err.contains(&url) && err.contains("cannot connect"),
         "{err}"
     );
-    let mut c = config(&[]);
+    let mut c = config(vec![]);
     c.addresses = vec![url];
     c.prefix = "a{b".into();
     let err = RedisEngine::connect(c).await.unwrap_err().to_string();
@@ -126,14 +114,7 @@ async fn node_messages_reach_their_node_only_and_a_gone_node_is_known_at_once() 
     assert_eq!(err, EngineError::UnknownNode("00000000".into()));
     let gone = c.node_id().to_owned();
     drop(c);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.send_to_node(&gone, Bytes::new()).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a gone node still listens"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_node_gone(&a, &gone).await;
     // After its Redis restarts, a node listens again on its channel.
     let shard = shard_of(b.node_id(), 2);
     let holder = if shard == 0 { &mut r1 } else { &mut r2 };

@@ -11,30 +11,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_engine::conformance::{Recorder, until};
+use switchboard_engine::conformance::{Recorder, publication, until};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, StreamOptions};
-use switchboard_engine_redis::testing::RedisServer;
+use switchboard_engine_redis::testing::{self, RedisServer, urls};
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
-use switchboard_protocol::{Payload, Publication};
 
 /// The command timeout of these tests: short, so that outages are noticed quickly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn config(servers: &[&RedisServer]) -> RedisConfig {
     RedisConfig {
-        addresses: servers.iter().map(|s| s.url()).collect(),
         prefix: "faults".into(),
         presence_ttl: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(2),
         command_timeout: COMMAND_TIMEOUT,
-        cluster: false,
+        ..testing::config(urls(servers))
     }
 }
 
 async fn engine(servers: &[&RedisServer]) -> (RedisEngine, Arc<Recorder>) {
     let e = RedisEngine::connect(config(servers)).await.unwrap();
-    let rec = Arc::new(Recorder::default());
-    e.set_handler(rec.clone());
+    let rec = Recorder::attach(&e);
     (e, rec)
 }
 
@@ -44,10 +40,6 @@ fn history() -> StreamOptions {
         history_ttl: Duration::from_secs(60),
         history_meta_ttl: Duration::from_secs(600),
     }
-}
-
-fn publication(n: u64) -> Publication {
-    Publication::new(Payload::Json(Bytes::from(n.to_string())))
 }
 
 /// Waits (up to `limit`) until `f` holds; how long it took.

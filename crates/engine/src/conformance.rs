@@ -95,6 +95,14 @@ impl EngineHandler for Recorder {
 }
 
 impl Recorder {
+    /// A recorder set as `engine`'s handler: every test that watches an engine starts so, and the
+    /// recorder must be the one handler, or deliveries would be split between two.
+    pub fn attach(engine: &dyn Engine) -> Arc<Self> {
+        let recorder = Arc::new(Self::default());
+        engine.set_handler(recorder.clone());
+        recorder
+    }
+
     /// Offsets delivered in `channel`, in delivery order.
     pub fn offsets(&self, channel: &str) -> Vec<u64> {
         self.pubs
@@ -115,10 +123,22 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `from` is told at once that node `gone` is unknown, or fails the check: a node that
+/// stopped may go on being reached for as long as its store takes to notice, but not for ever.
+pub async fn until_node_gone(from: &dyn Engine, gone: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while from.send_to_node(gone, Bytes::new()).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a stopped node still listens"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn node(backend: &dyn Backend) -> (Arc<dyn Engine>, Arc<Recorder>) {
     let engine = backend.node().await;
-    let recorder = Arc::new(Recorder::default());
-    engine.set_handler(recorder.clone());
+    let recorder = Recorder::attach(&*engine);
     (engine, recorder)
 }
 
@@ -463,14 +483,7 @@ pub async fn node_messages_reach_their_node_only(backend: &dyn Backend) {
     assert!(rec_c.node_messages.lock().is_empty(), "only the node named");
     let gone = c.node_id().to_owned();
     drop(c);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.send_to_node(&gone, Bytes::new()).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a stopped node still listens"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_node_gone(&*a, &gone).await;
 }
 
 /// Control messages: a broadcast reaches every node, the sender included, and says how many (or

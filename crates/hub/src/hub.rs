@@ -13,8 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::encode::{self, PresenceEvent};
-use switchboard_protocol::{ClientInfo, Publication, UnsubscribeCode};
-use switchboard_websocket::{Message, SharedMessage};
+use switchboard_protocol::{ClientInfo, Frame, Publication, UnsubscribeCode};
 
 use crate::session::Session;
 
@@ -183,7 +182,7 @@ impl Hub {
             };
             match step {
                 Step::Deliver => {
-                    let frame = text(encode::pub_push(channel, publication));
+                    let frame = Frame::shared(encode::pub_push(channel, publication));
                     for s in ch.subscribers.values() {
                         s.deliver(channel, publication.offset, &frame);
                     }
@@ -208,7 +207,7 @@ impl Hub {
         let Some(ch) = self.shard(channel).write().remove(channel) else {
             return;
         };
-        let push = text(encode::unsubscribe_push(
+        let push = Frame::shared(encode::unsubscribe_push(
             channel,
             UnsubscribeCode::InsufficientState,
         ));
@@ -221,7 +220,7 @@ impl Hub {
     pub fn presence_event(&self, channel: &str, event: PresenceEvent, info: &ClientInfo) {
         let shard = self.shard(channel).read();
         if let Some(ch) = shard.get(channel) {
-            let push = text(encode::presence_push(event, channel, info));
+            let push = Frame::shared(encode::presence_push(event, channel, info));
             for s in ch.subscribers.values() {
                 s.push(push.clone());
             }
@@ -268,9 +267,9 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// A push or reply as a shareable WebSocket text message.
-pub(crate) fn text(bytes: Bytes) -> SharedMessage {
-    SharedMessage::new(Message::Text(bytes))
+/// A reply or push for one client.
+pub(crate) fn text(bytes: Bytes) -> Frame {
+    Frame::new(bytes)
 }
 
 #[cfg(test)]
@@ -281,7 +280,7 @@ mod tests {
 
     use super::*;
 
-    fn drain(s: &Session) -> Vec<SharedMessage> {
+    fn drain(s: &Session) -> Vec<Frame> {
         let mut out = Vec::new();
         let _ = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
             out.push(m);
@@ -323,7 +322,7 @@ mod tests {
         }
         hub.broadcast("ch", &publication(1), "e");
         let got: Vec<_> = sessions.iter().map(|s| drain(s).remove(0)).collect();
-        assert!(got.windows(2).all(|w| SharedMessage::ptr_eq(&w[0], &w[1])));
+        assert!(got.windows(2).all(|w| Frame::ptr_eq(&w[0], &w[1])));
     }
 
     #[test]
@@ -336,7 +335,7 @@ mod tests {
         hub.broadcast("ch", &publication(4), "e");
         let texts: Vec<String> = drain(&s)
             .iter()
-            .map(|m| m.message().as_text().unwrap().to_owned())
+            .map(|m| m.as_str().unwrap().to_owned())
             .collect();
         assert_eq!(texts.len(), 3);
         assert!(

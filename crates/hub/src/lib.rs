@@ -8,9 +8,11 @@
 //!    [`Node::publish`] (`node.rs`).
 //! 2. The engine (`switchboard-engine`) appends it to the channel's history and hands it back, in offset
 //!    order, to the node.
-//! 3. [`Hub`] (`hub.rs`) encodes the push once and queues the same bytes on every local subscriber's
-//!    [`Session`] (`session.rs`), whose byte bound is the slow-consumer policy.
-//! 4. Each transport drains its session ([`Session::poll_drain`]) onto its wire.
+//! 3. [`Hub`] (`hub.rs`) encodes the push once, as one [`Frame`](switchboard_protocol::Frame), and
+//!    queues it on every local subscriber's [`Session`] (`session.rs`), whose byte bound is the
+//!    slow-consumer policy.
+//! 4. Each client's task runs [`drive`] (`driver.rs`), which moves the session's frames onto the
+//!    client's [`Wire`] (`wire.rs`): the one thing a transport implements.
 //!
 //! The server API's orders to clients and `channels` reach every node sharing the engine, and nodes
 //! announce themselves to each other for `info` (`cluster.rs`).
@@ -21,6 +23,7 @@
 mod client;
 mod cluster;
 mod cluster_state;
+mod driver;
 mod hub;
 mod metrics;
 mod namespace;
@@ -29,11 +32,13 @@ mod proxy;
 mod session;
 #[cfg(test)]
 mod testing;
+mod wire;
 
 pub use client::Client;
 pub use cluster::{
     ClientOrder, ClientTarget, ClusterConfig, ClusterError, Gathered, MISSED_ANNOUNCEMENTS,
 };
+pub use driver::{ShutdownSignal, drive};
 pub use hub::Hub;
 pub use metrics::{Labels, Metrics};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
@@ -42,3 +47,4 @@ pub use node::{
 };
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 pub use session::{Control, Session, Signal};
+pub use wire::{End, Upstream, Wire};

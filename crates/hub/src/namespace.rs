@@ -59,6 +59,23 @@ impl Default for NamespaceOptions {
 }
 
 impl NamespaceOptions {
+    /// Every client feature on: recovery, presence with join/leave pushes, client publications and
+    /// history reads, over a history of `history_size` publications kept for `history_ttl`. What a
+    /// chat wants (the demo's `chat` namespace is this), and so what tests of several features start
+    /// from; the rest (private, proxies) stays off, as each needs more setup.
+    pub fn all_on(history_size: usize, history_ttl: Duration) -> Self {
+        Self {
+            history_size,
+            history_ttl,
+            recover: true,
+            presence: true,
+            join_leave: true,
+            allow_publish: true,
+            allow_history: true,
+            ..Self::default()
+        }
+    }
+
     /// The engine's view of these options.
     pub fn stream(&self) -> StreamOptions {
         StreamOptions {
@@ -146,5 +163,24 @@ mod tests {
         assert_eq!(c.resolve("nope:x"), Err(ErrorCode::UnknownChannel));
         assert_eq!(c.resolve(""), Err(ErrorCode::BadRequest));
         assert_eq!(c.resolve(&"x".repeat(256)), Err(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn all_on_is_a_valid_namespace_that_allows_every_client_feature() {
+        let ns = NamespaceOptions::all_on(100, Duration::from_secs(600));
+        assert!(ns.keeps_history() && ns.recover && ns.presence && ns.join_leave);
+        assert!(ns.allow_publish && ns.allow_history);
+        assert!(!ns.private && !ns.subscribe_proxy && !ns.publish_proxy);
+        assert_eq!(
+            ns.history_meta_ttl,
+            NamespaceOptions::default().history_meta_ttl
+        );
+        let mut c = ChannelsConfig::default();
+        c.namespaces.insert("chat".into(), ns);
+        assert_eq!(c.validate(), Ok(()));
+        // Without a history, recovery cannot work: the caller is told so.
+        c.namespaces
+            .insert("none".into(), NamespaceOptions::all_on(0, Duration::ZERO));
+        assert!(c.validate().unwrap_err().contains("recover needs history"));
     }
 }

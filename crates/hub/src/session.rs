@@ -1,10 +1,11 @@
 //! A client's outgoing side as the hub sees it: a byte-bounded queue of encoded frames that any thread
 //! may push to, and that the client's transport drains.
 //!
-//! The bound is the slow-consumer policy: a client whose queue would go over `queue_bytes` is not
-//! silently skipped; its queue is dropped and it is disconnected with `slow` (3008), which tells it to
-//! reconnect and recover the missed publications from history. Nothing grows without bound, and no
-//! message is lost without the client being told.
+//! The bound is the slow-consumer policy, the one rule for every transport: a client for which more
+//! than `queue_bytes` would wait (in this queue, plus what its wire holds unacknowledged and reports
+//! with [`Session::set_transport_queued`]) is not silently skipped; its queue is dropped and it is
+//! disconnected with `slow` (3008), which tells it to reconnect and recover the missed publications
+//! from history. Nothing grows without bound, and no message is lost without the client being told.
 //!
 //! Recovery must then work whatever the bound: what a slow client missed is by definition more than
 //! its queue holds. So a recovery larger than the queue is *replayed*: the client's task moves the
@@ -18,8 +19,7 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
-use switchboard_protocol::DisconnectCode;
-use switchboard_websocket::SharedMessage;
+use switchboard_protocol::{DisconnectCode, Frame};
 
 /// The shared half of a client: what the hub delivers to.
 #[derive(Debug)]
@@ -43,11 +43,11 @@ pub struct Session {
 
 #[derive(Debug, Default)]
 struct Outbox {
-    items: VecDeque<SharedMessage>,
+    items: VecDeque<Frame>,
     bytes: usize,
     /// Channels being subscribed: live publications wait here until the subscribe reply is queued, so
     /// that they follow the recovered ones in offset order.
-    pending: HashMap<String, Vec<(u64, SharedMessage)>>,
+    pending: HashMap<String, Vec<(u64, Frame)>>,
     closed: Option<DisconnectCode>,
     /// Channels the hub dropped this session from; the client forgets them at its next command.
     dropped: Vec<String>,
@@ -172,7 +172,7 @@ impl Session {
     }
 
     /// Queues a publication of `channel` at `offset` (buffered while that channel is being subscribed).
-    pub fn deliver(&self, channel: &str, offset: u64, msg: &SharedMessage) {
+    pub fn deliver(&self, channel: &str, offset: u64, msg: &Frame) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_some() {
             return;
@@ -181,7 +181,7 @@ impl Session {
             && let Some(waiting) = ob.pending.get_mut(channel)
         {
             waiting.push((offset, msg.clone()));
-            let len = msg.message().payload().len();
+            let len = msg.len();
             self.account(&mut ob, len);
             return;
         }
@@ -201,7 +201,7 @@ impl Session {
     }
 
     /// Queues a reply or a push.
-    pub fn push(&self, msg: SharedMessage) {
+    pub fn push(&self, msg: Frame) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_none() {
             self.enqueue(&mut ob, msg);
@@ -222,11 +222,11 @@ impl Session {
     ///
     /// Also ends the replay of `channel`, if it was replayed: the replay's last catch-up read with
     /// [`Session::begin_subscribe`] reached the live stream at `after`.
-    pub fn complete_subscribe(&self, channel: &str, reply: Option<SharedMessage>, after: u64) {
+    pub fn complete_subscribe(&self, channel: &str, reply: Option<Frame>, after: u64) {
         let mut ob = self.outbox.lock();
         let waiting = ob.pending.remove(channel).unwrap_or_default();
         for (_, msg) in &waiting {
-            ob.bytes = ob.bytes.saturating_sub(msg.message().payload().len());
+            ob.bytes = ob.bytes.saturating_sub(msg.len());
         }
         ob.replaying.remove(channel);
         if ob.closed.is_some() {
@@ -259,7 +259,7 @@ impl Session {
     /// history into the queue a piece at a time (on [`Control::Replay`]), reading the live ones from
     /// history in their turn, until a catch-up read reaches the live stream and
     /// [`Session::complete_subscribe`] ends the replay.
-    pub fn start_replay(&self, channel: &str, reply: SharedMessage) {
+    pub fn start_replay(&self, channel: &str, reply: Frame) {
         let mut ob = self.outbox.lock();
         Self::drop_pending(&mut ob, channel);
         if ob.closed.is_some() {
@@ -304,7 +304,7 @@ impl Session {
     fn drop_pending(ob: &mut Outbox, channel: &str) {
         if let Some(waiting) = ob.pending.remove(channel) {
             for (_, msg) in &waiting {
-                ob.bytes = ob.bytes.saturating_sub(msg.message().payload().len());
+                ob.bytes = ob.bytes.saturating_sub(msg.len());
             }
         }
     }
@@ -340,7 +340,7 @@ impl Session {
 
     /// The hub dropped this session from `channel` (a gap it cannot fill): queue `push` (the
     /// `unsubscribe` push) and remember it for the client.
-    pub fn dropped(&self, channel: &str, push: SharedMessage) {
+    pub fn dropped(&self, channel: &str, push: Frame) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_none() {
             Self::drop_pending(&mut ob, channel);
@@ -385,9 +385,18 @@ impl Session {
     /// how many bytes they hold now, so that metrics see the whole queue.
     /// The replay of a recovery (see [`Session::start_replay`]) counts these bytes too: it goes on
     /// as they are acknowledged.
+    ///
+    /// These bytes count against the bound as queued ones do: a wire that holds more and more
+    /// unacknowledged makes its client a slow one (3008), exactly as a full queue does.
     pub fn set_transport_queued(&self, bytes: usize) {
-        self.transport_queued.store(bytes as u64, Ordering::Relaxed);
+        if self.transport_queued.swap(bytes as u64, Ordering::Relaxed) == bytes as u64 {
+            return;
+        }
         let mut ob = self.outbox.lock();
+        if ob.closed.is_some() {
+            return;
+        }
+        self.account(&mut ob, 0);
         self.ask_replay_if_due(&mut ob);
     }
 
@@ -403,7 +412,7 @@ impl Session {
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
-        mut sink: impl FnMut(SharedMessage) -> bool,
+        mut sink: impl FnMut(Frame) -> bool,
     ) -> Poll<Option<Signal>> {
         self.waker.register(cx.waker());
         let mut ob = self.outbox.lock();
@@ -418,7 +427,7 @@ impl Session {
             return Poll::Pending;
         }
         while let Some(msg) = ob.items.pop_front() {
-            ob.bytes = ob.bytes.saturating_sub(msg.message().payload().len());
+            ob.bytes = ob.bytes.saturating_sub(msg.len());
             if !sink(msg) {
                 break;
             }
@@ -431,17 +440,21 @@ impl Session {
         Poll::Ready(None)
     }
 
-    fn enqueue(&self, ob: &mut Outbox, msg: SharedMessage) {
-        let len = msg.message().payload().len();
+    fn enqueue(&self, ob: &mut Outbox, msg: Frame) {
+        let len = msg.len();
         ob.items.push_back(msg);
         self.account(ob, len);
         self.waker.wake();
     }
 
+    /// Counts `len` more bytes queued, and applies the slow-consumer bound to what waits for the
+    /// client: queued here, and held by its wire.
     fn account(&self, ob: &mut Outbox, len: usize) {
         ob.bytes += len;
-        if ob.bytes > self.limit {
-            tracing::info!(client = %self.client, queued = ob.bytes, limit = self.limit, "slow client: disconnecting");
+        let held =
+            usize::try_from(self.transport_queued.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        if ob.bytes.saturating_add(held) > self.limit {
+            tracing::info!(client = %self.client, queued = ob.bytes, held, limit = self.limit, "slow client: disconnecting");
             ob.closed = Some(DisconnectCode::Slow);
             ob.items.clear();
             ob.pending.clear();
@@ -457,12 +470,11 @@ mod tests {
     use std::task::Waker;
 
     use bytes::Bytes;
-    use switchboard_websocket::Message;
 
     use super::*;
 
-    fn msg(s: &str) -> SharedMessage {
-        SharedMessage::new(Message::Text(Bytes::copy_from_slice(s.as_bytes())))
+    fn msg(s: &str) -> Frame {
+        Frame::new(Bytes::copy_from_slice(s.as_bytes()))
     }
 
     fn drain(s: &Session) -> Poll<Option<Signal>> {
@@ -484,6 +496,28 @@ mod tests {
     }
 
     #[test]
+    fn what_the_wire_holds_counts_against_the_bound() {
+        let s = Session::new(1, "c".into(), 10);
+        s.set_transport_queued(6);
+        s.deliver("c", 1, &msg("1234"));
+        assert_eq!(drain(&s), Poll::Ready(None));
+        s.set_transport_queued(10);
+        s.deliver("c", 2, &msg("x"));
+        assert_eq!(
+            drain(&s),
+            Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
+        );
+        // Growing unacknowledged bytes alone make a slow client too.
+        let s = Session::new(2, "d".into(), 10);
+        s.deliver("c", 1, &msg("1234"));
+        s.set_transport_queued(7);
+        assert_eq!(
+            drain(&s),
+            Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
+        );
+    }
+
+    #[test]
     fn pending_publications_follow_the_reply_and_skip_recovered_ones() {
         let s = Session::new(1, "c".into(), 1 << 20);
         s.begin_subscribe("c");
@@ -493,7 +527,7 @@ mod tests {
         s.complete_subscribe("c", Some(msg("reply")), 4);
         let mut seen = Vec::new();
         let _ = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-            seen.push(m.message().as_text().unwrap().to_owned());
+            seen.push(m.as_str().unwrap().to_owned());
             true
         });
         assert_eq!(seen, ["other", "reply", "five"]);
@@ -522,7 +556,7 @@ mod tests {
     fn drain_texts(s: &Session) -> (Vec<String>, Poll<Option<Signal>>) {
         let mut seen = Vec::new();
         let poll = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-            seen.push(m.message().as_text().unwrap().to_owned());
+            seen.push(m.as_str().unwrap().to_owned());
             true
         });
         (seen, poll)

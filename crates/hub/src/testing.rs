@@ -23,7 +23,7 @@ use crate::session::{Session, Signal};
 pub(crate) fn drain(session: &Session) -> (Option<Signal>, Vec<String>) {
     let mut texts = Vec::new();
     let polled = session.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
-        texts.push(m.message().as_text().unwrap_or_default().to_owned());
+        texts.push(m.as_str().unwrap_or_default().to_owned());
         true
     });
     let signal = match polled {

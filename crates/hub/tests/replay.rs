@@ -43,6 +43,15 @@ async fn publish(node: &Node, i: u64) -> String {
         .epoch
 }
 
+/// Publishes `1..=n` (see [`publish`]); returns the stream's epoch.
+async fn publish_up_to(node: &Node, n: u64) -> String {
+    let mut epoch = String::new();
+    for i in 1..=n {
+        epoch = publish(node, i).await;
+    }
+    epoch
+}
+
 /// A client and everything it received, read at the test's pace.
 struct Reader {
     client: Client,
@@ -61,6 +70,15 @@ impl Reader {
         r.read_all().await;
         r.got.clear();
         r
+    }
+
+    /// Subscribes to `c:x` recovering from `offset` of `epoch` (nothing read yet).
+    async fn recover_from(&mut self, epoch: &str, offset: u64) {
+        self.send(
+            "subscribe",
+            json!({"channel": "c:x", "recover": true, "epoch": epoch, "offset": offset}),
+        )
+        .await;
     }
 
     async fn send(&mut self, method: &str, params: Value) {
@@ -84,7 +102,7 @@ impl Reader {
                     });
             taken += out.len();
             for m in out {
-                for line in m.message().as_text().unwrap().lines() {
+                for line in m.as_str().unwrap().lines() {
                     self.got.push(serde_json::from_str(line).unwrap());
                 }
             }
@@ -130,16 +148,9 @@ impl Reader {
 #[tokio::test]
 async fn a_recovery_many_times_the_queue_arrives_in_order_once_then_live_ones() {
     let node = node(1000);
-    let mut epoch = String::new();
-    for i in 1..=100 {
-        epoch = publish(&node, i).await;
-    }
+    let epoch = publish_up_to(&node, 100).await;
     let mut r = Reader::connected(&node).await;
-    r.send(
-        "subscribe",
-        json!({"channel": "c:x", "recover": true, "epoch": epoch, "offset": 5}),
-    )
-    .await;
+    r.recover_from(&epoch, 5).await;
     // The reply comes first, recovered, with what fits in half the queue.
     r.read(1).await.unwrap();
     let reply = r.reply("subscribe").clone();
@@ -179,16 +190,9 @@ async fn a_recovery_many_times_the_queue_arrives_in_order_once_then_live_ones() 
 #[tokio::test]
 async fn a_replay_whose_publications_left_the_history_asks_to_recover_again() {
     let node = node(30);
-    let mut epoch = String::new();
-    for i in 1..=30 {
-        epoch = publish(&node, i).await;
-    }
+    let epoch = publish_up_to(&node, 30).await;
     let mut r = Reader::connected(&node).await;
-    r.send(
-        "subscribe",
-        json!({"channel": "c:x", "recover": true, "epoch": epoch, "offset": 0}),
-    )
-    .await;
+    r.recover_from(&epoch, 0).await;
     // Before the client reads, 40 more push 31 to 40 out of the history of 30.
     for i in 31..=70 {
         publish(&node, i).await;
@@ -203,11 +207,7 @@ async fn a_replay_whose_publications_left_the_history_asks_to_recover_again() {
     );
     // Resubscribing with recover tells it the truth: lost.
     r.got.clear();
-    r.send(
-        "subscribe",
-        json!({"channel": "c:x", "recover": true, "epoch": epoch, "offset": 30}),
-    )
-    .await;
+    r.recover_from(&epoch, 30).await;
     r.read_all().await;
     assert_eq!(r.reply("subscribe")["recovered"], false);
     publish(&node, 71).await;
@@ -218,16 +218,9 @@ async fn a_replay_whose_publications_left_the_history_asks_to_recover_again() {
 #[tokio::test]
 async fn unsubscribing_ends_a_replay() {
     let node = node(1000);
-    let mut epoch = String::new();
-    for i in 1..=100 {
-        epoch = publish(&node, i).await;
-    }
+    let epoch = publish_up_to(&node, 100).await;
     let mut r = Reader::connected(&node).await;
-    r.send(
-        "subscribe",
-        json!({"channel": "c:x", "recover": true, "epoch": epoch, "offset": 0}),
-    )
-    .await;
+    r.recover_from(&epoch, 0).await;
     r.read(1).await.unwrap();
     let in_reply = r.offsets().len() as u64;
     r.send("unsubscribe", json!({"channel": "c:x"})).await;

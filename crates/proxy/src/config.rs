@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use switchboard_hub::ProxyEvent;
+use switchboard_protocol::proxy::ProxyEvent;
 
 /// Which events go to the backend, where, and how calls are bounded.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use switchboard_hub::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
+use switchboard_protocol::proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 use tokio::sync::Semaphore;
 
 pub use config::{ConfigError, ProxyConfig};

@@ -31,8 +31,11 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
-    /// Print a commented configuration with a fresh API key and token secret.
+    /// Print a commented configuration with a fresh API key, token secret and console password
+    /// hash (the console password itself goes to stderr, once).
     Genconfig,
+    /// Read a password from stdin (one line) and print its Argon2 hash, for `[admin] password_hash`.
+    Hashpassword,
     /// Print a connection token (HS256, signed with [auth] hmac_secret) for a user.
     Gentoken {
         /// The user id (`sub`).

@@ -34,7 +34,9 @@ pub struct Config {
     /// Path of the client protocol's WebSocket endpoint.
     pub websocket_path: String,
     /// The HTTP fallback transports (SSE, long polling, ajax polling).
-    pub fallback: crate::transport::http::FallbackConfig,
+    pub fallback: crate::transport::fallback::config::FallbackConfig,
+    /// Socket.IO clients (Engine.IO v4, Socket.IO v5), off unless asked for.
+    pub socketio: crate::transport::socketio::SocketIoConfig,
     /// Client connections, whatever the transport: anonymous access, queue bound, channel limit.
     pub client: switchboard_hub::ClientConfig,
     /// Channel namespaces: history, recovery, presence, permissions.
@@ -53,6 +55,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Where channels, history and presence live: this process only, or Redis (several nodes).
     pub engine: EngineConfig,
+    /// The operator's console at `/admin/` on the API listener (off unless asked for).
+    pub admin: crate::admin::config::AdminConfig,
 }
 
 impl Default for Config {
@@ -68,7 +72,8 @@ impl Default for Config {
                 ..Default::default()
             },
             websocket_path: "/connection/websocket".into(),
-            fallback: crate::transport::http::FallbackConfig::default(),
+            fallback: crate::transport::fallback::config::FallbackConfig::default(),
+            socketio: crate::transport::socketio::SocketIoConfig::default(),
             client: switchboard_hub::ClientConfig::default(),
             channels: switchboard_hub::ChannelsConfig::default(),
             auth: switchboard_auth::AuthConfig::default(),
@@ -78,6 +83,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             shutdown: ShutdownConfig::default(),
             engine: EngineConfig::default(),
+            admin: crate::admin::config::AdminConfig::default(),
         }
     }
 }
@@ -199,22 +205,17 @@ pub struct DemoConfig {
 }
 
 impl Config {
-    /// The configuration the server runs with: the demo's `chat` namespace added when the demo is on
-    /// and no `chat` namespace is configured.
+    /// The configuration the server runs with: under the demo, Socket.IO on, and the demo's `chat`
+    /// namespace added when no `chat` namespace is configured.
     pub fn effective(mut self) -> Self {
+        if self.demo.enabled {
+            // The demo's page may be opened with a Socket.IO client too.
+            self.socketio.enabled = true;
+        }
         if self.demo.enabled && !self.channels.namespaces.contains_key("chat") {
             self.channels.namespaces.insert(
                 "chat".into(),
-                switchboard_hub::NamespaceOptions {
-                    history_size: 100,
-                    history_ttl: Duration::from_secs(600),
-                    recover: true,
-                    presence: true,
-                    join_leave: true,
-                    allow_publish: true,
-                    allow_history: true,
-                    ..Default::default()
-                },
+                switchboard_hub::NamespaceOptions::all_on(100, Duration::from_secs(600)),
             );
         }
         self
@@ -444,6 +445,9 @@ impl Config {
         self.fallback
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[fallback] {e}")))?;
+        self.socketio
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[socketio] {e}")))?;
         if self.engine.announce_interval < Duration::from_millis(10)
             || self.engine.control_timeout < Duration::from_millis(10)
         {
@@ -463,6 +467,9 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        self.admin
+            .validate(self.auth.has_keys())
+            .map_err(ConfigError::Invalid)?;
         if self.echo.enabled {
             self.echo
                 .websocket(&self.websocket)
@@ -711,7 +718,7 @@ mod tests {
         assert_eq!(c.websocket_path, "/connection/websocket");
         assert_eq!(
             c.fallback,
-            crate::transport::http::FallbackConfig::default()
+            crate::transport::fallback::config::FallbackConfig::default()
         );
     }
 

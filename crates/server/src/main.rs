@@ -28,12 +28,34 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
         Some(Command::Genconfig) => match generate::config() {
-            Ok(text) => {
-                print!("{text}");
+            Ok(generated) => {
+                print!("{}", generated.text);
+                eprintln!(
+                    "switchboard: the console password (shown only now; the file holds its hash): {}",
+                    generated.admin_password
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
+        Some(Command::Hashpassword) => {
+            let mut line = String::new();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(_) => {}
+                Err(e) => return fail(&e),
+            }
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return fail(&"hashpassword reads the password from stdin: got an empty line");
+            }
+            match switchboard::admin::auth::hash_password(password) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Some(Command::Gentoken {
             user,
             ttl,
@@ -86,15 +108,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tools::runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchboard: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let server = match Server::bind(config).await {

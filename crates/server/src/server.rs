@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, EngineKind};
 use crate::limits::Limits;
 use crate::tls::Tls;
-use crate::transport::http;
+use crate::transport::fallback;
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -177,16 +177,20 @@ impl Server {
             config.engine.announce_interval,
             shutdown.clone(),
         ));
-        let router = routes(&config, &node, &limits, &shutdown, &tracker);
+        let mut router = routes(&config, &node, &limits, &shutdown, &tracker);
         if config.api.key.is_empty() {
             tracing::warn!(
                 "[api] key is empty: the server API refuses every request until one is set"
             );
         }
-        let api = (
-            api_listener,
-            switchboard_api::router(Arc::clone(&node), &config.api),
-        );
+        let mut api_router = switchboard_api::router(Arc::clone(&node), &config.api);
+        if config.admin.enabled {
+            // The console lives on the API listener only: it can do what the API does.
+            let (console, traffic) = crate::admin::start(&config, &node, &shutdown, &tracker)?;
+            api_router = api_router.merge(console);
+            router = crate::admin::count_requests(router, traffic);
+        }
+        let api = (api_listener, api_router);
         Ok(Self {
             listener,
             router,
@@ -362,10 +366,15 @@ fn routes(
         any(websocket::client_handler).with_state((clients, Arc::clone(node))),
     );
     if config.fallback.enabled {
-        router = router.merge(http::router(config, node, limits, shutdown, tracker));
+        router = router.merge(fallback::router(config, node, limits, shutdown, tracker));
     }
     if config.demo.enabled {
         router = router.merge(crate::demo::router());
+    }
+    if config.socketio.enabled {
+        router = router.merge(crate::transport::socketio::router(
+            config, node, limits, shutdown, tracker,
+        ));
     }
     if config.echo.enabled {
         let echo = Endpoint {

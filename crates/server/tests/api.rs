@@ -34,9 +34,7 @@ fn config() -> Config {
 }
 
 async fn api(s: SocketAddr, method: &str, body: Value) -> Value {
-    let (status, v) = api_call(s, Some(KEY), method, &body.to_string()).await;
-    assert_eq!(status, 200, "{method}: {v}");
-    v["result"].clone()
+    api_result(s, KEY, method, body).await
 }
 
 #[tokio::test]

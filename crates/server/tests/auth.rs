@@ -111,13 +111,8 @@ async fn private_channels_are_private_to_every_command() {
         [103, 103, 103, 103]
     );
     let history = bob.ok("history", json!({"channel": "vault:plans"})).await;
-    let data: Vec<&Value> = history["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["data"])
-        .collect();
-    assert_eq!(data, [&json!("plan A")], "{history}");
+    let data = publications_at(&history, "/data");
+    assert_eq!(data, [json!("plan A")], "{history}");
     // A subscription refused (a token for someone else) grants nothing either.
     let r = mallory
         .call(
@@ -156,15 +151,10 @@ async fn private_channels_are_private_to_every_command() {
         [0, 0, 0, 0]
     );
     let history = bob.ok("history", json!({"channel": "vault:plans"})).await;
-    let data: Vec<&Value> = history["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["data"])
-        .collect();
+    let data = publications_at(&history, "/data");
     assert_eq!(
         data,
-        [&json!("plan A"), &json!("plan B"), &json!("plan D")],
+        [json!("plan A"), json!("plan B"), json!("plan D")],
         "{history}"
     );
 }
@@ -334,12 +324,7 @@ async fn an_expiring_connection_is_disconnected_unless_refreshed() {
 #[tokio::test]
 async fn private_channels_need_a_subscription_token_for_that_channel_and_user() {
     let s = start(config()).await;
-    let mut c = JsonClient::open(s.addr).await;
-    c.call(
-        "connect",
-        json!({"token": token(json!({"sub": "alice", "aud": "switchboard"}))}),
-    )
-    .await;
+    let mut c = connect_as(s.addr, "alice", json!({})).await;
     assert_eq!(
         c.call("subscribe", json!({"channel": "secret:plans"}))
             .await["error"]["code"],
@@ -388,12 +373,7 @@ async fn private_channels_need_a_subscription_token_for_that_channel_and_user() 
 #[tokio::test]
 async fn an_expiring_subscription_token_ends_the_subscription_with_2501() {
     let s = start(config()).await;
-    let mut c = JsonClient::open(s.addr).await;
-    c.call(
-        "connect",
-        json!({"token": token(json!({"sub": "alice", "aud": "switchboard"}))}),
-    )
-    .await;
+    let mut c = connect_as(s.addr, "alice", json!({})).await;
     let short = token(
         json!({"sub": "alice", "aud": "switchboard", "channel": "secret:plans", "exp": now() + 1}),
     );

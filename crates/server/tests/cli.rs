@@ -26,8 +26,7 @@ async fn no_subcommand_serves_and_sigterm_closes_clients_with_1001() {
 
 #[tokio::test]
 async fn environment_and_file_with_flags_on_top() {
-    let dir = std::env::temp_dir().join(format!("switchboard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("cli");
     let file = dir.join("switchboard.toml");
     // The file asks for a port that is taken by nobody we know; the flag overrides it with port 0.
     std::fs::write(
@@ -83,8 +82,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
 
 #[test]
 fn bad_configuration_is_refused_with_the_key_name() {
-    let dir = std::env::temp_dir().join(format!("switchboard-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("badcfg");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[websocket]\nmax_mesage_size = 10\n").unwrap();
     let (code, _, err) = run(&["checkconfig", bad.to_str().unwrap()], &[]);
@@ -111,8 +109,7 @@ fn bad_configuration_is_refused_with_the_key_name() {
 /// `SWITCHBOARD_BIN`) is ignored with a warning naming it; the same unknown key in a file still stops.
 #[test]
 fn unknown_environment_variables_are_ignored_with_a_warning() {
-    let dir = std::env::temp_dir().join(format!("switchboard-unknown-env-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("unknown-env");
     let good = dir.join("good.toml");
     std::fs::write(&good, "[websocket]\nmax_message_size = 10\n").unwrap();
     let env = [
@@ -149,8 +146,7 @@ fn unknown_environment_variables_are_ignored_with_a_warning() {
 
 #[tokio::test]
 async fn genconfig_and_gentoken_give_a_working_setup() {
-    let dir = std::env::temp_dir().join(format!("switchboard-gen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("gen");
     let file = dir.join("generated.toml");
     let (code, config, _) = run(&["genconfig"], &[]);
     assert_eq!(code, Some(0));
@@ -166,16 +162,7 @@ async fn genconfig_and_gentoken_give_a_working_setup() {
     );
     assert_eq!(code, Some(0), "{err}");
     let token = token.trim().to_owned();
-    let (mut child, addr) = spawn(
-        &[
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (mut child, addr) = serve(&file);
     let (mut c, _) = handshake(addr, "/connection/websocket", &[]).await;
     c.send_text(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
         .await;

@@ -58,9 +58,7 @@ async fn user_at(addr: std::net::SocketAddr, user: &str) -> JsonClient {
 }
 
 async fn api(node: &TestServer, method: &str, body: Value) -> Value {
-    let (status, v) = api_call(node.api, Some(KEY), method, &body.to_string()).await;
-    assert_eq!(status, 200, "{method}: {v}");
-    v["result"].clone()
+    api_result(node.api, KEY, method, body).await
 }
 
 /// A client order's result: clients acted on, nodes that answered, nodes that did not.

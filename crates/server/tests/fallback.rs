@@ -143,6 +143,20 @@ impl HttpClient {
             .expect("timed out waiting for the server")
     }
 
+    /// Sends a downstream request (a poll, an SSE stream): its answer when it is 200; `None`, with the
+    /// session over, when the server is gone (shut down) or the session is (404).
+    async fn downstream(&mut self, req: reqwest::RequestBuilder) -> Option<reqwest::Response> {
+        let resp = match req.send().await {
+            Ok(resp) if resp.status() != StatusCode::NOT_FOUND => resp,
+            _ => {
+                self.over = true;
+                return None;
+            }
+        };
+        assert_eq!(resp.status(), StatusCode::OK);
+        Some(resp)
+    }
+
     async fn next_inner(&mut self) -> Option<Value> {
         loop {
             if let Some(v) = self.inbox.pop_front() {
@@ -162,16 +176,9 @@ impl HttpClient {
                         "{}/poll?session={}&ack={}{wait}",
                         self.base, self.session, self.acked
                     );
-                    let Ok(resp) = self.http.get(url).send().await else {
-                        // The server is gone (shut down).
-                        self.over = true;
+                    let Some(resp) = self.downstream(self.http.get(url)).await else {
                         continue;
                     };
-                    if resp.status() == StatusCode::NOT_FOUND {
-                        self.over = true;
-                        continue;
-                    }
-                    assert_eq!(resp.status(), StatusCode::OK);
                     let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
                     let messages = v["messages"].as_array().unwrap();
                     if messages.is_empty() && self.kind == Kind::Poll {
@@ -188,15 +195,9 @@ impl HttpClient {
                         if self.acked > 0 {
                             req = req.header("last-event-id", self.acked.to_string());
                         }
-                        let Ok(resp) = req.send().await else {
-                            self.over = true;
+                        let Some(resp) = self.downstream(req).await else {
                             continue;
                         };
-                        if resp.status() == StatusCode::NOT_FOUND {
-                            self.over = true;
-                            continue;
-                        }
-                        assert_eq!(resp.status(), StatusCode::OK);
                         assert_eq!(header(&resp, "content-type"), "text/event-stream");
                         self.sse = Some(resp);
                         self.sse_buf.clear();
@@ -213,7 +214,7 @@ impl HttpClient {
                         }
                     }
                     let mut acked = None;
-                    for (id, data) in take_events(&mut self.sse_buf) {
+                    for SseEvent { id, data, .. } in take_sse_events(&mut self.sse_buf) {
                         self.inbox.extend(data);
                         if let Some(id) = id {
                             self.acked = id;
@@ -272,24 +273,13 @@ impl HttpClient {
 
     /// The next push of a kind (skipping other kinds).
     async fn push(&mut self, kind: &str) -> Value {
-        loop {
-            let v = match self.pushes.pop_front() {
-                Some(v) => v,
-                None => self.next().await.expect("push"),
-            };
-            if let Some(body) = v.get(kind) {
-                return body.clone();
-            }
-        }
+        self.next_push(kind).await
     }
 
     /// Reads until the session is over; the disconnect push's code.
     async fn disconnected(&mut self) -> Option<u64> {
         let mut code = None;
-        while let Some(v) = match self.pushes.pop_front() {
-            Some(v) => Some(v),
-            None => self.next().await,
-        } {
+        while let Some(v) = self.next_unread().await {
             if let Some(d) = v.get("disconnect") {
                 code = d["code"].as_u64();
             }
@@ -298,29 +288,14 @@ impl HttpClient {
     }
 }
 
-/// Complete SSE events at the front of `buf`: (id, data lines as JSON). Comments and `retry` skipped.
-fn take_events(buf: &mut Vec<u8>) -> Vec<(Option<u64>, Vec<Value>)> {
-    let mut events = Vec::new();
-    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-        let event = String::from_utf8(buf[..end].to_vec()).unwrap();
-        buf.drain(..end + 2);
-        let mut id = None;
-        let mut data = Vec::new();
-        for line in event.lines() {
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.parse().unwrap());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data.push(serde_json::from_str(v).unwrap());
-            } else {
-                assert!(
-                    line.starts_with(':') || line.starts_with("retry: "),
-                    "unexpected SSE line {line:?}"
-                );
-            }
-        }
-        events.push((id, data));
+impl ProtocolReader for HttpClient {
+    fn kept(&mut self) -> &mut VecDeque<Value> {
+        &mut self.pushes
     }
-    events
+
+    async fn next_message(&mut self) -> Option<Value> {
+        self.next().await
+    }
 }
 
 fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
@@ -335,15 +310,23 @@ async fn open_raw(addr: SocketAddr, body: &str) -> (StatusCode, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 async fn open_session(addr: SocketAddr) -> String {
     let (status, v) = open_raw(addr, r#"{"id":1,"connect":{}}"#).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     v["session"].as_str().unwrap().to_owned()
+}
+
+/// Opens a session and sends it a `subscribe` to `channel` (its first POST, `n=1`), unacknowledged:
+/// the reply waits downstream, for the test to read as it pleases.
+async fn open_subscribed(addr: SocketAddr, channel: &str) -> String {
+    let session = open_session(addr).await;
+    let subscribe = json!({"id": 2, "subscribe": {"channel": channel}}).to_string();
+    let (status, v) = send(addr, &format!("session={session}&n=1"), &subscribe).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    session
 }
 
 /// `GET {path}/poll?{query}`: the status and the JSON answer.
@@ -353,9 +336,7 @@ async fn poll(addr: SocketAddr, query: &str) -> (StatusCode, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 /// `POST {path}/send?{query}` with `body`: the status and the JSON answer (if any).
@@ -366,9 +347,7 @@ async fn send(addr: SocketAddr, query: &str, body: &str) -> (StatusCode, Value) 
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp).await
 }
 
 fn ids(messages: &Value) -> Vec<Value> {
@@ -624,13 +603,7 @@ async fn a_long_poll_answers_as_soon_as_a_publication_arrives() {
     let mut cfg = config();
     cfg.fallback.poll_timeout = Duration::from_secs(20);
     let s = start(cfg).await;
-    let session = open_session(s.addr).await;
-    send(
-        s.addr,
-        &format!("session={session}&n=1"),
-        r#"{"id":2,"subscribe":{"channel":"chat:fast"}}"#,
-    )
-    .await;
+    let session = open_subscribed(s.addr, "chat:fast").await;
     let (_, v) = poll(s.addr, &format!("session={session}&ack=0")).await;
     assert_eq!(v["seq"], 1);
     let held = {
@@ -713,13 +686,7 @@ async fn unknown_sessions_and_wrong_secrets_are_404() {
     ] {
         let (status, v) = poll(s.addr, &query).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{query}");
-        assert_eq!(v["error"]["code"], 101);
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("open a new one")
-        );
+        assert_no_session(&v);
         let (status, _) = send(s.addr, &query.replace("ack=0", "n=1"), "{}").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{query}");
     }
@@ -879,21 +846,9 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
     let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], 103);
     // The requests themselves.
-    let resp = http
-        .post(base(s.addr))
-        .header("origin", "https://evil.test")
-        .body(r#"{"id":1,"connect":{}}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = open_from(&http, s.addr, "https://evil.test").await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = http
-        .post(base(s.addr))
-        .header("origin", "https://app.example.com")
-        .body(r#"{"id":1,"connect":{}}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = open_from(&http, s.addr, "https://app.example.com").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         header(&resp, "access-control-allow-origin"),
@@ -901,36 +856,28 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
     );
     // The server's own origin may call although the list names only others.
     let own = format!("http://{}", s.addr);
-    let resp = http
-        .post(base(s.addr))
-        .header("origin", own.as_str())
-        .body(r#"{"id":1,"connect":{}}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = open_from(&http, s.addr, &own).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "access-control-allow-origin"), own);
     // Without allowed_origins only the server's own origin may call.
     let s = start(config()).await;
     let own = format!("http://{}", s.addr);
-    let resp = http
-        .post(base(s.addr))
-        .header("origin", own.as_str())
-        .body(r#"{"id":1,"connect":{}}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = open_from(&http, s.addr, &own).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "access-control-allow-origin"), own);
     assert_eq!(header(&resp, "access-control-allow-credentials"), "");
-    let resp = http
-        .post(base(s.addr))
-        .header("origin", "https://app.example.com")
+    let resp = open_from(&http, s.addr, "https://app.example.com").await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+/// Opens a session as a page of `origin` would; the answer, for its status and CORS headers.
+async fn open_from(http: &reqwest::Client, addr: SocketAddr, origin: &str) -> reqwest::Response {
+    http.post(base(addr))
+        .header("origin", origin)
         .body(r#"{"id":1,"connect":{}}"#)
         .send()
         .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        .unwrap()
 }
 
 /// Reads SSE events from `resp` until `n` data messages arrived; (last id, messages).
@@ -942,7 +889,7 @@ async fn read_events(
     let mut last = 0;
     let mut messages = Vec::new();
     loop {
-        for (id, data) in take_events(buf) {
+        for SseEvent { id, data, .. } in take_sse_events(buf) {
             last = id.unwrap_or(last);
             messages.extend(data);
         }
@@ -963,13 +910,7 @@ async fn sse_resumes_from_last_event_id_without_loss_or_duplicates() {
     let mut cfg = config();
     cfg.fallback.sse_max_unacked_bytes = 2048;
     let s = start(cfg).await;
-    let session = open_session(s.addr).await;
-    send(
-        s.addr,
-        &format!("session={session}&n=1"),
-        r#"{"id":2,"subscribe":{"channel":"feed:sse"}}"#,
-    )
-    .await;
+    let session = open_subscribed(s.addr, "feed:sse").await;
     let http = reqwest::Client::new();
     let url = format!("{}/sse?session={session}", base(s.addr));
     let mut resp = http.get(&url).send().await.unwrap();

@@ -10,13 +10,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard::config::EngineKind;
 use switchboard_engine_redis::testing::{RedisCluster, RedisServer};
 
 const KEY: &str = "multinode-key";
@@ -26,60 +23,22 @@ fn config(redis: &RedisServer) -> Config {
 }
 
 fn config_for(addresses: Vec<String>, cluster: bool) -> Config {
-    let mut c = Config::default();
-    c.api.key = KEY.into();
-    c.engine.kind = EngineKind::Redis;
-    c.engine.redis.addresses = addresses;
+    let mut c = redis_node_config(KEY, "multinode", addresses);
     c.engine.redis.cluster = cluster;
-    c.engine.redis.prefix = "multinode".into();
-    c.engine.redis.connect_timeout = Duration::from_secs(2);
-    c.engine.redis.command_timeout = Duration::from_secs(2);
-    c.channels
-        .namespaces
-        .insert("chat".into(), chat_namespace());
     c
 }
 
 async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(start(config(redis)).await);
-    }
-    nodes
+    start_nodes(3, &config(redis)).await
 }
 
 async fn api(node: &TestServer, method: &str, body: Value) -> Value {
-    let (status, v) = api_call(node.api, Some(KEY), method, &body.to_string()).await;
-    assert_eq!(status, 200, "{method}: {v}");
-    v["result"].clone()
-}
-
-/// The status of `GET path` on the API listener.
-async fn get_status(api: SocketAddr, path: &str) -> u16 {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    request(api, &raw).await.1.status
-}
-
-/// Waits until every node's `/ready` answers `status`.
-async fn ready_everywhere(nodes: &[TestServer], status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for n in nodes {
-        while get_status(n.api, "/ready").await != status {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/ready never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    api_result(node.api, KEY, method, body).await
 }
 
 /// The next reply or push, pushes kept aside by `call` first.
 async fn next(c: &mut JsonClient) -> Value {
-    match c.pushes.pop_front() {
-        Some(v) => v,
-        None => c.next().await.expect("connection open"),
-    }
+    c.next_unread().await.expect("connection open")
 }
 
 #[tokio::test]
@@ -188,12 +147,7 @@ async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_misse
         )
         .await;
     assert_eq!(r["recovered"], true, "{r}");
-    let got: Vec<u64> = r["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["data"]["n"].as_u64().unwrap())
-        .collect();
+    let got = publications_at(&r, "/data/n");
     assert_eq!(got, [3, 4, 5]);
     api(
         &nodes[0],
@@ -469,12 +423,7 @@ async fn on_a_redis_cluster_publications_reach_every_node_and_clients_recover_on
             )
             .await;
         assert_eq!(r["recovered"], true, "{ch}: {r}");
-        let got: Vec<u64> = r["publications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["data"]["n"].as_u64().unwrap())
-            .collect();
+        let got = publications_at(&r, "/data/n");
         assert_eq!(got, [4, 5], "{ch}");
     }
     // And live from then on, published through node A.

@@ -15,7 +15,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard::config::EngineKind;
 use switchboard_engine_redis::shard_of;
 use switchboard_engine_redis::testing::RedisServer;
 
@@ -24,19 +23,12 @@ const PATH: &str = "/connection/http";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn config(servers: &[&RedisServer]) -> Config {
-    let mut c = Config::default();
-    c.api.key = KEY.into();
-    c.engine.kind = EngineKind::Redis;
-    c.engine.redis.addresses = servers.iter().map(|s| s.url()).collect();
-    c.engine.redis.prefix = "faults".into();
-    c.engine.redis.connect_timeout = Duration::from_secs(2);
+    let addresses = servers.iter().map(|s| s.url()).collect();
+    let mut c = redis_node_config(KEY, "faults", addresses);
     c.engine.redis.command_timeout = COMMAND_TIMEOUT;
     c.fallback.poll_timeout = Duration::from_secs(2);
     c.fallback.sse_ping_interval = Duration::from_secs(1);
     c.fallback.relay_timeout = Duration::from_secs(1);
-    c.channels
-        .namespaces
-        .insert("chat".into(), chat_namespace());
     c
 }
 
@@ -54,9 +46,8 @@ async fn get(api: SocketAddr, path: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let (status, v) = answer(resp).await;
+    (status.as_u16(), v)
 }
 
 async fn metrics(api: SocketAddr) -> String {
@@ -216,7 +207,7 @@ async fn publish(api: SocketAddr, channel: &str) -> (u16, Value) {
 
 /// A response's JSON body.
 async fn json(resp: reqwest::Response) -> Value {
-    serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null)
+    answer(resp).await.1
 }
 
 /// The next chunk of an event stream as text (empty after 5 s without one); `None` when it ended.

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -37,6 +38,25 @@ impl Setup {
         timeout(self.limit, opening)
             .await
             .context("subscription not confirmed in time")?
+    }
+
+    /// Opens receiver `id` from `source` as [`Setup::open`] does; when that fails, counts the
+    /// failure (the first one kept, naming the `who` that failed, its id and source) and answers
+    /// `None`, so that the receiver's task just ends.
+    pub async fn open_or_fail<T>(
+        &self,
+        who: &str,
+        id: usize,
+        source: Ipv4Addr,
+        opening: impl Future<Output = Result<T>>,
+    ) -> Option<T> {
+        match self.open(opening).await {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                self.fail(|| format!("{who} {id} from {source}: {e:#}"));
+                None
+            }
+        }
     }
 
     /// One receiver is set up.
@@ -82,5 +102,36 @@ impl Setup {
             self.first_error.borrow().as_deref().unwrap_or("-")
         );
         Ok(subscribed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::anyhow;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_opening_is_counted_and_the_first_one_named() {
+        let setup = Setup::new(2, 1.0);
+        let source = Ipv4Addr::new(127, 0, 0, 2);
+        let opened = setup
+            .open_or_fail("client", 0, source, async { Ok(7) })
+            .await;
+        assert_eq!(opened, Some(7));
+        setup.ready();
+        for id in [1, 2] {
+            let refused = async { Err::<u8, _>(anyhow!("refused")) };
+            assert_eq!(
+                setup.open_or_fail("client", id, source, refused).await,
+                None
+            );
+        }
+        assert_eq!(setup.failed(), 2);
+        assert_eq!(
+            setup.first_error().as_deref(),
+            Some("client 1 from 127.0.0.2: refused")
+        );
+        assert_eq!(setup.wait(3, "clients", "client").await.unwrap(), 1);
     }
 }

@@ -219,13 +219,13 @@ async fn measure(args: &LoadArgs) -> Result<TransportReport> {
             let shared = Rc::clone(&shared);
             let source = Ipv4Addr::new(127, 0, 0, 2 + (id / args.per_source) as u8);
             tokio::task::spawn_local(async move {
-                let client = match shared.setup.open(clients::open(&shared, id, source)).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        let error = || format!("client {id} from {source}: {e:#}");
-                        shared.setup.fail(error);
-                        return;
-                    }
+                let opening = clients::open(&shared, id, source);
+                let Some(client) = shared
+                    .setup
+                    .open_or_fail("client", id, source, opening)
+                    .await
+                else {
+                    return;
                 };
                 shared.clients.borrow_mut()[id].subscribed = true;
                 shared.setup.ready();

@@ -43,7 +43,7 @@ impl Client {
             };
             while let Some(p) = r.backlog.front() {
                 let frame = text(encode::pub_push(channel, p));
-                let len = frame.message().payload().len();
+                let len = frame.len();
                 if len > room && (queued_any || room == 0) {
                     break;
                 }

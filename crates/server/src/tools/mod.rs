@@ -46,17 +46,21 @@ impl ToolError {
     }
 }
 
+/// Builds the async runtime `builder` describes, with every driver on (network, timers, signals);
+/// when the machine refuses (no threads or file descriptors left), says so on standard error and
+/// gives the exit code to leave with, as no log exists yet to say it.
+pub fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("switchboard: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs a subcommand on a single-threaded runtime and turns its outcome into the exit code.
 pub fn run(task: impl Future<Output = Result<(), ToolError>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchboard: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,5 +145,25 @@ fn interrupted() -> impl Future<Output = ()> {
             }
             _ => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_runtime_has_its_timers_and_network_on() {
+        let rt = runtime(tokio::runtime::Builder::new_current_thread()).expect("a runtime");
+        // Without enable_all, a timer or a socket panics: "timers are disabled", "IO is disabled".
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            assert!(listener.local_addr().is_ok());
+        });
     }
 }

@@ -1,14 +1,16 @@
-//! The ways a client connects. Each transport turns its wire into messages for the application and
-//! back: WebSocket, and the HTTP fallbacks (SSE, long polling, ajax polling) for where WebSocket does
-//! not get through.
+//! The ways a client connects. A transport is a [`Wire`](switchboard_hub::Wire): it turns its
+//! connection into frames of commands for the client and takes the client's replies and pushes; the
+//! hub's [`drive`](switchboard_hub::drive) runs everything else of a client's life the same way for
+//! all of them (the queue, the server's orders, the slow-consumer bound, the `disconnect` push).
+//!
+//! - `websocket.rs`: the WebSocket endpoint and its wire (and the echo endpoint).
+//! - `fallback/`: SSE, long polling and ajax polling, for where WebSocket does not get through: an
+//!   HTTP session is one wire made of many short requests, any of which may land on another node.
+//! - `socketio/`: Engine.IO v4 (polling and WebSocket) with Socket.IO v5 packets, for unchanged
+//!   Socket.IO clients; each socket is a switchboard client over its own wire.
 
-mod cors;
-mod downstream;
-pub mod http;
-mod http_session;
-mod poll;
-mod relay;
-mod sse;
+pub mod fallback;
+pub mod socketio;
 pub mod websocket;
 
 use axum::http::{Extensions, HeaderMap};

@@ -5,20 +5,22 @@
 //! tracked by the server's shutdown, which asks it to close with 1001 and waits for it to finish.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use switchboard_hub::{ForwardedHeaders, Node, Signal};
+use prometheus_client::metrics::counter::Counter;
+use switchboard_hub::{End, ForwardedHeaders, Node, ShutdownSignal, Upstream, Wire, drive};
 
 use crate::limits::Limits;
-use switchboard_protocol::{DisconnectCode, encode};
-use switchboard_websocket::{CloseCode, Config, Error, Message, WebSocket, handshake};
+use switchboard_protocol::{DisconnectCode, Frame};
+use switchboard_websocket::{
+    CloseCode, Config, Error, Message, SharedMessage, WebSocket, handshake,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -113,109 +115,101 @@ pub async fn client(
 ) {
     let client = node.client_with("websocket", headers);
     let span = tracing::debug_span!("client", id = %client.id(), transport = "websocket");
-    run_client(ws, shutdown, &node, client, &restart)
+    let wire = WsWire::new(ws, &node);
+    drive(client, wire, &shutdown, || restart.reconnect_delay_ms())
         .instrument(span)
         .await;
 }
 
-async fn run_client(
-    mut ws: WebSocket<Io>,
-    shutdown: CancellationToken,
-    node: &Node,
-    mut client: switchboard_hub::Client,
-    restart: &crate::config::ShutdownConfig,
-) {
-    let bytes_in = node.metrics().bytes("websocket", "in");
-    let bytes_out = node.metrics().bytes("websocket", "out");
-    let session = Arc::clone(client.session());
-    let mut stop = ShutdownSignal::new(&shutdown);
-    let end = loop {
-        let event = std::future::poll_fn(|cx| {
-            loop {
-                // Incoming frames first; polling also writes whatever is queued.
-                if let Poll::Ready(next) = ws.poll_recv(cx) {
-                    return Poll::Ready(Event::Received(next));
-                }
-                // Move queued replies and pushes into the socket's write queue, a chunk at a time.
-                if ws.queued_bytes() < WS_QUEUE_CHUNK {
-                    let mut sent = 0;
-                    let drained = session.poll_drain(cx, |msg| {
-                        sent += msg.message().payload().len();
-                        let _ = ws.send_shared(&msg);
-                        ws.queued_bytes() < WS_QUEUE_CHUNK
-                    });
-                    if sent > 0 {
-                        bytes_out.inc_by(sent as u64);
-                    }
-                    match drained {
-                        Poll::Ready(Some(Signal::Disconnect(code))) => {
-                            return Poll::Ready(Event::Disconnect(code));
-                        }
-                        Poll::Ready(Some(Signal::Control)) => return Poll::Ready(Event::Control),
-                        Poll::Ready(None) => continue,
-                        Poll::Pending => {}
-                    }
-                }
-                if ws.is_open() && stop.poll(cx).is_ready() {
-                    return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
-                }
-                return Poll::Pending;
+/// A client's WebSocket connection as a [`Wire`].
+struct WsWire {
+    ws: WebSocket<Io>,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    /// Bytes sent since the last flush, counted at once: the counter is shared by every connection.
+    sent: u64,
+    /// The `disconnect` push and the close frame are sent: the close handshake is to be waited for.
+    closing: bool,
+}
+
+impl WsWire {
+    fn new(ws: WebSocket<Io>, node: &Node) -> Self {
+        Self {
+            ws,
+            bytes_in: node.metrics().bytes("websocket", "in"),
+            bytes_out: node.metrics().bytes("websocket", "out"),
+            sent: 0,
+            closing: false,
+        }
+    }
+}
+
+impl Wire for WsWire {
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
+        // Polling also writes whatever is queued.
+        let next = ready!(self.ws.poll_recv(cx));
+        Poll::Ready(match next {
+            Some(Ok(Message::Text(frame))) => {
+                self.bytes_in.inc_by(frame.len() as u64);
+                Upstream::Commands(frame)
             }
-        })
-        .await;
-        match event {
-            Event::Received(Some(Ok(Message::Text(frame)))) => {
-                bytes_in.inc_by(frame.len() as u64);
-                if let Err(code) = client.handle_frame(&frame).await {
-                    break Some(code);
-                }
-            }
-            Event::Received(Some(Ok(Message::Binary(_)))) => {
-                break Some(DisconnectCode::BadRequest);
-            }
-            Event::Received(Some(Err(e))) => {
+            Some(Ok(Message::Binary(_))) => Upstream::End(DisconnectCode::BadRequest),
+            Some(Err(e)) => {
                 log_end(&e);
                 // The connection already sent its close (3012) for an unanswered ping: counted
                 // under that code.
-                break matches!(e, Error::PongTimeout).then_some(DisconnectCode::NoPong);
+                Upstream::Gone(matches!(e, Error::PongTimeout).then_some(DisconnectCode::NoPong))
             }
-            Event::Received(None) => break None,
-            Event::Disconnect(code) => break Some(code),
-            Event::Control => client.apply_controls().await,
-        }
-    };
-    if let Some(code) = end
-        && ws.is_open()
-    {
-        // Replies queued before the disconnect (an error explaining it, say) go out first; a slow
-        // client's queue was already dropped by its session.
-        let _ = session.poll_drain(&mut Context::from_waker(Waker::noop()), |msg| {
-            let _ = ws.send_shared(&msg);
-            true
-        });
-        let delay = (code == DisconnectCode::Shutdown).then(|| restart.reconnect_delay_ms());
-        let _ = ws.send(Message::Text(encode::disconnect_push_after(code, delay)));
+            None => Upstream::Gone(None),
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.ws.queued_bytes() < WS_QUEUE_CHUNK
+    }
+
+    fn send(&mut self, frame: Frame) -> bool {
+        self.sent += frame.len() as u64;
+        // An error means the connection is closing: polling goes on until the handshake is over.
+        let _ = if frame.is_shared() {
+            // Framed (and compressed) by the first subscriber's connection, for all of them.
+            let msg = frame.encoded(|text| SharedMessage::new(Message::Text(text.clone())));
+            self.ws.send_shared(&msg)
+        } else {
+            self.ws.send(Message::Text(frame.text().clone()))
+        };
+        self.ready()
+    }
+
+    fn flush(&mut self) {
+        self.bytes_out.inc_by(std::mem::take(&mut self.sent));
+    }
+
+    fn is_open(&self) -> bool {
+        self.ws.is_open()
+    }
+
+    fn end(&mut self, end: End) {
+        let End::Tell { code, push } = end else {
+            return;
+        };
+        let _ = self.ws.send(Message::Text(push));
         // A restart is what WebSocket's own 1001 says; other codes travel as themselves.
         let close = if code == DisconnectCode::Shutdown {
             CloseCode::GOING_AWAY
         } else {
             CloseCode(code.code())
         };
-        ws.close(close, code.reason());
-        // Counted and out of its channels now, when the decision is made: the close handshake may
-        // take up to write_timeout with a client that does not read (a slow one).
-        client.close(end).await;
-        while let Some(Ok(_)) = ws.recv().await {}
-        return;
+        self.ws.close(close, code.reason());
+        self.closing = true;
     }
-    client.close(end).await;
-}
 
-/// What woke a client's task.
-enum Event {
-    Received(Option<Result<Message, Error>>),
-    Disconnect(DisconnectCode),
-    Control,
+    async fn finish(mut self, _code: Option<DisconnectCode>) {
+        if self.closing {
+            // Bounded by close_timeout and write_timeout.
+            while let Some(Ok(_)) = self.ws.recv().await {}
+        }
+    }
 }
 
 /// Axum handler for the echo endpoint.
@@ -255,36 +249,6 @@ pub async fn echo(mut ws: WebSocket<Io>, shutdown: CancellationToken) {
             }
             None => return,
         }
-    }
-}
-
-/// The server's shutdown signal, cheap to check on every wake-up of a connection task.
-///
-/// Polling a `WaitForCancellationFuture` locks the token's waiter list every time, and every
-/// connection shares that lock: with ten thousand tasks woken per publication it was contended.
-/// This polls it once, to register the task's waker, and afterwards only reads the token's flag;
-/// cancelling the token still wakes the task through the registered waker.
-struct ShutdownSignal<'a> {
-    token: &'a CancellationToken,
-    wait: Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
-    registered: bool,
-}
-
-impl<'a> ShutdownSignal<'a> {
-    fn new(token: &'a CancellationToken) -> Self {
-        Self {
-            token,
-            wait: Box::pin(token.cancelled()),
-            registered: false,
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.registered && !self.token.is_cancelled() {
-            return Poll::Pending;
-        }
-        self.registered = true;
-        self.wait.as_mut().poll(cx)
     }
 }
 

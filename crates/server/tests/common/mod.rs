@@ -47,16 +47,99 @@ pub async fn start(mut config: Config) -> TestServer {
 /// A namespace with everything on (history of 1,000 for 5 minutes with recovery, presence with
 /// join/leave, client publications and history reads), as tests of several features want it.
 pub fn chat_namespace() -> switchboard_hub::NamespaceOptions {
-    switchboard_hub::NamespaceOptions {
-        history_size: 1000,
-        history_ttl: Duration::from_secs(300),
-        recover: true,
-        presence: true,
-        join_leave: true,
-        allow_publish: true,
-        allow_history: true,
-        ..Default::default()
+    switchboard_hub::NamespaceOptions::all_on(1000, Duration::from_secs(300))
+}
+
+/// A node of a several-node setup: the Redis engine at `addresses` under `prefix` (a test's own, so
+/// that tests sharing a Redis do not meet), timeouts of seconds so that a Redis away fails a test
+/// quickly, the API behind `key`, and the `chat` namespace. A test changes what its check is about.
+pub fn redis_node_config(key: &str, prefix: &str, addresses: Vec<String>) -> Config {
+    let mut c = Config::default();
+    c.api.key = key.into();
+    c.engine.kind = switchboard::config::EngineKind::Redis;
+    c.engine.redis.addresses = addresses;
+    c.engine.redis.prefix = prefix.into();
+    c.engine.redis.connect_timeout = Duration::from_secs(2);
+    c.engine.redis.command_timeout = Duration::from_secs(2);
+    c.channels
+        .namespaces
+        .insert("chat".into(), chat_namespace());
+    c
+}
+
+/// Starts `n` servers with `config`: the nodes of one cluster when it names a shared engine.
+pub async fn start_nodes(n: usize, config: &Config) -> Vec<TestServer> {
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(start(config.clone()).await);
     }
+    nodes
+}
+
+/// What `pointer` (`/data`, `/data/n`, `/offset`) names in each of the `publications` of a reply
+/// (subscribe, history), in order; `null` where a publication has none.
+pub fn publications_at(reply: &Value, pointer: &str) -> Vec<Value> {
+    reply["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no publications in {reply}"))
+        .iter()
+        .map(|p| p.pointer(pointer).cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
+/// An HTTP answer as tests check it: its status and its body as JSON (`null` when there is none or
+/// it is not JSON, so that a test can still assert on the status).
+pub async fn answer(resp: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Asserts that `answer` (a fallback request's JSON body) is the error of a session that is not
+/// there (expired, closed, or never was): code 101, telling the client to open a new one.
+pub fn assert_no_session(answer: &Value) {
+    assert_eq!(answer["error"]["code"], 101, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("open a new one"), "{answer}");
+}
+
+/// One event of an SSE stream (the fallback's `/sse`).
+#[derive(Debug)]
+pub struct SseEvent {
+    /// Its `id:` line, if it had one.
+    pub id: Option<u64>,
+    /// Its `data:` lines, each as JSON.
+    pub data: Vec<Value>,
+    /// Its comment lines (`: ping`), as they are.
+    pub comments: Vec<String>,
+}
+
+/// Takes the complete SSE events at the front of `buf` (what a stream delivered so far), leaving an
+/// incomplete one there. A line that is not `id`, `data`, a comment or `retry` fails the test.
+pub fn take_sse_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+        let event = String::from_utf8(buf[..end].to_vec()).unwrap();
+        buf.drain(..end + 2);
+        let mut parsed = SseEvent {
+            id: None,
+            data: Vec::new(),
+            comments: Vec::new(),
+        };
+        for line in event.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                parsed.id = Some(v.parse().unwrap());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                parsed.data.push(serde_json::from_str(v).unwrap());
+            } else if line.starts_with(':') {
+                parsed.comments.push(line.to_owned());
+            } else {
+                assert!(line.starts_with("retry: "), "unexpected SSE line {line:?}");
+            }
+        }
+        events.push(parsed);
+    }
+    events
 }
 
 /// A config whose echo endpoint has the real endpoints' default limits.
@@ -334,6 +417,75 @@ pub async fn api_call(
     (resp.status, json)
 }
 
+/// Calls the server API `method` on the API listener `api` with `key`; the answer's `result`, the
+/// test failing unless the status is 200.
+pub async fn api_result(api: SocketAddr, key: &str, method: &str, body: Value) -> Value {
+    let (status, v) = api_call(api, Some(key), method, &body.to_string()).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    v["result"].clone()
+}
+
+/// The status of `GET path` on an API listener (`/ready`, `/health`).
+pub async fn get_status(api: SocketAddr, path: &str) -> u16 {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    request(api, &raw).await.1.status
+}
+
+/// Waits until every node's `/ready` answers `status`: nodes of one engine follow its outages
+/// each on its own clock.
+pub async fn ready_everywhere(nodes: &[TestServer], status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for n in nodes {
+        while get_status(n.api, "/ready").await != status {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A client of the JSON protocol over any transport, as tests read it: the messages it kept while
+/// waiting for a reply, and the next one from the server. Pushes are then read the same way over
+/// WebSocket ([`JsonClient`]) and the HTTP fallbacks.
+#[allow(async_fn_in_trait)]
+pub trait ProtocolReader {
+    /// Messages received while waiting for a reply, not yet read.
+    fn kept(&mut self) -> &mut VecDeque<Value>;
+
+    /// The next message from the server, or `None` once the connection (session) is over.
+    async fn next_message(&mut self) -> Option<Value>;
+
+    /// The next message kept, else the next from the server.
+    async fn next_unread(&mut self) -> Option<Value> {
+        match self.kept().pop_front() {
+            Some(v) => Some(v),
+            None => self.next_message().await,
+        }
+    }
+
+    /// The next push of `kind`, skipping other kinds; the test fails if the connection ends first.
+    async fn next_push(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_unread().await.expect("push");
+            if let Some(body) = v.get(kind) {
+                return body.clone();
+            }
+        }
+    }
+}
+
+impl ProtocolReader for JsonClient {
+    fn kept(&mut self) -> &mut VecDeque<Value> {
+        &mut self.pushes
+    }
+
+    async fn next_message(&mut self) -> Option<Value> {
+        self.next().await
+    }
+}
+
 /// A client of the JSON protocol (docs/protocol.md) over the raw WebSocket client. Like a browser, it
 /// answers pings and close frames.
 pub struct JsonClient {
@@ -437,24 +589,13 @@ impl JsonClient {
 
     /// The next push (of a kind, skipping others' kinds).
     pub async fn push(&mut self, kind: &str) -> Value {
-        loop {
-            let v = match self.pushes.pop_front() {
-                Some(v) => v,
-                None => self.next().await.expect("push"),
-            };
-            if let Some(body) = v.get(kind) {
-                return body.clone();
-            }
-        }
+        self.next_push(kind).await
     }
 
     /// Reads until the connection ends; returns the disconnect push's code and the close code.
     pub async fn disconnected(&mut self) -> (Option<u64>, Option<u64>) {
         let (mut push, mut close) = (None, None);
-        while let Some(v) = match self.pushes.pop_front() {
-            Some(v) => Some(v),
-            None => self.next().await,
-        } {
+        while let Some(v) = self.next_unread().await {
             if let Some(d) = v.get("disconnect") {
                 push = d["code"].as_u64();
             }

@@ -36,6 +36,20 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// Starts `serve` with the config file `file`, on a free port; the child and its address.
+pub fn serve(file: &std::path::Path) -> (Child, SocketAddr) {
+    let file = file.to_str().expect("a test's temporary path is UTF-8");
+    spawn(&["serve", "--config", file, "--listen", "127.0.0.1:0"], &[])
+}
+
+/// A directory of this test process under the system's temporary directory (`switchboard-{name}-`
+/// and the process id, so that runs at once do not meet), created if missing.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchboard-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Waits up to 10 s for the child to exit; its exit code.
 pub fn wait_exit(child: &mut Child) -> i32 {
     for _ in 0..200 {

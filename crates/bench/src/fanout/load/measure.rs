@@ -76,13 +76,12 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             let channel = id % args.channels;
             tokio::task::spawn_local(async move {
                 let opening = open_subscriber(shared.kind, addr, source, id, channel);
-                let (conn, offset) = match shared.setup.open(opening).await {
-                    Ok(ok) => ok,
-                    Err(e) => {
-                        let error = || format!("subscriber {id} from {source}: {e:#}");
-                        shared.setup.fail(error);
-                        return;
-                    }
+                let Some((conn, offset)) = shared
+                    .setup
+                    .open_or_fail("subscriber", id, source, opening)
+                    .await
+                else {
+                    return;
                 };
                 {
                     let mut subs = shared.subs.borrow_mut();

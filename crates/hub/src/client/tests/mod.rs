@@ -51,14 +51,7 @@ fn config() -> NodeConfig {
     // Everything a client may do.
     ns.insert(
         "chat".into(),
-        NamespaceOptions {
-            recover: true,
-            presence: true,
-            join_leave: true,
-            allow_publish: true,
-            allow_history: true,
-            ..history.clone()
-        },
+        NamespaceOptions::all_on(history.history_size, history.history_ttl),
     );
     // Publications without history: offsets stay 0.
     ns.insert(

@@ -115,6 +115,7 @@ impl Downstream {
     }
 
     /// The final push is queued.
+    #[cfg(test)]
     pub fn ending(&self) -> bool {
         self.ending
     }

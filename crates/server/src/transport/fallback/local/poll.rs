@@ -4,46 +4,23 @@
 //! `wait=0` it is answered at once. Either way the answer is every unacknowledged message as
 //! `{"seq":M,"messages":[...]}` (see `downstream.rs`), so a lost answer comes again in the next one.
 //! A newer downstream request for the session answers this one at once, empty. A poll for another
-//! node's session is relayed there (`relay.rs`), where [`poll_here`] answers it.
-
-use std::time::Duration;
+//! node's session is relayed there (`relayed.rs`), where [`poll`] answers it.
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::http::{Fallback, FallbackError, Params, json};
-use super::relay::Op;
-
-/// The poll handler.
-pub(crate) async fn poll(State(fb): State<Fallback>, uri: Uri) -> Result<Response, FallbackError> {
-    let params = Params::parse(&uri);
-    if let Some(node) = fb.remote_node(&params) {
-        // The session's node holds a long poll up to poll_timeout before it answers.
-        let hold = if params.get("wait") == Some("0") {
-            Duration::ZERO
-        } else {
-            fb.config.poll_timeout
-        };
-        let query = uri.query().unwrap_or_default().to_owned();
-        return fb
-            .relay_http(node, Op::Poll { query }, Bytes::new(), hold)
-            .await;
-    }
-    poll_here(&fb, &params).await
-}
+use super::super::error::{FallbackError, json};
+use super::super::params::Params;
+use super::context::Local;
 
 /// A poll of a session of this node, whether it arrived here or was relayed from another node.
-pub(crate) async fn poll_here(
-    fb: &Fallback,
-    params: &Params<'_>,
-) -> Result<Response, FallbackError> {
-    let session = params.session(fb)?;
+pub async fn poll(fb: &Local, params: &Params<'_>) -> Result<Response, FallbackError> {
+    let session = fb.session(params)?;
     let ack = params.number("ack")?;
     let mut wait = params.get("wait") != Some("0");
     let _guard = session.begin_request();
-    let gone = || FallbackError::UnknownSession(fb.config.path.clone());
+    let gone = || fb.gone();
     let reader = session.claim(ack).ok_or_else(gone)?;
     let deadline = tokio::time::Instant::now() + fb.config.poll_timeout;
     loop {

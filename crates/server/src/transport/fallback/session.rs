@@ -1,27 +1,30 @@
-//! HTTP fallback sessions: the registry, one session's shared state, and the task that owns its hub
-//! [`Client`].
+//! HTTP fallback sessions: the registry, one session's shared state, and the session as its
+//! client's [`Wire`].
 //!
 //! A WebSocket connection is one long request; a fallback session is many short ones (an open, upstream
-//! POSTs, downstream polls or an SSE stream), any of which may be lost or repeated. The session task is
-//! what the WebSocket connection's task is for WebSocket: it alone owns the [`Client`], handles the
-//! commands POSTed to it one at a time and in order (`n`), applies the server's orders, and moves
-//! replies and pushes from the hub [`Session`](switchboard_hub::Session) into the session's
-//! [`Downstream`] buffer, where the poll and SSE handlers find them. It ends the client exactly as a
-//! WebSocket connection would: with a `disconnect` push, silently when the client ends it (`close`,
-//! like a WebSocket close frame), or silently when the client stops coming (`session_timeout`).
+//! POSTs, downstream polls or an SSE stream), any of which may be lost or repeated. The session's task
+//! runs the hub's [`drive`] over an [`HttpWire`], exactly as a WebSocket connection's task does over
+//! its connection: the wire hands the driver the commands POSTed to it one at a time and in order
+//! (`n`, a retried POST is not redone), and takes replies and pushes into the session's
+//! [`Downstream`] buffer, where the poll and SSE handlers find them. Its batches stay there until
+//! acknowledged; the wire reports those bytes to the hub session, whose slow-consumer bound counts
+//! them as it counts its own queue. The client ends as over WebSocket: with a `disconnect` push,
+//! silently when the client ends it (`close`, like a WebSocket close frame), or silently when the
+//! client stops coming (`session_timeout`).
 
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use switchboard_hub::{Client, Signal};
-use switchboard_protocol::{DisconnectCode, encode};
+use switchboard_hub::{Client, End, Upstream as WireUpstream, Wire, drive};
+use switchboard_protocol::{DisconnectCode, Frame};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use super::downstream::Downstream;
@@ -222,8 +225,6 @@ pub struct SessionEnv {
     pub node_id: String,
     /// Idle time after which a session expires.
     pub session_timeout: Duration,
-    /// Most bytes waiting for the client (`[client] queue_bytes`); beyond it: disconnect 3008.
-    pub queue_bytes: usize,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Tracks session tasks for graceful shutdown.
@@ -261,13 +262,29 @@ pub async fn open(
     // Registered before anyone knows its token, so that the task alone decides when it leaves.
     ctx.sessions.insert(&session);
     let (opened, answer) = oneshot::channel();
-    let task = Task {
+    let wire = HttpWire {
+        client: client.id().to_owned(),
         session: Arc::clone(&session),
         ctx: ctx.clone(),
+        first: Some(first),
+        commands: Some(commands),
+        last_n: 0,
+        owed: None,
+        opened: Some(opened),
+        close_requested: Box::pin(session.close_requested.clone().cancelled_owned()),
+        expiry: Box::pin(tokio::time::sleep_until(
+            Instant::now() + ctx.session_timeout,
+        )),
+        silent: None,
+        told: false,
+        moved: Vec::new(),
         _permit: permit,
     };
     // The task, not this request, owns the client: the request may be dropped at any point.
-    ctx.tracker.spawn(task.run(client, first, commands, opened));
+    let (shutdown, restart) = (ctx.shutdown.clone(), ctx.restart.clone());
+    ctx.tracker.spawn(async move {
+        drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
+    });
     Ok(match answer.await {
         Ok(Ok(())) => Ok(session),
         Ok(Err(code)) => Err(code),
@@ -275,199 +292,212 @@ pub async fn open(
     })
 }
 
-/// How a session's client ended.
+/// Why a session ended silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// With a `disconnect` push.
-    Disconnect(DisconnectCode),
+enum Silent {
     /// No request came for `session_timeout`: like a dropped connection, nobody is left to tell.
     Expired,
     /// The client ended the session (`close`): like a WebSocket close frame, nobody is left to tell.
     Closed,
+    /// The open request's commands broke the protocol: there never was a session.
+    NeverOpened,
 }
 
-/// A session's task.
-struct Task {
+/// A fallback session as its client's [`Wire`]: commands come from the upstream POSTs (in order,
+/// once each), frames go to the [`Downstream`] buffer where the poll and SSE handlers find them.
+struct HttpWire {
+    /// The client's id (for logs).
+    client: String,
     session: Arc<HttpSession>,
     ctx: SessionEnv,
+    /// The open request's commands, handed out first.
+    first: Option<Bytes>,
+    /// Upstream POSTs; dropped when the session ends, which answers those still queued `Gone`.
+    commands: Option<mpsc::Receiver<Upstream>>,
+    /// The `n` of the last upstream POST handled.
+    last_n: u64,
+    /// The POST whose commands are being handled, answered once they are (or, if they end the
+    /// session, once the client is closed, so that its answer means the client is gone).
+    owed: Option<oneshot::Sender<Outcome>>,
+    /// The open request, answered once its commands are handled (or, if they end the session,
+    /// once the `disconnect` push is on the downstream).
+    opened: Option<oneshot::Sender<Result<(), DisconnectCode>>>,
+    close_requested: Pin<Box<WaitForCancellationFutureOwned>>,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the session ended without a `disconnect` push.
+    silent: Option<Silent>,
+    /// The `disconnect` push is on the downstream.
+    told: bool,
+    /// Frames moved since the last flush.
+    moved: Vec<Bytes>,
     /// The session's place under `[limits]`, given back when the task ends.
     _permit: Option<Permit>,
 }
 
-impl Task {
-    async fn run(
-        self,
-        mut client: Client,
-        first: Bytes,
-        mut commands: mpsc::Receiver<Upstream>,
-        opened: oneshot::Sender<Result<(), DisconnectCode>>,
-    ) {
-        let end: (End, Option<oneshot::Sender<Outcome>>) = match client.handle_frame(&first).await {
-            Err(DisconnectCode::BadRequest) => {
-                self.ctx.sessions.remove(&self.session.id);
-                client.close(Some(DisconnectCode::BadRequest)).await;
-                let _ = opened.send(Err(DisconnectCode::BadRequest));
-                return;
-            }
-            Err(code) => {
-                // A refused token, say: the error reply and the disconnect push wait on the
-                // downstream, where the client reads them as it would over WebSocket.
-                self.finish_downstream(&client, code);
-                let _ = opened.send(Ok(()));
-                (End::Disconnect(code), None)
-            }
-            Ok(()) => {
-                self.drain_now(&client);
-                let _ = opened.send(Ok(()));
-                tracing::debug!(session = %self.session.id, client = %client.id(), "HTTP session opened");
-                self.serve(&mut client, &mut commands).await
-            }
-        };
-        // Commands still queued are answered `Gone`: their senders see the channel close.
-        drop(commands);
-        let closed = self.session.closed.clone();
-        self.finish(client, end).await;
-        // Whatever ended it, a `close` waiting for the end may answer now.
-        closed.cancel();
-    }
-
-    /// Runs the client until it ends; with the answer owed to the upstream POST that ended it, if
-    /// one did (given once the client is closed, so that the POST's answer means it is gone).
-    async fn serve(
-        &self,
-        client: &mut Client,
-        commands: &mut mpsc::Receiver<Upstream>,
-    ) -> (End, Option<oneshot::Sender<Outcome>>) {
-        let hub = Arc::clone(client.session());
+impl HttpWire {
+    /// Whether no request came for `session_timeout`; waits (registering `cx`) otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timeout = self.ctx.session_timeout;
-        let mut last_n = 0u64;
         loop {
             let deadline = self.session.deadline(timeout);
-            // Not `biased`: under a flood of publications the drain branch is nearly always ready,
-            // and it must not starve the client's commands or the expiry check.
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => return (End::Disconnect(DisconnectCode::Shutdown), None),
-                () = self.session.close_requested.cancelled() => return (End::Closed, None),
-                signal = poll_fn(|cx| self.drain(&hub, cx)) => match signal {
-                    Some(Signal::Disconnect(code)) => return (End::Disconnect(code), None),
-                    Some(Signal::Control) => client.apply_controls().await,
-                    None => {}
-                },
-                Some(up) = commands.recv() => {
-                    let outcome = if up.n <= last_n {
-                        Outcome::Duplicate
-                    } else if up.n > last_n + 1 {
-                        Outcome::OutOfOrder { expected: last_n + 1 }
-                    } else {
-                        last_n = up.n;
-                        match client.handle_frame(&up.body).await {
-                            Ok(()) => Outcome::Done,
-                            Err(code) => Outcome::Ended(code),
-                        }
-                    };
-                    if let Outcome::Ended(code) = outcome {
-                        return (End::Disconnect(code), Some(up.reply));
+            if self.expiry.deadline() != deadline {
+                self.expiry.as_mut().reset(deadline);
+            }
+            if self.expiry.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.session.idle(timeout) {
+                return true;
+            }
+        }
+    }
+}
+
+impl Wire for HttpWire {
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<WireUpstream> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(WireUpstream::Commands(first));
+        }
+        if self.close_requested.as_mut().poll(cx).is_ready() {
+            self.silent = Some(Silent::Closed);
+            return Poll::Ready(WireUpstream::Gone(None));
+        }
+        if let Some(commands) = &mut self.commands {
+            while let Poll::Ready(Some(up)) = commands.poll_recv(cx) {
+                let outcome = if up.n <= self.last_n {
+                    Outcome::Duplicate
+                } else if up.n > self.last_n + 1 {
+                    Outcome::OutOfOrder {
+                        expected: self.last_n + 1,
                     }
-                    // Replies are on the downstream before the POST is answered: a client that
-                    // polls right after finds them.
-                    self.drain_now(client);
-                    let _ = up.reply.send(outcome);
-                },
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.session.idle(timeout) {
-                        return (End::Expired, None);
-                    }
-                },
-            }
-            if self.over_limit(&hub) {
-                return (End::Disconnect(DisconnectCode::Slow), None);
+                } else {
+                    self.last_n = up.n;
+                    self.owed = Some(up.reply);
+                    return Poll::Ready(WireUpstream::Commands(up.body));
+                };
+                let _ = up.reply.send(outcome);
             }
         }
-    }
-
-    /// Moves what the hub queued into the downstream buffer and wakes its readers.
-    fn drain(&self, hub: &switchboard_hub::Session, cx: &mut Context<'_>) -> Poll<Option<Signal>> {
-        let mut moved = Vec::new();
-        let signal = hub.poll_drain(cx, |msg| {
-            moved.push(msg.message().payload().clone());
-            true
-        });
-        if !moved.is_empty() {
-            let mut ds = self.session.downstream();
-            for msg in moved {
-                ds.push(msg);
-            }
-            drop(ds);
-            self.session.report_queued();
-            self.session.notify();
+        if self.poll_expired(cx) {
+            self.silent = Some(Silent::Expired);
+            return Poll::Ready(WireUpstream::Gone(None));
         }
-        signal
+        Poll::Pending
     }
 
-    /// [`Task::drain`] without waiting. The task's own waker is registered again the next time the
-    /// loop polls, and the hub checks its queue after registering, so no wake-up is lost meanwhile.
-    fn drain_now(&self, client: &Client) {
-        let _ = self.drain(client.session(), &mut Context::from_waker(Waker::noop()));
+    fn send(&mut self, frame: Frame) -> bool {
+        self.moved.push(frame.text().clone());
+        true
     }
 
-    /// Whether what waits for the client, here and still in the hub, is over `[client] queue_bytes`.
-    fn over_limit(&self, hub: &switchboard_hub::Session) -> bool {
-        let queued = self.session.downstream().queued_bytes() + hub.queued_bytes();
-        if queued > self.ctx.queue_bytes {
-            tracing::info!(session = %self.session.id, queued, limit = self.ctx.queue_bytes, "slow HTTP client: disconnecting");
-            true
-        } else {
-            false
+    /// Moves the frames into the downstream buffer at once, and wakes its readers.
+    fn flush(&mut self) {
+        if self.moved.is_empty() {
+            return;
         }
-    }
-
-    /// Queues what the client has left to read and the `disconnect` push, as the WebSocket transport
-    /// sends them before its close frame; a slow client's queue is dropped instead.
-    fn finish_downstream(&self, client: &Client, code: DisconnectCode) {
-        let slow = code == DisconnectCode::Slow;
-        if !slow {
-            self.drain_now(client);
+        let mut ds = self.session.downstream();
+        for msg in self.moved.drain(..) {
+            ds.push(msg);
         }
-        let delay =
-            (code == DisconnectCode::Shutdown).then(|| self.ctx.restart.reconnect_delay_ms());
-        self.session
-            .downstream()
-            .end(encode::disconnect_push_after(code, delay), slow);
+        drop(ds);
+        self.session.report_queued();
         self.session.notify();
     }
 
-    async fn finish(self, client: Client, (end, owed): (End, Option<oneshot::Sender<Outcome>>)) {
-        let code = match end {
-            End::Expired | End::Closed => {
-                let how = if end == End::Closed {
-                    "HTTP session closed by the client"
-                } else {
-                    "HTTP session expired"
-                };
-                tracing::debug!(session = %self.session.id, client = %client.id(), "{how}");
+    fn handled(&mut self, outcome: Result<(), DisconnectCode>) {
+        if let Some(opened) = self.opened.take() {
+            match outcome {
+                Ok(()) => {
+                    let _ = opened.send(Ok(()));
+                    tracing::debug!(session = %self.session.id, client = %self.client, "HTTP session opened");
+                }
+                Err(DisconnectCode::BadRequest) => {
+                    // No session: the open request is answered 400, once the client is closed.
+                    self.silent = Some(Silent::NeverOpened);
+                    self.opened = Some(opened);
+                }
+                // A refused token, say: the error reply and the disconnect push wait on the
+                // downstream, where the client reads them as it would over WebSocket; the open
+                // request is answered once they are there.
+                Err(_) => self.opened = Some(opened),
+            }
+            return;
+        }
+        if let Some(reply) = self.owed.take() {
+            match outcome {
+                Ok(()) => {
+                    let _ = reply.send(Outcome::Done);
+                }
+                Err(_) => self.owed = Some(reply),
+            }
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.silent.is_none()
+    }
+
+    fn end(&mut self, end: End) {
+        // Commands still queued are answered `Gone`: their senders see the channel close.
+        self.commands = None;
+        match end {
+            End::Tell { code, push } => {
+                // A slow client's unacknowledged batches are dropped, as a WebSocket client's
+                // queue is: it recovers them from history.
+                self.session
+                    .downstream()
+                    .end(push, code == DisconnectCode::Slow);
+                self.session.report_queued();
+                self.session.notify();
+                self.told = true;
+                if let Some(opened) = self.opened.take() {
+                    let _ = opened.send(Ok(()));
+                }
+            }
+            End::Silent => {
+                match self.silent {
+                    Some(Silent::Closed) => {
+                        tracing::debug!(session = %self.session.id, client = %self.client, "HTTP session closed by the client")
+                    }
+                    Some(Silent::Expired) => {
+                        tracing::debug!(session = %self.session.id, client = %self.client, "HTTP session expired")
+                    }
+                    _ => {}
+                }
                 self.ctx.sessions.remove(&self.session.id);
                 // A request that found the session just before it ended gets 404 too.
                 self.session.downstream().close();
                 self.session.notify();
-                client.close(None).await;
-                return;
             }
-            End::Disconnect(code) => code,
-        };
-        if !self.session.downstream().ending() {
-            self.finish_downstream(&client, code);
         }
-        tracing::debug!(session = %self.session.id, client = %client.id(), code = code.code(), "HTTP session ended");
-        client.close(Some(code)).await;
-        if let Some(reply) = owed {
-            let _ = reply.send(Outcome::Ended(code));
+    }
+
+    async fn finish(mut self, code: Option<DisconnectCode>) {
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(Err(code.unwrap_or(DisconnectCode::BadRequest)));
         }
-        if code == DisconnectCode::Shutdown {
-            // Open downstreams take the push now; the server is going away either way.
-            return;
+        if self.told
+            && let Some(code) = code
+        {
+            tracing::debug!(session = %self.session.id, client = %self.client, code = code.code(), "HTTP session ended");
+            if let Some(reply) = self.owed.take() {
+                let _ = reply.send(Outcome::Ended(code));
+            }
+            if code != DisconnectCode::Shutdown {
+                self.linger().await;
+            }
+            // Open downstreams take the push now after a shutdown; the server is going away
+            // either way.
         }
-        // The session stays until a downstream request carries the disconnect push, or until nobody
-        // came for it within the session timeout.
+        // Whatever ended it, a `close` waiting for the end may answer now.
+        self.session.closed.cancel();
+    }
+}
+
+impl HttpWire {
+    /// Keeps the session until a downstream request carries the disconnect push, or until nobody
+    /// came for it within the session timeout.
+    async fn linger(&self) {
         let timeout = self.ctx.session_timeout;
         loop {
             let changed = self.session.changed();

@@ -3,13 +3,13 @@
 //! A fallback session lives in the memory of the node that opened it (its task owns the client), and
 //! its id names that node: `<node>-<random>.<secret>`. A `send`, `poll`, `close` or `sse` request that reaches
 //! another node is relayed to the session's node through the engine's node-to-node messages (Redis
-//! pub/sub), which runs it against the session with the very functions that serve a local request,
-//! and sends back the answer, which the first node passes on as it is. Only the session's node knows
+//! pub/sub), which runs it against the session with the very functions that serve a local request
+//! (`relayed.rs`), and sends back the answer, which the first node passes on as it is. Only the session's node knows
 //! the secret: a relayed request with a wrong one is answered 404 there, like any unknown session.
 //!
 //! ```text
 //! client --send/poll--> node B --Q{from:B,id:7,op:poll,...}--> node A (holds the session)
-//!        <---answer---- node B <--A{id:7,re:http,status:200}--  node A runs poll.rs as for a local poll
+//!        <---answer---- node B <--A{id:7,re:http,status:200}--  node A runs local::poll as for a local poll
 //! ```
 //!
 //! An SSE stream on B is served by asking A, again and again, for the events after the last one B
@@ -42,13 +42,10 @@ use serde::{Deserialize, Serialize};
 use switchboard_engine::{Engine, EngineError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::http::{self, Fallback, FallbackError, Params};
-use super::{poll, sse};
-
 /// What a node asks of the session's node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum Op {
+pub enum Op {
     /// An upstream POST (`send`): its query string; its body follows the message's head.
     Send {
         /// The request's query string.
@@ -85,7 +82,7 @@ pub(crate) enum Op {
 /// What the session's node answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "re", rename_all = "snake_case")]
-pub(crate) enum Answer {
+pub enum Answer {
     /// An HTTP response to pass on as it is; its body follows the message's head.
     Http {
         /// The status code.
@@ -140,7 +137,7 @@ pub enum RelayError {
 /// A message between nodes: a kind byte (`Q` request, `A` answer), a JSON head, a newline, and the
 /// body as raw bytes (commands, or a response body), so that bodies are never re-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
+pub enum Message {
     /// A request from node `from`, to be answered with the same `id`.
     Request {
         /// The asking node.
@@ -180,7 +177,7 @@ struct AnswerHead {
 
 impl Message {
     /// The message as sent between nodes.
-    pub(crate) fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Bytes {
         let (kind, head, body) = match self {
             Self::Request { from, id, op, body } => (
                 b'Q',
@@ -211,7 +208,7 @@ impl Message {
     }
 
     /// A message from another node. JSON heads hold no raw newline, so the first one ends the head.
-    pub(crate) fn decode(bytes: &Bytes) -> Result<Self, RelayError> {
+    pub fn decode(bytes: &Bytes) -> Result<Self, RelayError> {
         let bad = |e: &dyn std::fmt::Display| RelayError::Malformed(e.to_string());
         let newline = bytes
             .iter()
@@ -244,7 +241,7 @@ impl Message {
 
 /// A request another node relayed here, to run and answer with [`Relay::answer`].
 #[derive(Debug)]
-pub(crate) struct Incoming {
+pub struct Incoming {
     /// The asking node.
     pub from: String,
     /// The correlation id to answer with.
@@ -262,7 +259,7 @@ pub(crate) struct Incoming {
 type Waiting = HashMap<u64, oneshot::Sender<(Answer, Bytes)>>;
 
 /// This node's side of the relay: requests it sent and waits for, and the limits of both directions.
-pub(crate) struct Relay {
+pub struct Relay {
     engine: Arc<dyn Engine>,
     node_id: String,
     /// Added to every wait for an answer: the way there and back, and a node's slowness.
@@ -297,7 +294,7 @@ impl Drop for Forget<'_> {
 impl Relay {
     /// A relay over `engine`, with at most `limit` requests in flight each way, waiting `timeout`
     /// beyond each request's own hold for an answer.
-    pub(crate) fn new(engine: Arc<dyn Engine>, limit: usize, timeout: Duration) -> Self {
+    pub fn new(engine: Arc<dyn Engine>, limit: usize, timeout: Duration) -> Self {
         Self {
             node_id: engine.node_id().to_owned(),
             engine,
@@ -310,13 +307,13 @@ impl Relay {
     }
 
     /// This node's id, the first part of its sessions' ids.
-    pub(crate) fn node_id(&self) -> &str {
+    pub fn node_id(&self) -> &str {
         &self.node_id
     }
 
     /// The node holding the session `token` names, when it is another node. `None` for this node's
     /// sessions and for tokens naming no node: those are looked up here (and found or not).
-    pub(crate) fn remote_node<'a>(&self, token: &'a str) -> Option<&'a str> {
+    pub fn remote_node<'a>(&self, token: &'a str) -> Option<&'a str> {
         let (id, _) = token.split_once('.')?;
         let (node, _) = id.split_once('-')?;
         // Only what could be a node id reaches the engine: anything else is no session of ours.
@@ -331,7 +328,7 @@ impl Relay {
     /// may be held there) plus the relay timeout. No answer, or no such node, is
     /// [`RelayError::Gone`] only when the engine lost no message meanwhile; else
     /// [`RelayError::Unavailable`].
-    pub(crate) async fn call(
+    pub async fn call(
         &self,
         node: &str,
         op: Op,
@@ -384,7 +381,7 @@ impl Relay {
 
     /// Takes a message another node sent: an answer goes to its waiting caller (or is dropped if
     /// the caller gave up), a request is returned to be run. Never waits.
-    pub(crate) fn receive(&self, message: &Bytes) -> Option<Incoming> {
+    pub fn receive(&self, message: &Bytes) -> Option<Incoming> {
         match Message::decode(message) {
             Ok(Message::Answer { id, answer, body }) => {
                 if let Some(tx) = lock(&self.waiting).remove(&id) {
@@ -407,7 +404,7 @@ impl Relay {
     }
 
     /// Sends the answer to request `id` back to node `to`. A node gone meanwhile is no one's loss.
-    pub(crate) async fn answer(&self, to: &str, id: u64, answer: Answer, body: Bytes) {
+    pub async fn answer(&self, to: &str, id: u64, answer: Answer, body: Bytes) {
         let message = Message::Answer { id, answer, body };
         if let Err(e) = self.engine.send_to_node(to, message.encode()).await {
             tracing::debug!(node = to, id, error = %e, "answer to a relayed request not delivered");
@@ -421,73 +418,8 @@ impl Relay {
     }
 }
 
-/// Runs a request another node relayed here against this node's session, with the functions that
-/// serve the same request arriving here, and sends the answer back.
-pub(crate) async fn run(fb: Fallback, incoming: Incoming) {
-    let Incoming {
-        from,
-        id,
-        op,
-        body,
-        permit,
-    } = incoming;
-    let (answer, body) = if permit.is_none() {
-        tracing::debug!(node = %from, "too many relayed requests at once: answered busy");
-        (Answer::Busy, Bytes::new())
-    } else {
-        match op {
-            Op::Send { query } => {
-                let params = Params::from_query(&query);
-                let resp = http::send_here(&fb, &params, async { Ok(body) }).await;
-                to_answer(resp.into_response()).await
-            }
-            Op::Poll { query } => {
-                let resp = poll::poll_here(&fb, &Params::from_query(&query)).await;
-                to_answer(resp.into_response()).await
-            }
-            Op::Close { query } => {
-                let resp = http::close_here(&fb, &Params::from_query(&query)).await;
-                to_answer(resp.into_response()).await
-            }
-            Op::SseOpen {
-                query,
-                last_event_id,
-            } => {
-                let header = match last_event_id.map(|v| HeaderValue::from_bytes(&v)) {
-                    None => Ok(None),
-                    Some(Ok(v)) => Ok(Some(v)),
-                    Some(Err(_)) => Err(FallbackError::BadRequest(
-                        "Last-Event-ID is not a valid header value".into(),
-                    )),
-                };
-                let opened = header
-                    .and_then(|h| sse::open_here(&fb, &Params::from_query(&query), h.as_ref()));
-                match opened {
-                    // The stream's steps come as requests of their own, each keeping the session alive
-                    // while it waits; this one is done.
-                    Ok(open) => (
-                        Answer::Opened {
-                            reader: open.reader,
-                            sent: open.sent,
-                        },
-                        Bytes::new(),
-                    ),
-                    Err(e) => to_answer(e.into_response()).await,
-                }
-            }
-            Op::SseNext {
-                session,
-                reader,
-                after,
-            } => sse::next_held(&fb, &session, reader, after).await,
-        }
-    };
-    fb.relay.answer(&from, id, answer, body).await;
-    drop(permit);
-}
-
 /// An HTTP response as an [`Answer::Http`] and its body, to send back.
-pub(crate) async fn to_answer(resp: Response) -> (Answer, Bytes) {
+pub async fn to_answer(resp: Response) -> (Answer, Bytes) {
     let (parts, body) = resp.into_parts();
     let text = |name| {
         parts
@@ -511,7 +443,7 @@ pub(crate) async fn to_answer(resp: Response) -> (Answer, Bytes) {
 }
 
 /// An [`Answer::Http`] back as the response it was; `None` for another kind of answer.
-pub(crate) fn from_answer(answer: &Answer, body: Bytes) -> Option<Response> {
+pub fn from_answer(answer: &Answer, body: Bytes) -> Option<Response> {
     let Answer::Http {
         status,
         content_type,

@@ -2,7 +2,7 @@
 //! through JetStream and back out to a subscribed node, and the latency of one.
 //!
 //! ```text
-//! cargo run --release -p switchboard-engine-nats --features testing --example roundtrip [-- PUBLICATIONS CONCURRENCY]
+//! cargo run --release -p switchboard-engine-nats --features testing --example nats_roundtrip [-- PUBLICATIONS CONCURRENCY]
 //! ```
 //!
 //! Starts its own `nats-server -js` on a free port with a temporary store (stopped at the end).

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::http::FallbackError;
+use super::error::FallbackError;
 
 /// Which origins may call the fallback endpoints.
 #[derive(Debug, Clone)]
