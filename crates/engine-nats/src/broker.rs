@@ -120,6 +120,11 @@ pub(crate) async fn request(
         Err(e) if e.kind() == RequestErrorKind::NoResponders => {
             Err(EngineError::UnknownNode(node.to_owned()))
         }
+        // Someone listens but does not answer while NATS itself does: a node that hangs is as
+        // good as gone (callers still ask `node_messages_uncertain` before saying so).
+        Err(e) if e.kind() == RequestErrorKind::TimedOut && inner.ready() => {
+            Err(EngineError::UnknownNode(node.to_owned()))
+        }
         Err(e) => Err(inner.error("message to another node", e)),
     }
 }
