@@ -44,6 +44,45 @@ impl Broker {
         }
     }
 
+    /// Stops it at once (SIGKILL for NATS), as a crash would.
+    pub fn stop(&mut self) {
+        match self {
+            Broker::Redis(r) => r.stop(),
+            Broker::Nats(n) => n.kill(),
+        }
+    }
+
+    /// Starts it again on the same port, empty: Redis keeps nothing (no persistence), and NATS
+    /// comes back without its JetStream store, so that both lose every stream alike.
+    pub fn restart(&mut self) {
+        match self {
+            Broker::Redis(r) => r.restart(),
+            Broker::Nats(n) => n.restart_empty(),
+        }
+    }
+
+    /// The environment that gives a node run as a process of its own this engine, under `prefix`.
+    pub fn engine_env(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Broker::Redis(r) => vec![
+                ("SWITCHBOARD_ENGINE__TYPE", "redis".to_owned()),
+                (
+                    "SWITCHBOARD_ENGINE__REDIS__ADDRESSES",
+                    format!("[\"{}\"]", r.url()),
+                ),
+                ("SWITCHBOARD_ENGINE__REDIS__PREFIX", prefix.to_owned()),
+            ],
+            Broker::Nats(n) => vec![
+                ("SWITCHBOARD_ENGINE__TYPE", "nats".to_owned()),
+                (
+                    "SWITCHBOARD_ENGINE__NATS__SERVERS",
+                    format!("[\"{}\"]", n.url()),
+                ),
+                ("SWITCHBOARD_ENGINE__NATS__PREFIX", prefix.to_owned()),
+            ],
+        }
+    }
+
     /// The `[engine]` section of a configuration file for a node run as a process of its own.
     pub fn engine_toml(&self, prefix: &str) -> String {
         match self {
