@@ -228,22 +228,21 @@ impl NatsConfig {
             ("tls_key_file", &self.tls_key_file),
         ];
         for (key, path) in files {
-            if let Some(path) = path {
-                if !path.is_file() {
-                    return bad(format!("{key}: {} is not a readable file", path.display()));
-                }
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return bad(format!("{key}: {} is not a readable file", path.display()));
             }
         }
-        if let Some(domain) = &self.jetstream_domain {
-            if domain.is_empty()
+        if let Some(domain) = &self.jetstream_domain
+            && (domain.is_empty()
                 || !domain
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return bad(format!(
-                    "jetstream_domain: {domain:?} must be non-empty, of letters, digits, '-' and '_'"
-                ));
-            }
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return bad(format!(
+                "jetstream_domain: {domain:?} must be non-empty, of letters, digits, '-' and '_'"
+            ));
         }
         if self.presence_ttl < Duration::from_secs(1) {
             return bad("presence_ttl: at least 1s".into());

@@ -186,10 +186,10 @@ fn violations(seen: &Seen, acked: &[Acked]) -> Vec<String> {
     let mut last: HashMap<&str, u64> = HashMap::new();
     let mut got: BTreeMap<(&str, u64), Vec<u64>> = BTreeMap::new();
     for (e, o, n) in &seen.pubs {
-        if let Some(prev) = last.insert(e, *o) {
-            if *o <= prev {
-                bad.push(format!("offset {o} after {prev} in epoch {e} (n = {n})"));
-            }
+        if let Some(prev) = last.insert(e, *o)
+            && *o <= prev
+        {
+            bad.push(format!("offset {o} after {prev} in epoch {e} (n = {n})"));
         }
         got.entry((e, *o)).or_default().push(*n);
     }
