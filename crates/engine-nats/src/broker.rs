@@ -120,6 +120,11 @@ pub(crate) async fn request(
         Err(e) if e.kind() == RequestErrorKind::NoResponders => {
             Err(EngineError::UnknownNode(node.to_owned()))
         }
+        // Someone listens but does not answer while NATS itself does: a node that hangs is as
+        // good as gone (callers still ask `node_messages_uncertain` before saying so).
+        Err(e) if e.kind() == RequestErrorKind::TimedOut && inner.ready() => {
+            Err(EngineError::UnknownNode(node.to_owned()))
+        }
         Err(e) => Err(inner.error("message to another node", e)),
     }
 }
@@ -146,7 +151,9 @@ async fn confirm(inner: &Inner) -> Result<(), EngineError> {
 pub(crate) async fn subscribe(inner: &Arc<Inner>, channel: &str) -> Result<(), EngineError> {
     inner.connected()?;
     if inner.live.lock().contains_key(channel) {
-        return Ok(());
+        // Another subscribe of this channel may still wait for the server's confirmation: answer
+        // only once the server has processed everything sent so far, its SUB included.
+        return confirm(inner).await;
     }
     let sub = inner
         .client

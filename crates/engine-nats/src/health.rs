@@ -123,7 +123,7 @@ impl Inner {
 pub(crate) async fn round_trip(inner: &Inner) -> Result<(), EngineError> {
     let asked = inner
         .client
-        .request(JS_INFO, bytes::Bytes::new())
+        .request(inner.js_info.clone(), bytes::Bytes::new())
         .map_err(|e| inner.error("round trip", e));
     match tokio::time::timeout(inner.config.command_timeout, asked).await {
         Ok(Ok(_)) => Ok(()),
@@ -132,8 +132,13 @@ pub(crate) async fn round_trip(inner: &Inner) -> Result<(), EngineError> {
     }
 }
 
-/// The subject of JetStream's account info.
-pub(crate) const JS_INFO: &str = "$JS.API.INFO";
+/// The subject of JetStream's account info, in `domain` when one is configured.
+pub(crate) fn js_info_subject(domain: Option<&str>) -> String {
+    match domain {
+        Some(d) => format!("$JS.{d}.API.INFO"),
+        None => "$JS.API.INFO".into(),
+    }
+}
 
 /// Asks the server for a round trip every [`ping_period`] (again and again while it does not
 /// answer), recording what it sees. Runs until the engine stops.

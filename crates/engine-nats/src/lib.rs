@@ -112,6 +112,22 @@ pub struct NatsConfig {
     pub password: Option<String>,
     /// A `.creds` file (JWT and NKey seed), for servers in operator mode.
     pub credentials_file: Option<PathBuf>,
+    /// A file holding an NKey seed (`SU...`), for servers that authenticate users by NKey: the
+    /// seed stays in a file readable by the server alone, not in the configuration.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities to trust for the servers' certificates, when they
+    /// are not signed by a public one.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, with `tls_key_file`, for servers that verify clients (mutual TLS).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a server without TLS (`tls://` addresses require it too): without it, a
+    /// server that does not offer TLS gets plain text, credentials included.
+    pub tls_required: bool,
+    /// JetStream domain, when JetStream is reached through a leaf node or another domain than the
+    /// server's own (`$JS.<domain>.API`): letters, digits, `-` and `_`.
+    pub jetstream_domain: Option<String>,
     /// Prefix of every subject and stream name, so that several deployments can share NATS:
     /// letters, digits, `-` and `_`.
     pub prefix: String,
@@ -141,6 +157,12 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             credentials_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            jetstream_domain: None,
             prefix: "switchboard".into(),
             storage: NatsStorage::File,
             replicas: 1,
@@ -181,6 +203,46 @@ impl NatsConfig {
         }
         if self.user.is_some() != self.password.is_some() {
             return bad("user and password go together".into());
+        }
+        let ways = [
+            ("token", self.token.is_some()),
+            ("user", self.user.is_some()),
+            ("credentials_file", self.credentials_file.is_some()),
+            ("nkey_seed_file", self.nkey_seed_file.is_some()),
+        ];
+        let chosen: Vec<&str> = ways.iter().filter(|w| w.1).map(|w| w.0).collect();
+        if chosen.len() > 1 {
+            return bad(format!(
+                "{} are different ways to authenticate: choose one",
+                chosen.join(" and ")
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad("tls_cert_file and tls_key_file go together".into());
+        }
+        let files = [
+            ("credentials_file", &self.credentials_file),
+            ("nkey_seed_file", &self.nkey_seed_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return bad(format!("{key}: {} is not a readable file", path.display()));
+            }
+        }
+        if let Some(domain) = &self.jetstream_domain
+            && (domain.is_empty()
+                || !domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return bad(format!(
+                "jetstream_domain: {domain:?} must be non-empty, of letters, digits, '-' and '_'"
+            ));
         }
         if self.presence_ttl < Duration::from_secs(1) {
             return bad("presence_ttl: at least 1s".into());
@@ -240,6 +302,8 @@ pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
+    /// The subject of JetStream's account info (in the configured domain): the round trip.
+    pub(crate) js_info: String,
     pub(crate) handler: OnceLock<Arc<dyn EngineHandler>>,
     /// This node's id ([`Engine::node_id`]).
     pub(crate) node_id: String,
@@ -352,6 +416,30 @@ impl NatsEngine {
                 NatsError::Config(format!("credentials_file: {}: {e}", path.display()))
             })?;
         }
+        if let Some(path) = &config.nkey_seed_file {
+            let seed = tokio::fs::read_to_string(path).await.map_err(|e| {
+                NatsError::Config(format!("nkey_seed_file: {}: {e}", path.display()))
+            })?;
+            let seed = seed.trim();
+            // A seed is checked here: the client would only fail at the server's challenge, with a
+            // message that does not name the file.
+            if !seed.starts_with('S') || nkeys::KeyPair::from_seed(seed).is_err() {
+                return Err(NatsError::Config(format!(
+                    "nkey_seed_file: {} does not hold an NKey seed (a line starting with 'S', as `nsc` or `nk -gen user` writes)",
+                    path.display()
+                )));
+            }
+            options = options.nkey(seed.to_owned());
+        }
+        if let Some(path) = &config.tls_ca_file {
+            options = options.add_root_certificates(path.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if config.tls_required {
+            options = options.require_tls(true);
+        }
         let client = tokio::time::timeout(
             config.connect_timeout * 2,
             options.connect(config.servers.clone()),
@@ -359,16 +447,21 @@ impl NatsEngine {
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.command_timeout)
-            .backpressure_on_inflight(true)
-            .build(client.clone());
+        let builder = jetstream::ContextBuilder::new();
+        let js = match &config.jetstream_domain {
+            Some(domain) => builder.domain(domain.clone()),
+            None => builder.api_prefix("$JS.API"),
+        }
+        .timeout(config.command_timeout)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+        let js_info = health::js_info_subject(config.jetstream_domain.as_deref());
         // No JetStream, no history: fail now with a clear message rather than at the first publish.
         // (The raw answer: the typed account info of newer clients does not parse from older
         // servers, and only whether JetStream answers matters here.)
         let info = tokio::time::timeout(
             config.connect_timeout,
-            client.request(health::JS_INFO, Bytes::new()),
+            client.request(js_info.clone(), Bytes::new()),
         )
         .await
         .map_err(|_| connect_error("JetStream did not answer".into()))?
@@ -384,6 +477,7 @@ impl NatsEngine {
         let inner = Arc::new(Inner {
             subjects: subjects::Subjects::new(&config.prefix),
             name: name.clone(),
+            js_info,
             config,
             client,
             js,
@@ -588,6 +682,63 @@ mod tests {
                 ..d()
             })
             .contains("presence_ttl")
+        );
+    }
+
+    #[test]
+    fn one_way_to_authenticate_tls_pairs_files_and_domains_are_checked() {
+        let bad = |c: NatsConfig| {
+            c.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let d = NatsConfig::default;
+        // Any file that exists will do for the file settings: this one.
+        let existing = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs"));
+        let two = bad(NatsConfig {
+            token: Some("t".into()),
+            nkey_seed_file: Some(existing.clone()),
+            ..d()
+        });
+        assert!(
+            two.contains("token and nkey_seed_file") && two.contains("choose one"),
+            "{two}"
+        );
+        assert!(
+            bad(NatsConfig {
+                tls_cert_file: Some(existing.clone()),
+                ..d()
+            })
+            .contains("tls_key_file")
+        );
+        let missing = bad(NatsConfig {
+            tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..d()
+        });
+        assert!(
+            missing.contains("tls_ca_file") && missing.contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
+        assert!(
+            bad(NatsConfig {
+                jetstream_domain: Some("a.b".into()),
+                ..d()
+            })
+            .contains("jetstream_domain")
+        );
+        assert!(
+            NatsConfig {
+                nkey_seed_file: Some(existing.clone()),
+                tls_ca_file: Some(existing.clone()),
+                tls_cert_file: Some(existing.clone()),
+                tls_key_file: Some(existing),
+                tls_required: true,
+                jetstream_domain: Some("hub-1".into()),
+                ..d()
+            }
+            .validate()
+            .is_ok()
         );
     }
 

@@ -18,6 +18,8 @@ pub struct NatsServer {
     paused: bool,
     /// Started with `-js`.
     jetstream: bool,
+    /// Extra lines of a configuration file (`-c`), written into the store.
+    config: Option<String>,
 }
 
 /// The binary to run: `$NATS_SERVER`, else Debian's `/usr/sbin/nats-server` (not on every user's
@@ -40,15 +42,21 @@ impl NatsServer {
     /// Starts one on a free port. Panics (a test helper) when `nats-server` is missing or does not
     /// come up within 10 s.
     pub fn start() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
     /// Starts one without JetStream: what an engine must refuse, clearly, at start.
     pub fn start_without_jetstream() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
-    fn start_with(jetstream: bool) -> Self {
+    /// Starts one with JetStream and these lines of configuration file (authorization, `tls`, a
+    /// `jetstream { domain: ... }` block): command-line flags (`-js`, port, store) still win.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::start_with(true, Some(config.to_owned()))
+    }
+
+    fn start_with(jetstream: bool, config: Option<String>) -> Self {
         for _ in 0..5 {
             // Ask the OS for a free port, then give it to NATS. Another test may take the same port
             // in between: then this server fails to bind, and we try another port.
@@ -58,6 +66,7 @@ impl NatsServer {
                 child: None,
                 paused: false,
                 jetstream,
+                config: config.clone(),
             };
             if s.spawn() {
                 return s;
@@ -70,7 +79,14 @@ impl NatsServer {
     /// listens (its ports file names its pid).
     fn spawn(&mut self) -> bool {
         let store = self.store.path().to_string_lossy().into_owned();
+        let config_file = self.config.as_ref().map(|text| {
+            let path = self.store.path().join("nats.conf");
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path.to_string_lossy().into_owned()
+        });
         let mut child = Command::new(binary())
+            .args(config_file.iter().flat_map(|f| ["-c", f.as_str()]))
             .args(self.jetstream.then_some("-js"))
             .args([
                 "-a",

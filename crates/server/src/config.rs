@@ -593,6 +593,58 @@ mod tests {
     }
 
     #[test]
+    fn nats_nkey_tls_and_domain_settings_are_read_and_checked() {
+        // Any existing file stands for the seed, CA, certificate and key files.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let c = Config::from_toml(&format!(
+            r#"
+            [engine]
+            type = "nats"
+            [engine.nats]
+            servers = ["tls://10.0.0.1:4222"]
+            nkey_seed_file = "{file}"
+            tls_ca_file = "{file}"
+            tls_cert_file = "{file}"
+            tls_key_file = "{file}"
+            tls_required = true
+            jetstream_domain = "hub"
+            connect_timeout = "3s"
+            command_timeout = "2s"
+            "#
+        ))
+        .unwrap();
+        let n = &c.engine.nats;
+        assert_eq!(
+            n.nkey_seed_file.as_deref(),
+            Some(std::path::Path::new(file))
+        );
+        assert_eq!(n.tls_ca_file.as_deref(), Some(std::path::Path::new(file)));
+        assert!(n.tls_cert_file.is_some() && n.tls_key_file.is_some() && n.tls_required);
+        assert_eq!(n.jetstream_domain.as_deref(), Some("hub"));
+        assert_eq!(n.command_timeout, Duration::from_secs(2));
+        let err = |extra: &str| {
+            Config::from_toml(&format!(
+                "[engine]\ntype = \"nats\"\n[engine.nats]\n{extra}"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = err("tls_ca_file = \"/nonexistent/ca.pem\"");
+        assert!(
+            e.contains("[engine.nats] tls_ca_file") && e.contains("/nonexistent"),
+            "{e}"
+        );
+        let e = err(&format!("tls_cert_file = \"{file}\""));
+        assert!(e.contains("tls_key_file"), "{e}");
+        let e = err(&format!("token = \"t\"\nnkey_seed_file = \"{file}\""));
+        assert!(e.contains("choose one"), "{e}");
+        let e = err("jetstream_domain = \"a b\"");
+        assert!(e.contains("jetstream_domain"), "{e}");
+        let e = err("nkey = \"SU...\"");
+        assert!(e.contains("nkey"), "unknown keys are refused: {e}");
+    }
+
+    #[test]
     fn docs_configuration_md_documents_every_setting_and_only_real_ones() {
         let doc = include_str!("../../../docs/configuration.md");
         let defaults = toml::Value::try_from(Config::default()).unwrap();
@@ -623,6 +675,11 @@ mod tests {
                 "engine.nats.user",
                 "engine.nats.password",
                 "engine.nats.credentials_file",
+                "engine.nats.nkey_seed_file",
+                "engine.nats.tls_ca_file",
+                "engine.nats.tls_cert_file",
+                "engine.nats.tls_key_file",
+                "engine.nats.jetstream_domain",
             ]
             .map(String::from),
         );

@@ -1,5 +1,6 @@
-//! Several switchboard nodes on one Redis: each test starts its own `redis-server` (a free port, no
-//! persistence, killed at the end) and three servers on 127.0.0.1 with the Redis engine, then checks
+//! Several switchboard nodes on one Redis or one NATS (the first three tests run for both engines):
+//! each test starts its own `redis-server` (a free port, no persistence, killed at the end) or
+//! `nats-server -js` and three servers on 127.0.0.1 with that engine, then checks
 //! what a deployment relies on: a publication through any node reaches clients on every node,
 //! presence and history are the same everywhere, a client recovers on another node, and when Redis
 //! goes away and comes back, clients stay connected and none loses a publication silently. The same
@@ -14,12 +15,13 @@ use std::collections::BTreeSet;
 use common::*;
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard_engine_redis::testing::{RedisCluster, RedisServer};
+use switchboard::config::EngineKind;
+use switchboard_engine_redis::testing::RedisCluster;
 
 const KEY: &str = "multinode-key";
 
-fn config(redis: &RedisServer) -> Config {
-    config_for(vec![redis.url()], false)
+fn config(broker: &broker::Broker) -> Config {
+    broker.node_config(KEY, "multinode")
 }
 
 fn config_for(addresses: Vec<String>, cluster: bool) -> Config {
@@ -28,7 +30,7 @@ fn config_for(addresses: Vec<String>, cluster: bool) -> Config {
     c
 }
 
-async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
+async fn three_nodes(redis: &broker::Broker) -> Vec<TestServer> {
     start_nodes(3, &config(redis)).await
 }
 
@@ -41,9 +43,8 @@ async fn next(c: &mut JsonClient) -> Value {
     c.next_unread().await.expect("connection open")
 }
 
-#[tokio::test]
-async fn a_publication_through_one_node_reaches_clients_on_every_node() {
-    let redis = RedisServer::start();
+async fn a_publication_through_one_node_reaches_clients_on_every_node(kind: EngineKind) {
+    let redis = broker::Broker::start(kind);
     let nodes = three_nodes(&redis).await;
     let mut clients = Vec::new();
     for n in &nodes {
@@ -114,9 +115,10 @@ async fn a_publication_through_one_node_reaches_clients_on_every_node() {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_missed() {
-    let redis = RedisServer::start();
+async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_missed(
+    kind: EngineKind,
+) {
+    let redis = broker::Broker::start(kind);
     let nodes = three_nodes(&redis).await;
     let mut c = JsonClient::connected(nodes[0].addr).await;
     let sub = c.ok("subscribe", json!({"channel": "chat:move"})).await;
@@ -168,9 +170,10 @@ async fn a_client_that_reconnects_to_another_node_recovers_exactly_what_it_misse
     assert!(c.pushes.is_empty(), "{:?}", c.pushes);
 }
 
-#[tokio::test]
-async fn when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_publication() {
-    let mut redis = RedisServer::start();
+async fn when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_publication(
+    kind: EngineKind,
+) {
+    let mut redis = broker::Broker::start(kind);
     let nodes = three_nodes(&redis).await;
     let mut clients = Vec::new();
     for n in &nodes {
@@ -442,3 +445,9 @@ async fn on_a_redis_cluster_publications_reach_every_node_and_clients_recover_on
         assert_eq!(get_status(n.api, "/ready").await, 200);
     }
 }
+
+both_engines!(
+    a_publication_through_one_node_reaches_clients_on_every_node,
+    a_client_that_reconnects_to_another_node_recovers_exactly_what_it_missed,
+    when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_publication,
+);

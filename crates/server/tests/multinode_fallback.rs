@@ -1,7 +1,7 @@
-//! HTTP fallback sessions behind a plain round-robin load balancer: one `redis-server` of the test's
-//! own and three nodes with the Redis engine, and a client whose every request lands on the next
+//! HTTP fallback sessions behind a plain round-robin load balancer: one `redis-server` (or
+//! `nats-server -js`: every test runs for both engines) of the test's own and three nodes on it, and a client whose every request lands on the next
 //! node in turn. A session lives on the node that opened it; requests that land elsewhere are relayed
-//! there through Redis, and the client must see exactly the contract of docs/protocol.md: the same
+//! there through the engine, and the client must see exactly the contract of docs/protocol.md: the same
 //! answers, the same seq/ack behaviour, nothing lost and nothing doubled. A wrong secret is still 404,
 //! and so, within a bounded time, is a session whose node is gone.
 
@@ -18,22 +18,22 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::Config;
-use switchboard_engine_redis::testing::RedisServer;
+use switchboard::config::EngineKind;
 
 const KEY: &str = "multinode-fallback-key";
 const PATH: &str = "/connection/http";
 const PREFIX: &str = "mnfb";
 
-fn config(redis: &RedisServer) -> Config {
-    let mut c = redis_node_config(KEY, PREFIX, vec![redis.url()]);
+fn config(broker: &broker::Broker) -> Config {
+    let mut c = broker.node_config(KEY, PREFIX);
     c.fallback.poll_timeout = Duration::from_secs(2);
     c.fallback.sse_ping_interval = Duration::from_secs(1);
     c.fallback.relay_timeout = Duration::from_secs(2);
     c
 }
 
-async fn three_nodes(redis: &RedisServer) -> Vec<TestServer> {
-    start_nodes(3, &config(redis)).await
+async fn three_nodes(broker: &broker::Broker) -> Vec<TestServer> {
+    start_nodes(3, &config(broker)).await
 }
 
 fn base(addr: SocketAddr) -> String {
@@ -152,10 +152,9 @@ fn sort(messages: &[Value], offsets: &mut Vec<u64>, replies: &mut Vec<u64>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_of_a_session_may_land_on_any_node() {
-    let redis = RedisServer::start();
-    let nodes = three_nodes(&redis).await;
+async fn every_request_of_a_session_may_land_on_any_node(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     // Sessions name their node: one opened on each node, three different prefixes.
     let mut prefixes = BTreeSet::new();
@@ -241,10 +240,9 @@ async fn every_request_of_a_session_may_land_on_any_node() {
     assert_eq!(pubs[0]["pub"]["data"], "once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_polls_on_two_nodes_the_older_is_answered_empty_at_once() {
-    let redis = RedisServer::start();
-    let nodes = three_nodes(&redis).await;
+async fn of_two_polls_on_two_nodes_the_older_is_answered_empty_at_once(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let mut c = Client::open(addrs.clone(), 0).await;
     c.poll().await;
@@ -354,10 +352,9 @@ impl Sse {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sse_stream_on_another_node_delivers_every_batch_once() {
-    let redis = RedisServer::start();
-    let nodes = three_nodes(&redis).await;
+async fn an_sse_stream_on_another_node_delivers_every_batch_once(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let mut c = Client::open(addrs.clone(), 0).await;
     // The stream is on node B; the session on node A.
@@ -433,10 +430,9 @@ async fn an_sse_stream_on_another_node_delivers_every_batch_once() {
     assert!(sse.next().await.is_none(), "the replaced stream ends");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_through_another_node_is_404() {
-    let redis = RedisServer::start();
-    let nodes = three_nodes(&redis).await;
+async fn a_wrong_secret_through_another_node_is_404(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let c = Client::open(addrs.clone(), 0).await;
     let (id, secret) = c.session.split_once('.').unwrap();
@@ -471,23 +467,15 @@ async fn a_wrong_secret_through_another_node_is_404() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_whose_node_is_gone_is_404_within_a_bounded_time() {
-    let redis = RedisServer::start();
+async fn a_session_whose_node_is_gone_is_404_within_a_bounded_time(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
     // Node A is a process of its own, so that it can hang and die like a real one.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[engine]\ntype = \"redis\"\n[engine.redis]\naddresses = [\"{}\"]\nprefix = \"{PREFIX}\"\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, broker.engine_toml(PREFIX)).unwrap();
     assert!(std::path::Path::new(BIN).exists(), "{BIN}");
     let (mut a, a_addr) = common::process::serve(&file);
-    let b = start(config(&redis)).await;
+    let b = start(config(&broker)).await;
     let c = Client::open(vec![a_addr, b.addr], 0).await;
     let http = reqwest::Client::new();
     let poll_b = || {
@@ -538,10 +526,9 @@ async fn a_session_whose_node_is_gone_is_404_within_a_bounded_time() {
     assert!(started.elapsed() < Duration::from_millis(500));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_through_another_node_ends_the_session_at_once() {
-    let redis = RedisServer::start();
-    let nodes = three_nodes(&redis).await;
+async fn a_close_through_another_node_ends_the_session_at_once(kind: EngineKind) {
+    let broker = broker::Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let mut watcher = JsonClient::connected(addrs[2]).await;
     watcher
@@ -570,3 +557,12 @@ async fn a_close_through_another_node_ends_the_session_at_once() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     }
 }
+
+both_engines!(
+    every_request_of_a_session_may_land_on_any_node,
+    of_two_polls_on_two_nodes_the_older_is_answered_empty_at_once,
+    an_sse_stream_on_another_node_delivers_every_batch_once,
+    a_wrong_secret_through_another_node_is_404,
+    a_session_whose_node_is_gone_is_404_within_a_bounded_time,
+    a_close_through_another_node_ends_the_session_at_once,
+);

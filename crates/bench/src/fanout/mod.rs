@@ -74,7 +74,8 @@ pub struct FanoutArgs {
     pub rounds: usize,
     /// `redis`: run switchboard alone, one node in memory side by side with two nodes sharing
     /// one Redis (started by the bench), both publishing through the server API, and write the
-    /// "Fan-out with Redis" section instead of "Fan-out".
+    /// "Fan-out with Redis" section instead of "Fan-out". `nats`: the same with two nodes sharing
+    /// one `nats-server -js` as a third contender, into the "Fan-out with NATS" section.
     #[arg(long, value_enum, default_value = "memory")]
     pub engine: EngineChoice,
 }
@@ -86,6 +87,8 @@ pub enum EngineChoice {
     Memory,
     /// switchboard in memory vs switchboard on two nodes with Redis.
     Redis,
+    /// switchboard in memory vs two nodes with Redis vs two nodes with NATS (JetStream).
+    Nats,
 }
 
 /// One scenario.
@@ -248,7 +251,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         }
         chosen.retain(|s| args.scenarios.contains(&s.key));
     }
-    if args.engine == EngineChoice::Redis {
+    if args.engine != EngineChoice::Memory {
         return main_redis(args, settings, &chosen);
     }
     let kinds: Vec<Kind> = if args.servers.is_empty() {
@@ -352,8 +355,19 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
     Ok(())
 }
 
-/// `fanout --engine redis`: switchboard in memory vs two nodes and Redis (see [`redis`]).
+/// `fanout --engine redis`: switchboard in memory vs two nodes and Redis (see [`redis`]);
+/// `--engine nats` adds two nodes and NATS.
 fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Result<()> {
+    let nats = args.engine == EngineChoice::Nats;
+    if nats {
+        ensure!(
+            std::process::Command::new(redis::nats_server_binary())
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "`nats-server` is needed for --engine nats (apt-get install nats-server, or set NATS_SERVER)"
+        );
+    }
     let self_exe = std::env::current_exe().context("locating this executable")?;
     let switchboard = harness::switchboard_binary(args.switchboard.as_deref(), &self_exe)?;
     ensure!(
@@ -381,21 +395,32 @@ fn main_redis(args: &FanoutArgs, settings: Settings, chosen: &[Scenario]) -> Res
         .enable_all()
         .build()?;
     let load_before = crate::transports::report::load_average();
-    let results = runtime.block_on(redis::run_all(&ctx, chosen));
+    let engines: &[redis::Engine] = if nats {
+        &[
+            redis::Engine::Memory,
+            redis::Engine::Redis,
+            redis::Engine::Nats,
+        ]
+    } else {
+        &[redis::Engine::Memory, redis::Engine::Redis]
+    };
+    let results = runtime.block_on(redis::run_all(&ctx, chosen, engines));
     let load_after = crate::transports::report::load_average();
     println!("{}", redis::tables(&results));
     if let Some(out) = &args.out {
-        let section = redis::section(
-            &results,
-            &settings,
-            &crate::harness::markdown::command_line(),
-            (&load_before, &load_after),
-        );
+        let command = crate::harness::markdown::command_line();
+        let load = (load_before.as_str(), load_after.as_str());
+        let (section, begin, end, name) = if nats {
+            let s = redis::nats_section(&results, &settings, &command, load);
+            (s, redis::NATS_BEGIN, redis::NATS_END, "NATS")
+        } else {
+            let s = redis::section(&results, &settings, &command, load);
+            (s, redis::BEGIN, redis::END, "Redis")
+        };
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        let doc =
-            crate::transports::report::replace_between(&old, redis::BEGIN, redis::END, &section);
+        let doc = crate::transports::report::replace_between(&old, begin, end, &section);
         std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("wrote the Fan-out with Redis section of {}", out.display());
+        eprintln!("wrote the Fan-out with {name} section of {}", out.display());
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod broker;
 pub mod process;
 
 use std::collections::VecDeque;
