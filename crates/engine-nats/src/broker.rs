@@ -264,14 +264,3 @@ pub(crate) async fn publish_presence_event(
         .await
         .map_err(|e| inner.error("presence event", e))
 }
-
-/// Reports every channel this node is subscribed to as a possible gap; how many.
-pub(crate) fn report_gaps(inner: &Inner) -> usize {
-    let channels: Vec<String> = inner.live.lock().keys().cloned().collect();
-    if let Some(handler) = inner.handler() {
-        for c in &channels {
-            handler.on_stream_gap(c);
-        }
-    }
-    channels.len()
-}

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use switchboard_engine::EngineError;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::{Inner, broker};
+use crate::Inner;
 
 /// The longest delay between two reconnect attempts: after NATS is back, every node reconnects
 /// within about this time.
@@ -186,7 +186,7 @@ pub(crate) async fn follow_events(inner: Arc<Inner>, mut events: UnboundedReceiv
                     sid,
                     "NATS subscription fell behind; every channel must recover"
                 );
-                broker::report_gaps(&inner);
+                report_gaps(&inner);
             }
             other => tracing::debug!(event = %other, "NATS event"),
         }
@@ -215,7 +215,7 @@ async fn resync(inner: &Inner) {
     inner.health.answering.store(true, Ordering::Release);
     // Only now: a subscriber resubscribing with recovery after this report sees every publication,
     // from history up to its read and live after it.
-    let n = broker::report_gaps(inner);
+    let n = report_gaps(inner);
     if n > 0 {
         tracing::info!(servers = %inner.name, channels = n, "NATS is back: subscribers recover");
     }
@@ -249,4 +249,15 @@ mod tests {
             Duration::from_millis(100)
         );
     }
+}
+
+/// Reports every channel this node is subscribed to as a possible gap; how many.
+pub(crate) fn report_gaps(inner: &Inner) -> usize {
+    let channels: Vec<String> = inner.live.lock().keys().cloned().collect();
+    if let Some(handler) = inner.handler() {
+        for c in &channels {
+            handler.on_stream_gap(c);
+        }
+    }
+    channels.len()
 }
