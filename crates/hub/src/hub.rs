@@ -179,6 +179,30 @@ impl Channel {
         }
     }
 
+    /// The stripe holding the subscriber with key `key`.
+    fn stripe_of(&self, key: u64) -> Option<&Arc<Stripe>> {
+        self.stripes
+            .iter()
+            .flatten()
+            .find(|s| s.subscribers.lock().contains_key(&key))
+    }
+
+    /// Where a new subscriber goes: the least filled of the first stripes, one more stripe for each
+    /// [`INLINE_MAX`] subscribers. A small channel keeps one stripe (little memory, nothing to
+    /// spread); a big one ends with its subscribers spread evenly over all of them.
+    fn stripe_for_new(&mut self, channel: &str) -> &Arc<Stripe> {
+        let used = (self.count / INLINE_MAX + 1).min(STRIPES);
+        let mut best = 0;
+        let mut fewest = usize::MAX;
+        for (i, slot) in self.stripes[..used].iter().enumerate() {
+            let n = slot.as_ref().map_or(0, |s| s.subscribers.lock().len());
+            if n < fewest {
+                (best, fewest) = (i, n);
+            }
+        }
+        self.stripes[best].get_or_insert_with(|| Arc::new(Stripe::new(channel)))
+    }
+
     /// Hands `item` to every stripe of the channel.
     fn dispatch(&self, item: &Item) {
         let inline = self.count <= INLINE_MAX;
@@ -250,16 +274,14 @@ impl Hub {
     pub fn add(&self, channel: &str, session: Arc<Session>) -> bool {
         let mut shard = self.shard(channel).write();
         let ch = shard.entry(channel.to_owned()).or_insert_with(Channel::new);
-        let stripe = ch.stripes[stripe_of(session.key())]
-            .get_or_insert_with(|| Arc::new(Stripe::new(channel)));
-        if stripe
+        if ch.stripe_of(session.key()).is_some() {
+            return false;
+        }
+        ch.stripe_for_new(channel)
             .subscribers
             .lock()
-            .insert(session.key(), session)
-            .is_none()
-        {
-            ch.count += 1;
-        }
+            .insert(session.key(), session);
+        ch.count += 1;
         ch.count == 1
     }
 
@@ -269,7 +291,7 @@ impl Hub {
         let Some(ch) = shard.get_mut(channel) else {
             return false;
         };
-        let Some(stripe) = &ch.stripes[stripe_of(key)] else {
+        let Some(stripe) = ch.stripe_of(key) else {
             return false;
         };
         // Waits for a fan-out of this stripe in progress: nothing reaches the session after this.
@@ -391,13 +413,10 @@ impl Hub {
     pub async fn settled(&self, channel: &str, key: u64) {
         let stripe = {
             let shard = self.shard(channel).read();
-            let Some(stripe) = shard
-                .get(channel)
-                .and_then(|ch| ch.stripes[stripe_of(key)].clone())
-            else {
+            let Some(stripe) = shard.get(channel).and_then(|ch| ch.stripe_of(key)) else {
                 return;
             };
-            stripe
+            Arc::clone(stripe)
         };
         let target = stripe.work.lock().submitted;
         loop {
@@ -428,12 +447,6 @@ impl Hub {
             }
         }
     }
-}
-
-/// The stripe of the session with key `key`: keys are handed out in sequence, so consecutive
-/// subscribers land in different stripes.
-fn stripe_of(key: u64) -> usize {
-    (key % STRIPES as u64) as usize
 }
 
 /// Matches `text` against `pattern`, where `*` stands for any run of characters.
@@ -582,6 +595,37 @@ mod tests {
                 v["pub"]["offset"].as_u64().unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_small_channel_keeps_one_stripe_and_a_big_one_spreads_evenly() {
+        let hub = Hub::default();
+        let stripes = |hub: &Hub| -> Vec<usize> {
+            let shard = hub.shard("ch").read();
+            shard["ch"]
+                .stripes
+                .iter()
+                .flatten()
+                .map(|s| s.subscribers.lock().len())
+                .collect()
+        };
+        for k in 0..INLINE_MAX as u64 {
+            hub.add("ch", Arc::new(Session::new(k, format!("c{k}"), 1 << 20)));
+        }
+        assert_eq!(stripes(&hub), [INLINE_MAX]);
+        for k in INLINE_MAX as u64..10_000 {
+            hub.add("ch", Arc::new(Session::new(k, format!("c{k}"), 1 << 20)));
+        }
+        let spread = stripes(&hub);
+        assert_eq!(spread.len(), STRIPES);
+        assert!(
+            spread.iter().all(|&n| n.abs_diff(10_000 / STRIPES) <= 1),
+            "{spread:?}"
+        );
+        assert!(!hub.add("ch", Arc::new(Session::new(7, "c7".into(), 1))));
+        assert!(!hub.remove("ch", 7));
+        assert!(!hub.remove("ch", 7), "gone already");
+        assert_eq!(hub.subscriber_count("ch"), 9_999);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
