@@ -555,7 +555,11 @@ subscribers, HTTP POST publisher on 8 keep-alive connections (channel c on conne
 pipelined, so each channel keeps its order), `nchan_message_buffer_length 100`, \
 `nchan_message_timeout 60s`. Socket.IO: one Node process, WebSocket transport only, rooms, \
 `io.to(room).emit(\"pub\", data)` on the publisher's `pub` event; the load generator speaks \
-Engine.IO v4 / Socket.IO v5 itself and answers pings.\n\
+Engine.IO v4 / Socket.IO v5 itself and answers pings. raw (`switchboard-bench fanout-raw`, the \
+physical limit): one thread writes each publication's bytes (the WebSocket frame of switchboard's \
+`pub` push, built once) to every subscriber's plain TCP socket with non-blocking write(2); no \
+WebSocket state, queue or task per subscriber; spoken to as Nchan is (handshake answered once, \
+HTTP POST publisher). \"× raw\" = a server's latency p50 / p99 and server CPU ÷ raw's.\n\
 - Publications `{{\"t\":NANOS,\"seq\":N}}` are sent at a fixed rate, round-robin over the \
 channels; {} s warm-up, then {} s measured. Deliveries/s = publications received by all \
 subscribers in the window ÷ its length; offered = publications sent in the window × subscribers \
