@@ -56,6 +56,9 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// The fan-out load generator: subscribers and a publisher against one running server.
     FanoutLoad(fanout::load::LoadArgs),
+    /// The fan-out reference: one thread writes each publication's bytes to every subscriber's
+    /// plain TCP socket (no WebSocket); the fan-out figures are divided by its.
+    FanoutRaw(fanout::raw::RawArgs),
     /// "Why WebSocket, measured": one chat room over WebSocket, SSE, long polling, ajax polling
     /// and Socket.IO's long-polling, side by side (requests, bytes, CPU, latency per message).
     Transports(transports::TransportsArgs),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::main(args),
         Cmd::Fanout(args) => fanout::main(args),
         Cmd::FanoutLoad(args) => fanout::load::main(args),
+        Cmd::FanoutRaw(args) => fanout::raw::main(args),
         Cmd::Transports(args) => transports::main(args),
         Cmd::TransportsLoad(args) => transports::load::main(args),
     };

@@ -1,12 +1,21 @@
 //! Which sessions of this node are subscribed to which channel, and fan-out to them.
 //!
 //! The index is split into shards, each behind its own read-write lock, so there is no global lock on
-//! the publish path: a publication takes one shard's read lock while it hands the *same* encoded frame
-//! (one `Arc` clone each) to every subscriber's queue. Subscribing and unsubscribing take the write
-//! lock of one shard only.
+//! the publish path: a publication takes one shard's read lock while it checks the channel's position
+//! and encodes the publication once. Subscribing and unsubscribing take the write lock of one shard
+//! only.
+//!
+//! A channel's subscribers are further split into [`STRIPES`] stripes, each with its own FIFO of
+//! frames to hand out. A small channel's stripes are served in the publisher's call, as before; a big
+//! channel's (more than [`INLINE_MAX`] subscribers) are served by one runtime task per stripe, so that
+//! the fan-out of one publication runs on every worker of the runtime and the publisher (the server
+//! API's answer, the engine's delivery task) does not wait for the audience. Each stripe's FIFO is
+//! served by one task at a time, in order, so every subscriber still gets a channel's publications in
+//! the order the engine gave them; the session's byte-bounded queue and its slow-consumer rule are
+//! untouched (the stripe hands frames to [`Session::deliver`] as the publisher did).
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -14,10 +23,21 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::encode::{self, PresenceEvent};
 use switchboard_protocol::{ClientInfo, Frame, Publication, UnsubscribeCode};
+use tokio::sync::Notify;
 
 use crate::session::Session;
 
 const SHARDS: usize = 64;
+
+/// How many parts a channel's subscribers are split into for the fan-out: enough for the workers of a
+/// many-core runtime to share one channel's fan-out, few enough that handing a publication to each
+/// costs little next to the deliveries.
+pub const STRIPES: usize = 16;
+
+/// Channels with at most this many subscribers on the node are fanned out in the publisher's call:
+/// spawning tasks would cost more than the deliveries, and a few deliveries do not make the publish
+/// answer wait noticeably.
+pub const INLINE_MAX: usize = 64;
 
 /// The subscriber index of one node.
 #[derive(Debug)]
@@ -26,15 +46,171 @@ pub struct Hub {
     shards: Box<[RwLock<HashMap<String, Channel>>]>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Channel {
-    subscribers: HashMap<u64, Arc<Session>>,
+    /// Subscribers over all stripes.
+    count: usize,
+    /// Created at a stripe's first subscriber: a channel of one subscriber holds one stripe.
+    stripes: [Option<Arc<Stripe>>; STRIPES],
     /// Where the channel's stream stands for this node, to notice gaps. Publications of one channel
     /// arrive one at a time (the engine guarantees it), so this lock is never contended; it only lets
     /// the fan-out run under the shard's read lock.
     position: Mutex<Position>,
 }
 
+/// One part of a channel's subscribers and the frames still to hand them, in order.
+#[derive(Debug)]
+struct Stripe {
+    channel: Arc<str>,
+    subscribers: Mutex<HashMap<u64, Arc<Session>>>,
+    work: Mutex<Work>,
+    /// Told each time the stripe has handed out more items, for [`Hub::settled`].
+    progress: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Work {
+    items: VecDeque<Item>,
+    /// A task (or a caller without a runtime) is handing the items out: nobody else may, or the
+    /// order would be lost.
+    running: bool,
+    /// Items ever submitted, and ever handed out to every subscriber of the stripe.
+    submitted: u64,
+    done: u64,
+}
+
+/// What a stripe hands to each of its subscribers.
+#[derive(Debug, Clone)]
+enum Item {
+    /// A publication at `offset` (see [`Session::deliver`]).
+    Publication(u64, Frame),
+    /// A presence push.
+    Push(Frame),
+    /// The channel's stream has a gap: the `unsubscribe` push; the stripe forgets its subscribers.
+    Gap(Frame),
+}
+
+impl Stripe {
+    fn new(channel: &str) -> Self {
+        Self {
+            channel: Arc::from(channel),
+            subscribers: Mutex::new(HashMap::new()),
+            work: Mutex::new(Work::default()),
+            progress: Notify::new(),
+        }
+    }
+
+    /// Hands `item` out: at once in this call when `inline` and nothing waits ahead of it, otherwise
+    /// after what waits, by a runtime task (or, with no runtime, in this call).
+    fn submit(self: &Arc<Self>, item: Item, inline: bool) {
+        let mut work = self.work.lock();
+        work.submitted += 1;
+        if inline && !work.running && work.items.is_empty() {
+            // Nothing ahead: hand it out under the work lock, so nothing can overtake it.
+            self.hand_out(std::slice::from_ref(&item));
+            work.done += 1;
+            return;
+        }
+        work.items.push_back(item);
+        if work.running {
+            return;
+        }
+        work.running = true;
+        drop(work);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let stripe = Arc::clone(self);
+                drop(runtime.spawn(async move { stripe.run() }));
+            }
+            Err(_) => self.run(),
+        }
+    }
+
+    /// Hands out the waiting items until none is left.
+    fn run(&self) {
+        loop {
+            let batch: Vec<Item> = {
+                let mut work = self.work.lock();
+                if work.items.is_empty() {
+                    work.running = false;
+                    drop(work);
+                    self.progress.notify_waiters();
+                    return;
+                }
+                work.items.drain(..).collect()
+            };
+            self.hand_out(&batch);
+            self.work.lock().done += batch.len() as u64;
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Gives each subscriber every item of `batch`, in order: one subscriber's items one after the
+    /// other, which keeps its queue's cache lines warm.
+    fn hand_out(&self, batch: &[Item]) {
+        let mut subscribers = self.subscribers.lock();
+        let mut gap = false;
+        for s in subscribers.values() {
+            for item in batch {
+                match item {
+                    Item::Publication(offset, frame) => s.deliver(&self.channel, *offset, frame),
+                    Item::Push(frame) => s.push(frame.clone()),
+                    Item::Gap(frame) => {
+                        s.dropped(&self.channel, frame.clone());
+                        gap = true;
+                        // Nothing more of this channel for it: the client resubscribes.
+                        break;
+                    }
+                }
+            }
+        }
+        if gap {
+            subscribers.clear();
+        }
+    }
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self {
+            count: 0,
+            stripes: Default::default(),
+            position: Mutex::new(Position::default()),
+        }
+    }
+
+    /// The stripe holding the subscriber with key `key`.
+    fn stripe_of(&self, key: u64) -> Option<&Arc<Stripe>> {
+        self.stripes
+            .iter()
+            .flatten()
+            .find(|s| s.subscribers.lock().contains_key(&key))
+    }
+
+    /// Where a new subscriber goes: the least filled of the first stripes, one more stripe for each
+    /// [`INLINE_MAX`] subscribers. A small channel keeps one stripe (little memory, nothing to
+    /// spread); a big one ends with its subscribers spread evenly over all of them.
+    fn stripe_for_new(&mut self, channel: &str) -> &Arc<Stripe> {
+        let used = (self.count / INLINE_MAX + 1).min(STRIPES);
+        let mut best = 0;
+        let mut fewest = usize::MAX;
+        for (i, slot) in self.stripes[..used].iter().enumerate() {
+            let n = slot.as_ref().map_or(0, |s| s.subscribers.lock().len());
+            if n < fewest {
+                (best, fewest) = (i, n);
+            }
+        }
+        self.stripes[best].get_or_insert_with(|| Arc::new(Stripe::new(channel)))
+    }
+
+    /// Hands `item` to every stripe of the channel.
+    fn dispatch(&self, item: &Item) {
+        let inline = self.count <= INLINE_MAX;
+        for stripe in self.stripes.iter().flatten() {
+            stripe.submit(item.clone(), inline);
+        }
+    }
+}
 #[derive(Debug, Default)]
 struct Position {
     epoch: String,
@@ -97,9 +273,16 @@ impl Hub {
     /// Adds a subscriber; true if it is the channel's first on this node.
     pub fn add(&self, channel: &str, session: Arc<Session>) -> bool {
         let mut shard = self.shard(channel).write();
-        let ch = shard.entry(channel.to_owned()).or_default();
-        ch.subscribers.insert(session.key(), session);
-        ch.subscribers.len() == 1
+        let ch = shard.entry(channel.to_owned()).or_insert_with(Channel::new);
+        if ch.stripe_of(session.key()).is_some() {
+            return false;
+        }
+        ch.stripe_for_new(channel)
+            .subscribers
+            .lock()
+            .insert(session.key(), session);
+        ch.count += 1;
+        ch.count == 1
     }
 
     /// Removes a subscriber; true if the channel has none left on this node.
@@ -108,10 +291,15 @@ impl Hub {
         let Some(ch) = shard.get_mut(channel) else {
             return false;
         };
-        if ch.subscribers.remove(&key).is_none() {
+        let Some(stripe) = ch.stripe_of(key) else {
+            return false;
+        };
+        // Waits for a fan-out of this stripe in progress: nothing reaches the session after this.
+        if stripe.subscribers.lock().remove(&key).is_none() {
             return false;
         }
-        if ch.subscribers.is_empty() {
+        ch.count -= 1;
+        if ch.count == 0 {
             shard.remove(channel);
             return true;
         }
@@ -123,7 +311,7 @@ impl Hub {
         self.shard(channel)
             .read()
             .get(channel)
-            .map_or(0, |c| c.subscribers.len())
+            .map_or(0, |c| c.count)
     }
 
     /// Channels with subscribers on this node.
@@ -136,12 +324,7 @@ impl Hub {
     pub fn subscription_count(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                s.read()
-                    .values()
-                    .map(|c| c.subscribers.len())
-                    .sum::<usize>()
-            })
+            .map(|s| s.read().values().map(|c| c.count).sum::<usize>())
             .sum()
     }
 
@@ -155,7 +338,7 @@ impl Hub {
                 s.read()
                     .iter()
                     .filter(|(name, _)| pattern.is_none_or(|p| glob(p, name)))
-                    .map(|(name, ch)| (name.clone(), ch.subscribers.len()))
+                    .map(|(name, ch)| (name.clone(), ch.count))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -164,6 +347,8 @@ impl Hub {
     }
 
     /// Encodes `publication` once and queues it for every subscriber of `channel`; returns how many.
+    /// A big channel's subscribers get it from runtime tasks after this returns (see the module's
+    /// documentation); [`Hub::settled`] waits for one subscriber's share.
     ///
     /// When the offsets of a channel with history do not follow each other (a publication was lost
     /// between the engine and this node, or the stream was lost and restarted), the subscribers cannot
@@ -183,10 +368,8 @@ impl Hub {
             match step {
                 Step::Deliver => {
                     let frame = Frame::shared(encode::pub_push(channel, publication));
-                    for s in ch.subscribers.values() {
-                        s.deliver(channel, publication.offset, &frame);
-                    }
-                    return ch.subscribers.len();
+                    ch.dispatch(&Item::Publication(publication.offset, frame));
+                    return ch.count;
                 }
                 Step::Stale => return 0,
                 Step::Gap => {}
@@ -211,9 +394,7 @@ impl Hub {
             channel,
             UnsubscribeCode::InsufficientState,
         ));
-        for s in ch.subscribers.values() {
-            s.dropped(channel, push.clone());
-        }
+        ch.dispatch(&Item::Gap(push));
     }
 
     /// Queues a join or leave push for every subscriber of `channel`.
@@ -221,9 +402,30 @@ impl Hub {
         let shard = self.shard(channel).read();
         if let Some(ch) = shard.get(channel) {
             let push = Frame::shared(encode::presence_push(event, channel, info));
-            for s in ch.subscribers.values() {
-                s.push(push.clone());
+            ch.dispatch(&Item::Push(push));
+        }
+    }
+
+    /// Waits until the session with key `key` has been handed everything submitted to its part of
+    /// `channel` so far. A client that publishes to a channel it is subscribed to calls this before
+    /// its reply, so that its own publication comes first (as it always did): it waits for its own
+    /// stripe only, never for the whole audience.
+    pub async fn settled(&self, channel: &str, key: u64) {
+        let stripe = {
+            let shard = self.shard(channel).read();
+            let Some(stripe) = shard.get(channel).and_then(|ch| ch.stripe_of(key)) else {
+                return;
+            };
+            Arc::clone(stripe)
+        };
+        let target = stripe.work.lock().submitted;
+        loop {
+            let mut progress = std::pin::pin!(stripe.progress.notified());
+            progress.as_mut().enable();
+            if stripe.work.lock().done >= target {
+                return;
             }
+            progress.await;
         }
     }
 
@@ -372,6 +574,146 @@ mod tests {
         assert_eq!(drain(&s).len(), 2, "4 and 5, once each");
         assert!(s.take_dropped().is_empty());
         assert_eq!(hub.subscriber_count("ch"), 2);
+    }
+
+    /// A channel big enough to be fanned out by runtime tasks, with sessions of `limit` bytes.
+    fn big_channel(hub: &Hub, limit: usize) -> Vec<Arc<Session>> {
+        (0..(INLINE_MAX as u64 * 4))
+            .map(|k| {
+                let s = Arc::new(Session::new(k, format!("c{k}"), limit));
+                hub.add("ch", Arc::clone(&s));
+                s
+            })
+            .collect()
+    }
+
+    fn offsets(s: &Session) -> Vec<u64> {
+        drain(s)
+            .iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(m.text()).unwrap();
+                v["pub"]["offset"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_channel_keeps_one_stripe_and_a_big_one_spreads_evenly() {
+        let hub = Hub::default();
+        let stripes = |hub: &Hub| -> Vec<usize> {
+            let shard = hub.shard("ch").read();
+            shard["ch"]
+                .stripes
+                .iter()
+                .flatten()
+                .map(|s| s.subscribers.lock().len())
+                .collect()
+        };
+        for k in 0..INLINE_MAX as u64 {
+            hub.add("ch", Arc::new(Session::new(k, format!("c{k}"), 1 << 20)));
+        }
+        assert_eq!(stripes(&hub), [INLINE_MAX]);
+        for k in INLINE_MAX as u64..10_000 {
+            hub.add("ch", Arc::new(Session::new(k, format!("c{k}"), 1 << 20)));
+        }
+        let spread = stripes(&hub);
+        assert_eq!(spread.len(), STRIPES);
+        assert!(
+            spread.iter().all(|&n| n.abs_diff(10_000 / STRIPES) <= 1),
+            "{spread:?}"
+        );
+        assert!(!hub.add("ch", Arc::new(Session::new(7, "c7".into(), 1))));
+        assert!(!hub.remove("ch", 7));
+        assert!(!hub.remove("ch", 7), "gone already");
+        assert_eq!(hub.subscriber_count("ch"), 9_999);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_subscriber_gets_a_big_channels_publications_in_order() {
+        let hub = Arc::new(Hub::default());
+        let sessions = big_channel(&hub, 1 << 20);
+        // Published from a runtime task, as the engine's delivery does; stripes run on both workers.
+        let publisher = Arc::clone(&hub);
+        tokio::spawn(async move {
+            for offset in 1..=300 {
+                assert_eq!(
+                    publisher.broadcast("ch", &publication(offset), "e"),
+                    INLINE_MAX * 4
+                );
+                if offset % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        for s in &sessions {
+            hub.settled("ch", s.key()).await;
+        }
+        let want: Vec<u64> = (1..=300).collect();
+        for s in &sessions {
+            assert_eq!(offsets(s), want, "session {}", s.key());
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_big_channels_publisher_does_not_wait_for_the_audience() {
+        let hub = Hub::default();
+        let sessions = big_channel(&hub, 1 << 20);
+        hub.broadcast("ch", &publication(1), "e");
+        // On a one-worker runtime nothing ran yet: the call returned before any delivery.
+        assert!(sessions.iter().all(|s| s.queued_bytes() == 0));
+        hub.settled("ch", sessions[5].key()).await;
+        assert_eq!(offsets(&sessions[5]), [1]);
+        for s in &sessions {
+            hub.settled("ch", s.key()).await;
+            assert_eq!(s.queued_bytes() > 0, s.key() != 5, "{}", s.key());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_subscriber_of_a_big_channel_is_still_disconnected() {
+        let hub = Hub::default();
+        let sessions = big_channel(&hub, 1 << 20);
+        let slow = Arc::new(Session::new(1000, "slow".into(), 200));
+        hub.add("ch", Arc::clone(&slow));
+        for offset in 1..=20 {
+            hub.broadcast("ch", &publication(offset), "e");
+        }
+        hub.settled("ch", slow.key()).await;
+        assert!(matches!(
+            slow.poll_drain(&mut Context::from_waker(Waker::noop()), |_| true),
+            Poll::Ready(Some(crate::session::Signal::Disconnect(
+                switchboard_protocol::DisconnectCode::Slow
+            )))
+        ));
+        hub.settled("ch", sessions[0].key()).await;
+        assert_eq!(offsets(&sessions[0]).len(), 20, "the others go on");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_in_a_big_channel_follows_what_was_queued_before_it() {
+        let hub = Hub::default();
+        let sessions = big_channel(&hub, 1 << 20);
+        hub.broadcast("ch", &publication(1), "e");
+        hub.broadcast("ch", &publication(2), "e");
+        hub.broadcast("ch", &publication(4), "e");
+        assert_eq!(hub.subscriber_count("ch"), 0);
+        // The channel is gone from the index; its stripes finish their work all the same.
+        for s in &sessions {
+            for _ in 0..5000 {
+                if !s.take_dropped().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let texts: Vec<String> = drain(s)
+                .iter()
+                .map(|m| m.as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(texts.len(), 3, "{texts:?}");
+            assert!(texts[2].contains("2500"), "{}", texts[2]);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! markdown file (the rest of the file is kept).
 
 pub mod load;
+pub mod raw;
 pub mod redis;
 pub mod report;
 pub mod servers;

@@ -74,6 +74,38 @@ pub fn title(s: &Scenario) -> String {
     }
 }
 
+/// The raw reference's result in a scenario (see `fanout-raw`): the physical limit.
+fn raw_report(outcomes: &[Outcome]) -> Option<&LoadReport> {
+    outcomes
+        .iter()
+        .find(|o| o.kind == Kind::Raw)
+        .and_then(|o| o.report.as_ref())
+}
+
+/// `r`'s latency p50 / p99 and server CPU as multiples of the raw reference's (1.00: at the
+/// physical limit).
+fn versus_raw(r: &LoadReport, raw: Option<&LoadReport>) -> String {
+    let Some(raw) = raw else {
+        return "–".into();
+    };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 && a.is_finite() {
+            format!("{:.2}", a / b)
+        } else {
+            "–".into()
+        }
+    };
+    format!(
+        "{} / {} / {}",
+        ratio(r.core.latency_p50_us as f64, raw.core.latency_p50_us as f64),
+        ratio(r.core.latency_p99_us as f64, raw.core.latency_p99_us as f64),
+        match (r.server_cpu_pct, raw.server_cpu_pct) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => "–".into(),
+        }
+    )
+}
+
 fn nchan_rate(outcomes: &[Outcome]) -> Option<f64> {
     outcomes
         .iter()
@@ -298,16 +330,17 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
     let mut notes = Vec::new();
     for (scenario, outcomes) in results {
         let nchan = nchan_rate(outcomes);
+        let raw = raw_report(outcomes);
         let _ = writeln!(out, "### {}\n", title(scenario));
         let _ = writeln!(
             out,
             "| server | deliveries/s | % of offered | × Nchan | latency p50 / p99 / p99.9 ms | \
-             server CPU % | KiB/sub | client CPU % | lost in gaps / undelivered at end / dup / reordered | ended early |"
+             server CPU % | × raw: p50 / p99 / CPU | KiB/sub | client CPU % | lost in gaps / undelivered at end / dup / reordered | ended early |"
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for o in outcomes {
             let Some(r) = &o.report else {
-                let _ = writeln!(out, "| {} | failed | | | | | | | | |", o.kind.name());
+                let _ = writeln!(out, "| {} | failed | | | | | | | | | |", o.kind.name());
                 for n in &o.notes {
                     notes.push(format!("{} / {}: {n}", scenario.key, o.kind.name()));
                 }
@@ -327,7 +360,7 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {}{mark} | {} | {:.0} | {} | {} / {} / {} | {} | {} | {:.0} | {} / {} / {} / {} | {} |",
+                "| {}{mark} | {} | {:.0} | {} | {} / {} / {} | {} | {} | {} | {:.0} | {} / {} / {} / {} | {} |",
                 o.kind.name(),
                 thousands(r.deliveries_per_s),
                 if r.offered_per_s > 0.0 {
@@ -340,6 +373,7 @@ pub fn tables(results: &[(Scenario, Vec<Outcome>)], s: &Settings) -> String {
                 ms(r.core.latency_p99_us),
                 ms(r.latency_p999_us),
                 pct(r.server_cpu_pct),
+                versus_raw(r, raw),
                 r.kib_per_sub
                     .map_or_else(|| "–".into(), |k| format!("{k:.1}")),
                 r.core.client_cpu_pct,
@@ -521,7 +555,11 @@ subscribers, HTTP POST publisher on 8 keep-alive connections (channel c on conne
 pipelined, so each channel keeps its order), `nchan_message_buffer_length 100`, \
 `nchan_message_timeout 60s`. Socket.IO: one Node process, WebSocket transport only, rooms, \
 `io.to(room).emit(\"pub\", data)` on the publisher's `pub` event; the load generator speaks \
-Engine.IO v4 / Socket.IO v5 itself and answers pings.\n\
+Engine.IO v4 / Socket.IO v5 itself and answers pings. raw (`switchboard-bench fanout-raw`, the \
+physical limit): one thread writes each publication's bytes (the WebSocket frame of switchboard's \
+`pub` push, built once) to every subscriber's plain TCP socket with non-blocking write(2); no \
+WebSocket state, queue or task per subscriber; spoken to as Nchan is (handshake answered once, \
+HTTP POST publisher). \"× raw\" = a server's latency p50 / p99 and server CPU ÷ raw's.\n\
 - Publications `{{\"t\":NANOS,\"seq\":N}}` are sent at a fixed rate, round-robin over the \
 channels; {} s warm-up, then {} s measured. Deliveries/s = publications received by all \
 subscribers in the window ÷ its length; offered = publications sent in the window × subscribers \

@@ -63,7 +63,7 @@ fn nchan_module() -> Option<String> {
 /// the Socket.IO package (`npm ci`) when missing.
 pub fn ensure_installed(kind: Kind) -> Result<()> {
     match kind {
-        Kind::Switchboard => Ok(()),
+        Kind::Switchboard | Kind::Raw => Ok(()),
         Kind::Nchan => {
             let have_nginx = Command::new("nginx")
                 .arg("-v")
@@ -174,6 +174,14 @@ pub fn argv(
                 conf.into(),
             ]
         }
+        Kind::Raw => vec![
+            std::env::current_exe()
+                .context("locating this executable")?
+                .into(),
+            "fanout-raw".into(),
+            "--listen".into(),
+            listen.to_string().into(),
+        ],
         Kind::Socketio => vec![
             "node".into(),
             peer_dir("socketio").join("server.js").into(),
@@ -199,6 +207,11 @@ pub fn versions(kinds: &[Kind], switchboard: Option<&Path>) -> Vec<(String, Stri
                     )
                     .unwrap_or_else(|| "unknown".into())
                 ),
+                Kind::Raw => {
+                    "one thread, non-blocking write(2) of the same bytes to every plain TCP \
+                     socket (no WebSocket)"
+                        .into()
+                }
                 Kind::Socketio => {
                     let package = peer_dir("socketio").join("node_modules/socket.io/package.json");
                     let socketio = std::fs::read_to_string(package)

@@ -21,11 +21,14 @@ pub enum Kind {
     Nchan,
     /// Socket.IO 4 (Engine.IO v4 over WebSocket), rooms.
     Socketio,
+    /// The physical limit (`switchboard-bench fanout-raw`): one thread writes each publication's
+    /// bytes to every subscriber's plain TCP socket. Spoken to as Nchan is.
+    Raw,
 }
 
 impl Kind {
     /// All of them, in the order they run.
-    pub const ALL: [Kind; 3] = [Kind::Switchboard, Kind::Nchan, Kind::Socketio];
+    pub const ALL: [Kind; 4] = [Kind::Switchboard, Kind::Nchan, Kind::Socketio, Kind::Raw];
 
     /// The name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Kind {
             Kind::Switchboard => "switchboard",
             Kind::Nchan => "nchan",
             Kind::Socketio => "socketio",
+            Kind::Raw => "raw",
         }
     }
 
@@ -40,7 +44,7 @@ impl Kind {
     pub fn channel(self, c: usize) -> String {
         match self {
             Kind::Switchboard | Kind::Socketio => format!("bench:{c}"),
-            Kind::Nchan => format!("bench-{c}"),
+            Kind::Nchan | Kind::Raw => format!("bench-{c}"),
         }
     }
 
@@ -48,7 +52,7 @@ impl Kind {
     pub fn ws_path(self, c: usize) -> String {
         match self {
             Kind::Switchboard => "/connection/websocket".into(),
-            Kind::Nchan => format!("/sub/{}", self.channel(c)),
+            Kind::Nchan | Kind::Raw => format!("/sub/{}", self.channel(c)),
             Kind::Socketio => "/socket.io/?EIO=4&transport=websocket".into(),
         }
     }
@@ -57,7 +61,7 @@ impl Kind {
     pub fn ws_headers(self) -> &'static str {
         match self {
             Kind::Switchboard => "Sec-WebSocket-Protocol: switchboard.json\r\n",
-            Kind::Nchan | Kind::Socketio => "",
+            Kind::Nchan | Kind::Socketio | Kind::Raw => "",
         }
     }
 }
@@ -135,7 +139,7 @@ pub fn events(kind: Kind, message: &[u8], mut f: impl FnMut(Event)) -> Result<()
                 f(switchboard_event(line)?);
             }
         }
-        Kind::Nchan => {
+        Kind::Nchan | Kind::Raw => {
             let (seq, t_ns) = payload_numbers(message)?;
             f(Event::Delivery(Delivery {
                 seq,
@@ -236,7 +240,7 @@ pub fn subscribe_messages(kind: Kind, channel: &str) -> Vec<String> {
             format!("{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}"),
         ],
         Kind::Socketio => vec![format!("420[\"sub\",\"{channel}\"]")],
-        Kind::Nchan => vec![],
+        Kind::Nchan | Kind::Raw => vec![],
     }
 }
 
@@ -249,7 +253,7 @@ pub fn push_ws_publish(out: &mut Vec<u8>, kind: Kind, id: u64, channel: &str, t_
             format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}")
         }
         Kind::Socketio => format!("42[\"pub\",\"{channel}\",{data}]"),
-        Kind::Nchan => unreachable!("Nchan publishes over HTTP"),
+        Kind::Nchan | Kind::Raw => unreachable!("Nchan and the raw reference publish over HTTP"),
     };
     out.extend_from_slice(&masked_frame(OP_TEXT, text.as_bytes(), mask(id)));
 }

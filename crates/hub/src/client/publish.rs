@@ -93,14 +93,24 @@ impl Client {
             .publish_as(publisher, &req.channel, payload, &opts)
             .await
         {
-            Ok(pos) => self.reply(
-                id,
-                "publish",
-                &PublishResult {
-                    epoch: (ns.keeps_history() && !opts.skip_history).then_some(pos.epoch),
-                    offset: pos.offset,
-                },
-            ),
+            Ok(pos) => {
+                if self.subs.contains_key(&req.channel) {
+                    // Its own publication before the reply, as for any subscriber before (a big
+                    // channel's fan-out goes on in runtime tasks): waits for its own share only.
+                    self.node
+                        .hub
+                        .settled(&req.channel, self.session.key())
+                        .await;
+                }
+                self.reply(
+                    id,
+                    "publish",
+                    &PublishResult {
+                        epoch: (ns.keeps_history() && !opts.skip_history).then_some(pos.epoch),
+                        offset: pos.offset,
+                    },
+                )
+            }
             // The namespace was resolved above; should it fail now, the client hears why.
             Err(PublishError::Channel(code)) => self.error(id, code, code.message()),
             Err(PublishError::Engine(e)) => self.engine_error(id, &e),

@@ -100,7 +100,7 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
         .await?;
     let subscribe_s = started.elapsed().as_secs_f64();
     let server_counted_subs = match args.kind {
-        Kind::Nchan => Some(nchan_subscribers(args.addr, args.channels).await?),
+        Kind::Nchan | Kind::Raw => Some(nchan_subscribers(args.addr, args.channels).await?),
         _ => None,
     };
     sleep(Duration::from_secs_f64(args.settle)).await;

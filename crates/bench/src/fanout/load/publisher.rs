@@ -60,7 +60,7 @@ pub(super) async fn publish(
     let mut writers: Vec<OwnedWriteHalf> = Vec::new();
     // HTTP publishers (Nchan, switchboard's API) answer in order on each connection: the send
     // times queued here pair up with the responses.
-    let http = kind == Kind::Nchan || api.is_some();
+    let http = matches!(kind, Kind::Nchan | Kind::Raw) || api.is_some();
     let mut in_flight: Vec<Rc<RefCell<VecDeque<Instant>>>> = Vec::new();
     let conns = if http {
         http_conns.clamp(1, channels)
@@ -73,7 +73,7 @@ pub(super) async fn publish(
                 let (api_addr, _) = api.as_ref().context("no API address")?;
                 ws::connect(None, *api_addr).await?.into_split()
             }
-            Kind::Nchan => ws::connect(None, addr).await?.into_split(),
+            Kind::Nchan | Kind::Raw => ws::connect(None, addr).await?.into_split(),
             Kind::Switchboard => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
                 ws.send_text("{\"id\":1,\"connect\":{}}").await?;
@@ -143,7 +143,7 @@ pub(super) async fn publish(
                     let key = api.as_ref().map_or("", |(_, k)| k.as_str());
                     push_api_publish(out, key, &names[c], t_ns, seq[c]);
                 }
-                Kind::Nchan => wire::push_http_request(
+                Kind::Nchan | Kind::Raw => wire::push_http_request(
                     out,
                     "POST",
                     &format!("/pub/{}", names[c]),

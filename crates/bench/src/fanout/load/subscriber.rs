@@ -189,7 +189,7 @@ pub(super) async fn open_subscriber(
     let channel = kind.channel(c);
     let offset = match kind {
         // The upgrade's 101 is sent once the subscriber is registered.
-        Kind::Nchan => None,
+        Kind::Nchan | Kind::Raw => None,
         Kind::Switchboard => {
             for m in wire::subscribe_messages(kind, &channel) {
                 ws.send_text(&m).await?;

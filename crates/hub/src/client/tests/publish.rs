@@ -208,3 +208,48 @@ async fn rpc_without_a_handler_is_108() {
         "method is required"
     );
 }
+
+/// Fills `channel` with sessions of no client until the hub fans it out in runtime tasks.
+fn crowd(node: &std::sync::Arc<crate::Node>, channel: &str) -> Vec<std::sync::Arc<crate::Session>> {
+    (0..=crate::hub::INLINE_MAX as u64 * 2)
+        .map(|k| {
+            let s =
+                std::sync::Arc::new(crate::Session::new(1_000_000 + k, format!("x{k}"), 1 << 20));
+            node.hub.add(channel, std::sync::Arc::clone(&s));
+            s
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn in_a_big_channel_the_publisher_still_gets_its_own_publication_before_the_reply() {
+    let node = node();
+    let crowd = crowd(&node, "chat:big");
+    let mut c = Conn::anonymous(&node).await;
+    c.ok("subscribe", json!({"channel": "chat:big"})).await;
+    let id = c
+        .send("publish", json!({"channel": "chat:big", "data": {"n": 1}}))
+        .await;
+    let got = c.drain();
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| got.iter().position(f);
+    let publication = at(&|m| m["pub"]["data"] == json!({"n": 1}));
+    let reply = at(&|m| m["id"] == json!(id));
+    assert!(
+        publication.is_some() && reply.is_some() && publication < reply,
+        "{got:?}"
+    );
+    // The server API answers without waiting for the audience: on this one-worker runtime nobody
+    // else has it when the call returns, and everybody gets it after.
+    let before: usize = crowd.iter().map(|s| s.queued_bytes()).sum();
+    server_publish(&node, "chat:big", json!({"n": 2})).await;
+    assert_eq!(
+        crowd.iter().map(|s| s.queued_bytes()).sum::<usize>(),
+        before
+    );
+    for s in &crowd {
+        node.hub.settled("chat:big", s.key()).await;
+    }
+    assert!(crowd.iter().all(|s| s.queued_bytes() > 0));
+    node.hub.settled("chat:big", c.client.session().key()).await;
+    assert_eq!(pushes(&c.drain(), "pub").len(), 1);
+}
