@@ -224,6 +224,17 @@ async fn resync(inner: &Inner) {
     inner.observe();
 }
 
+/// Reports every channel this node is subscribed to as a possible gap; how many.
+pub(crate) fn report_gaps(inner: &Inner) -> usize {
+    let channels: Vec<String> = inner.live.lock().keys().cloned().collect();
+    if let Some(handler) = inner.handler() {
+        for c in &channels {
+            handler.on_stream_gap(c);
+        }
+    }
+    channels.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,15 +260,4 @@ mod tests {
             Duration::from_millis(100)
         );
     }
-}
-
-/// Reports every channel this node is subscribed to as a possible gap; how many.
-pub(crate) fn report_gaps(inner: &Inner) -> usize {
-    let channels: Vec<String> = inner.live.lock().keys().cloned().collect();
-    if let Some(handler) = inner.handler() {
-        for c in &channels {
-            handler.on_stream_gap(c);
-        }
-    }
-    channels.len()
 }
