@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::encode::{self, PresenceEvent};
 use switchboard_protocol::{ClientInfo, Frame, Publication, UnsubscribeCode};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::session::Session;
 
@@ -39,6 +39,22 @@ pub const STRIPES: usize = 16;
 /// answer wait noticeably.
 pub const INLINE_MAX: usize = 64;
 
+/// Where this node's engine subscription of a channel stands.
+///
+/// A subscriber that joins while the first one is still subscribing the node must not read the
+/// channel's position before the subscription is in place: a publication between its history read
+/// and the first one the engine delivers would be lost for it, silently (the NATS fault test found
+/// this after a restart, when every client resubscribes at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// The first subscriber is subscribing the node with the engine.
+    Pending,
+    /// The engine delivers the channel to this node.
+    Yes,
+    /// The engine subscription failed; the subscribers who waited fail too (and may retry).
+    Failed,
+}
+
 /// The subscriber index of one node.
 #[derive(Debug)]
 pub struct Hub {
@@ -50,6 +66,9 @@ pub struct Hub {
 struct Channel {
     /// Subscribers over all stripes.
     count: usize,
+    /// Whether the engine delivers the channel to this node yet: the first subscriber subscribes
+    /// the node with the engine, and those who join meanwhile wait for it (see [`Hub::listening`]).
+    listening: watch::Sender<Listening>,
     /// Created at a stripe's first subscriber: a channel of one subscriber holds one stripe.
     stripes: [Option<Arc<Stripe>>; STRIPES],
     /// Where the channel's stream stands for this node, to notice gaps. Publications of one channel
@@ -174,6 +193,7 @@ impl Channel {
     fn new() -> Self {
         Self {
             count: 0,
+            listening: watch::Sender::new(Listening::Pending),
             stripes: Default::default(),
             position: Mutex::new(Position::default()),
         }
@@ -283,6 +303,22 @@ impl Hub {
             .insert(session.key(), session);
         ch.count += 1;
         ch.count == 1
+    }
+
+    /// Where the node's engine subscription of `channel` stands, to wait on; `None` when the channel
+    /// has no subscriber here.
+    pub fn listening(&self, channel: &str) -> Option<watch::Receiver<Listening>> {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .map(|c| c.listening.subscribe())
+    }
+
+    /// Records the outcome of the first subscriber's engine subscription of `channel`.
+    pub fn set_listening(&self, channel: &str, state: Listening) {
+        if let Some(c) = self.shard(channel).read().get(channel) {
+            c.listening.send_replace(state);
+        }
     }
 
     /// Removes a subscriber; true if the channel has none left on this node.

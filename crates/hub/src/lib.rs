@@ -39,7 +39,7 @@ pub use cluster::{
     ClientOrder, ClientTarget, ClusterConfig, ClusterError, Gathered, MISSED_ANNOUNCEMENTS,
 };
 pub use driver::{ShutdownSignal, drive};
-pub use hub::Hub;
+pub use hub::{Hub, Listening};
 pub use metrics::{Labels, Metrics};
 pub use namespace::{ChannelsConfig, NamespaceOptions};
 pub use node::{

@@ -42,6 +42,8 @@ pub(crate) struct TestEngine {
     /// Broadcasts say they reached an unknown number of nodes, as an engine that cannot count its
     /// receivers does ([`Reach::Unknown`]).
     pub(crate) uncounted: bool,
+    /// Held (written) by a test to keep every engine subscribe waiting, as a slow broker would.
+    pub(crate) hold_subscribe: tokio::sync::RwLock<()>,
 }
 
 impl TestEngine {
@@ -85,6 +87,7 @@ impl Engine for TestEngine {
         self.inner.send_control(node, message).await
     }
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        let _held = self.hold_subscribe.read().await;
         self.check()?;
         self.inner.subscribe(channel).await
     }

@@ -212,14 +212,15 @@ fn violations(seen: &Seen, acked: &[Acked]) -> Vec<String> {
     bad
 }
 
-// Found by this test, about 1 run in 10: after the restart without store, two subscribers of one
-// node resubscribe at once; the hub calls `Engine::subscribe` only for the first
-// (`Hub::add` returned true) and lets the second read history before that engine subscription is
-// in place, so a publication stored between the second's history read and the node's SUB reaching
-// NATS never reaches the second subscriber, and the next one is delivered as if nothing was
-// missing (a silent loss). The fix belongs in the hub (crates/hub/src/client/subscribe.rs `join`:
-// later joiners must wait for the first joiner's engine subscribe); run with `--ignored` until then.
-#[ignore = "catches a hub race about 1 run in 10 (see the comment above)"]
+// Found by this test, about 1 run in 10 before the fix: after the restart without store, two
+// subscribers of one node resubscribed at once and the second read history before the first had
+// subscribed the node with the engine, so a publication stored in between never reached it (a
+// silent loss). Later joiners now wait for the node's engine subscription (hub `Listening`; unit
+// test `a_subscriber_joining_while_the_node_subscribes_waits_for_the_engine`).
+// Still ignored: about 1 run in 14 (debug build, loaded machine) one node's /ready stays 503 for
+// more than 10 s after nats-server came back; the engine's readiness after a restart under load is
+// not understood yet. Run with `--ignored`.
+#[ignore = "a node's readiness sometimes does not come back within 10 s (see above)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_under_load_with_and_without_its_store_nats_loses_nothing_silently() {
     // Bounded: a hang anywhere fails the test instead of holding CI.

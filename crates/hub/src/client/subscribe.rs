@@ -13,7 +13,7 @@ use switchboard_protocol::{ErrorCode, SubscribeRequest};
 
 use super::proxying::raw_json;
 use super::state::{Client, Flow, Membership, Replay};
-use crate::hub::text;
+use crate::hub::{Hub, Listening, text};
 use crate::namespace::NamespaceOptions;
 use crate::proxy::{self, ProxyEvent};
 
@@ -169,13 +169,36 @@ impl Client {
     ) -> Result<Joined, (ErrorCode, String)> {
         let engine = &self.node.engine;
         self.session.begin_subscribe(channel);
-        if self.node.hub.add(channel, Arc::clone(&self.session))
-            && let Err(e) = engine.subscribe(channel).await
-        {
-            self.node.hub.remove(channel, self.session.key());
-            self.session.abort_subscribe(channel);
-            tracing::warn!(channel, "subscribe failed: {e}");
-            return Err((ErrorCode::Internal, e.client_message().to_owned()));
+        if self.node.hub.add(channel, Arc::clone(&self.session)) {
+            // Should this task be dropped mid-subscribe, those waiting are told it failed.
+            let mut outcome = ListeningGuard {
+                hub: &self.node.hub,
+                channel,
+                state: Listening::Failed,
+            };
+            if let Err(e) = engine.subscribe(channel).await {
+                drop(outcome);
+                self.node.hub.remove(channel, self.session.key());
+                self.session.abort_subscribe(channel);
+                tracing::warn!(channel, "subscribe failed: {e}");
+                return Err((ErrorCode::Internal, e.client_message().to_owned()));
+            }
+            outcome.state = Listening::Yes;
+        } else if let Some(mut listening) = self.node.hub.listening(channel) {
+            // Joined while the first subscriber is still subscribing the node: the position is read
+            // only once the engine delivers the channel here.
+            let state = match listening.wait_for(|s| *s != Listening::Pending).await {
+                Ok(s) => *s,
+                Err(_) => Listening::Failed,
+            };
+            if state == Listening::Failed {
+                self.node.hub.remove(channel, self.session.key());
+                self.session.abort_subscribe(channel);
+                return Err((
+                    ErrorCode::Internal,
+                    "the channel could not be subscribed on this node; try again".to_owned(),
+                ));
+            }
         }
         let mut result = SubscribeResult::default();
         let mut after = 0;
@@ -308,5 +331,18 @@ impl Client {
                     .await;
             }
         }
+    }
+}
+
+/// Records the first subscriber's engine subscription outcome when dropped, whatever ends it.
+struct ListeningGuard<'a> {
+    hub: &'a Hub,
+    channel: &'a str,
+    state: Listening,
+}
+
+impl Drop for ListeningGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.set_listening(self.channel, self.state);
     }
 }

@@ -211,14 +211,17 @@ async fn rpc_without_a_handler_is_108() {
 
 /// Fills `channel` with sessions of no client until the hub fans it out in runtime tasks.
 fn crowd(node: &std::sync::Arc<crate::Node>, channel: &str) -> Vec<std::sync::Arc<crate::Session>> {
-    (0..=crate::hub::INLINE_MAX as u64 * 2)
+    let crowd = (0..=crate::hub::INLINE_MAX as u64 * 2)
         .map(|k| {
             let s =
                 std::sync::Arc::new(crate::Session::new(1_000_000 + k, format!("x{k}"), 1 << 20));
             node.hub.add(channel, std::sync::Arc::clone(&s));
             s
         })
-        .collect()
+        .collect::<Vec<_>>();
+    // No client subscribed the node with the engine: say it is done, as the first one would.
+    node.hub.set_listening(channel, crate::Listening::Yes);
+    crowd
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use switchboard_auth::{AuthConfig, Verifier};
 use switchboard_engine::MemoryEngine;
 use switchboard_protocol::DisconnectCode;
 
-use super::{Conn, at, config, node, node_with, pushes, server_publish, token};
+use super::{Conn, at, config, faulty_node, node, node_with, pushes, server_publish, token};
 use crate::node::Node;
 use crate::session::{Control, Signal};
 
@@ -357,4 +357,58 @@ async fn a_client_that_does_not_read_is_disconnected_as_slow_3008() {
         server_publish(&node, "chat:s", json!("x".repeat(1500))).await;
     }
     assert_eq!(c.signal(), Some(Signal::Disconnect(DisconnectCode::Slow)));
+}
+
+/// A second subscriber of a channel that joins while the first is still subscribing the node with the
+/// engine reads the channel's position only once that is done: reading it before, a publication in
+/// between would reach neither its history read nor, live, the node (found by the NATS fault test).
+#[tokio::test]
+async fn a_subscriber_joining_while_the_node_subscribes_waits_for_the_engine() {
+    let (node, engine) = faulty_node();
+    let mut a = Conn::anonymous(&node).await;
+    let mut b = Conn::anonymous(&node).await;
+    let held = engine.hold_subscribe.write().await;
+    let first = a.ok("subscribe", json!({"channel": "chat:race"}));
+    let second = b.ok("subscribe", json!({"channel": "chat:race"}));
+    tokio::pin!(first, second);
+    let wait = std::time::Duration::from_millis(50);
+    assert!(
+        tokio::time::timeout(wait, &mut first).await.is_err(),
+        "the engine holds the first"
+    );
+    assert!(
+        tokio::time::timeout(wait, &mut second).await.is_err(),
+        "the second must wait for the node's engine subscription"
+    );
+    drop(held);
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first["offset"], second["offset"]);
+}
+
+#[tokio::test]
+async fn those_who_waited_for_a_failed_engine_subscription_fail_too_and_leave_nothing() {
+    let (node, engine) = faulty_node();
+    let mut a = Conn::anonymous(&node).await;
+    let mut b = Conn::anonymous(&node).await;
+    let held = engine.hold_subscribe.write().await;
+    let ((first, _), (second, _)) = {
+        let first = a.call("subscribe", json!({"channel": "chat:race"}));
+        let second = b.call("subscribe", json!({"channel": "chat:race"}));
+        tokio::pin!(first, second);
+        let wait = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, &mut first).await.is_err());
+        assert!(tokio::time::timeout(wait, &mut second).await.is_err());
+        engine
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(held);
+        tokio::join!(first, second)
+    };
+    assert_eq!(first["error"]["code"], 100, "{first}");
+    assert_eq!(second["error"]["code"], 100, "{second}");
+    assert_eq!(node.subscriber_count("chat:race"), 0);
+    engine
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    a.ok("subscribe", json!({"channel": "chat:race"})).await;
 }
