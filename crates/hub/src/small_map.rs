@@ -117,11 +117,12 @@ impl<V> SmallMap<V> {
     }
 
     /// The entries, in no particular order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&String, &V)> + '_> {
-        match self {
-            Self::Few(v) => Box::new(v.iter().map(|(k, v)| (k, v))),
-            Self::Many(m) => Box::new(m.iter()),
-        }
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        let (few, many) = match self {
+            Self::Few(v) => (Some(v.iter().map(|(k, v)| (k, v))), None),
+            Self::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
     fn compact(&mut self) {
@@ -136,14 +137,34 @@ impl<V> SmallMap<V> {
     }
 }
 
-impl<V: 'static> IntoIterator for SmallMap<V> {
+/// The entries of a [`SmallMap`], by value.
+#[derive(Debug)]
+pub enum IntoIter<V> {
+    /// Of a vector.
+    Few(std::vec::IntoIter<(String, V)>),
+    /// Of a hash table.
+    Many(std::collections::hash_map::IntoIter<String, V>),
+}
+
+impl<V> Iterator for IntoIter<V> {
     type Item = (String, V);
-    type IntoIter = Box<dyn Iterator<Item = (String, V)>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Few(it) => it.next(),
+            Self::Many(it) => it.next(),
+        }
+    }
+}
+
+impl<V> IntoIterator for SmallMap<V> {
+    type Item = (String, V);
+    type IntoIter = IntoIter<V>;
 
     fn into_iter(self) -> Self::IntoIter {
         match self {
-            Self::Few(v) => Box::new(v.into_iter()),
-            Self::Many(m) => Box::new(m.into_iter()),
+            Self::Few(v) => IntoIter::Few(v.into_iter()),
+            Self::Many(m) => IntoIter::Many(m.into_iter()),
         }
     }
 }
