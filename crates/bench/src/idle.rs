@@ -3,6 +3,12 @@
 //! echo on each, then holds them open for a while. With the server's pid it reports the server's
 //! RSS before, after the handshakes and after the echo, and the KiB per connection.
 //!
+//! With `--subscribe PREFIX` each connection speaks switchboard's JSON protocol instead
+//! (`switchboard.json` on `--path /connection/websocket`): it connects and subscribes to channel
+//! `PREFIX<i mod --channels>` where an echo connection echoes once. With `--churn N` it then closes
+//! and reopens N connections, the oldest first (`--concurrency` at a time), and reports the server's
+//! RSS after them: a leak or pages the allocator keeps show as RSS that does not come back.
+//!
 //! One process can only hold as many connections as its open-file limit allows, so the
 //! orchestrator runs several of these side by side to go further; the report line is printed
 //! (and flushed) *before* the hold, so the orchestrator can measure while they are all open.
@@ -12,7 +18,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use futures_util::{StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
@@ -69,6 +75,17 @@ pub struct IdleArgs {
     /// Stop opening connections after this many failures (the server is full).
     #[arg(long, default_value_t = 64)]
     pub max_failures: usize,
+    /// Subscribe instead of echo: speak switchboard's JSON protocol (use with
+    /// `--path /connection/websocket`), connect, and subscribe to channel `PREFIX<i mod --channels>`.
+    #[arg(long, value_name = "PREFIX")]
+    pub subscribe: Option<String>,
+    /// Channels the `--subscribe` connections spread over.
+    #[arg(long, default_value_t = 100)]
+    pub channels: usize,
+    /// After the measurement, close and reopen this many connections (oldest first, each set up
+    /// again), then `--settle` and measure again.
+    #[arg(long, default_value_t = 0)]
+    pub churn: usize,
     /// Server process id, to report its memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -104,6 +121,12 @@ pub struct IdleReport {
     pub kib_per_conn_handshake: Option<f64>,
     /// (RSS after the echo − before) / connections, KiB.
     pub kib_per_conn_echo: Option<f64>,
+    /// Connections closed and reopened by `--churn`.
+    pub churned: usize,
+    /// Time the churn took, in seconds.
+    pub churn_s: f64,
+    /// Server RSS after the churn (and `--settle`), KiB.
+    pub rss_churn_kib: Option<u64>,
     /// The first failure, if any.
     pub first_error: Option<String>,
 }
@@ -112,7 +135,7 @@ pub struct IdleReport {
 /// afterwards if any connection could not be opened or echoed.
 pub fn main(args: &IdleArgs) -> Result<()> {
     ensure!(
-        args.conns > 0 && args.per_source > 0 && args.concurrency > 0,
+        args.conns > 0 && args.per_source > 0 && args.concurrency > 0 && args.channels > 0,
         "counts must be at least 1"
     );
     let sources = args.conns.div_ceil(args.per_source);
@@ -153,11 +176,15 @@ pub fn main(args: &IdleArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
         drop(connections);
         ensure!(
-            report.connected == report.requested && report.echoed == report.connected,
-            "{} of {} connections opened, {} echoed",
+            report.connected == report.requested
+                && report.echoed == report.connected
+                && report.churned == args.churn,
+            "{} of {} connections opened, {} echoed, {} of {} reopened",
             report.connected,
             report.requested,
-            report.echoed
+            report.echoed,
+            report.churned,
+            args.churn
         );
         Ok(())
     })
@@ -181,6 +208,13 @@ async fn open_and_echo(
     };
 
     let messages = &Messages::new(wire, args.size, 1);
+    let mode = &match &args.subscribe {
+        Some(prefix) => Mode::Subscribe {
+            prefix: prefix.clone(),
+            channels: args.channels,
+        },
+        None => Mode::Echo(messages),
+    };
     let rss_before = rss()?;
     let started = Instant::now();
     let mut connections: Vec<_> = stream::iter(0..args.conns)
@@ -192,7 +226,7 @@ async fn open_and_echo(
                 if failures.get() >= args.max_failures {
                     return None;
                 }
-                match timeout(limit, open(source, args.addr, &args.path, messages, i)).await {
+                match timeout(limit, open(source, args.addr, &args.path, mode, i)).await {
                     Ok(Ok(conn)) => Some(conn),
                     Ok(Err(e)) => {
                         fail(e.context(format!("connection from {source}")));
@@ -214,8 +248,8 @@ async fn open_and_echo(
     let handshake_s = started.elapsed().as_secs_f64();
     let rss_handshake = rss()?;
 
-    let echoed = stream::iter(connections.iter_mut())
-        .map(|(stream, buf)| async move { timeout(limit, echo_once(stream, buf, messages)).await })
+    let echoed = stream::iter(connections.iter_mut().enumerate())
+        .map(|(i, (stream, buf))| async move { timeout(limit, mode.set_up(stream, buf, i)).await })
         .buffer_unordered(args.concurrency * 4)
         .fold(0usize, |ok, result| {
             let ok = match result {
@@ -240,6 +274,62 @@ async fn open_and_echo(
     let rss_echo = rss()?;
 
     let connected = connections.len();
+    let churn_started = Instant::now();
+    let mut churned = 0;
+    if connected > 0 {
+        let mut next = args.conns;
+        while churned < args.churn {
+            let batch = (args.churn - churned).min(args.concurrency).min(connected);
+            // The oldest close (the server sees them go), then as many open again.
+            drop(connections.drain(..batch));
+            let reopened: Vec<_> = stream::iter(next..next + batch)
+                .map(|i| {
+                    let at = i % args.conns;
+                    let source =
+                        Ipv4Addr::new(127, 0, 0, args.source_start + (at / args.per_source) as u8);
+                    async move {
+                        let conn = timeout(limit, async {
+                            let (mut stream, mut buf) =
+                                open(source, args.addr, &args.path, mode, i).await?;
+                            mode.set_up(&mut stream, &mut buf, i).await?;
+                            anyhow::Ok((stream, buf))
+                        })
+                        .await;
+                        match conn {
+                            Ok(Ok(conn)) => Ok(conn),
+                            Ok(Err(e)) => Err(e.context(format!("reconnection from {source}"))),
+                            Err(_) => Err(anyhow::anyhow!(
+                                "reconnection from {source} timed out after {limit:?}"
+                            )),
+                        }
+                    }
+                })
+                .buffer_unordered(args.concurrency)
+                .collect()
+                .await;
+            next += batch;
+            for conn in reopened {
+                match conn {
+                    Ok(conn) => {
+                        connections.push(conn);
+                        churned += 1;
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            if failures.get() >= args.max_failures {
+                break;
+            }
+        }
+    }
+    let churn_s = churn_started.elapsed().as_secs_f64();
+    let rss_churn = if args.churn > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        rss()?
+    } else {
+        None
+    };
+
     let per_conn = |after: Option<u64>| {
         rss_before
             .zip(after)
@@ -259,6 +349,9 @@ async fn open_and_echo(
         rss_echo_kib: rss_echo,
         kib_per_conn_handshake: per_conn(rss_handshake),
         kib_per_conn_echo: per_conn(rss_echo),
+        churned,
+        churn_s,
+        rss_churn_kib: rss_churn,
         first_error: first_error.into_inner(),
     };
     Ok((report, connections))
@@ -272,16 +365,92 @@ async fn open(
     source: Ipv4Addr,
     addr: SocketAddr,
     path: &str,
-    messages: &Messages,
+    mode: &Mode<'_>,
     id: usize,
 ) -> Result<(TcpStream, Vec<u8>)> {
     let mut stream = ws::connect(Some(source), addr).await.context("connect")?;
     let mut rest = Vec::new();
-    match messages.wire() {
-        Wire::WebSocket => rest = ws::handshake(&mut stream, addr, path, id as u64).await?,
-        Wire::Raw => echo_once(&mut stream, &mut rest, messages).await?,
+    match mode {
+        Mode::Subscribe { .. } => {
+            rest = ws::handshake_with(
+                &mut stream,
+                addr,
+                path,
+                id as u64,
+                "Sec-WebSocket-Protocol: switchboard.json\r\n",
+            )
+            .await?;
+        }
+        Mode::Echo(messages) => match messages.wire() {
+            Wire::WebSocket => rest = ws::handshake(&mut stream, addr, path, id as u64).await?,
+            Wire::Raw => echo_once(&mut stream, &mut rest, messages).await?,
+        },
     }
     Ok((stream, rest))
+}
+
+/// What each connection does once open: echo one message, or connect and subscribe.
+enum Mode<'a> {
+    Echo(&'a Messages),
+    Subscribe { prefix: String, channels: usize },
+}
+
+impl Mode<'_> {
+    /// Sets connection `i` up: one echo, or `connect` and `subscribe` with their replies checked.
+    async fn set_up(&self, stream: &mut TcpStream, buf: &mut Vec<u8>, i: usize) -> Result<()> {
+        match self {
+            Mode::Echo(messages) => echo_once(stream, buf, messages).await,
+            Mode::Subscribe { prefix, channels } => {
+                let channel = format!("{prefix}{}", i % channels);
+                subscribe_once(stream, buf, &channel, i as u64).await
+            }
+        }
+    }
+}
+
+/// Sends `connect` (id 1) and `subscribe` (id 2) to `channel` and waits for both replies.
+async fn subscribe_once(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    channel: &str,
+    seed: u64,
+) -> Result<()> {
+    let mut out = ws::masked_frame(ws::OP_TEXT, br#"{"id":1,"connect":{}}"#, ws::mask(seed));
+    let subscribe = format!(r#"{{"id":2,"subscribe":{{"channel":"{channel}"}}}}"#);
+    out.extend_from_slice(&ws::masked_frame(
+        ws::OP_TEXT,
+        subscribe.as_bytes(),
+        ws::mask(seed + 1),
+    ));
+    stream.write_all(&out).await?;
+    let mut replied = 0;
+    loop {
+        while let Some((frame, used)) = ws::parse_server_frame(buf)? {
+            if frame.opcode == ws::OP_TEXT {
+                for line in frame.payload.split(|&b| b == b'\n') {
+                    if line.starts_with(br#"{"id":"#) {
+                        ensure!(
+                            ws::find(line, br#""error":"#).is_none(),
+                            "refused: {}",
+                            String::from_utf8_lossy(line)
+                        );
+                        replied += 1;
+                    }
+                }
+            } else if frame.opcode == ws::OP_CLOSE {
+                bail!("server closed: {}", ws::close_text(frame.payload));
+            }
+            buf.drain(..used);
+        }
+        if replied >= 2 {
+            buf.shrink_to_fit();
+            return Ok(());
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Sends one message and checks its echo.
@@ -312,6 +481,12 @@ fn print_text(r: &IdleReport) {
     }
     if let (Some(hs), Some(echo)) = (r.kib_per_conn_handshake, r.kib_per_conn_echo) {
         println!("KiB per connection: {hs:.1} after handshake, {echo:.1} after one echo");
+    }
+    if let Some(churn) = r.rss_churn_kib {
+        println!(
+            "after closing and reopening {} connections in {:.2} s: server RSS {churn} KiB",
+            r.churned, r.churn_s
+        );
     }
     if let Some(e) = &r.first_error {
         println!("first error: {e}");

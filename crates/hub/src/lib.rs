@@ -30,6 +30,7 @@ mod namespace;
 mod node;
 mod proxy;
 mod session;
+mod small_map;
 #[cfg(test)]
 mod testing;
 mod wire;

@@ -13,13 +13,15 @@
 //! of its bound (see [`Control::Replay`]), while the channel's live publications are not queued (the
 //! replay reads them from history in turn) until the replay has caught up with the live stream.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 use switchboard_protocol::{DisconnectCode, Frame};
+
+use crate::small_map::SmallMap;
 
 /// The shared half of a client: what the hub delivers to.
 #[derive(Debug)]
@@ -47,7 +49,7 @@ struct Outbox {
     bytes: usize,
     /// Channels being subscribed: live publications wait here until the subscribe reply is queued, so
     /// that they follow the recovered ones in offset order.
-    pending: HashMap<String, Vec<(u64, Frame)>>,
+    pending: SmallMap<Vec<(u64, Frame)>>,
     closed: Option<DisconnectCode>,
     /// Channels the hub dropped this session from; the client forgets them at its next command.
     dropped: Vec<String>,
@@ -63,7 +65,7 @@ struct Outbox {
     /// so one of them can still arrive after the history read that included it: it is skipped, not
     /// doubled. Forgotten at the first live publication past it (a channel's publications arrive in
     /// offset order, so none at or below it can follow).
-    delivered_up_to: HashMap<String, u64>,
+    delivered_up_to: SmallMap<u64>,
 }
 
 /// An order for a client from the server side (the HTTP API), carried out by the client's own task

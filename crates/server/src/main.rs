@@ -8,6 +8,18 @@ use switchboard::cli::{Cli, Command, ServeArgs};
 use switchboard::{Config, Server, generate, logging, tools};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+// The allocator is chosen at build time (docs/benchmarks.md, "Allocator", has the measurements).
+#[cfg(all(feature = "jemalloc", feature = "mimalloc"))]
+compile_error!("features `jemalloc` and `mimalloc` both choose the global allocator: enable one");
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -226,6 +226,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     match self.incoming.decode(&mut self.read_buf) {
                         Ok(Some(event)) => {
                             if let Some(msg) = self.on_event(event) {
+                                // Released now, not at the next poll: the application may hold the
+                                // connection unpolled for as long as the message takes to handle.
+                                if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+                                    self.read_buf = BytesMut::new();
+                                }
                                 return Poll::Ready(Some(Ok(msg)));
                             }
                             continue;
@@ -561,5 +566,60 @@ impl<S> std::fmt::Debug for WebSocket<S> {
             .field("queued", &self.out.len())
             .field("buffered", &self.read_buf.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// A masked client text frame carrying `payload` (< 126 bytes).
+    fn client_text(payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// What an idle connection holds: no read buffer and no write queue between messages, whether the
+    /// last message came whole or split over several reads (when the buffer grows, then goes).
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffers_and_they_regrow_for_a_split_frame() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut ws = WebSocket::new(server, Arc::new(Config::default()), None);
+
+        client.write_all(&client_text(b"whole")).await.unwrap();
+        let msg = ws.recv().await.unwrap().unwrap();
+        assert_eq!(msg.payload().as_ref(), b"whole");
+        assert_eq!(ws.read_buf.capacity(), 0, "a whole frame leaves no buffer");
+
+        let frame = client_text(b"split across two reads");
+        client.write_all(&frame[..7]).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(50), ws.recv()).await;
+        assert!(early.is_err(), "half a frame is not a message");
+        assert_eq!(ws.read_buf.len(), 7, "the partial frame is kept");
+        client.write_all(&frame[7..]).await.unwrap();
+        let msg = ws.recv().await.unwrap().unwrap();
+        assert_eq!(msg.payload().as_ref(), b"split across two reads");
+        assert_eq!(
+            ws.read_buf.capacity(),
+            0,
+            "released once the frame is whole"
+        );
+
+        ws.send(Message::Text(Bytes::from_static(b"reply")))
+            .unwrap();
+        assert!(ws.queued_bytes() > 0);
+        let early = tokio::time::timeout(Duration::from_millis(50), ws.recv()).await;
+        assert!(early.is_err(), "no message from the client");
+        assert_eq!(ws.queued_bytes(), 0, "written while waiting");
+        assert_eq!(ws.read_buf.capacity(), 0);
     }
 }

@@ -67,7 +67,9 @@ impl Client {
     /// session. `Err(code)`: disconnect the client with `code`.
     pub async fn handle_frame(&mut self, frame: &[u8]) -> Flow {
         for line in lines(frame) {
-            self.handle_line(line).await?;
+            // Boxed: a command's future (proxy calls, engine reads) is large, and inline it would be
+            // part of every connection's task for the connection's whole life, idle or not.
+            Box::pin(self.handle_line(line)).await?;
         }
         Ok(())
     }
@@ -91,7 +93,8 @@ impl Client {
         }
         self.node.unregister(&self.session);
         for (channel, m) in std::mem::take(&mut self.subs) {
-            self.leave(&channel, m).await;
+            // Boxed for the same reason as commands: kept out of every connection's task.
+            Box::pin(self.leave(&channel, m)).await;
         }
     }
 

@@ -14,6 +14,11 @@ use crate::session::Control;
 impl Client {
     /// Carries out the orders the server API queued on this client's session (see [`Control`]).
     pub async fn apply_controls(&mut self) {
+        // Boxed: inline, this future would be part of every connection's task for its whole life.
+        Box::pin(self.apply_orders()).await;
+    }
+
+    async fn apply_orders(&mut self) {
         for order in self.session.take_controls() {
             match order {
                 Control::Subscribe(channel) => {
