@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the full Autobahn conformance
 # run against /echo (permessage-deflate required), the official Engine.IO and Socket.IO suites, a
-# short fuzz run of every fuzz target, the JS client's tests and the browser end-to-end tests. scripts/setup.sh installs what they need.
+# short fuzz run of every fuzz target, the JS client's tests and the browser end-to-end tests.
+# scripts/setup.sh installs what they need.
 # README's Quick start names this command and CI (.ci/run) calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
