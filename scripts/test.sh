@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the full Autobahn conformance
-# run against /echo (permessage-deflate required), a short fuzz run of every fuzz target, the JS
-# client's tests and the browser end-to-end tests. scripts/setup.sh installs what they need.
+# run against /echo (permessage-deflate required), the official Engine.IO and Socket.IO suites, a
+# short fuzz run of every fuzz target, the JS client's tests and the browser end-to-end tests.
+# scripts/setup.sh installs what they need.
 # README's Quick start names this command and CI (.ci/run) calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SHARED=${SWITCHBOARD_SHARED:-../shared}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-if [ ! -x "$SHARED/tools/autobahn/run.sh" ]; then
-  echo "test: $SHARED/tools/autobahn/run.sh not found; the shared tools must sit beside the project" \
+if [ ! -x "$SHARED/tools/autobahn/run.sh" ] || [ ! -x "$SHARED/conformance/socketio/run.sh" ]; then
+  echo "test: $SHARED/tools/autobahn/run.sh or $SHARED/conformance/socketio/run.sh not found; the shared tools must sit beside the project" \
     "(../shared) or be named by SWITCHBOARD_SHARED" >&2
   exit 1
 fi
@@ -47,6 +48,9 @@ AUTOBAHN_PATH=/echo AUTOBAHN_REQUIRE_DEFLATE=1 AUTOBAHN_AGENT=switchboard \
 kill -TERM $server
 wait $server
 trap - EXIT
+
+step "socket.io conformance: the official Engine.IO and Socket.IO suites, unchanged (a failed suite is retried twice)"
+scripts/socketio-conformance.sh "$ROOT/target/release/switchboard" "$SHARED"
 
 step "fuzz smoke (${FUZZ_SECONDS}s per target)"
 (

@@ -1,6 +1,11 @@
 //! The chat demo at `/`: a page, its script and style, and the JavaScript client it uses, all built
 //! into the binary so that the demo works offline and the client served is the one in `clients/js`.
 //!
+//! The same chat over Socket.IO is at `/socketio`: its page uses the stock `socket.io-client` (4.8.4,
+//! `dist/socket.io.min.js` from npm, MIT, vendored in `demo/vendor/` unchanged) to show that a
+//! Socket.IO user and a native user share rooms, through the Socket.IO mapping (`[socketio]`, which
+//! the demo turns on).
+//!
 //! Served with `--demo` (`[demo] enabled`), which also gives the page the `chat` namespace its rooms
 //! (`chat:<room>`) need, unless the configuration has one (see [`crate::Config::effective`]).
 
@@ -13,6 +18,9 @@ const INDEX: &str = include_str!("../demo/index.html");
 const SCRIPT: &str = include_str!("../demo/demo.js");
 const STYLE: &str = include_str!("../demo/demo.css");
 const CLIENT: &str = include_str!("../../../clients/js/switchboard.mjs");
+const SIO_INDEX: &str = include_str!("../demo/socketio.html");
+const SIO_SCRIPT: &str = include_str!("../demo/socketio-demo.js");
+const SIO_CLIENT: &str = include_str!("../demo/vendor/socket.io.min.js");
 
 /// The demo's routes.
 pub fn router() -> Router {
@@ -27,6 +35,12 @@ pub fn router() -> Router {
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
         .route("/switchboard.js", get(|| async { asset(JS, CLIENT) }))
+        .route(
+            "/socketio",
+            get(|| async { asset("text/html; charset=utf-8", SIO_INDEX) }),
+        )
+        .route("/socketio-demo.js", get(|| async { asset(JS, SIO_SCRIPT) }))
+        .route("/socket.io.min.js", get(|| async { asset(JS, SIO_CLIENT) }))
 }
 
 const JS: &str = "text/javascript; charset=utf-8";

@@ -25,6 +25,17 @@ async fn serves_the_page_its_assets_and_the_js_client() {
         ),
         ("/demo.js", "text/javascript", "from '/switchboard.js'"),
         ("/demo.css", "text/css", "#messages"),
+        (
+            "/socketio",
+            "text/html",
+            "<script src=\"/socket.io.min.js\">",
+        ),
+        (
+            "/socketio-demo.js",
+            "text/javascript",
+            "emitWithAck(event, ...args)",
+        ),
+        ("/socket.io.min.js", "text/javascript", "Socket.IO v4.8.4"),
     ] {
         let resp = get(server.addr, path).await;
         assert_eq!(resp.status, 200, "{path}");

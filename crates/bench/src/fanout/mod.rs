@@ -37,7 +37,8 @@ pub struct FanoutArgs {
     /// the rest of the file is kept).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these servers (comma-separated): switchboard, nchan, socketio.
+    /// Only these servers (comma-separated): switchboard, nchan, socketio, and switchboard-sio
+    /// (switchboard with Socket.IO clients, asked for by name only).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub servers: Vec<Kind>,
     /// Only these scenarios (comma-separated): one (1,000 publishes/s on one channel), one-R
@@ -287,7 +288,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
     }
     let work = std::env::temp_dir().join("switchboard-bench");
     std::fs::create_dir_all(&work)?;
-    if kinds.contains(&Kind::Switchboard) {
+    if kinds.contains(&Kind::Switchboard) || kinds.contains(&Kind::SwitchboardSio) {
         check_switchboard_config(switchboard.as_deref(), &work)?;
     }
     eprintln!(

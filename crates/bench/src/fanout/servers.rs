@@ -31,6 +31,9 @@ history_size = 100
 history_ttl = "60s"
 "#;
 
+/// [`SWITCHBOARD_TOML`] with Socket.IO on, for [`Kind::SwitchboardSio`] (written after it).
+pub const SWITCHBOARD_SIO_TOML: &str = "\n[socketio]\nenabled = true\n";
+
 /// Where Debian installs the Nchan module.
 const NCHAN_MODULES: [&str; 2] = [
     "/usr/lib/nginx/modules/ngx_nchan_module.so",
@@ -63,7 +66,7 @@ fn nchan_module() -> Option<String> {
 /// the Socket.IO package (`npm ci`) when missing.
 pub fn ensure_installed(kind: Kind) -> Result<()> {
     match kind {
-        Kind::Switchboard | Kind::Raw => Ok(()),
+        Kind::Switchboard | Kind::Raw | Kind::SwitchboardSio => Ok(()),
         Kind::Nchan => {
             let have_nginx = Command::new("nginx")
                 .arg("-v")
@@ -157,6 +160,14 @@ pub fn argv(
             let config = work.join("switchboard-fanout.toml");
             harness::switchboard_serve(binary, &config, SWITCHBOARD_TOML, listen)?
         }
+        Kind::SwitchboardSio => {
+            let Some(binary) = switchboard else {
+                bail!("no switchboard binary (build it or pass --switchboard PATH)");
+            };
+            let config = work.join("switchboard-fanout-sio.toml");
+            let toml = format!("{SWITCHBOARD_TOML}{SWITCHBOARD_SIO_TOML}");
+            harness::switchboard_serve(binary, &config, &toml, listen)?
+        }
         Kind::Nchan => {
             let module = nchan_module().context("the Nchan module is not installed")?;
             let dir = work.join(format!("nchan-{}", listen.port()));
@@ -198,6 +209,10 @@ pub fn versions(kinds: &[Kind], switchboard: Option<&Path>) -> Vec<(String, Stri
         .map(|kind| {
             let version = match kind {
                 Kind::Switchboard => switchboard.map_or_else(|| "unknown".into(), built_version),
+                Kind::SwitchboardSio => format!(
+                    "{}, Socket.IO endpoint",
+                    switchboard.map_or_else(|| "unknown".into(), built_version)
+                ),
                 Kind::Nchan => format!(
                     "{}, Nchan {}",
                     first_line("nginx", &["-v"]).unwrap_or_else(|| "nginx not found".into()),

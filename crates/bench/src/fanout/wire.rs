@@ -24,6 +24,12 @@ pub enum Kind {
     /// The physical limit (`switchboard-bench fanout-raw`): one thread writes each publication's
     /// bytes to every subscriber's plain TCP socket. Spoken to as Nchan is.
     Raw,
+    /// switchboard serving the same Socket.IO clients (`[socketio]`, issue #14): the events
+    /// `subscribe` and `publish` of its mapping, publications as `publication` events. Not in
+    /// [`Kind::ALL`]: asked for with `--servers switchboard-sio`, beside `socketio`, to compare the
+    /// two servers on one client protocol.
+    #[serde(rename = "switchboard-sio")]
+    SwitchboardSio,
 }
 
 impl Kind {
@@ -37,13 +43,14 @@ impl Kind {
             Kind::Nchan => "nchan",
             Kind::Socketio => "socketio",
             Kind::Raw => "raw",
+            Kind::SwitchboardSio => "switchboard-sio",
         }
     }
 
     /// The name of channel `c` on this server.
     pub fn channel(self, c: usize) -> String {
         match self {
-            Kind::Switchboard | Kind::Socketio => format!("bench:{c}"),
+            Kind::Switchboard | Kind::Socketio | Kind::SwitchboardSio => format!("bench:{c}"),
             Kind::Nchan | Kind::Raw => format!("bench-{c}"),
         }
     }
@@ -53,7 +60,7 @@ impl Kind {
         match self {
             Kind::Switchboard => "/connection/websocket".into(),
             Kind::Nchan | Kind::Raw => format!("/sub/{}", self.channel(c)),
-            Kind::Socketio => "/socket.io/?EIO=4&transport=websocket".into(),
+            Kind::Socketio | Kind::SwitchboardSio => "/socket.io/?EIO=4&transport=websocket".into(),
         }
     }
 
@@ -61,7 +68,7 @@ impl Kind {
     pub fn ws_headers(self) -> &'static str {
         match self {
             Kind::Switchboard => "Sec-WebSocket-Protocol: switchboard.json\r\n",
-            Kind::Nchan | Kind::Socketio | Kind::Raw => "",
+            Kind::Nchan | Kind::Socketio | Kind::Raw | Kind::SwitchboardSio => "",
         }
     }
 }
@@ -147,7 +154,7 @@ pub fn events(kind: Kind, message: &[u8], mut f: impl FnMut(Event)) -> Result<()
                 offset: None,
             }));
         }
-        Kind::Socketio => f(socketio_event(message)?),
+        Kind::Socketio | Kind::SwitchboardSio => f(socketio_event(message)?),
     }
     Ok(())
 }
@@ -187,7 +194,9 @@ fn switchboard_event(line: &[u8]) -> Result<Event> {
 fn socketio_event(message: &[u8]) -> Result<Event> {
     let text = || String::from_utf8_lossy(message).into_owned();
     Ok(match message {
-        [b'4', b'2', rest @ ..] if rest.starts_with(b"[\"pub\",") => {
+        [b'4', b'2', rest @ ..]
+            if rest.starts_with(b"[\"pub\",") || rest.starts_with(b"[\"publication\",") =>
+        {
             let (seq, t_ns) = payload_numbers(rest)?;
             Event::Delivery(Delivery {
                 seq,
@@ -208,7 +217,8 @@ fn socketio_event(message: &[u8]) -> Result<Event> {
                 .unwrap_or(0);
             Event::Reply {
                 id,
-                ok: true,
+                // switchboard acks `[null]`, or `[{"code":N,"message":...}]` on error.
+                ok: find(message, b"\"code\":").is_none(),
                 offset: None,
                 text: text(),
             }
@@ -240,6 +250,7 @@ pub fn subscribe_messages(kind: Kind, channel: &str) -> Vec<String> {
             format!("{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}"),
         ],
         Kind::Socketio => vec![format!("420[\"sub\",\"{channel}\"]")],
+        Kind::SwitchboardSio => vec![format!("420[\"subscribe\",\"{channel}\"]")],
         Kind::Nchan | Kind::Raw => vec![],
     }
 }
@@ -253,6 +264,7 @@ pub fn push_ws_publish(out: &mut Vec<u8>, kind: Kind, id: u64, channel: &str, t_
             format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}")
         }
         Kind::Socketio => format!("42[\"pub\",\"{channel}\",{data}]"),
+        Kind::SwitchboardSio => format!("42[\"publish\",\"{channel}\",{data}]"),
         Kind::Nchan | Kind::Raw => unreachable!("Nchan and the raw reference publish over HTTP"),
     };
     out.extend_from_slice(&masked_frame(OP_TEXT, text.as_bytes(), mask(id)));
@@ -417,6 +429,45 @@ mod tests {
             all(Kind::Socketio, b"41")[0],
             Event::Disconnect { .. }
         ));
+    }
+
+    #[test]
+    fn switchboard_socketio_packets() {
+        let k = Kind::SwitchboardSio;
+        assert_eq!(
+            all(k, b"42[\"publication\",\"bench:0\",{\"t\":5,\"seq\":9}]"),
+            [Event::Delivery(Delivery {
+                seq: 9,
+                t_ns: 5_000,
+                offset: None
+            })]
+        );
+        assert!(matches!(
+            all(k, b"430[null]")[0],
+            Event::Reply {
+                id: 0,
+                ok: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            all(k, b"430[{\"code\":103,\"message\":\"permission denied\"}]")[0],
+            Event::Reply {
+                id: 0,
+                ok: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            subscribe_messages(k, "bench:0"),
+            ["420[\"subscribe\",\"bench:0\"]"]
+        );
+        let mut out = Vec::new();
+        push_ws_publish(&mut out, k, 7, "bench:0", 5_000, 9);
+        let expected = b"42[\"publish\",\"bench:0\",{\"t\":5,\"seq\":9}]";
+        assert_eq!(out, masked_frame(OP_TEXT, expected, mask(7)));
+        assert_eq!(k.ws_path(0), Kind::Socketio.ws_path(0));
+        assert_eq!(k.channel(3), "bench:3");
     }
 
     #[test]

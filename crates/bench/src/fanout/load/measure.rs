@@ -205,7 +205,7 @@ pub(super) async fn measure(args: &LoadArgs) -> Result<LoadReport> {
             first_error: shared.setup.first_error(),
             ..ReportCore::received(&tally, &hist)
         },
-        publish_acked: (args.kind != Kind::Socketio)
+        publish_acked: (!matches!(args.kind, Kind::Socketio | Kind::SwitchboardSio))
             .then(|| control.counts.acked.load(Ordering::Acquire)),
         publish_max_late_ms: control.counts.max_late_us.load(Ordering::Acquire) as f64 / 1000.0,
         deliveries_per_s: deliveries_window as f64 / seconds,

@@ -81,7 +81,7 @@ pub(super) async fn publish(
                 ensure!(ws.buf.is_empty(), "unexpected data after the connect reply");
                 ws.stream.into_split()
             }
-            Kind::Socketio => {
+            Kind::Socketio | Kind::SwitchboardSio => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
                 ws.socketio_opened().await?;
                 ws.send_text("40").await?;

@@ -197,7 +197,7 @@ pub(super) async fn open_subscriber(
             ws.switchboard_reply(1).await?;
             ws.switchboard_reply(2).await?
         }
-        Kind::Socketio => {
+        Kind::Socketio | Kind::SwitchboardSio => {
             ws.socketio_opened().await?;
             ws.send_text("40").await?;
             ws.socketio_opened().await?;
