@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use prometheus_client::metrics::counter::Counter;
 use switchboard_protocol::{DisconnectCode, encode};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -37,6 +38,7 @@ pub async fn drive<W: Wire>(
     reconnect_delay_ms: impl Fn() -> u64,
 ) {
     let session = std::sync::Arc::clone(client.session());
+    let sent = client.node_metrics().messages_out(client.transport());
     let mut stop = ShutdownSignal::new(shutdown);
     let end: Result<DisconnectCode, Option<DisconnectCode>> = loop {
         let event = std::future::poll_fn(|cx| {
@@ -47,7 +49,7 @@ pub async fn drive<W: Wire>(
                     return Poll::Ready(Event::Upstream(up));
                 }
                 if wire.ready() {
-                    match drain(&session, &mut wire, cx) {
+                    match drain(&session, &mut wire, &sent, cx) {
                         Poll::Ready(Some(Signal::Disconnect(code))) => {
                             return Poll::Ready(Event::Disconnect(code));
                         }
@@ -69,7 +71,7 @@ pub async fn drive<W: Wire>(
                 let outcome = client.handle_frame(&frame).await;
                 // The replies are on the wire before it hears the outcome: an HTTP client that
                 // polls right after its POST is answered finds them.
-                drain_now(&session, &mut wire, false);
+                drain_now(&session, &mut wire, &sent, false);
                 wire.handled(outcome);
                 if let Err(code) = outcome {
                     break Ok(code);
@@ -84,7 +86,7 @@ pub async fn drive<W: Wire>(
         Ok(code) if wire.is_open() => {
             // Replies queued before the decision (an error explaining it, say) go first; a slow
             // client's queue was already dropped by its session.
-            drain_now(&session, &mut wire, true);
+            drain_now(&session, &mut wire, &sent, true);
             let delay = (code == DisconnectCode::Shutdown).then(&reconnect_delay_ms);
             let push = encode::disconnect_push_after(code, delay);
             wire.end(End::Tell { code, push });
@@ -107,14 +109,20 @@ pub async fn drive<W: Wire>(
 
 /// Moves queued frames onto the wire while it takes them. `Ready(Some(signal))` when the client
 /// must be disconnected or has orders waiting.
-fn drain<W: Wire>(session: &Session, wire: &mut W, cx: &mut Context<'_>) -> Poll<Option<Signal>> {
-    let mut moved = false;
+fn drain<W: Wire>(
+    session: &Session,
+    wire: &mut W,
+    sent: &Counter,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Signal>> {
+    let mut moved = 0;
     let drained = session.poll_drain(cx, |frame| {
-        moved = true;
+        moved += 1;
         wire.send(frame)
     });
-    if moved {
+    if moved > 0 {
         wire.flush();
+        sent.inc_by(moved);
     }
     drained
 }
@@ -125,17 +133,18 @@ fn drain<W: Wire>(session: &Session, wire: &mut W, cx: &mut Context<'_>) -> Poll
 /// the slow-consumer bound. The task's own waker is registered again the next time the loop polls,
 /// and the session checks its queue after registering, so no wake-up is lost meanwhile; a signal
 /// left unread here is found again then.
-fn drain_now<W: Wire>(session: &Session, wire: &mut W, all: bool) {
+fn drain_now<W: Wire>(session: &Session, wire: &mut W, sent: &Counter, all: bool) {
     if !all && !wire.ready() {
         return;
     }
-    let mut moved = false;
+    let mut moved = 0;
     let _ = session.poll_drain(&mut Context::from_waker(Waker::noop()), |frame| {
-        moved = true;
+        moved += 1;
         wire.send(frame) || all
     });
-    if moved {
+    if moved > 0 {
         wire.flush();
+        sent.inc_by(moved);
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Payload bytes received from and sent to clients, by transport and direction.
     pub bytes: Family<Labels, Counter>,
+    /// Messages (replies and pushes) handed to clients' wires, by transport: what the bytes and
+    /// requests of a transport are per message (the console's cost view), counted per drain.
+    pub messages: Family<Labels, Counter>,
     /// Clients disconnected, by code (3008 is a slow consumer).
     pub disconnects: Family<Labels, Counter>,
     /// Duration of proxy calls, by event.
@@ -75,6 +78,7 @@ impl Default for Metrics {
         let publications = Counter::<u64, AtomicU64>::default();
         let deliveries = Counter::<u64, AtomicU64>::default();
         let bytes = Family::<Labels, Counter>::default();
+        let messages = Family::<Labels, Counter>::default();
         let disconnects = Family::<Labels, Counter>::default();
         let proxy_duration =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(proxy_histogram);
@@ -110,6 +114,11 @@ impl Default for Metrics {
             "transport_bytes",
             "Payload bytes exchanged with clients, by transport and direction",
             bytes.clone(),
+        );
+        registry.register(
+            "client_messages",
+            "Messages (replies and pushes) sent to clients, by transport",
+            messages.clone(),
         );
         registry.register(
             "disconnects",
@@ -168,6 +177,7 @@ impl Default for Metrics {
             publications,
             deliveries,
             bytes,
+            messages,
             disconnects,
             proxy_duration,
             proxy_errors,
@@ -188,6 +198,12 @@ impl Metrics {
     pub fn bytes(&self, transport: &'static str, direction: &'static str) -> Counter {
         self.bytes
             .get_or_create_owned(&vec![("transport", transport), ("direction", direction)])
+    }
+
+    /// The messages sent to clients of `transport` (see [`Metrics::messages`]).
+    pub fn messages_out(&self, transport: &'static str) -> Counter {
+        self.messages
+            .get_or_create_owned(&vec![("transport", transport)])
     }
 
     /// Counts a proxy call.

@@ -124,6 +124,20 @@ async fn metrics_count_what_clients_did() {
         value(&m, "switchboard_commands_total{method=\"publish\"}"),
         5.0
     );
+    // a: connect, subscribe, 5 publish and 1 rpc replies, its own 5 publications; b: connect,
+    // subscribe, 5 publications (join/leave pushes may come on top).
+    let ws_messages = value(
+        &m,
+        "switchboard_client_messages_total{transport=\"websocket\"}",
+    );
+    assert!(ws_messages >= 20.0, "{ws_messages}");
+    assert!(
+        value(
+            &m,
+            "switchboard_client_messages_total{transport=\"long-poll\"}"
+        ) >= 1.0,
+        "the long-poll session's connect reply"
+    );
     assert_eq!(value(&m, "switchboard_publications_total"), 5.0);
     assert_eq!(
         value(&m, "switchboard_deliveries_total"),

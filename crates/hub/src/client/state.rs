@@ -100,6 +100,16 @@ impl Client {
         }
     }
 
+    /// The node's metrics, for the client's driver.
+    pub(crate) fn node_metrics(&self) -> &crate::metrics::Metrics {
+        &self.node.metrics
+    }
+
+    /// The transport the client came over (the label of its metrics).
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
     /// The outgoing queue the transport drains.
     pub fn session(&self) -> &Arc<Session> {
         &self.session

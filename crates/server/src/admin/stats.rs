@@ -209,6 +209,7 @@ struct Totals {
     bytes_in: BTreeMap<String, f64>,
     bytes_out: BTreeMap<String, f64>,
     requests: BTreeMap<String, f64>,
+    messages: BTreeMap<String, f64>,
     publications: f64,
     deliveries: f64,
     commands: f64,
@@ -242,6 +243,9 @@ impl Totals {
                         &mut t.bytes_out
                     };
                     *map.entry(transport()).or_default() += s.value;
+                }
+                "switchboard_client_messages_total" => {
+                    *t.messages.entry(transport()).or_default() += s.value;
                 }
                 "switchboard_publications_total" => t.publications = s.value,
                 "switchboard_deliveries_total" => t.deliveries = s.value,
@@ -293,6 +297,8 @@ pub struct Point {
     pub bytes_out: BTreeMap<String, f64>,
     /// HTTP requests per second, by transport (see [`Traffic`]).
     pub requests: BTreeMap<String, f64>,
+    /// Messages (replies and pushes) sent to clients per second, by transport.
+    pub messages: BTreeMap<String, f64>,
     /// Clients disconnected as slow consumers (3008).
     pub slow_disconnects: f64,
     /// Clients disconnected by the server, whatever the code.
@@ -331,6 +337,7 @@ impl Point {
             bytes_in: rates(&now.bytes_in, &before.bytes_in, secs),
             bytes_out: rates(&now.bytes_out, &before.bytes_out, secs),
             requests: rates(&now.requests, &before.requests, secs),
+            messages: rates(&now.messages, &before.messages, secs),
             slow_disconnects: (now.slow_disconnects - before.slow_disconnects).max(0.0),
             disconnects: (now.disconnects - before.disconnects).max(0.0),
             proxy_calls: rate(now.proxy_calls, before.proxy_calls),
@@ -349,8 +356,8 @@ pub struct Cost {
     pub transport: String,
     /// Clients on it now.
     pub clients: f64,
-    /// Messages delivered to its clients per second. Estimated: the node counts deliveries in all,
-    /// so they are shared out by the transport's part of the clients.
+    /// Messages (replies and pushes) sent to its clients per second, counted per transport by the
+    /// clients' drivers (`switchboard_client_messages_total`).
     pub deliveries: f64,
     /// HTTP requests per delivered message (`None` also for a transport whose requests the console
     /// does not count).
@@ -369,7 +376,6 @@ pub fn cost(window: &[Point]) -> Vec<Cost> {
     };
     let n = window.len() as f64;
     let mean = |f: &dyn Fn(&Point) -> f64| window.iter().map(f).sum::<f64>() / n;
-    let deliveries = mean(&|p| p.deliveries);
     // A fold from 0.0: the sum of no floats is -0.0, which the page would show as "-0".
     let all_clients = last.clients.values().fold(0.0, |a, b| a + b);
     let per = |x: f64, d: f64| (d > 0.0).then(|| x / d);
@@ -384,15 +390,11 @@ pub fn cost(window: &[Point]) -> Vec<Cost> {
             continue;
         }
         let clients = last.clients.get(&transport).copied().unwrap_or(0.0);
-        let d = if all_clients > 0.0 {
-            deliveries * clients / all_clients
-        } else {
-            0.0
-        };
+        let key = transport.clone();
+        let d = mean(&|p| p.messages.get(&key).copied().unwrap_or(0.0));
         if transport != "websocket" {
             fallback_deliveries += d;
         }
-        let key = transport.clone();
         let requests = mean(&|p| p.requests.get(&key).copied().unwrap_or(0.0));
         let down = mean(&|p| p.bytes_out.get(&key).copied().unwrap_or(0.0));
         let up = mean(&|p| p.bytes_in.get(&key).copied().unwrap_or(0.0));
@@ -711,14 +713,14 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
 
     fn point(
         clients: &[(&str, f64)],
-        deliveries: f64,
+        messages: &[(&str, f64)],
         out: &[(&str, f64)],
         req: &[(&str, f64)],
     ) -> Point {
         let map = |v: &[(&str, f64)]| v.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         Point {
             clients: map(clients),
-            deliveries,
+            messages: map(messages),
             bytes_out: map(out),
             requests: map(req),
             ..Point::default()
@@ -727,10 +729,10 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
 
     #[test]
     fn cost_per_delivered_message() {
-        // 10 WebSocket and 10 long-polling clients, 20 deliveries/s: 10 each.
+        // 10 WebSocket and 10 long-polling clients, 10 messages/s each (counted per transport).
         let p = point(
             &[("websocket", 10.0), ("long-poll", 10.0)],
-            20.0,
+            &[("websocket", 10.0), ("long-poll", 10.0)],
             &[("websocket", 880.0), ("long-poll", 2580.0)],
             &[("long-poll", 10.0), ("http", 0.0)],
         );
@@ -749,6 +751,20 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
         );
         assert_eq!(row("http").clients, 10.0);
         assert_eq!(row("http").requests_per_msg, Some(0.0));
+        // Messages are the transport's own, not a share of the clients: 1 poll client that got
+        // 4 messages/s beside 3 idle WebSocket clients.
+        let apart = point(
+            &[("websocket", 3.0), ("poll", 1.0)],
+            &[("poll", 4.0)],
+            &[("poll", 2000.0)],
+            &[("poll", 1.0)],
+        );
+        let rows = cost(&[apart]);
+        let row = |t: &str| rows.iter().find(|r| r.transport == t).unwrap();
+        assert_eq!(row("poll").deliveries, 4.0);
+        assert_eq!(row("poll").bytes_down_per_msg, Some(500.0));
+        assert_eq!(row("poll").requests_per_msg, Some(0.25));
+        assert_eq!(row("websocket").deliveries, 0.0);
         assert!(cost(&[]).is_empty());
         let idle = cost(&[Point::default()]);
         assert!(
@@ -756,7 +772,12 @@ switchboard_engine_shard_ready{shard="a\"b"} 1
             "{idle:?}"
         );
         // A transport whose requests are not counted here shows no ratio rather than 0.
-        let other = point(&[("socketio", 1.0)], 5.0, &[("socketio", 500.0)], &[]);
+        let other = point(
+            &[("socketio", 1.0)],
+            &[("socketio", 5.0)],
+            &[("socketio", 500.0)],
+            &[],
+        );
         let rows = cost(&[other]);
         let row = rows.iter().find(|r| r.transport == "socketio").unwrap();
         assert_eq!(row.requests_per_msg, None);
