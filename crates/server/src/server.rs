@@ -384,7 +384,7 @@ fn routes(
     }
     if config.socketio.enabled {
         router = router.merge(crate::transport::socketio::router(
-            config, node, limits, shutdown, tracker,
+            config, node, limits, &relay, shutdown, tracker,
         ));
     }
     if config.echo.enabled {
