@@ -1,9 +1,11 @@
 // The stock socket.io-client (npm v4) against switchboard: transports, events both ways through the
-// application's rpc handler, acks, binary, rooms reached by the server API, and connection state
-// recovery across a restart and across two nodes on Redis.
+// application's rpc handler, acks, binary, rooms reached by the server API, connection state
+// recovery across a restart and across two nodes on Redis, and polling behind a round-robin balancer
+// without sticky sessions.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest } from 'node:http';
+import { connect as tcpConnect } from 'node:net';
 import { io } from 'socket.io-client';
 import { startBackend, startRedis, startServer, writeConfig, next, until } from './harness.mjs';
 
@@ -215,3 +217,88 @@ test('a client whose WebSocket is blocked stays on polling', async () => {
     await server.stop();
   }
 });
+
+/**
+ * A load balancer without sticky sessions over `servers`: each HTTP request goes to the next server in
+ * turn, the first to the first; WebSocket upgrades go to `servers[upgradesTo]`. `landed[i]` counts
+ * the requests server i got.
+ */
+async function roundRobin(servers, { upgradesTo = 0 } = {}) {
+  let turn = 0;
+  const landed = servers.map(() => 0);
+  const proxy = createServer((req, res) => {
+    const i = turn++ % servers.length;
+    landed[i]++;
+    const up = httpRequest(
+      { host: '127.0.0.1', port: servers[i].port, path: req.url, method: req.method, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  proxy.on('upgrade', (req, sock, head) => {
+    const up = tcpConnect(servers[upgradesTo].port, '127.0.0.1', () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let k = 0; k < req.rawHeaders.length; k += 2) lines.push(`${req.rawHeaders[k]}: ${req.rawHeaders[k + 1]}`);
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      up.write(head);
+      sock.pipe(up).pipe(sock);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('error', () => up.destroy());
+  });
+  await new Promise((r) => proxy.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${proxy.address().port}`, landed, close: () => proxy.close() };
+}
+
+for (const [name, transports] of [
+  ['polling only', ['polling']],
+  ['polling whose upgrade lands on the other node', ['polling', 'websocket']],
+]) {
+  test(`no sticky sessions, ${name}: requests alternate between two nodes, nothing lost`, async () => {
+    const a = await startServer(config);
+    const b = await startServer(config);
+    // The handshake lands on a (the first in turn); the upgrade, if any, on b, which cannot take it.
+    const balancer = await roundRobin([a, b], { upgradesTo: 1 });
+    try {
+      const socket = connect(balancer.url, { transports });
+      // The engine exists from here on (the manager opens at once); the probe comes after `open`.
+      const engine = socket.io.engine;
+      const upgradeErrors = [];
+      engine.on('upgradeError', (e) => upgradeErrors.push(e));
+      let closed = false;
+      engine.on('close', () => { closed = true; });
+      const seen = [];
+      socket.on('n', (n) => seen.push(n));
+      await next(socket, 'connect');
+      await join(socket, 'h:rr');
+      for (let n = 1; n <= 20; n++) {
+        await (n % 2 ? a : b).api('publish', { channel: 'h:rr', data: { event: 'n', args: [n] } });
+        if (n % 5 === 0) {
+          // An emit through a POST on either node reaches the rpc handler; its ack comes back.
+          const [err, reply] = await ack(socket, 'buy', n);
+          assert.equal(err, null);
+          assert.deepEqual(reply.args, [n]);
+        }
+      }
+      await until(() => seen.length === 20, 10000, 'every publication');
+      assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => i + 1));
+      // The same Engine.IO session all along, on polling, over both nodes.
+      assert.equal(socket.io.engine, engine);
+      assert.equal(closed, false);
+      assert.equal(engine.transport.name, 'polling');
+      if (transports.length === 2) {
+        await until(() => upgradeErrors.length === 1, 5000, 'the refused upgrade');
+      }
+      assert.ok(balancer.landed[0] >= 10 && balancer.landed[1] >= 10, `${balancer.landed}`);
+      socket.disconnect();
+    } finally {
+      balancer.close();
+      await a.stop();
+      await b.stop();
+    }
+  });
+}

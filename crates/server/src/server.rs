@@ -33,6 +33,7 @@ use crate::config::{Config, EngineKind};
 use crate::limits::Limits;
 use crate::tls::Tls;
 use crate::transport::fallback;
+use crate::transport::relay::Relay;
 use crate::transport::websocket::{self, Endpoint};
 
 /// Why the server could not start.
@@ -365,15 +366,25 @@ fn routes(
         &config.websocket_path,
         any(websocket::client_handler).with_state((clients, Arc::clone(node))),
     );
+    // One relay for every transport whose sessions live on one node and whose requests may land on
+    // any (the fallbacks, Engine.IO polling): one budget of relayed requests, one listener.
+    let relay = Arc::new(Relay::new(
+        Arc::clone(node.engine()),
+        config.fallback.max_relayed_requests,
+        config.fallback.relay_timeout,
+    ));
+    relay.listen(node);
     if config.fallback.enabled {
-        router = router.merge(fallback::router(config, node, limits, shutdown, tracker));
+        router = router.merge(fallback::router(
+            config, node, limits, &relay, shutdown, tracker,
+        ));
     }
     if config.demo.enabled {
         router = router.merge(crate::demo::router());
     }
     if config.socketio.enabled {
         router = router.merge(crate::transport::socketio::router(
-            config, node, limits, shutdown, tracker,
+            config, node, limits, &relay, shutdown, tracker,
         ));
     }
     if config.echo.enabled {

@@ -8,8 +8,11 @@
 //!   HTTP session is one wire made of many short requests, any of which may land on another node.
 //! - `socketio/`: Engine.IO v4 (polling and WebSocket) with Socket.IO v5 packets, for unchanged
 //!   Socket.IO clients; each socket is a switchboard client over its own wire.
+//! - `relay.rs`: the node-to-node relay under both of those: an HTTP request that lands on another
+//!   node than its session's is run there, so a load balancer needs no stickiness.
 
 pub mod fallback;
+pub(crate) mod relay;
 pub mod socketio;
 pub mod websocket;
 

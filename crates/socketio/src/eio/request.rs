@@ -103,6 +103,12 @@ pub enum BadRequest {
     /// A WebSocket for a session that is already upgrading or upgraded.
     #[error("the session already has a WebSocket")]
     AlreadyUpgraded,
+    /// A WebSocket for a session another server of the cluster holds: a WebSocket cannot be
+    /// passed on to it (requests can), so the client goes on polling.
+    #[error(
+        "the session lives on another server, which its WebSocket cannot reach from here; the session goes on polling"
+    )]
+    OtherServer,
     /// A POST body that is no Engine.IO payload: the session is closed.
     #[error("invalid payload, the session is closed: {0}")]
     Packet(#[from] PacketError),

@@ -29,7 +29,8 @@ use super::packet::{Data, Frame, PROBE, Packet, SEPARATOR, decode_payload, encod
 use super::request::{BadRequest, RequestError, Transport};
 
 /// A session id: 20 URL-safe characters from 15 random bytes (120 bits, as the reference's
-/// `base64id`), so that nobody can guess another client's session.
+/// `base64id`), so that nobody can guess another client's session; optionally after the name of
+/// the server holding it ([`Sid::on_node`]). Clients take any string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sid(String);
 
@@ -38,6 +39,13 @@ impl Sid {
     /// (this crate does no I/O).
     pub fn from_random(bytes: [u8; 15]) -> Self {
         Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// An id that names the server holding the session, `<node>-<random>`, so that a request landing
+    /// on another server of a cluster can be sent on to it. `node` must hold no `-`: the first one
+    /// ends it (the random part may hold some).
+    pub fn on_node(node: &str, bytes: [u8; 15]) -> Self {
+        Self(format!("{node}-{}", Self::from_random(bytes).0))
     }
 
     /// The id as sent in the handshake and in `sid=`.

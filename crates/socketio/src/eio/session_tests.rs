@@ -47,6 +47,10 @@ fn sid_is_url_safe_and_long_enough() {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
+    // Naming its node: the node, a dash, then the same 20 characters.
+    let on = Sid::on_node("0a1b2c3d", [0xff; 15]);
+    assert_eq!(on.as_str(), format!("0a1b2c3d-{s}"));
+    assert_eq!(on.as_str().split_once('-'), Some(("0a1b2c3d", s.as_str())));
 }
 
 #[test]

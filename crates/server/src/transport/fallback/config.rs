@@ -40,12 +40,13 @@ pub struct FallbackConfig {
     pub body_read_timeout: Duration,
     /// A request relayed to the node holding its session (it landed on another node) is answered
     /// 404 when that node does not answer within this time, beyond how long the request may be held
-    /// there (`poll_timeout`, `sse_ping_interval`; for a send, this time again).
+    /// there (`poll_timeout`, `sse_ping_interval`; for a send, this time again). Socket.IO's polling
+    /// requests are relayed with it too (then 400 `Session ID unknown`).
     #[serde(with = "humantime_serde")]
     pub relay_timeout: Duration,
-    /// Requests this node relays to other nodes at once, and relayed requests it runs at once; beyond
-    /// it: 503. Each held long poll or open SSE stream landing on another node than its session's
-    /// takes one on both nodes.
+    /// Requests this node relays to other nodes at once, and relayed requests it runs at once,
+    /// fallback and Socket.IO polling together; beyond it: 503. Each held long poll or open SSE
+    /// stream landing on another node than its session's takes one on both nodes.
     pub max_relayed_requests: usize,
 }
 

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Any node may serve any request of a session: one that lands on another node than the session's is
-//! relayed there through the engine, so a load balancer needs no stickiness.
+//! relayed there through the engine (`../relay.rs`, shared with Engine.IO), so a load balancer needs
+//! no stickiness.
 //!
 //! The layout follows a request, and no file imports one that imports it back:
 //!
@@ -20,7 +21,7 @@
 //! - `local/`: a request against a session of this node (`upstream.rs` send and close, `poll.rs`,
 //!   `sse.rs`), whether it arrived here or was relayed from another node.
 //! - `relayed.rs`: requests that cross nodes, both ways; it runs relayed-in ones with `local/`.
-//!   `relay.rs` is the node-to-node messages and their limits underneath.
+//!   `../relay.rs` is the node-to-node messages and their limits underneath.
 //! - `session.rs`: the session registry, and `HttpWire`, the session as its client's
 //!   [`Wire`](switchboard_hub::Wire) (the hub's driver runs the client); `downstream.rs` its seq/ack
 //!   buffer.
@@ -32,7 +33,6 @@ mod downstream;
 mod error;
 mod local;
 mod params;
-mod relay;
 mod relayed;
 mod routes;
 mod session;

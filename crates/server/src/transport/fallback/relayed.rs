@@ -1,7 +1,7 @@
 //! The requests that cross nodes, both ways. A request that lands here for another node's session
 //! is forwarded there ([`forward`], [`stream`] for SSE); one that another node forwarded here is run
 //! against the local session with the very functions that serve a local request ([`serve`]), and
-//! answered. The messages and their limits are `relay.rs`; what runs the requests is `local/`.
+//! answered. The messages and their limits are `../relay.rs`; what runs the requests is `local/`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -13,21 +13,21 @@ use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Interval;
 
+use super::super::relay::{
+    Answer, Incoming, Op, Relay, RelayError, Service, from_answer, to_answer,
+};
 use super::error::FallbackError;
 use super::local::{self, Local, Next, PING, RETRY, event_stream, ping_interval};
 use super::params::Params;
-use super::relay::{Answer, Incoming, Op, Relay, RelayError, from_answer, to_answer};
 
 /// Runs the requests other nodes relay to this one's sessions, each in a task of its own.
-pub fn serve(fb: &Local, relay: &Arc<Relay>) {
-    // The node owns this handler: holding it strongly here would keep it alive forever.
+pub fn serve(fb: &Local, relay: &Relay) {
+    // The node owns the relay's handler: holding the node strongly here would keep it alive forever.
     let node = Arc::downgrade(&fb.node);
-    let (config, env, relay) = (Arc::clone(&fb.config), fb.env.clone(), Arc::clone(relay));
-    fb.node
-        .set_node_message_handler(Arc::new(move |message: Bytes| {
-            let Some(incoming) = relay.receive(&message) else {
-                return;
-            };
+    let (config, env) = (Arc::clone(&fb.config), fb.env.clone());
+    relay.serve(
+        Service::Fallback,
+        Arc::new(move |relay: &Arc<Relay>, incoming: Incoming| {
             let Some(node) = node.upgrade() else {
                 return;
             };
@@ -36,8 +36,9 @@ pub fn serve(fb: &Local, relay: &Arc<Relay>) {
                 node,
                 env: env.clone(),
             };
-            env.tracker.spawn(run(fb, Arc::clone(&relay), incoming));
-        }));
+            env.tracker.spawn(run(fb, Arc::clone(relay), incoming));
+        }),
+    );
 }
 
 /// Runs a request another node relayed here against this node's session, with the functions that
@@ -49,6 +50,7 @@ async fn run(fb: Local, relay: Arc<Relay>, incoming: Incoming) {
         op,
         body,
         permit,
+        ..
     } = incoming;
     let (answer, body) = if permit.is_none() {
         tracing::debug!(node = %from, "too many relayed requests at once: answered busy");
@@ -103,6 +105,8 @@ async fn run(fb: Local, relay: Arc<Relay>, incoming: Incoming) {
                 Next::Nothing => (Answer::Quiet, Bytes::new()),
                 Next::Ended => (Answer::Ended, Bytes::new()),
             },
+            // Routed by service: Engine.IO requests never come here.
+            Op::EioPoll { .. } | Op::EioPost { .. } => (Answer::Unserved, Bytes::new()),
         }
     };
     relay.answer(&from, id, answer, body).await;

@@ -17,12 +17,12 @@ use switchboard_protocol::{DisconnectCode, lines};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::super::relay::{Op, Relay};
 use super::config::FallbackConfig;
 use super::cors;
 use super::error::{FallbackError, json};
 use super::local::{self, Local};
 use super::params::Params;
-use super::relay::{Op, Relay};
 use super::relayed;
 use super::session::{self, SessionEnv, Sessions};
 use crate::limits::Limits;
@@ -36,26 +36,24 @@ struct Fallback {
 }
 
 impl Fallback {
-    /// The node holding the session a request names, when it is another one.
+    /// The node holding the session a request names (`<id>.<secret>`), when it is another one.
     fn remote_node<'a>(&self, params: &Params<'a>) -> Option<&'a str> {
-        self.relay.remote_node(params.get("session")?)
+        let (id, _secret) = params.get("session")?.split_once('.')?;
+        self.relay.remote_node(id)
     }
 }
 
-/// The fallback routes under `config.fallback.path`.
+/// The fallback routes under `config.fallback.path`; requests for other nodes' sessions go through
+/// `relay`, which runs those relayed here from now on.
 pub fn router(
     config: &crate::Config,
     node: &Arc<Node>,
     limits: &Arc<Limits>,
+    relay: &Arc<Relay>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Router {
     let fb = &config.fallback;
-    let relay = Relay::new(
-        Arc::clone(node.engine()),
-        fb.max_relayed_requests,
-        fb.relay_timeout,
-    );
     let local = Local {
         config: Arc::new(fb.clone()),
         node: Arc::clone(node),
@@ -68,11 +66,10 @@ pub fn router(
             restart: config.shutdown.clone(),
         },
     };
-    let relay = Arc::new(relay);
-    relayed::serve(&local, &relay);
+    relayed::serve(&local, relay);
     let state = Fallback {
         local,
-        relay,
+        relay: Arc::clone(relay),
         limits: Arc::clone(limits),
     };
     let policy = Arc::new(cors::Policy {

@@ -1,26 +1,30 @@
-//! The Engine.IO server: request handling, the session registry, and one task per session that
+//! The Engine.IO server: the session registry, the requests against a session of this node
+//! (whether they arrived here or were relayed from the node they landed on: the same functions serve
+//! both, so a relayed request is answered exactly as a local one), and one task per session that
 //! drives its `eio::Session` with HTTP requests, WebSocket frames and time, and hands its messages
-//! to the application on top ([`App`]).
+//! to the application on top ([`App`]). `routes.rs` decides where each request goes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use parking_lot::Mutex;
 use switchboard_socketio::eio::{
-    self, BadRequest, Data, Frame, Method, RequestError, Session, Transport, WsError, WsOutcome,
+    self, BadRequest, Data, Frame, RequestError, Session, Transport, WsError, WsOutcome,
 };
 use switchboard_websocket::{CloseCode, Message, WebSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::super::relay::Relay;
 use super::super::websocket::{Endpoint, Io, upgrade};
 
 /// What runs on top of one Engine.IO session: Socket.IO, or the conformance echo.
@@ -49,6 +53,10 @@ pub type AppFactory = Arc<dyn Fn(std::time::Instant) -> Box<dyn App> + Send + Sy
 
 /// The endpoint's settings.
 pub struct Settings {
+    /// The endpoint's path, which names it in requests relayed from other nodes.
+    pub path: String,
+    /// How requests for other nodes' sessions reach them; its node id starts this node's sids.
+    pub relay: Arc<Relay>,
     /// Engine.IO settings (heartbeat, maxPayload, upgrade timeout).
     pub engine: eio::Config,
     /// The WebSocket endpoint sessions use (limits, shutdown, tracker).
@@ -65,21 +73,77 @@ pub struct Settings {
     pub limits: Option<Arc<crate::limits::Limits>>,
 }
 
-/// One Engine.IO endpoint: its settings and its open sessions.
+/// One Engine.IO endpoint: its settings and its open sessions (cheap to clone: all clones share
+/// them).
 #[derive(Clone)]
-pub struct Engine {
-    settings: Arc<Settings>,
-    sessions: Arc<Mutex<HashMap<String, mpsc::Sender<Cmd>>>>,
-    next_ws: Arc<AtomicU64>,
+pub struct Engine(Arc<Shared>);
+
+/// What the clones of an [`Engine`] share.
+pub struct Shared {
+    settings: Settings,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
+    next_ws: AtomicU64,
+}
+
+impl Deref for Engine {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// An [`Engine`] that does not keep it alive: what the relay's runner holds (the node owns the
+/// relay, and an endpoint's application holds the node).
+#[derive(Clone)]
+pub struct WeakEngine(Weak<Shared>);
+
+impl WeakEngine {
+    /// The endpoint, unless it is gone (the server is shutting down).
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(Engine)
+    }
 }
 
 impl Engine {
     /// An endpoint with no session yet.
     pub fn new(settings: Settings) -> Self {
-        Self {
-            settings: Arc::new(settings),
-            sessions: Arc::default(),
-            next_ws: Arc::new(AtomicU64::new(1)),
+        Self(Arc::new(Shared {
+            settings,
+            sessions: Mutex::default(),
+            next_ws: AtomicU64::new(1),
+        }))
+    }
+
+    /// The endpoint's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A handle that does not keep the endpoint alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.0))
+    }
+
+    /// The node holding the session `sid` names, when it is another node.
+    pub fn remote_node<'a>(&self, sid: &'a str) -> Option<&'a str> {
+        self.settings.relay.remote_node(sid)
+    }
+
+    /// Reads a POST body of at most `maxPayload` bytes, within `[socketio] body_read_timeout`.
+    pub async fn read_body(&self, body: Body) -> Result<Bytes, RequestError> {
+        let limit = self.settings.engine.max_payload;
+        let waited = self.settings.body_read_timeout;
+        match tokio::time::timeout(waited, Limited::new(body, limit).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(RequestError::PayloadTooLarge(limit))
+            }
+            Ok(Err(e)) => Err(BadRequest::Body(e.to_string()).into()),
+            Err(_) => Err(BadRequest::Body(format!(
+                "not received within {waited:?} ([socketio] body_read_timeout)"
+            ))
+            .into()),
         }
     }
 
@@ -92,7 +156,7 @@ impl Engine {
     }
 
     /// Admits a new session from `req`'s address under the connection limits.
-    fn admit(
+    pub fn admit(
         &self,
         req: &Request,
     ) -> Result<Option<crate::limits::Permit>, crate::limits::Refusal> {
@@ -115,7 +179,8 @@ impl Engine {
         let mut bytes = [0u8; 15];
         getrandom::fill(&mut bytes)
             .map_err(|e| RequestError::Forbidden(format!("no randomness for a session id: {e}")))?;
-        let sid = eio::Sid::from_random(bytes);
+        // Named after this node, so that any node can relay the session's requests here.
+        let sid = eio::Sid::on_node(self.settings.relay.node_id(), bytes);
         let session = Session::open(
             sid,
             transport,
@@ -185,78 +250,8 @@ enum WsOut {
 /// Frames waiting for a WebSocket before the session counts its client as too slow.
 const WS_QUEUE: usize = 1024;
 
-/// Axum handler for every request to the endpoint's path.
-pub async fn handle(State(engine): State<Engine>, req: Request) -> Response {
-    let policy = &engine.settings;
-    // WebSocket handshakes are checked against `[websocket] allowed_origins` by the handshake.
-    if !is_upgrade(req.headers())
-        && !switchboard_websocket::handshake::origin_allowed(req.headers(), &policy.allowed_origins)
-    {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned())
-            .unwrap_or_default();
-        return error(&RequestError::Forbidden(format!(
-            "origin {origin} not allowed"
-        )));
-    }
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut resp = if req.method() == axum::http::Method::OPTIONS {
-        crate::transport::fallback::cors::preflight(req.headers().clone()).await
-    } else {
-        route(&engine, req).await
-    };
-    let headers = resp.headers_mut();
-    if let Some(origin) = origin {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if policy.allow_credentials {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-    }
-    headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    resp
-}
-
-async fn route(engine: &Engine, req: Request) -> Response {
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let method = Method::from_name(req.method().as_str());
-    let request = match eio::verify(&query, method, is_upgrade(req.headers())) {
-        Ok(r) => r,
-        Err(e) => return error(&e),
-    };
-    let result = match (request.transport, request.sid, method) {
-        (Transport::Polling, None, _) => match engine.admit(&req) {
-            Ok(permit) => handshake(engine, permit),
-            Err(refused) => return refused.response(),
-        },
-        (Transport::Polling, Some(sid), Method::Get) => poll(engine, &sid).await,
-        (Transport::Polling, Some(sid), Method::Post) => post(engine, &sid, req).await,
-        (Transport::Polling, Some(_), Method::Other) => Err(BadRequest::Method.into()),
-        (Transport::WebSocket, None, _) => match engine.admit(&req) {
-            Ok(permit) => websocket_session(engine, req, permit),
-            Err(refused) => return refused.response(),
-        },
-        (Transport::WebSocket, Some(sid), _) => websocket_upgrade(engine, &sid, req).await,
-    };
-    result.unwrap_or_else(|e| error(&e))
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-}
-
 /// The reference server's error answer: the status and `{"code","message"}`.
-fn error(e: &RequestError) -> Response {
+pub fn error(e: &RequestError) -> Response {
     tracing::debug!(error = %e, "Engine.IO request refused");
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     (
@@ -271,7 +266,8 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
 
-fn handshake(
+/// A polling handshake (GET without `sid`): a new session, answered with its `open` packet.
+pub fn handshake(
     engine: &Engine,
     permit: Option<crate::limits::Permit>,
 ) -> Result<Response, RequestError> {
@@ -295,41 +291,28 @@ async fn ask<T>(
     answer.await.map_err(|_| gone())?
 }
 
-async fn poll(engine: &Engine, sid: &str) -> Result<Response, RequestError> {
+/// A poll (GET) of session `sid`: held until the session has packets for its client.
+pub async fn poll(engine: &Engine, sid: &str) -> Result<Response, RequestError> {
     let tx = engine.lookup(sid)?;
     ask(&tx, sid, Cmd::Poll).await.map(text)
 }
 
-async fn post(engine: &Engine, sid: &str, req: Request) -> Result<Response, RequestError> {
+/// A POST to session `sid` whose body `body` reads (after the session took the POST, so that a
+/// second POST meanwhile is refused as an overlap); `binary`: its `Content-Type` was
+/// `application/octet-stream`.
+pub async fn post(
+    engine: &Engine,
+    sid: &str,
+    binary: bool,
+    body: impl Future<Output = Result<Bytes, RequestError>>,
+) -> Result<Response, RequestError> {
     let tx = engine.lookup(sid)?;
-    let binary = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .eq_ignore_ascii_case(b"application/octet-stream")
-    });
     ask(&tx, sid, |reply| Cmd::PostBegin { binary, reply }).await?;
-    let limit = engine.settings.engine.max_payload;
-    let read = tokio::time::timeout(
-        engine.settings.body_read_timeout,
-        Limited::new(req.into_body(), limit).collect(),
-    )
-    .await;
-    let body = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let body = match body.await {
+        Ok(body) => body,
+        Err(e) => {
             let _ = tx.send(Cmd::PostAborted).await;
-            return Err(RequestError::PayloadTooLarge(limit));
-        }
-        Ok(Err(e)) => {
-            let _ = tx.send(Cmd::PostAborted).await;
-            return Err(BadRequest::Body(e.to_string()).into());
-        }
-        Err(_) => {
-            let _ = tx.send(Cmd::PostAborted).await;
-            let waited = engine.settings.body_read_timeout;
-            return Err(BadRequest::Body(format!(
-                "not received within {waited:?} ([socketio] body_read_timeout)"
-            ))
-            .into());
+            return Err(e);
         }
     };
     ask(&tx, sid, |reply| Cmd::PostBody { body, reply }).await?;
@@ -337,7 +320,7 @@ async fn post(engine: &Engine, sid: &str, req: Request) -> Result<Response, Requ
 }
 
 /// A WebSocket-only session: opened by the upgrade itself.
-fn websocket_session(
+pub fn websocket_session(
     engine: &Engine,
     req: Request,
     permit: Option<crate::limits::Permit>,
@@ -350,7 +333,7 @@ fn websocket_session(
 }
 
 /// A WebSocket that probes a polling session, to take it over.
-async fn websocket_upgrade(
+pub async fn websocket_upgrade(
     engine: &Engine,
     sid: &str,
     req: Request,

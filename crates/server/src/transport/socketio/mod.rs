@@ -4,8 +4,10 @@
 //!
 //! One task per Engine.IO session owns its state ([`engine`]); requests and WebSocket frames reach
 //! it through a channel, so a session's packets stay in order whatever transport carries them.
-//! Sessions live on the node that opened them: behind a load balancer, Socket.IO clients need
-//! sticky sessions (as with the reference server) unless they use WebSocket only.
+//! Sessions live on the node that opened them, and their sids name it: a polling request that lands
+//! on another node is relayed there ([`relayed`]), so a load balancer needs no sticky sessions
+//! (unlike the reference server). A WebSocket upgrade that lands elsewhere is refused, and the client
+//! goes on polling. [`routes`] decides where each request goes.
 //!
 //! Each Socket.IO socket (one per joined namespace: `/`, and those `[socketio] namespaces` maps to
 //! channel prefixes) is one switchboard client ([`hub`] says how packets map onto the protocol,
@@ -20,6 +22,8 @@ mod apps;
 pub mod config;
 mod engine;
 mod hub;
+mod relayed;
+mod routes;
 
 use std::sync::Arc;
 
@@ -28,14 +32,17 @@ use axum::routing::any;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::relay::Relay;
 use super::websocket::Endpoint;
 pub use config::{ParserKind, SocketIoConfig};
 
-/// The routes of the endpoint (both `path` and `path` without its trailing slash).
+/// The routes of the endpoint (both `path` and `path` without its trailing slash); polling requests
+/// for other nodes' sessions go through `relay`, which runs those relayed here from now on.
 pub fn router(
     config: &crate::Config,
     node: &Arc<switchboard_hub::Node>,
     limits: &Arc<crate::limits::Limits>,
+    relay: &Arc<Relay>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Router {
@@ -53,8 +60,10 @@ pub fn router(
         limits: None,
         restart: config.shutdown.clone(),
     };
-    let settings = |app: engine::AppFactory| {
+    let settings = |path: &str, app: engine::AppFactory| {
         engine::Engine::new(engine::Settings {
+            path: path.to_owned(),
+            relay: Arc::clone(relay),
             // A client that does not read is dropped by the hub's rule (3008, the session reports
             // what it holds); the Engine.IO bound is a backstop above it.
             engine: sio.engine(config.client.queue_bytes.saturating_mul(2)),
@@ -68,20 +77,20 @@ pub fn router(
         })
     };
     let mut router = Router::new();
-    let mut mount = |path: &str, engine: engine::Engine| {
+    let mut engines = Vec::new();
+    let mut mount = |path: &str, app: engine::AppFactory| {
+        let engine = settings(path, app);
+        engines.push(engine.clone());
         let trimmed = path.trim_end_matches('/');
-        let mut r = Router::new().route(path, any(engine::handle));
+        let mut r = Router::new().route(path, any(routes::handle));
         if !trimmed.is_empty() && trimmed != path {
-            r = r.route(trimmed, any(engine::handle));
+            r = r.route(trimmed, any(routes::handle));
         }
         router = std::mem::take(&mut router).merge(r.with_state(engine));
     };
     if sio.conformance {
-        mount("/engine.io/", settings(apps::engine_echo()));
-        mount(
-            &sio.path,
-            settings(apps::socketio_suite(sio.connect_timeout)),
-        );
+        mount("/engine.io/", apps::engine_echo());
+        mount(&sio.path, apps::socketio_suite(sio.connect_timeout));
     } else {
         let env = hub::Env {
             node: Arc::clone(node),
@@ -91,7 +100,7 @@ pub fn router(
         };
         mount(
             &sio.path,
-            settings(hub::app(
+            hub::app(
                 env,
                 hub::Mapping {
                     parser: sio.parser.parser(),
@@ -99,8 +108,9 @@ pub fn router(
                     recovery: sio.recovery,
                     namespaces: Arc::new(sio.namespaces.clone()),
                 },
-            )),
+            ),
         );
     }
+    relayed::serve(relay, &engines);
     router
 }
