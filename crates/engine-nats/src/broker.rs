@@ -35,9 +35,7 @@ pub(crate) async fn free_node_id(
 ) -> Result<String, String> {
     let subjects = crate::subjects::Subjects::new(&config.prefix);
     for _ in 0..8 {
-        let id: String = std::iter::repeat_with(|| fastrand::digit(16))
-            .take(8)
-            .collect();
+        let id = switchboard_engine::new_node_id();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(PROBE, "1");
         let asked = client
@@ -253,13 +251,13 @@ pub(crate) async fn publish_presence_event(
     info: &ClientInfo,
 ) -> Result<(), EngineError> {
     inner.connected()?;
-    let body = serde_json::to_vec(info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let body = codec::body(switchboard_engine::codec::encode_client_info(info))?;
     inner
         .client
         .publish_with_headers(
             inner.subjects.live(channel),
             codec::presence_headers(event),
-            Bytes::from(body),
+            body,
         )
         .await
         .map_err(|e| inner.error("presence event", e))

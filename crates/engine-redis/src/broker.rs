@@ -93,8 +93,7 @@ pub(crate) async fn publish_presence_event(
     info: &ClientInfo,
 ) -> Result<(), EngineError> {
     let shard = inner.shard(channel);
-    let msg =
-        codec::encode_presence(event, info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let msg = codec::encode_presence(event, info)?;
     let name = inner.keys.pubsub(channel);
     let client = shard.commands()?;
     let result: Result<i64, _> = if inner.config.cluster {
