@@ -21,8 +21,9 @@ use switchboard_engine::{EngineError, PresenceEvent, Reach};
 use switchboard_protocol::ClientInfo;
 use tokio::task::AbortHandle;
 
-use crate::codec::{self, Live};
+use crate::codec;
 use crate::{Inner, NatsConfig};
+use switchboard_engine::codec::Live;
 
 /// A header on requests that only ask whether a node id is taken (at start): answered, never
 /// delivered.
@@ -191,7 +192,7 @@ async fn deliver(inner: Arc<Inner>, channel: String, mut sub: Subscriber) {
             continue;
         };
         match codec::decode_live(m.headers.as_ref(), &m.payload) {
-            Ok(Live::Publication(p, epoch)) => {
+            Ok(Some(Live::Publication(p, epoch))) => {
                 if !epoch.is_empty() {
                     if let Some((e, o)) = &last
                         && *e == epoch
@@ -214,8 +215,10 @@ async fn deliver(inner: Arc<Inner>, channel: String, mut sub: Subscriber) {
                 }
                 handler.on_publication(&channel, Arc::new(p), &epoch);
             }
-            Ok(Live::Presence(event, info)) => handler.on_presence(&channel, event, Arc::new(info)),
-            Ok(Live::Marker) => {}
+            Ok(Some(Live::Presence(event, info))) => {
+                handler.on_presence(&channel, event, Arc::new(info))
+            }
+            Ok(None) => {}
             Err(e) => {
                 // Perhaps a publication we cannot read: its subscribers must not silently miss it.
                 tracing::warn!(channel, error = %e, "unreadable NATS message");

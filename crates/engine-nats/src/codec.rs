@@ -9,8 +9,7 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use switchboard_engine::PresenceEvent;
-use switchboard_engine::codec;
-use switchboard_protocol::{ClientInfo, Publication};
+use switchboard_engine::codec::{self, Live};
 
 pub use switchboard_engine::codec::DecodeError;
 
@@ -72,36 +71,24 @@ pub(crate) fn position(headers: Option<&HeaderMap>) -> Result<(u8, u64, String),
     Ok((kind, offset, epoch))
 }
 
-/// A live message, decoded.
-#[derive(Debug)]
-pub(crate) enum Live {
-    /// A publication and its stream's epoch.
-    Publication(Publication, String),
-    /// A join or leave.
-    Presence(PresenceEvent, ClientInfo),
-    /// An epoch marker: nothing to deliver.
-    Marker,
-}
-
-/// Decodes what arrived on a channel's live subject.
-pub(crate) fn decode_live(headers: Option<&HeaderMap>, body: &[u8]) -> Result<Live, DecodeError> {
+/// Decodes what arrived on a channel's live subject; `None` for an epoch marker (nothing to
+/// deliver).
+pub(crate) fn decode_live(
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Result<Option<Live>, DecodeError> {
     let (kind, offset, epoch) = position(headers)?;
-    match kind {
-        b'p' => {
-            let p = codec::decode_publication(body, offset).map_err(unreadable)?;
-            Ok(Live::Publication(p, epoch))
-        }
-        b'm' => Ok(Live::Marker),
-        presence => {
-            let (event, info) = codec::decode_presence(presence, body).map_err(unreadable)?;
-            Ok(Live::Presence(event, info))
-        }
+    if kind == b'm' {
+        return Ok(None);
     }
+    codec::decode_live(kind, offset, epoch, body)
+        .map(Some)
+        .map_err(unreadable)
 }
 
 #[cfg(test)]
 mod tests {
-    use switchboard_protocol::Payload;
+    use switchboard_protocol::{ClientInfo, Payload, Publication};
 
     use super::*;
 
@@ -111,7 +98,7 @@ mod tests {
         let body = self::body(codec::encode_publication(&p)).unwrap_or_default();
         let h = publication_headers(42, "ep0ch", false);
         match decode_live(Some(&h), &body) {
-            Ok(Live::Publication(got, epoch)) => {
+            Ok(Some(Live::Publication(got, epoch))) => {
                 assert_eq!(epoch, "ep0ch");
                 assert_eq!(got.offset, 42);
                 assert_eq!(got.payload, p.payload);
@@ -124,10 +111,7 @@ mod tests {
             "the format stays"
         );
         let marker = publication_headers(3, "e", true);
-        assert!(matches!(
-            decode_live(Some(&marker), b"{}"),
-            Ok(Live::Marker)
-        ));
+        assert!(matches!(decode_live(Some(&marker), b"{}"), Ok(None)));
     }
 
     #[test]
@@ -152,7 +136,7 @@ mod tests {
             "the format stays"
         );
         match decode_live(Some(&h), &body) {
-            Ok(Live::Presence(PresenceEvent::Leave, got)) => assert_eq!(got, info),
+            Ok(Some(Live::Presence(PresenceEvent::Leave, got))) => assert_eq!(got, info),
             other => panic!("{other:?}"),
         }
     }

@@ -8,8 +8,8 @@
 //! - `j<info>` / `l<info>`: a client joined or left (its `ClientInfo` as JSON).
 
 use switchboard_engine::PresenceEvent;
-use switchboard_engine::codec;
-use switchboard_protocol::{ClientInfo, Publication};
+use switchboard_engine::codec::{self, Live};
+use switchboard_protocol::ClientInfo;
 
 pub(crate) use switchboard_engine::codec::DecodeError;
 
@@ -17,15 +17,6 @@ pub(crate) use switchboard_engine::codec::DecodeError;
 /// written.
 pub(crate) fn unreadable(reason: impl std::fmt::Display) -> DecodeError {
     DecodeError::new("Redis", reason)
-}
-
-/// A pub/sub message, decoded.
-#[derive(Debug)]
-pub enum Message {
-    /// A publication and its stream's epoch.
-    Publication(Publication, String),
-    /// A join or leave.
-    Presence(PresenceEvent, ClientInfo),
 }
 
 /// The pub/sub message for a join or leave.
@@ -36,32 +27,27 @@ pub fn encode_presence(event: PresenceEvent, info: &ClientInfo) -> Result<String
 }
 
 /// Decodes a pub/sub message.
-pub fn decode_message(msg: &[u8]) -> Result<Message, DecodeError> {
+pub fn decode_message(msg: &[u8]) -> Result<Live, DecodeError> {
     let Some((&kind, rest)) = msg.split_first() else {
         return Err(unreadable("empty pub/sub message"));
     };
-    match kind {
-        b'p' => {
-            let mut parts = rest.splitn(3, |b| *b == b':');
-            let (Some(offset), Some(epoch), Some(body)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(unreadable("publication message without offset:epoch:"));
-            };
-            let offset = std::str::from_utf8(offset)
-                .ok()
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| unreadable("publication offset is not a number"))?;
-            let epoch =
-                String::from_utf8(epoch.to_vec()).map_err(|_| unreadable("epoch is not UTF-8"))?;
-            let p = codec::decode_publication(body, offset).map_err(unreadable)?;
-            Ok(Message::Publication(p, epoch))
-        }
-        presence => {
-            let (event, info) = codec::decode_presence(presence, rest).map_err(unreadable)?;
-            Ok(Message::Presence(event, info))
-        }
-    }
+    let (offset, epoch, body) = if kind == b'p' {
+        let mut parts = rest.splitn(3, |b| *b == b':');
+        let (Some(offset), Some(epoch), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(unreadable("publication message without offset:epoch:"));
+        };
+        let offset = std::str::from_utf8(offset)
+            .ok()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| unreadable("publication offset is not a number"))?;
+        let epoch =
+            String::from_utf8(epoch.to_vec()).map_err(|_| unreadable("epoch is not UTF-8"))?;
+        (offset, epoch, body)
+    } else {
+        (0, String::new(), rest)
+    };
+    codec::decode_live(kind, offset, epoch, body).map_err(unreadable)
 }
 
 #[cfg(test)]
@@ -69,7 +55,7 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use switchboard_protocol::Payload;
+    use switchboard_protocol::{Payload, Publication};
 
     use super::*;
 
@@ -88,7 +74,7 @@ mod tests {
             let body = codec::encode_publication(&p).unwrap_or_default();
             let msg = format!("p42:ep0ch:{body}");
             match decode_message(msg.as_bytes()) {
-                Ok(Message::Publication(got, epoch)) => {
+                Ok(Live::Publication(got, epoch)) => {
                     assert_eq!(epoch, "ep0ch");
                     assert_eq!(got.offset, 42);
                     assert_eq!(got.payload, p.payload);
@@ -109,7 +95,7 @@ mod tests {
         let msg = encode_presence(PresenceEvent::Leave, &info).unwrap_or_default();
         assert_eq!(msg, r#"l{"client":"c","user":"u"}"#, "the format stays");
         match decode_message(msg.as_bytes()) {
-            Ok(Message::Presence(PresenceEvent::Leave, got)) => assert_eq!(got, info),
+            Ok(Live::Presence(PresenceEvent::Leave, got)) => assert_eq!(got, info),
             other => panic!("{other:?}"),
         }
     }

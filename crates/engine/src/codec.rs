@@ -174,16 +174,32 @@ pub fn presence_letter(event: PresenceEvent) -> u8 {
     }
 }
 
-/// A presence event back: its kind from the framing's `letter` (see [`presence_letter`]), and the
-/// client's info from `body`. Letters of no presence event are [`CodecError::UnknownKind`]: the
-/// framing decodes its own kinds first.
-pub fn decode_presence(letter: u8, body: &[u8]) -> Result<(PresenceEvent, ClientInfo), CodecError> {
+/// What a remote engine delivers live to the nodes subscribed to a channel, its framing taken off.
+#[derive(Debug)]
+pub enum Live {
+    /// A publication and its stream's epoch (empty without history).
+    Publication(Publication, String),
+    /// A join or leave.
+    Presence(PresenceEvent, ClientInfo),
+}
+
+/// A live message back from what its framing carries: its kind letter (`p` a publication, else
+/// [`presence_letter`]), the publication's `offset` and `epoch` (0 and empty for presence events
+/// and publications without history), and its `body`. Other letters are
+/// [`CodecError::UnknownKind`]: a framing with kinds of its own decodes them first.
+pub fn decode_live(
+    letter: u8,
+    offset: u64,
+    epoch: String,
+    body: &[u8],
+) -> Result<Live, CodecError> {
     let event = match letter {
+        b'p' => return Ok(Live::Publication(decode_publication(body, offset)?, epoch)),
         b'j' => PresenceEvent::Join,
         b'l' => PresenceEvent::Leave,
         other => return Err(CodecError::UnknownKind(char::from(other))),
     };
-    Ok((event, decode_client_info(body)?))
+    Ok(Live::Presence(event, decode_client_info(body)?))
 }
 
 #[cfg(test)]
@@ -262,13 +278,20 @@ mod tests {
         let body = encode_client_info(&info).unwrap_or_default();
         assert_eq!(decode_client_info(body.as_bytes()), Ok(info.clone()));
         for event in [PresenceEvent::Join, PresenceEvent::Leave] {
-            let got = decode_presence(presence_letter(event), body.as_bytes());
-            assert_eq!(got, Ok((event, info.clone())));
+            match decode_live(presence_letter(event), 0, String::new(), body.as_bytes()) {
+                Ok(Live::Presence(e, got)) => assert_eq!((e, got), (event, info.clone())),
+                other => panic!("{other:?}"),
+            }
         }
-        assert_eq!(
-            decode_presence(b'p', body.as_bytes()),
-            Err(CodecError::UnknownKind('p'))
-        );
+        assert!(matches!(
+            decode_live(b'x', 0, String::new(), body.as_bytes()),
+            Err(CodecError::UnknownKind('x'))
+        ));
+        let p = encode_publication(&Publication::new(Payload::Json(Bytes::from_static(b"1"))));
+        match decode_live(b'p', 3, "e".into(), p.unwrap_or_default().as_bytes()) {
+            Ok(Live::Publication(got, epoch)) => assert_eq!((got.offset, epoch.as_str()), (3, "e")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
