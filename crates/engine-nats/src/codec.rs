@@ -123,11 +123,7 @@ mod tests {
 
     #[test]
     fn presence_events_round_trip() {
-        let info = ClientInfo {
-            client: "c".into(),
-            user: "u".into(),
-            info: None,
-        };
+        let info = ClientInfo::clone(&switchboard_engine::conformance::client("c", "u"));
         let body = self::body(codec::encode_client_info(&info)).unwrap_or_default();
         let h = presence_headers(PresenceEvent::Leave);
         assert_eq!(

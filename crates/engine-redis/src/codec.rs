@@ -87,11 +87,7 @@ mod tests {
 
     #[test]
     fn presence_events_round_trip() {
-        let info = ClientInfo {
-            client: "c".into(),
-            user: "u".into(),
-            info: None,
-        };
+        let info = ClientInfo::clone(&switchboard_engine::conformance::client("c", "u"));
         let msg = encode_presence(PresenceEvent::Leave, &info).unwrap_or_default();
         assert_eq!(msg, r#"l{"client":"c","user":"u"}"#, "the format stays");
         match decode_message(msg.as_bytes()) {
