@@ -21,8 +21,9 @@ use switchboard_engine::{EngineError, PresenceEvent, Reach};
 use switchboard_protocol::ClientInfo;
 use tokio::task::AbortHandle;
 
-use crate::codec::{self, Live};
+use crate::codec;
 use crate::{Inner, NatsConfig};
+use switchboard_engine::codec::Live;
 
 /// A header on requests that only ask whether a node id is taken (at start): answered, never
 /// delivered.
@@ -35,9 +36,7 @@ pub(crate) async fn free_node_id(
 ) -> Result<String, String> {
     let subjects = crate::subjects::Subjects::new(&config.prefix);
     for _ in 0..8 {
-        let id: String = std::iter::repeat_with(|| fastrand::digit(16))
-            .take(8)
-            .collect();
+        let id = switchboard_engine::new_node_id();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(PROBE, "1");
         let asked = client
@@ -193,7 +192,7 @@ async fn deliver(inner: Arc<Inner>, channel: String, mut sub: Subscriber) {
             continue;
         };
         match codec::decode_live(m.headers.as_ref(), &m.payload) {
-            Ok(Live::Publication(p, epoch)) => {
+            Ok(Some(Live::Publication(p, epoch))) => {
                 if !epoch.is_empty() {
                     if let Some((e, o)) = &last
                         && *e == epoch
@@ -216,8 +215,10 @@ async fn deliver(inner: Arc<Inner>, channel: String, mut sub: Subscriber) {
                 }
                 handler.on_publication(&channel, Arc::new(p), &epoch);
             }
-            Ok(Live::Presence(event, info)) => handler.on_presence(&channel, event, Arc::new(info)),
-            Ok(Live::Marker) => {}
+            Ok(Some(Live::Presence(event, info))) => {
+                handler.on_presence(&channel, event, Arc::new(info))
+            }
+            Ok(None) => {}
             Err(e) => {
                 // Perhaps a publication we cannot read: its subscribers must not silently miss it.
                 tracing::warn!(channel, error = %e, "unreadable NATS message");
@@ -253,13 +254,13 @@ pub(crate) async fn publish_presence_event(
     info: &ClientInfo,
 ) -> Result<(), EngineError> {
     inner.connected()?;
-    let body = serde_json::to_vec(info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let body = codec::body(switchboard_engine::codec::encode_client_info(info))?;
     inner
         .client
         .publish_with_headers(
             inner.subjects.live(channel),
             codec::presence_headers(event),
-            Bytes::from(body),
+            body,
         )
         .await
         .map_err(|e| inner.error("presence event", e))

@@ -1,10 +1,7 @@
-//! Readiness, measured: the server is asked for a round trip ([`round_trip`]) at least
-//! every second, and counts as down when it does not answer within `command_timeout`, while the
-//! connection is lost, and while subscriptions are being confirmed after a reconnect.
-//!
-//! Connection state alone is not enough: a server that stops answering (paused, a network that drops
-//! packets) leaves the TCP connection open, and an idle node would report ready through the whole
-//! outage.
+//! Readiness, measured ([`switchboard_engine::health`], shared with the Redis engine): the server
+//! is asked for a round trip ([`round_trip`]) at least every second, and counts as down when it
+//! does not answer within `command_timeout`, while the connection is lost, and while subscriptions
+//! are being confirmed after a reconnect.
 //!
 //! After every reconnect the client sends its subscriptions again; once the server confirmed them
 //! (a round trip after them), every channel this node is subscribed to is reported as a possible gap
@@ -13,20 +10,16 @@
 //! The positions remembered for publishing are forgotten too: the server may have lost streams.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_nats::Event;
 use futures_util::TryFutureExt;
-use parking_lot::Mutex;
 use switchboard_engine::EngineError;
+use switchboard_engine::health::{RECONNECT_MAX, next_check, ping_period};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::Inner;
-
-/// The longest delay between two reconnect attempts: after NATS is back, every node reconnects
-/// within about this time.
-pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// The delay before reconnect attempt `attempts`: 0 first, then doubling from 50 ms up to
 /// [`RECONNECT_MAX`].
@@ -38,81 +31,23 @@ pub(crate) fn reconnect_delay(attempts: usize) -> Duration {
     (Duration::from_millis(50) * 2u32.pow(exp)).min(RECONNECT_MAX)
 }
 
-/// How often a server that answers is asked: every second, more often when `command_timeout` is
-/// short.
-pub(crate) fn ping_period(command_timeout: Duration) -> Duration {
-    (command_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
-}
-
-/// How long after trouble a message between nodes may still have been lost: the other nodes
-/// reconnect within [`RECONNECT_MAX`] of NATS answering again, and notice an outage within
-/// `command_timeout` of its start.
-pub(crate) fn settle_time(command_timeout: Duration) -> Duration {
-    RECONNECT_MAX + command_timeout
-}
-
-/// The measured state.
-#[derive(Debug)]
-pub(crate) struct Health {
-    /// The last round trip was answered within `command_timeout`.
-    answering: AtomicBool,
-    /// When NATS was last seen not serving (never: `None`).
-    last_trouble: Mutex<Option<Instant>>,
-    /// The state last reported and since when, for `/health` and the logs.
-    reported: Mutex<(bool, Instant)>,
-}
-
-impl Health {
-    /// Just connected: ready.
-    pub(crate) fn new() -> Self {
-        Self {
-            answering: AtomicBool::new(true),
-            last_trouble: Mutex::new(None),
-            reported: Mutex::new((true, Instant::now())),
-        }
-    }
-
-    /// Records trouble seen now.
-    pub(crate) fn trouble(&self) {
-        *self.last_trouble.lock() = Some(Instant::now());
-    }
-}
-
 impl Inner {
     /// Whether the engine serves: connected, answering, subscriptions in place.
     pub(crate) fn ready(&self) -> bool {
-        self.health.answering.load(Ordering::Acquire)
+        self.health.answering()
             && self.connected().is_ok()
             && !self.resyncing.load(Ordering::Acquire)
     }
 
-    /// Whether a message sent at `since` may have been lost.
-    pub(crate) fn uncertain_since(&self, since: Instant, settle: Duration) -> bool {
-        !self.ready()
-            || self
-                .health
-                .last_trouble
-                .lock()
-                .is_some_and(|t| t + settle >= since)
-    }
-
     /// The state now, and for how long it has held. Notes a change (and logs it once).
     pub(crate) fn observe(&self) -> (bool, Duration) {
-        let ready = self.ready();
-        if !ready {
-            self.health.trouble();
-        }
-        let mut reported = self.health.reported.lock();
-        if reported.0 != ready {
-            let was = reported.1.elapsed();
-            *reported = (ready, Instant::now());
+        self.health.observe(self.ready(), |ready, was| {
             if ready {
                 tracing::info!(servers = %self.name, after = ?was, "NATS answers again");
             } else {
                 tracing::warn!(servers = %self.name, "NATS does not answer; channels fail until it does");
             }
-        }
-        (ready, reported.1.elapsed())
+        })
     }
 }
 
@@ -148,14 +83,9 @@ pub(crate) async fn watch(inner: Arc<Inner>) {
     loop {
         let started = tokio::time::Instant::now();
         let answering = inner.connected().is_ok() && round_trip(&inner).await.is_ok();
-        inner.health.answering.store(answering, Ordering::Release);
+        inner.health.set_answering(answering);
         inner.observe();
-        let next = if answering {
-            started + period
-        } else {
-            tokio::time::Instant::now() + Duration::from_millis(50)
-        };
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(next_check(started, answering, period)).await;
     }
 }
 
@@ -171,7 +101,7 @@ pub(crate) async fn follow_events(inner: Arc<Inner>, mut events: UnboundedReceiv
             Event::Disconnected => {
                 was_down = true;
                 inner.health.trouble();
-                inner.health.answering.store(false, Ordering::Release);
+                inner.health.set_answering(false);
                 inner.lasts.forget_all();
                 inner.observe();
             }
@@ -212,7 +142,7 @@ async fn resync(inner: &Inner) {
             }
         }
     }
-    inner.health.answering.store(true, Ordering::Release);
+    inner.health.set_answering(true);
     // Only now: a subscriber resubscribing with recovery after this report sees every publication,
     // from history up to its read and live after it.
     let n = report_gaps(inner);
@@ -246,18 +176,5 @@ mod tests {
         assert_eq!(reconnect_delay(2), Duration::from_millis(50));
         assert_eq!(reconnect_delay(3), Duration::from_millis(100));
         assert_eq!(reconnect_delay(100), RECONNECT_MAX);
-    }
-
-    #[test]
-    fn the_ping_period_is_at_most_a_second_and_half_the_timeout() {
-        assert_eq!(ping_period(Duration::from_secs(5)), Duration::from_secs(1));
-        assert_eq!(
-            ping_period(Duration::from_secs(1)),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            ping_period(Duration::from_millis(10)),
-            Duration::from_millis(100)
-        );
     }
 }

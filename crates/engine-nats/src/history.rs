@@ -14,7 +14,8 @@ use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions};
+use switchboard_engine::codec as shared;
+use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions, new_epoch};
 use switchboard_protocol::{Publication, StreamPosition};
 
 use crate::subjects::{Subjects, token};
@@ -112,12 +113,6 @@ impl ChannelState {
     }
 }
 
-fn new_epoch() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(8)
-        .collect()
-}
-
 fn storage(inner: &Inner) -> stream::StorageType {
     match inner.config.storage {
         NatsStorage::File => stream::StorageType::File,
@@ -208,8 +203,7 @@ async fn fetch_last(
     for _ in 0..2 {
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
-                let (_, offset, epoch) = codec::position(Some(&m.headers))
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                let (_, offset, epoch) = codec::position(Some(&m.headers))?;
                 if epoch.is_empty() {
                     return Err(EngineError::Unavailable(format!(
                         "unreadable data in NATS: a message on {subject} without an epoch"
@@ -251,8 +245,7 @@ pub(crate) async fn publish(
     opts: &StreamOptions,
     idempotency: Option<(&str, Duration)>,
 ) -> Result<StreamPosition, EngineError> {
-    let body = codec::encode_publication(publication)
-        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let body = codec::body(shared::encode_publication(publication))?;
     if !opts.keeps_history() {
         if let Some((key, window)) = idempotency
             && published_before(inner, channel, key, window).await?
@@ -350,8 +343,7 @@ async fn position_of(
 ) -> Result<StreamPosition, EngineError> {
     match stream.get_raw_message(sequence).await {
         Ok(m) => {
-            let (_, offset, epoch) = codec::position(Some(&m.headers))
-                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            let (_, offset, epoch) = codec::position(Some(&m.headers))?;
             Ok(StreamPosition { offset, epoch })
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
@@ -479,8 +471,7 @@ pub(crate) async fn read(
         offset: last.offset,
         epoch: last.epoch,
     };
-    let after = query.since.unwrap_or(0);
-    if query.limit == Some(0) || last.offset <= after {
+    if query.limit == Some(0) || !query.wants(last.offset) {
         return Ok(History {
             publications: Vec::new(),
             position,
@@ -496,23 +487,19 @@ pub(crate) async fn read(
     let messages = consume(inner, &stream, subject, deliver).await?;
     let mut publications = Vec::new();
     for m in messages {
-        let (kind, offset, epoch) = codec::position(m.headers.as_ref())
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        if kind != b'p' || epoch != position.epoch || offset <= after || offset > position.offset {
+        let (kind, offset, epoch) = codec::position(m.headers.as_ref())?;
+        if kind != b'p'
+            || epoch != position.epoch
+            || !query.wants(offset)
+            || offset > position.offset
+        {
             continue;
         }
-        let p = codec::decode_publication(&m.payload, offset)
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let p = shared::decode_publication(&m.payload, offset).map_err(codec::unreadable)?;
         publications.push(Arc::new(p));
     }
-    if query.reverse {
-        publications.reverse();
-    }
-    if let Some(limit) = query.limit {
-        publications.truncate(limit);
-    }
     Ok(History {
-        publications,
+        publications: query.select(publications),
         position,
     })
 }

@@ -76,9 +76,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use switchboard_engine::health::{Health, settle_time};
+use switchboard_engine::presence::LocalPresence;
 use switchboard_engine::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats, Reach,
-    ShardState, StreamOptions,
+    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, Reach, ShardState,
+    StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::task::AbortHandle;
@@ -308,7 +310,7 @@ pub(crate) struct Inner {
     /// This node's id ([`Engine::node_id`]).
     pub(crate) node_id: String,
     /// Readiness, measured.
-    pub(crate) health: health::Health,
+    pub(crate) health: Health,
     /// True while the subscriptions are being confirmed after a reconnect.
     pub(crate) resyncing: AtomicBool,
     /// Channels this node is subscribed to, and the task delivering each.
@@ -318,7 +320,7 @@ pub(crate) struct Inner {
     /// Per channel: publishes of this node take turns, and the last position written.
     pub(crate) lasts: history::Lasts,
     /// Presence entries of this node's clients, rewritten periodically.
-    pub(crate) local_presence: Mutex<HashMap<String, HashMap<String, Arc<ClientInfo>>>>,
+    pub(crate) local_presence: LocalPresence,
 }
 
 impl Inner {
@@ -483,12 +485,12 @@ impl NatsEngine {
             js,
             handler: OnceLock::new(),
             node_id,
-            health: health::Health::new(),
+            health: Health::new(),
             resyncing: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             lasts: history::Lasts::default(),
-            local_presence: Mutex::new(HashMap::new()),
+            local_presence: LocalPresence::default(),
         });
         let mut tasks = Vec::new();
         // Listening before anyone can learn the id: from the first session on, others reach us.
@@ -585,10 +587,6 @@ impl Engine for NatsEngine {
         presence::get(&self.inner, channel).await
     }
 
-    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-        presence::stats(&self.inner, channel).await
-    }
-
     fn ready(&self) -> bool {
         self.inner.ready()
     }
@@ -604,10 +602,10 @@ impl Engine for NatsEngine {
 
     fn node_messages_uncertain(&self, _node: &str, since: Instant) -> bool {
         // One connection carries both the request and its answer.
-        self.inner.uncertain_since(
-            since,
-            health::settle_time(self.inner.config.command_timeout),
-        )
+        let settle = settle_time(self.inner.config.command_timeout);
+        self.inner
+            .health
+            .uncertain_since(self.inner.ready(), since, settle)
     }
 
     fn remembers_idempotency_keys(&self) -> bool {

@@ -7,18 +7,19 @@
 //! This is what a NATS KV bucket with a TTL is, without the KV layer's tombstones: a removal purges
 //! the subject.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, Stream};
-use bytes::Bytes;
-use switchboard_engine::{EngineError, PresenceStats};
+use switchboard_engine::EngineError;
+use switchboard_engine::codec::encode_client_info;
+use switchboard_engine::presence::insert_entry;
 use switchboard_protocol::ClientInfo;
 
 use crate::Inner;
+use crate::codec;
 use crate::history::{consume, ensure_stream, forget_stream};
 
 async fn presence_stream(inner: &Inner) -> Result<Stream, EngineError> {
@@ -42,15 +43,11 @@ async fn presence_stream(inner: &Inner) -> Result<Stream, EngineError> {
 
 /// Writes one entry.
 async fn write(inner: &Inner, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
-    let body = serde_json::to_vec(info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let body = codec::body(encode_client_info(info))?;
     let subject = inner.subjects.presence(channel, &info.client);
     for _ in 0..2 {
         let stream = presence_stream(inner).await?;
-        let acked = match inner
-            .js
-            .publish(subject.clone(), Bytes::from(body.clone()))
-            .await
-        {
+        let acked = match inner.js.publish(subject.clone(), body.clone()).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
@@ -72,26 +69,13 @@ pub(crate) async fn add(
     info: Arc<ClientInfo>,
 ) -> Result<(), EngineError> {
     inner.connected()?;
-    inner
-        .local_presence
-        .lock()
-        .entry(channel.to_owned())
-        .or_default()
-        .insert(info.client.clone(), Arc::clone(&info));
+    inner.local_presence.add(channel, &info);
     write(inner, channel, &info).await
 }
 
 /// Removes `client` from `channel`'s presence.
 pub(crate) async fn remove(inner: &Inner, channel: &str, client: &str) -> Result<(), EngineError> {
-    {
-        let mut local = inner.local_presence.lock();
-        if let Some(clients) = local.get_mut(channel) {
-            clients.remove(client);
-            if clients.is_empty() {
-                local.remove(channel);
-            }
-        }
-    }
+    inner.local_presence.remove(channel, client);
     inner.connected()?;
     let stream = presence_stream(inner).await?;
     stream
@@ -118,49 +102,28 @@ pub(crate) async fn get(
     .await?;
     let mut out = HashMap::new();
     for m in messages {
-        match serde_json::from_slice::<ClientInfo>(&m.payload) {
-            Ok(info) => {
-                out.insert(info.client.clone(), Arc::new(info));
-            }
-            Err(e) => {
-                tracing::warn!(channel, subject = %m.subject, error = %e, "unreadable presence entry; skipped")
-            }
+        if let Err(e) = insert_entry(&mut out, None, &m.payload) {
+            tracing::warn!(channel, subject = %m.subject, error = %e, "unreadable presence entry; skipped");
         }
     }
     Ok(out)
 }
 
-/// Presence counts of `channel`.
-pub(crate) async fn stats(inner: &Inner, channel: &str) -> Result<PresenceStats, EngineError> {
-    let members = get(inner, channel).await?;
-    let users: HashSet<&str> = members.values().map(|c| c.user.as_str()).collect();
-    Ok(PresenceStats {
-        num_clients: members.len(),
-        num_users: users.len(),
-    })
-}
-
 /// Rewrites this node's presence entries every third of `presence_ttl`. Runs until the engine
 /// stops.
 pub(crate) async fn refresh(inner: Arc<Inner>) {
-    let period = (inner.config.presence_ttl / 3).max(Duration::from_millis(100));
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let snapshot: Vec<(String, Vec<Arc<ClientInfo>>)> = inner
-            .local_presence
-            .lock()
-            .iter()
-            .map(|(c, m)| (c.clone(), m.values().cloned().collect()))
-            .collect();
-        for (channel, members) in snapshot {
-            for info in members {
-                if let Err(e) = write(&inner, &channel, &info).await {
-                    // NATS is away; the next round (after the reconnect) restores the entries.
-                    tracing::debug!(channel, error = %e, "presence refresh failed");
+    let inner = &*inner;
+    inner
+        .local_presence
+        .refresh(
+            inner.config.presence_ttl,
+            move |channel, members| async move {
+                for info in members {
+                    if let Err(e) = write(inner, &channel, &info).await {
+                        tracing::debug!(channel, error = %e, "presence refresh failed");
+                    }
                 }
-            }
-        }
-    }
+            },
+        )
+        .await;
 }

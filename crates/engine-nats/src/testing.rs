@@ -1,21 +1,41 @@
 //! Throwaway NATS for tests: a `nats-server -js` on a free port of 127.0.0.1 (never the machine's
 //! 4222), with its JetStream store in a temporary directory, killed when dropped. Tests of this
-//! crate and of the server's several-node setup use it.
+//! crate and of the server's several-node setup use it. The process plumbing (free ports, waiting,
+//! signals) is `switchboard_engine::testing::process`, shared with the Redis engine's.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use switchboard_engine::conformance::Server;
+use switchboard_engine::testing::process::{self, Process, Served, on_a_free_port};
+
+pub use switchboard_engine::testing::process::free_port;
+
+use crate::NatsConfig;
+
+/// An engine's configuration on `servers` as tests want it: timeouts of seconds, so that a server
+/// that is missing or away fails a test quickly, and presence that expires a second after its node
+/// stops. A test changes the fields its check is about (`NatsConfig { prefix: .., ..config(s) }`).
+pub fn config(servers: Vec<String>) -> NatsConfig {
+    NatsConfig {
+        servers,
+        prefix: "test".into(),
+        presence_ttl: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+        ..NatsConfig::default()
+    }
+}
 
 /// A running `nats-server` with JetStream, killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
-    port: u16,
+    /// Its port, and its process while it runs.
+    served: Served,
     /// The JetStream store (and the ports file that proves which process listens).
     store: tempfile::TempDir,
-    child: Option<Child>,
-    /// Stopped with SIGSTOP ([`NatsServer::pause`]).
-    paused: bool,
     /// Started with `-js`.
     jetstream: bool,
     /// Extra lines of a configuration file (`-c`), written into the store.
@@ -25,13 +45,7 @@ pub struct NatsServer {
 /// The binary to run: `$NATS_SERVER`, else Debian's `/usr/sbin/nats-server` (not on every user's
 /// `PATH`), else `nats-server` on the `PATH`.
 fn binary() -> String {
-    std::env::var("NATS_SERVER").unwrap_or_else(|_| {
-        if Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server".into()
-        } else {
-            "nats-server".into()
-        }
-    })
+    process::binary("NATS_SERVER", &["/usr/sbin/nats-server"], "nats-server")
 }
 
 fn temp_store() -> tempfile::TempDir {
@@ -57,27 +71,21 @@ impl NatsServer {
     }
 
     fn start_with(jetstream: bool, config: Option<String>) -> Self {
-        for _ in 0..5 {
-            // Ask the OS for a free port, then give it to NATS. Another test may take the same port
-            // in between: then this server fails to bind, and we try another port.
+        on_a_free_port("nats-server", |port| {
             let mut s = Self {
-                port: free_port(),
+                served: Served::new("nats-server", port),
                 store: temp_store(),
-                child: None,
-                paused: false,
                 jetstream,
                 config: config.clone(),
             };
-            if s.spawn() {
-                return s;
-            }
-        }
-        panic!("nats-server could not bind a free port in 5 tries");
+            let process = s.spawn();
+            s.served.run(process).then_some(s)
+        })
     }
 
-    /// Starts the process; false if it exited (port taken). Waits until it is *this* process that
+    /// Starts the process; `None` if it exited (port taken). Waits until it is *this* process that
     /// listens (its ports file names its pid).
-    fn spawn(&mut self) -> bool {
+    fn spawn(&self) -> Option<Process> {
         let store = self.store.path().to_string_lossy().into_owned();
         let config_file = self.config.as_ref().map(|text| {
             let path = self.store.path().join("nats.conf");
@@ -85,63 +93,32 @@ impl NatsServer {
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
             path.to_string_lossy().into_owned()
         });
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(config_file.iter().flat_map(|f| ["-c", f.as_str()]))
             .args(self.jetstream.then_some("-js"))
             .args([
                 "-a",
                 "127.0.0.1",
                 "-p",
-                &self.port.to_string(),
+                &self.served.port().to_string(),
                 "-sd",
                 &store,
                 "--ports_file_dir",
                 &store,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): install NATS (apt-get install nats-server; scripts/setup.sh does) or set NATS_SERVER",
-                    binary()
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ports_file = |pid: u32| {
-            std::fs::read_dir(self.store.path())
-                .map(|dir| {
-                    dir.flatten().any(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .ends_with(&format!("_{pid}.ports"))
-                    })
-                })
-                .unwrap_or(false)
-        };
-        loop {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            if ports_file(child.id())
-                && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
-            {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nats-server did not answer on {} within 10 s", self.addr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            ]);
+        let (addr, dir) = (self.addr(), self.store.path());
+        Process::spawn(
+            command,
+            &self.served.describe(),
+            "install NATS (apt-get install nats-server; scripts/setup.sh does) or set NATS_SERVER",
+            |pid| ports_file(dir, pid) && process::accepts(addr),
+        )
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.served.addr()
     }
 
     /// Its address as a URL for `[engine.nats] servers`.
@@ -157,51 +134,25 @@ impl NatsServer {
     /// Freezes it with SIGSTOP: connections stay open and nothing answers, as when the server
     /// hangs rather than dies. [`NatsServer::resume`] or drop undoes it.
     pub fn pause(&mut self) {
-        self.signal("-STOP");
-        self.paused = true;
+        self.served.pause();
     }
 
     /// Lets a [`NatsServer::pause`]d server run again (SIGCONT).
     pub fn resume(&mut self) {
-        self.signal("-CONT");
-        self.paused = false;
-    }
-
-    /// Sends a signal with `kill(1)` (no `unsafe` here). Panics when it cannot: a test that pauses
-    /// the server must not go on believing it did.
-    fn signal(&self, which: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .map(Child::id)
-            .unwrap_or_else(|| panic!("nats-server on port {} is not running", self.port));
-        let status = Command::new("kill")
-            .args([which, &pid.to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill {which} {pid}: {e}"));
-        assert!(status.success(), "kill {which} {pid} failed: {status}");
+        self.served.resume();
     }
 
     /// Kills it with SIGKILL, as a crash would: no clean shutdown, its store left as it was.
     pub fn kill(&mut self) {
-        if self.paused {
-            self.resume();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.served.stop();
     }
 
     /// Starts it again on the same port, with the store it had.
     pub fn start_again(&mut self) {
         self.kill();
         // Its old ports file would prove nothing about the new process; the pid differs anyway.
-        assert!(
-            self.spawn(),
-            "nats-server could not bind port {} again",
-            self.port
-        );
+        let process = self.spawn();
+        self.served.run_again(process);
     }
 
     /// Kills it and starts it again on the same port with an empty store: every stream is lost,
@@ -209,24 +160,29 @@ impl NatsServer {
     pub fn restart_empty(&mut self) {
         self.kill();
         self.store = temp_store();
-        assert!(
-            self.spawn(),
-            "nats-server could not bind port {} again",
-            self.port
-        );
+        let process = self.spawn();
+        self.served.run_again(process);
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
+impl Server for NatsServer {
+    fn url(&self) -> String {
+        NatsServer::url(self)
+    }
+
+    fn restart_empty(&mut self) {
+        NatsServer::restart_empty(self);
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+/// Whether the server of process `pid` wrote its ports file into `dir`: it listens.
+fn ports_file(dir: &Path, pid: u32) -> bool {
+    let suffix = format!("_{pid}.ports");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+        })
+        .unwrap_or(false)
 }

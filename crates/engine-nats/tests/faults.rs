@@ -12,9 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard_engine::conformance::{Recorder, opts, publication, until};
+use switchboard_engine::conformance::{
+    Recorder, assert_published_once, opts, publication, time_until, until,
+};
 use switchboard_engine::{Engine, EngineError, HistoryQuery, StreamOptions};
-use switchboard_engine_nats::testing::NatsServer;
+use switchboard_engine_nats::testing::{self, NatsServer};
 use switchboard_engine_nats::{NatsConfig, NatsEngine};
 
 /// The request timeout of these tests: short, so that outages are noticed quickly.
@@ -22,31 +24,18 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn engine(nats: &NatsServer) -> (NatsEngine, Arc<Recorder>) {
     let config = NatsConfig {
-        servers: vec![nats.url()],
         prefix: "faults".into(),
         presence_ttl: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(2),
         command_timeout: COMMAND_TIMEOUT,
-        ..NatsConfig::default()
+        ..testing::config(vec![nats.url()])
     };
     let e = NatsEngine::connect(config).await.unwrap();
-    let rec = Arc::new(Recorder::default());
-    e.set_handler(rec.clone());
+    let rec = Recorder::attach(&e);
     (e, rec)
 }
 
 fn history() -> StreamOptions {
     opts(100, Duration::from_secs(60))
-}
-
-/// Waits (up to `limit`) until `f` holds; how long it took.
-async fn time_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }
 
 /// Publishes, retrying while the engine reconnects.
@@ -223,15 +212,5 @@ async fn a_hung_server_makes_an_idle_engine_not_ready_and_a_publish_of_unknown_o
             }
         }
     };
-    let h = e
-        .history("c", &HistoryQuery::default(), &history())
-        .await
-        .unwrap();
-    let ones = h
-        .publications
-        .iter()
-        .filter(|p| p.payload == publication(1).payload)
-        .count();
-    assert_eq!(ones, 1, "{:?}", h.publications);
-    assert_eq!(pos.offset, h.position.offset);
+    assert_published_once(&e, "c", 1, &pos, &history()).await;
 }

@@ -30,8 +30,9 @@ use switchboard_engine::{EngineError, PresenceEvent, Reach};
 use switchboard_protocol::ClientInfo;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
-use crate::codec::{self, Message};
+use crate::codec;
 use crate::{Inner, Shard};
+use switchboard_engine::codec::Live;
 
 /// Channels per SUBSCRIBE command when resubscribing everything.
 const RESUBSCRIBE_BATCH: usize = 256;
@@ -93,8 +94,7 @@ pub(crate) async fn publish_presence_event(
     info: &ClientInfo,
 ) -> Result<(), EngineError> {
     let shard = inner.shard(channel);
-    let msg =
-        codec::encode_presence(event, info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let msg = codec::encode_presence(event, info)?;
     let name = inner.keys.pubsub(channel);
     let client = shard.commands()?;
     let result: Result<i64, _> = if inner.config.cluster {
@@ -252,8 +252,8 @@ fn deliver(inner: &Inner, m: RedisMessage) {
         return;
     };
     match codec::decode_message(&bytes) {
-        Ok(Message::Publication(p, epoch)) => handler.on_publication(channel, Arc::new(p), &epoch),
-        Ok(Message::Presence(event, info)) => handler.on_presence(channel, event, Arc::new(info)),
+        Ok(Live::Publication(p, epoch)) => handler.on_publication(channel, Arc::new(p), &epoch),
+        Ok(Live::Presence(event, info)) => handler.on_presence(channel, event, Arc::new(info)),
         Err(e) => {
             // Perhaps a publication we cannot read: its subscribers must not silently miss it.
             tracing::warn!(channel, error = %e, "unreadable pub/sub message");

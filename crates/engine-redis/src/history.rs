@@ -12,18 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions};
+use switchboard_engine::codec;
+use switchboard_engine::{EngineError, History, HistoryQuery, StreamOptions, new_epoch};
 use switchboard_protocol::{Publication, StreamPosition};
 
-use crate::codec;
+use crate::codec as framing;
 use crate::scripts::{millis, run};
 use crate::{Inner, Shard};
-
-fn new_epoch() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(8)
-        .collect()
-}
 
 /// Publishes `publication` to `channel`: appended to its stream (when `opts` keeps one) and sent to
 /// every node, in one script. With `idempotency = Some((key, window))`, a publish with the same key
@@ -36,8 +31,7 @@ pub(crate) async fn publish(
     idempotency: Option<(&str, Duration)>,
 ) -> Result<StreamPosition, EngineError> {
     let shard = inner.shard(channel);
-    let body = codec::encode_publication(publication)
-        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let body = codec::encode_publication(publication).map_err(framing::unreadable)?;
     let keys = &inner.keys;
     let size = if opts.keeps_history() {
         opts.history_size
@@ -143,28 +137,20 @@ pub(crate) async fn read(
         .as_ref()
         .and_then(u64_of)
         .ok_or_else(|| unreadable("offset"))?;
-    let after = query.since.unwrap_or(0);
     let mut publications = Vec::new();
     while let (Some(o), Some(body)) = (it.next(), it.next()) {
         let o = u64_of(&o).ok_or_else(|| unreadable("publication offset"))?;
-        if o <= after {
+        if !query.wants(o) {
             continue;
         }
         let body = body
             .into_bytes()
             .ok_or_else(|| unreadable("publication body"))?;
-        let p = codec::decode_publication(&body, o)
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let p = codec::decode_publication(&body, o).map_err(framing::unreadable)?;
         publications.push(Arc::new(p));
     }
-    if query.reverse {
-        publications.reverse();
-    }
-    if let Some(limit) = query.limit {
-        publications.truncate(limit);
-    }
     Ok(History {
-        publications,
+        publications: query.select(publications),
         position: StreamPosition { offset, epoch },
     })
 }

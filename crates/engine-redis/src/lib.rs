@@ -52,9 +52,11 @@ use fred::types::Builder;
 use fred::types::config::UnresponsiveConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use switchboard_engine::health::{Health, RECONNECT_MAX, settle_time};
+use switchboard_engine::presence::LocalPresence;
 use switchboard_engine::{
-    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, PresenceStats, Reach,
-    ShardState, StreamOptions,
+    Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, Reach, ShardState,
+    StreamOptions,
 };
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::task::AbortHandle;
@@ -166,7 +168,7 @@ pub(crate) struct Shard {
     /// metrics and logs.
     pub(crate) name: String,
     /// Readiness, measured (`health.rs`).
-    pub(crate) health: health::Health,
+    pub(crate) health: Health,
     /// Commands and scripts.
     pub(crate) client: Client,
     /// Pub/sub: a connection of its own, since a subscribed connection runs no other command.
@@ -207,7 +209,7 @@ pub(crate) struct Inner {
     pub(crate) shards: Vec<Shard>,
     pub(crate) handler: OnceLock<Arc<dyn EngineHandler>>,
     /// Presence entries of this node's clients, refreshed in Redis periodically.
-    pub(crate) local_presence: Mutex<HashMap<String, HashMap<String, Arc<ClientInfo>>>>,
+    pub(crate) local_presence: LocalPresence,
     pub(crate) scripts: scripts::Scripts,
     /// This node's id ([`Engine::node_id`]).
     pub(crate) node_id: String,
@@ -299,7 +301,7 @@ impl RedisEngine {
             }
             shards.push(Shard {
                 name: display_name(&urls),
-                health: health::Health::new(),
+                health: Health::new(),
                 address,
                 client,
                 subscriber,
@@ -325,7 +327,7 @@ impl RedisEngine {
             config,
             shards,
             handler: OnceLock::new(),
-            local_presence: Mutex::new(HashMap::new()),
+            local_presence: LocalPresence::default(),
             scripts: scripts::Scripts::new(),
         });
         for (i, (messages, reconnects)) in receivers.into_iter().enumerate() {
@@ -392,9 +394,7 @@ async fn free_node_id(
     shards: &[Shard],
 ) -> Result<String, RedisError> {
     for _ in 0..8 {
-        let id: String = std::iter::repeat_with(|| fastrand::digit(16))
-            .take(8)
-            .collect();
+        let id = switchboard_engine::new_node_id();
         let shard = &shards[shard_of(&id, shards.len())];
         let name = keys.node(&id);
         // [channel, count]
@@ -464,7 +464,7 @@ fn builder(config: &RedisConfig, urls: &[String]) -> Result<Builder, RedisError>
     // Fail at start when Redis is not there: a wrong address should stop the server, not hang it.
     fred_config.fail_fast = true;
     let mut b = Builder::from_config(fred_config);
-    let max_delay = u32::try_from(health::RECONNECT_MAX.as_millis()).unwrap_or(u32::MAX);
+    let max_delay = u32::try_from(RECONNECT_MAX.as_millis()).unwrap_or(u32::MAX);
     b.set_policy(ReconnectPolicy::new_exponential(0, 100, max_delay, 2));
     let (connect, command) = (config.connect_timeout, config.command_timeout);
     b.with_connection_config(|c| {
@@ -569,10 +569,6 @@ impl Engine for RedisEngine {
         presence::get(&self.inner, channel).await
     }
 
-    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
-        presence::stats(&self.inner, channel).await
-    }
-
     fn ready(&self) -> bool {
         // Ready while some channels work: with one shard of several down, the others' channels
         // still do, and taking every node out of the load balancer would stop those too.
@@ -595,14 +591,14 @@ impl Engine for RedisEngine {
     }
 
     fn node_messages_uncertain(&self, node: &str, since: Instant) -> bool {
-        let settle = health::settle_time(self.inner.config.command_timeout);
+        let settle = settle_time(self.inner.config.command_timeout);
         // The request goes through the other node's shard, its answer through ours.
         [
             self.inner.node_shard(node),
             self.inner.node_shard(&self.inner.node_id),
         ]
         .iter()
-        .any(|s| s.uncertain_since(since, settle))
+        .any(|s| s.health.uncertain_since(s.ready(), since, settle))
     }
 
     fn remembers_idempotency_keys(&self) -> bool {

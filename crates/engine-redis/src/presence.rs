@@ -3,15 +3,17 @@
 //! entries of a node that died (or lost Redis's data) vanish, or come back, within `presence_ttl`.
 //! Readers drop expired entries first. Times are Redis's clock, the same for every node.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fred::prelude::*;
-use switchboard_engine::{EngineError, PresenceStats};
+use switchboard_engine::EngineError;
+use switchboard_engine::codec::encode_client_info;
+use switchboard_engine::presence::insert_entry;
 use switchboard_protocol::ClientInfo;
 
 use crate::Inner;
+use crate::codec::unreadable;
 use crate::scripts::{millis, run};
 
 /// Records `info.client` in `channel`'s presence, and keeps refreshing it until removed.
@@ -20,14 +22,8 @@ pub(crate) async fn add(
     channel: &str,
     info: Arc<ClientInfo>,
 ) -> Result<(), EngineError> {
-    let json =
-        serde_json::to_string(&*info).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-    inner
-        .local_presence
-        .lock()
-        .entry(channel.to_owned())
-        .or_default()
-        .insert(info.client.clone(), Arc::clone(&info));
+    let json = encode_client_info(&info).map_err(unreadable)?;
+    inner.local_presence.add(channel, &info);
     let args = vec![millis(inner.config.presence_ttl), info.client.clone(), json];
     write(inner, channel, args).await
 }
@@ -45,15 +41,7 @@ async fn write(inner: &Inner, channel: &str, args: Vec<String>) -> Result<(), En
 
 /// Removes `client` from `channel`'s presence.
 pub(crate) async fn remove(inner: &Inner, channel: &str, client: &str) -> Result<(), EngineError> {
-    {
-        let mut local = inner.local_presence.lock();
-        if let Some(clients) = local.get_mut(channel) {
-            clients.remove(client);
-            if clients.is_empty() {
-                local.remove(channel);
-            }
-        }
-    }
+    inner.local_presence.remove(channel, client);
     let keys = vec![
         inner.keys.presence(channel),
         inner.keys.presence_expiry(channel),
@@ -86,54 +74,32 @@ pub(crate) async fn get(
         let (Some(id), Some(info)) = (id.into_string(), info.into_bytes()) else {
             continue;
         };
-        match serde_json::from_slice::<ClientInfo>(&info) {
-            Ok(info) => {
-                out.insert(id, Arc::new(info));
-            }
-            Err(e) => {
-                tracing::warn!(channel, client = %id, error = %e, "unreadable presence entry; skipped")
-            }
+        if let Err(e) = insert_entry(&mut out, Some(id.clone()), &info) {
+            tracing::warn!(channel, client = %id, error = %e, "unreadable presence entry; skipped");
         }
     }
     Ok(out)
 }
 
-/// Presence counts of `channel`.
-pub(crate) async fn stats(inner: &Inner, channel: &str) -> Result<PresenceStats, EngineError> {
-    let members = get(inner, channel).await?;
-    let users: HashSet<&str> = members.values().map(|c| c.user.as_str()).collect();
-    Ok(PresenceStats {
-        num_clients: members.len(),
-        num_users: users.len(),
-    })
-}
-
-/// Refreshes this node's presence entries every third of `presence_ttl`. Runs until the engine stops.
+/// Refreshes this node's presence entries every third of `presence_ttl`, a channel's in one
+/// script. Runs until the engine stops.
 pub(crate) async fn refresh(inner: Arc<Inner>) {
-    let period = (inner.config.presence_ttl / 3).max(Duration::from_millis(100));
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let snapshot: Vec<(String, Vec<Arc<ClientInfo>>)> = inner
-            .local_presence
-            .lock()
-            .iter()
-            .map(|(c, m)| (c.clone(), m.values().cloned().collect()))
-            .collect();
-        for (channel, members) in snapshot {
-            let mut args = vec![millis(inner.config.presence_ttl)];
+    let ttl = inner.config.presence_ttl;
+    let inner = &*inner;
+    inner
+        .local_presence
+        .refresh(ttl, move |channel, members| async move {
+            let mut args = vec![millis(ttl)];
             for info in &members {
-                let Ok(json) = serde_json::to_string(&**info) else {
+                let Ok(json) = encode_client_info(info) else {
                     continue;
                 };
                 args.push(info.client.clone());
                 args.push(json);
             }
-            if let Err(e) = write(&inner, &channel, args).await {
-                // Redis is away; the next round (after the reconnect) restores the entries.
+            if let Err(e) = write(inner, &channel, args).await {
                 tracing::debug!(channel, error = %e, "presence refresh failed");
             }
-        }
-    }
+        })
+        .await;
 }

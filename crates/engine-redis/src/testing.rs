@@ -5,8 +5,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use switchboard_engine::conformance::Server;
+use switchboard_engine::testing::process::{self, Process, Served, free_port, on_a_free_port};
 
 use crate::RedisConfig;
 
@@ -32,59 +35,48 @@ pub fn urls(servers: &[&RedisServer]) -> Vec<String> {
 /// A running `redis-server`, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
-    port: u16,
+    /// Its port, and its process while it runs.
+    served: Served,
     /// Arguments beyond port, address and persistence (a cluster node's settings).
     extra: Vec<String>,
-    child: Option<Child>,
-    /// Stopped with SIGSTOP ([`RedisServer::pause`]).
-    paused: bool,
 }
 
 /// The binary to run: `$REDIS_SERVER`, else `redis-server` on the `PATH`.
 fn binary() -> String {
-    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+    process::binary("REDIS_SERVER", &[], "redis-server")
 }
 
 impl RedisServer {
     /// Starts one on a free port. Panics (a test helper) when `redis-server` is missing or does not
     /// come up within 10 s.
     pub fn start() -> Self {
-        for _ in 0..5 {
-            // Ask the OS for a free port, then give it to Redis. Another test may take the same port
-            // in between: then this Redis fails to bind, and we try another port.
-            let port = free_port();
-            let mut s = Self {
-                port,
-                extra: Vec::new(),
-                child: None,
-                paused: false,
-            };
-            if s.spawn() {
-                return s;
-            }
-        }
-        panic!("redis-server could not bind a free port in 5 tries");
+        on_a_free_port("redis-server", |port| Self::spawned(port, Vec::new()))
     }
 
     /// Starts one on `port` (to bring a stopped server back at the same address).
     pub fn start_on(port: u16) -> Self {
-        let mut s = Self {
-            port,
-            extra: Vec::new(),
-            child: None,
-            paused: false,
-        };
-        assert!(s.spawn(), "redis-server could not bind port {port}");
-        s
+        Self::spawned(port, Vec::new())
+            .unwrap_or_else(|| panic!("redis-server could not bind port {port}"))
     }
 
-    /// Starts the process; false if it exited (port taken). Waits until it is *this* process that
+    /// A server on `port` with `extra` arguments, started; `None` when the port was taken.
+    fn spawned(port: u16, extra: Vec<String>) -> Option<Self> {
+        let mut s = Self {
+            served: Served::new("redis-server", port),
+            extra,
+        };
+        let process = s.spawn();
+        s.served.run(process).then_some(s)
+    }
+
+    /// Starts the process; `None` if it exited (port taken). Waits until it is *this* process that
     /// answers on the port, not another test's Redis.
-    fn spawn(&mut self) -> bool {
-        let mut child = Command::new(binary())
+    fn spawn(&self) -> Option<Process> {
+        let mut command = Command::new(binary());
+        command
             .args([
                 "--port",
-                &self.port.to_string(),
+                &self.served.port().to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -94,38 +86,19 @@ impl RedisServer {
                 "--protected-mode",
                 "no",
             ])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): install Redis (apt-get install redis-server; scripts/setup.sh does) or set REDIS_SERVER",
-                    binary()
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            if pid_on(self.addr()) == Some(child.id()) {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("redis-server did not answer on {} within 10 s", self.addr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(&self.extra);
+        let addr = self.addr();
+        Process::spawn(
+            command,
+            &self.served.describe(),
+            "install Redis (apt-get install redis-server; scripts/setup.sh does) or set REDIS_SERVER",
+            |pid| pid_on(addr) == Some(pid),
+        )
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.served.addr()
     }
 
     /// Its address as a URL for `[engine.redis] addresses`.
@@ -136,52 +109,35 @@ impl RedisServer {
     /// Freezes it with SIGSTOP: connections stay open and nothing answers, as when Redis hangs (a
     /// long fork, swapping, a stalled VM) rather than dies. [`RedisServer::resume`] or drop undoes it.
     pub fn pause(&mut self) {
-        self.signal("-STOP");
-        self.paused = true;
+        self.served.pause();
     }
 
     /// Lets a [`RedisServer::pause`]d server run again (SIGCONT): what it received meanwhile is then
     /// processed.
     pub fn resume(&mut self) {
-        self.signal("-CONT");
-        self.paused = false;
-    }
-
-    /// Sends a signal with `kill(1)` (no `unsafe` here). Panics when it cannot: a test that pauses
-    /// Redis must not go on believing it did.
-    fn signal(&self, which: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .map(Child::id)
-            .unwrap_or_else(|| panic!("redis-server on port {} is not running", self.port));
-        let status = Command::new("kill")
-            .args([which, &pid.to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill {which} {pid}: {e}"));
-        assert!(status.success(), "kill {which} {pid} failed: {status}");
+        self.served.resume();
     }
 
     /// Kills it (its data is gone: no persistence) and waits until the port is free.
     pub fn stop(&mut self) {
-        if self.paused {
-            // A stopped process dies of SIGKILL too, but let it go cleanly.
-            self.resume();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.served.stop();
     }
 
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(
-            self.spawn(),
-            "redis-server could not bind port {} again",
-            self.port
-        );
+        let process = self.spawn();
+        self.served.run_again(process);
+    }
+}
+
+impl Server for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+
+    fn restart_empty(&mut self) {
+        self.restart();
     }
 }
 
@@ -282,14 +238,6 @@ fn cli_binary() -> String {
     std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
 }
 
-/// A free port of 127.0.0.1 (free when asked; see [`RedisServer::start`]).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
 /// A Redis Cluster of three masters without replicas (the slots split evenly between them), each on
 /// free ports of 127.0.0.1 with a temporary directory of its own for its `nodes.conf`, without
 /// persistence of data. Dropping it kills every node and removes the directories.
@@ -365,28 +313,23 @@ impl RedisCluster {
             ));
             std::fs::create_dir_all(&dir)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-            let mut node = RedisServer {
-                port,
-                extra: [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-require-full-coverage",
-                    "no",
-                    "--dir",
-                    &dir.to_string_lossy(),
-                ]
-                .map(String::from)
-                .to_vec(),
-                child: None,
-                paused: false,
-            };
-            if node.spawn() {
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--dir",
+                &dir.to_string_lossy(),
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some(node) = RedisServer::spawned(port, extra) {
                 self.nodes.push(node);
                 self.dirs.push(dir);
                 return;
@@ -400,7 +343,7 @@ impl RedisCluster {
     /// master known. Panics after 20 s.
     pub fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for node in self.nodes.iter().filter(|n| n.served.is_running()) {
             loop {
                 let info = call_text(node.addr(), &["CLUSTER", "INFO"])
                     .and_then(Result::ok)
@@ -479,7 +422,7 @@ impl RedisCluster {
                 }
             });
             if serves {
-                return self.nodes.iter().position(|n| n.port == port);
+                return self.nodes.iter().position(|n| n.served.port() == port);
             }
         }
         None
@@ -504,7 +447,7 @@ impl RedisCluster {
             from,
             &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id],
         );
-        let to_port = self.nodes[to].port.to_string();
+        let to_port = self.nodes[to].served.port().to_string();
         loop {
             let keys = match call(
                 self.nodes[from].addr(),
@@ -562,7 +505,7 @@ impl RedisCluster {
 
     /// The reply of the first running node to `args`.
     fn ask(&self, args: &[&str]) -> String {
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for node in self.nodes.iter().filter(|n| n.served.is_running()) {
             if let Some(reply) = call_text(node.addr(), args) {
                 return reply.unwrap_or_else(|e| panic!("{args:?}: {e}"));
             }
@@ -578,11 +521,5 @@ impl Drop for RedisCluster {
         for dir in &self.dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_engine::conformance::{Recorder, publication, until};
-use switchboard_engine::{Engine, EngineError, HistoryQuery, StreamOptions};
+use switchboard_engine::conformance::{
+    Recorder, assert_published_once, opts, publication, time_until, until,
+};
+use switchboard_engine::{Engine, EngineError, StreamOptions};
 use switchboard_engine_redis::testing::{self, RedisServer, urls};
 use switchboard_engine_redis::{RedisConfig, RedisEngine, shard_of};
 
@@ -35,21 +37,7 @@ async fn engine(servers: &[&RedisServer]) -> (RedisEngine, Arc<Recorder>) {
 }
 
 fn history() -> StreamOptions {
-    StreamOptions {
-        history_size: 100,
-        history_ttl: Duration::from_secs(60),
-        history_meta_ttl: Duration::from_secs(600),
-    }
-}
-
-/// Waits (up to `limit`) until `f` holds; how long it took.
-async fn time_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
+    opts(100, Duration::from_secs(60))
 }
 
 #[tokio::test]
@@ -169,17 +157,7 @@ async fn a_publish_unanswered_during_a_pause_is_of_unknown_outcome_and_its_retry
         .publish_idempotent("c", publication(1), &history(), "k1", window)
         .await
         .unwrap();
-    let h = e
-        .history("c", &HistoryQuery::default(), &history())
-        .await
-        .unwrap();
-    let ones = h
-        .publications
-        .iter()
-        .filter(|p| p.payload == publication(1).payload)
-        .count();
-    assert_eq!(ones, 1, "{:?}", h.publications);
-    assert_eq!(pos.offset, h.position.offset);
+    assert_published_once(&e, "c", 1, &pos, &history()).await;
 }
 
 #[tokio::test]

@@ -17,13 +17,15 @@
 //! takes a few seconds per engine.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use switchboard_protocol::{ClientInfo, Payload, Publication};
+use switchboard_protocol::{ClientInfo, Payload, Publication, StreamPosition};
 
 use crate::{
     Engine, EngineError, EngineHandler, HistoryQuery, PresenceEvent, Reach, StreamOptions,
@@ -31,6 +33,9 @@ use crate::{
 
 /// How long any single wait of a check may take before the check fails.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How long presence outlives its node on a [`OneServer`]: short, so that the check of expiry is.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(1);
 
 /// A store that engines connect to, for one check.
 #[async_trait]
@@ -54,6 +59,65 @@ pub trait Backend: Send + Sync {
     /// checks of recovery from an outage then pass without asserting.
     async fn interrupt(&self) -> bool {
         false
+    }
+}
+
+/// A throwaway store server that nodes reach by URL and that can be restarted without its data
+/// (`redis-server`, `nats-server -js`), for a [`OneServer`] backend.
+pub trait Server: Send {
+    /// Its address as a URL for an engine's configuration.
+    fn url(&self) -> String;
+
+    /// Kills it and starts it again on the same port without its data (every stream lost), and
+    /// waits until it listens.
+    fn restart_empty(&mut self);
+}
+
+/// A new node on a [`OneServer`], connecting.
+pub type Connecting = Pin<Box<dyn Future<Output = Arc<dyn Engine>> + Send>>;
+
+/// How a [`OneServer`] connects a node: given the server's URL and the presence ttl to use.
+type Connect = dyn Fn(String, Duration) -> Connecting + Send + Sync;
+
+/// A backend of one [`Server`] of the check's own that every node shares: presence expires
+/// [`PRESENCE_TTL`] after its node stops, and an outage is a restart of the server without its
+/// data. What the Redis and NATS engines' suites run on.
+pub struct OneServer<S> {
+    server: Mutex<S>,
+    connect: Box<Connect>,
+}
+
+impl<S: Server> OneServer<S> {
+    /// A backend of `server`, whose nodes `connect` makes (from the URL and the presence ttl).
+    pub fn new(
+        server: S,
+        connect: impl Fn(String, Duration) -> Connecting + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            server: Mutex::new(server),
+            connect: Box::new(connect),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Server> Backend for OneServer<S> {
+    async fn node(&self) -> Arc<dyn Engine> {
+        let url = self.server.lock().url();
+        (self.connect)(url, PRESENCE_TTL).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn presence_ttl(&self) -> Option<Duration> {
+        Some(PRESENCE_TTL)
+    }
+
+    async fn interrupt(&self) -> bool {
+        self.server.lock().restart_empty();
+        true
     }
 }
 
@@ -121,6 +185,45 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits (up to `limit`) until `f` holds, or fails the check; how long it took, for checks of how
+/// quickly an engine notices.
+pub async fn time_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// Checks that `channel`'s stream (read with `opts`) holds the [`publication`] of `n` once, and that
+/// `pos` is the stream's latest position: what a publish of unknown outcome (its answer lost in an
+/// outage) and its retry with the same idempotency key must leave, whether the first attempt was
+/// applied or not.
+pub async fn assert_published_once(
+    e: &dyn Engine,
+    channel: &str,
+    n: u64,
+    pos: &StreamPosition,
+    opts: &StreamOptions,
+) {
+    let h = e
+        .history(channel, &HistoryQuery::default(), opts)
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"));
+    let payload = publication(n).payload;
+    let copies = h
+        .publications
+        .iter()
+        .filter(|p| p.payload == payload)
+        .count();
+    assert_eq!(copies, 1, "{:?}", h.publications);
+    assert_eq!(
+        pos.offset, h.position.offset,
+        "the retry's position is the latest"
+    );
 }
 
 /// Waits until `from` is told at once that node `gone` is unknown, or fails the check: a node that

@@ -15,12 +15,21 @@
 //!   order to all, answers back to the asker, periodic announcements): an engine that implements them
 //!   gets all of it.
 //! - [`MemoryEngine`] implements it in one process.
+//! - What remote engines (Redis, NATS) share, each piece written once: [`codec`] (the bodies they
+//!   store and send), [`health`] (readiness, measured), [`presence`] (their own clients' entries,
+//!   rewritten periodically), [`new_epoch`] and [`HistoryQuery::select`].
 //! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
-//!   tests.
+//!   tests; `testing` (the same feature) has what their tests and examples share besides: throwaway
+//!   server processes and a publish round trip benchmark.
 
+pub mod codec;
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod health;
 mod memory;
+pub mod presence;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +77,40 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
     /// Newest first.
     pub reverse: bool,
+}
+
+impl HistoryQuery {
+    /// Whether a publication at `offset` is asked for: it comes after `since`.
+    pub fn wants(&self, offset: u64) -> bool {
+        offset > self.since.unwrap_or(0)
+    }
+
+    /// The publications asked for out of `publications`, which are a stream's after `since` in
+    /// offset order: in the order asked for, at most `limit`.
+    pub fn select(&self, mut publications: Vec<Arc<Publication>>) -> Vec<Arc<Publication>> {
+        if self.reverse {
+            publications.reverse();
+        }
+        if let Some(limit) = self.limit {
+            publications.truncate(limit);
+        }
+        publications
+    }
+}
+
+/// A new stream's epoch: 8 random letters and digits, so that a position of a lost stream is never
+/// taken for one of its successor.
+pub fn new_epoch() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(8)
+        .collect()
+}
+
+/// A random node id: 8 hex digits.
+pub fn new_node_id() -> String {
+    std::iter::repeat_with(|| fastrand::digit(16))
+        .take(8)
+        .collect()
 }
 
 /// A stream read.
@@ -257,8 +300,11 @@ pub trait Engine: Send + Sync {
         channel: &str,
     ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError>;
 
-    /// How many are present in `channel`.
-    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+    /// How many are present in `channel`. The default counts what [`Engine::presence`] lists:
+    /// engines that can count more cheaply do.
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+        Ok(PresenceStats::of(&self.presence(channel).await?))
+    }
 
     /// Whether the engine can serve: false while a remote engine has lost its backing store (the
     /// node then reports not ready, so load balancers send new clients elsewhere). Measured, not

@@ -7,7 +7,7 @@
 //! the lock is held for microseconds per thousand subscribers, never across IO.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::time::Instant;
 
+use crate::presence::{Members, remove_member};
 use crate::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, HistoryStats, PresenceEvent,
-    PresenceStats, Reach, StreamOptions,
+    PresenceStats, Reach, StreamOptions, new_epoch, new_node_id,
 };
 
 const SHARDS: usize = 64;
@@ -35,9 +36,6 @@ pub struct MemoryEngine {
 }
 
 type SharedStream = Arc<Mutex<Stream>>;
-
-/// Client id to client info, for one channel.
-type Members = HashMap<String, Arc<ClientInfo>>;
 
 #[derive(Debug)]
 struct Stream {
@@ -80,12 +78,6 @@ impl Stream {
     }
 }
 
-fn new_epoch() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(8)
-        .collect()
-}
-
 impl Default for MemoryEngine {
     fn default() -> Self {
         Self::new()
@@ -106,9 +98,7 @@ impl MemoryEngine {
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             handler: OnceLock::new(),
-            node_id: std::iter::repeat_with(|| fastrand::digit(16))
-                .take(8)
-                .collect(),
+            node_id: new_node_id(),
         }
     }
 
@@ -259,8 +249,11 @@ impl Engine for MemoryEngine {
         let stream = self.stream(channel, now, opts);
         let mut s = stream.lock();
         s.expire(now, opts);
-        let after = query.since.unwrap_or(0);
-        let matching = s.items.iter().map(|(_, p)| p).filter(|p| p.offset > after);
+        let matching = s
+            .items
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| query.wants(p.offset));
         let limit = query.limit.unwrap_or(usize::MAX);
         let publications: Vec<_> = if query.reverse {
             matching.rev().take(limit).cloned().collect()
@@ -288,13 +281,11 @@ impl Engine for MemoryEngine {
     }
 
     async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-        let mut shard = self.presence[self.shard(channel)].lock();
-        if let Some(clients) = shard.get_mut(channel) {
-            clients.remove(client);
-            if clients.is_empty() {
-                shard.remove(channel);
-            }
-        }
+        remove_member(
+            &mut self.presence[self.shard(channel)].lock(),
+            channel,
+            client,
+        );
         Ok(())
     }
 
@@ -321,14 +312,10 @@ impl Engine for MemoryEngine {
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let shard = self.presence[self.shard(channel)].lock();
-        let Some(clients) = shard.get(channel) else {
-            return Ok(PresenceStats::default());
-        };
-        let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
-        Ok(PresenceStats {
-            num_clients: clients.len(),
-            num_users: users.len(),
-        })
+        Ok(shard
+            .get(channel)
+            .map(PresenceStats::of)
+            .unwrap_or_default())
     }
 }
 

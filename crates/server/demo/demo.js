@@ -10,10 +10,9 @@
 // disconnects everyone, which is not everyone leaving); the state says "connecting" as soon as a
 // request fails.
 import { Client } from '/switchboard.js';
+import { $, enterRoom, sendMessage, setUpForms, showMessage, system, validJoin } from '/chat-view.js';
 
-const $ = (id) => document.getElementById(id);
 const HISTORY = 50;
-const ROOM_RULE = 'Room names use letters A–Z or a–z, digits, "-" and "_" (1 to 40 characters, no spaces).';
 /** A leave is shown after this long, unless this page lost its connection meanwhile. */
 const LEAVE_GRACE_MS = 500;
 const HTTP_PATH = '/connection/http';
@@ -23,23 +22,10 @@ let room = null;
 let latencies = []; // ms from another user's publish to its arrival here
 let wire = null; // what this page's connection put on the wire, see `meter()`
 let HEAD = null; // the estimated size of a request head, see `requestHeadEstimate()`
-const pending = new Map(); // message id -> its <li>, until the server echoes it
 
-const params = new URLSearchParams(location.search);
-for (const key of ['nick', 'room', 'transport']) {
-  if (params.get(key)) $(key).value = params.get(key);
-}
-
-$('join').addEventListener('submit', (e) => {
-  e.preventDefault();
-  join();
-});
-$('room').addEventListener('input', () => validRoom(false));
+setUpForms(join, send);
+$('room').addEventListener('input', () => validJoin(false));
 $('transport').addEventListener('change', () => client && join());
-$('composer').addEventListener('submit', (e) => {
-  e.preventDefault();
-  send();
-});
 $('panel-toggle').addEventListener('click', () => {
   const open = $('panel').classList.toggle('open');
   $('panel-toggle').setAttribute('aria-expanded', String(open));
@@ -49,38 +35,14 @@ observeHttp();
 // For the browser tests and for poking around in the console: the client of the current room.
 window.switchboardDemo = { get client() { return client; } };
 
-/** Checks the join form; says what is wrong and what is allowed. */
-function validRoom(focus = true) {
-  const nick = $('nick');
-  const roomInput = $('room');
-  let error = '';
-  let field = null;
-  if (!nick.value.trim()) {
-    error = 'Choose a nickname (up to 24 characters).';
-    field = nick;
-  } else if (!/^[A-Za-z0-9_-]{1,40}$/.test(roomInput.value.trim())) {
-    error = roomInput.value.trim() ? `"${roomInput.value.trim()}" is not a room name. ${ROOM_RULE}` : ROOM_RULE;
-    field = roomInput;
-  }
-  for (const input of [nick, roomInput]) input.setAttribute('aria-invalid', String(input === field));
-  $('join-error').textContent = error;
-  if (field && focus) field.focus();
-  return !field;
-}
-
 function join() {
-  if (!validRoom()) return;
+  if (!validJoin()) return;
   client?.disconnect(); // an HTTP session ends on the server now: nobody sees a ghost of this page
-  const nick = $('nick').value.trim();
-  const name = $('room').value.trim();
-  const transport = $('transport').value;
-  history.replaceState(null, '', `?${new URLSearchParams({ nick, room: name, transport })}`);
-  $('messages').replaceChildren();
+  const { nick, name, transport } = enterRoom();
   // Who is here is known again once the new connection has asked.
   $('who').replaceChildren();
   $('count').textContent = '';
   latencies = [];
-  pending.clear();
   wire = { since: performance.now(), httpDown: 0, httpHeads: 0, samples: [], connectedAt: null, received: 0 };
   const c = new Client(location.origin, transport === 'auto' ? {} : { transports: [transport] });
   client = c;
@@ -127,11 +89,6 @@ function join() {
       : `left the room: ${reason}`);
   });
   c.connect();
-  const input = $('text');
-  input.disabled = false;
-  input.placeholder = `Message #${name} as ${nick}`;
-  $('composer').querySelector('button').disabled = false;
-  input.focus();
 }
 
 async function subscribed(r, ctx) {
@@ -160,35 +117,6 @@ async function subscribed(r, ctx) {
   for (const p of buffered) render(r, p, true);
 }
 
-/** A chat line: time, nick, text (and a status while it is being sent). */
-function messageItem(d, when) {
-  const li = document.createElement('li');
-  li.className = 'msg';
-  const time = document.createElement('span');
-  time.className = 'time';
-  time.textContent = new Date(when).toLocaleTimeString();
-  const nick = document.createElement('span');
-  nick.className = 'nick';
-  nick.textContent = d.nick;
-  nick.style.color = color(String(d.nick));
-  const text = document.createElement('span');
-  text.className = 'text';
-  text.textContent = d.text;
-  li.append(time, nick, text);
-  return li;
-}
-
-function setStatus(li, state, text) {
-  li.classList.remove('pending', 'sent', 'failed');
-  li.querySelector('.status')?.remove();
-  if (!state) return;
-  li.classList.add(state);
-  const status = document.createElement('span');
-  status.className = 'status';
-  status.textContent = text;
-  li.append(status);
-}
-
 /** Shows a publication once (history and live publications overlap while history is read). */
 function render(r, p, live) {
   if (r !== room) return;
@@ -203,52 +131,15 @@ function render(r, p, live) {
     who();
     return;
   }
-  if (d.type !== 'msg' || typeof d.text !== 'string') return;
-  const mine = pending.get(d.id);
-  if (mine) {
-    // Our own message, shown since it was typed: it is in the room now.
-    pending.delete(d.id);
-    setStatus(mine, null);
-    return;
-  }
-  // Publications from a backend (the API) may carry no time: then it is when it arrived.
-  append(messageItem({ ...d, nick: d.nick ?? 'server' }, typeof d.ts === 'number' ? d.ts : Date.now()));
+  const shown = showMessage(d);
   const fromOther = p.info?.client !== client.clientId;
-  if (live && fromOther && typeof d.ts === 'number') latencies.push(Math.max(0, Date.now() - d.ts));
+  if (shown && live && fromOther && typeof d.ts === 'number') latencies.push(Math.max(0, Date.now() - d.ts));
 }
 
 function send() {
-  const input = $('text');
-  const text = input.value.trim();
-  if (!text || !room) return;
-  input.value = '';
-  const id = crypto.randomUUID?.() ?? String(Math.random()).slice(2);
-  const data = { type: 'msg', nick: room.nick, text, id, ts: Date.now() };
-  // Shown at once, as what it is: not in the room yet.
-  const li = messageItem(data, data.ts);
-  setStatus(li, 'pending', client.state === 'connected' ? 'sending…' : 'sending… (waiting for the connection)');
-  pending.set(id, li);
-  append(li);
-  room.sub.publish(data).then(() => {
-    if (pending.has(id)) setStatus(li, 'sent', 'sent');
-  }, (e) => {
-    if (!pending.delete(id)) return;
-    setStatus(li, 'failed', `not sent: ${e.message}`);
-  });
-}
-
-function system(text) {
-  const li = document.createElement('li');
-  li.className = 'system';
-  li.textContent = text;
-  append(li);
-}
-
-function append(li) {
-  const list = $('messages');
-  const atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 30;
-  list.append(li);
-  if (atEnd) list.scrollTop = list.scrollHeight;
+  if (!room) return;
+  const { sub } = room;
+  sendMessage(room.nick, client.state === 'connected', (data) => sub.publish(data));
 }
 
 function who() {
@@ -341,28 +232,3 @@ function meter() {
 
 const ms = (v) => `${v.toFixed(v < 10 ? 1 : 0)} ms`;
 const bytes = (n) => (n < 10240 ? `${n} B` : `${(n / 1024).toFixed(1)} KiB`);
-
-/** Relative luminance of an sRGB colour (WCAG 2). */
-function luminance([r, g, b]) {
-  const lin = (c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
-  return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
-}
-
-function hsl(h, s, l) {
-  const a = s * Math.min(l, 1 - l);
-  const f = (n) => {
-    const k = (n + h / 30) % 12;
-    return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1));
-  };
-  return [f(0), f(8), f(4)];
-}
-
-/** A colour per nickname, dark enough for 4.5:1 on the page's background (#f3f5f9). */
-function color(nick) {
-  let h = 0;
-  for (const c of nick) h = (h * 31 + c.codePointAt(0)) % 360;
-  const bg = luminance([0xf3 / 255, 0xf5 / 255, 0xf9 / 255]);
-  let l = 0.4;
-  while (l > 0.1 && (bg + 0.05) / (luminance(hsl(h, 0.6, l)) + 0.05) < 4.8) l -= 0.02;
-  return `hsl(${h} 60% ${Math.round(l * 100)}%)`;
-}

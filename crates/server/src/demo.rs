@@ -1,5 +1,7 @@
 //! The chat demo at `/`: a page, its script and style, and the JavaScript client it uses, all built
 //! into the binary so that the demo works offline and the client served is the one in `clients/js`.
+//! What both pages below show alike (the join form, chat lines, system lines) is one module,
+//! `chat-view.js`.
 //!
 //! The same chat over Socket.IO is at `/socketio`: its page uses the stock `socket.io-client` (4.8.4,
 //! `dist/socket.io.min.js` from npm, MIT, vendored in `demo/vendor/` unchanged) to show that a
@@ -16,6 +18,7 @@ use axum::routing::get;
 
 const INDEX: &str = include_str!("../demo/index.html");
 const SCRIPT: &str = include_str!("../demo/demo.js");
+const VIEW: &str = include_str!("../demo/chat-view.js");
 const STYLE: &str = include_str!("../demo/demo.css");
 const CLIENT: &str = include_str!("../../../clients/js/switchboard.mjs");
 const SIO_INDEX: &str = include_str!("../demo/socketio.html");
@@ -30,6 +33,7 @@ pub fn router() -> Router {
             get(|| async { asset("text/html; charset=utf-8", INDEX) }),
         )
         .route("/demo.js", get(|| async { asset(JS, SCRIPT) }))
+        .route("/chat-view.js", get(|| async { asset(JS, VIEW) }))
         .route(
             "/demo.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),

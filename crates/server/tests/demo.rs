@@ -24,6 +24,11 @@ async fn serves_the_page_its_assets_and_the_js_client() {
             "<script type=\"module\" src=\"/demo.js\">",
         ),
         ("/demo.js", "text/javascript", "from '/switchboard.js'"),
+        (
+            "/chat-view.js",
+            "text/javascript",
+            "export function showMessage",
+        ),
         ("/demo.css", "text/css", "#messages"),
         (
             "/socketio",

@@ -1,10 +1,12 @@
-//! Several switchboard nodes on one Redis or one NATS (the first three tests run for both engines):
-//! each test starts its own `redis-server` (a free port, no persistence, killed at the end) or
-//! `nats-server -js` and three servers on 127.0.0.1 with that engine, then checks
-//! what a deployment relies on: a publication through any node reaches clients on every node,
-//! presence and history are the same everywhere, a client recovers on another node, and when Redis
-//! goes away and comes back, clients stay connected and none loses a publication silently. The same
-//! holds on a Redis Cluster of three masters (`cluster = true`), channels spread over its shards.
+//! Several switchboard nodes on one Redis or one NATS (every test but the Redis Cluster's runs for
+//! both engines, `both_engines!`): each test starts its own `redis-server` (a free port, no
+//! persistence, killed at the end) or `nats-server -js` and servers on 127.0.0.1 with that engine,
+//! then checks what a deployment relies on: a publication through any node reaches clients on every
+//! node, presence and history are the same everywhere, a client recovers on another node, and when
+//! the broker goes away and comes back without its data, clients stay connected, none loses a
+//! publication silently, and a client recovering from the lost stream is told so (`recovered:
+//! false`, a new epoch). The same holds on a Redis Cluster of three masters (`cluster = true`),
+//! channels spread over its shards.
 
 #![allow(clippy::unwrap_used)]
 
@@ -256,6 +258,62 @@ async fn when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_pu
     }
 }
 
+async fn when_the_broker_comes_back_empty_clients_stay_and_learn_the_stream_was_lost(
+    kind: EngineKind,
+) {
+    let mut broker = broker::Broker::start(kind);
+    let nodes = start_nodes(2, &config(&broker)).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut c = JsonClient::connected(n.addr).await;
+        c.ok("subscribe", json!({"channel": "chat:lost"})).await;
+        clients.push(c);
+    }
+    api(
+        &nodes[0],
+        "publish",
+        json!({"channel": "chat:lost", "data": {"n": 1}}),
+    )
+    .await;
+    let mut epoch = String::new();
+    for c in &mut clients {
+        assert_eq!(c.push("pub").await["offset"], 1);
+        let h = c
+            .ok("history", json!({"channel": "chat:lost", "limit": 0}))
+            .await;
+        epoch = h["epoch"].as_str().unwrap().to_owned();
+    }
+
+    broker.stop();
+    ready_everywhere(&nodes, 503).await;
+    assert_eq!(get_status(nodes[0].api, "/health").await, 200);
+    broker.restart();
+    ready_everywhere(&nodes, 200).await;
+    for c in &mut clients {
+        let u = c.push("unsubscribe").await;
+        assert_eq!(u["code"], 2500, "{u}");
+        let r = c
+            .ok(
+                "subscribe",
+                json!({"channel": "chat:lost", "recover": true, "epoch": epoch, "offset": 1}),
+            )
+            .await;
+        assert_eq!(r["recovered"], false, "the stream was lost: {r}");
+        assert_ne!(r["epoch"], json!(epoch), "{r}");
+    }
+    let r = api(
+        &nodes[1],
+        "publish",
+        json!({"channel": "chat:lost", "data": {"n": 2}}),
+    )
+    .await;
+    assert_eq!(r["offset"], 1, "a new stream");
+    for c in &mut clients {
+        let p = c.push("pub").await;
+        assert_eq!(p["data"]["n"], 2);
+    }
+}
+
 /// What a well-behaved client does: take live publications; on unsubscribe 2500, resubscribe with
 /// recovery and, when the stream was lost (a new epoch), read the new stream's history. Returns the
 /// `n` of every publication made after Redis returned (`n >= 100`), in arrival order.
@@ -450,4 +508,5 @@ both_engines!(
     a_publication_through_one_node_reaches_clients_on_every_node,
     a_client_that_reconnects_to_another_node_recovers_exactly_what_it_missed,
     when_redis_restarts_clients_stay_and_every_subscriber_recovers_every_publication,
+    when_the_broker_comes_back_empty_clients_stay_and_learn_the_stream_was_lost,
 );

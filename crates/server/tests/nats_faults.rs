@@ -19,7 +19,6 @@ use common::*;
 use parking_lot::Mutex;
 use serde_json::json;
 use switchboard::Config;
-use switchboard::config::EngineKind;
 use switchboard_engine_nats::testing::NatsServer;
 
 const KEY: &str = "nats-faults-key";
@@ -29,39 +28,9 @@ const CHANNEL: &str = "chat:load";
 const END: u64 = 1_000_000_000;
 
 fn config(nats: &NatsServer) -> Config {
-    let mut c = Config::default();
-    c.api.key = KEY.into();
-    c.engine.kind = EngineKind::Nats;
-    c.engine.nats.servers = vec![nats.url()];
-    c.engine.nats.prefix = "faults".into();
-    c.engine.nats.connect_timeout = Duration::from_secs(2);
+    let mut c = nats_node_config(KEY, "faults", vec![nats.url()]);
     c.engine.nats.command_timeout = Duration::from_secs(1);
-    c.channels
-        .namespaces
-        .insert("chat".into(), chat_namespace());
     c
-}
-
-/// The status of `GET path` on the API listener.
-async fn get_status(api: SocketAddr, path: &str) -> u16 {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    request(api, &raw).await.1.status
-}
-
-/// Waits until every node's `/ready` answers `status`; how long it took.
-async fn ready_everywhere(nodes: &[TestServer], status: u16) -> Duration {
-    let started = Instant::now();
-    for n in nodes {
-        while get_status(n.api, "/ready").await != status {
-            assert!(
-                started.elapsed() < WAIT,
-                "/ready of {} never answered {status}",
-                n.api
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    started.elapsed()
 }
 
 /// A publication acknowledged to the publisher: where it went and what it carried.

@@ -2,8 +2,6 @@
 //! [`Broker`] runs for both (see [`both_engines!`](crate::both_engines)), so that what nodes promise
 //! each other through Redis is checked through NATS too, without a copy of the test.
 
-use std::time::Duration;
-
 use switchboard::Config;
 use switchboard::config::EngineKind;
 use switchboard_engine_nats::testing::NatsServer;
@@ -31,16 +29,7 @@ impl Broker {
     pub fn node_config(&self, key: &str, prefix: &str) -> Config {
         match self {
             Broker::Redis(r) => super::redis_node_config(key, prefix, vec![r.url()]),
-            Broker::Nats(n) => {
-                let mut c = super::redis_node_config(key, prefix, vec![]);
-                c.engine.kind = EngineKind::Nats;
-                c.engine.redis = Default::default();
-                c.engine.nats.servers = vec![n.url()];
-                c.engine.nats.prefix = prefix.into();
-                c.engine.nats.connect_timeout = Duration::from_secs(2);
-                c.engine.nats.command_timeout = Duration::from_secs(2);
-                c
-            }
+            Broker::Nats(n) => super::nats_node_config(key, prefix, vec![n.url()]),
         }
     }
 

@@ -68,6 +68,19 @@ pub fn redis_node_config(key: &str, prefix: &str, addresses: Vec<String>) -> Con
     c
 }
 
+/// A node of a several-node setup on NATS: as [`redis_node_config`], with the NATS engine at
+/// `servers` instead.
+pub fn nats_node_config(key: &str, prefix: &str, servers: Vec<String>) -> Config {
+    let mut c = redis_node_config(key, prefix, vec![]);
+    c.engine.kind = switchboard::config::EngineKind::Nats;
+    c.engine.redis = Default::default();
+    c.engine.nats.servers = servers;
+    c.engine.nats.prefix = prefix.into();
+    c.engine.nats.connect_timeout = Duration::from_secs(2);
+    c.engine.nats.command_timeout = Duration::from_secs(2);
+    c
+}
+
 /// Starts `n` servers with `config`: the nodes of one cluster when it names a shared engine.
 pub async fn start_nodes(n: usize, config: &Config) -> Vec<TestServer> {
     let mut nodes = Vec::with_capacity(n);
@@ -432,19 +445,21 @@ pub async fn get_status(api: SocketAddr, path: &str) -> u16 {
     request(api, &raw).await.1.status
 }
 
-/// Waits until every node's `/ready` answers `status`: nodes of one engine follow its outages
-/// each on its own clock.
-pub async fn ready_everywhere(nodes: &[TestServer], status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// Waits until every node's `/ready` answers `status` (nodes of one engine follow its outages each
+/// on its own clock); how long it took.
+pub async fn ready_everywhere(nodes: &[TestServer], status: u16) -> Duration {
+    let started = tokio::time::Instant::now();
     for n in nodes {
         while get_status(n.api, "/ready").await != status {
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "/ready never answered {status}"
+                started.elapsed() < WAIT,
+                "/ready of {} never answered {status}",
+                n.api
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    started.elapsed()
 }
 
 /// A client of the JSON protocol over any transport, as tests read it: the messages it kept while
