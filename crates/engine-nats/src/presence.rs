@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{self, Stream};
+use async_nats::jetstream::stream;
 use bytes::Bytes;
 use switchboard_engine::{EngineError, PresenceStats};
 use switchboard_protocol::ClientInfo;
 
 use crate::Inner;
-use crate::history::{consume, ensure_stream, forget_stream};
+use crate::history::{Known, consume, ensure_stream, forget_stream};
 
-async fn presence_stream(inner: &Inner) -> Result<Stream, EngineError> {
+async fn presence_stream(inner: &Inner) -> Result<Known, EngineError> {
     let s = &inner.subjects;
     let ttl = inner.config.presence_ttl;
     let config = stream::Config {
@@ -57,7 +57,7 @@ async fn write(inner: &Inner, channel: &str, info: &ClientInfo) -> Result<(), En
         match acked {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                forget_stream(inner, &stream.cached_info().config.name);
+                forget_stream(inner, &stream.stream.cached_info().config.name);
             }
             Err(e) => return Err(inner.error("presence", e)),
         }
@@ -94,7 +94,9 @@ pub(crate) async fn remove(inner: &Inner, channel: &str, client: &str) -> Result
     }
     inner.connected()?;
     let stream = presence_stream(inner).await?;
+    stream.check(inner)?;
     stream
+        .stream
         .purge()
         .filter(inner.subjects.presence(channel, client))
         .await
