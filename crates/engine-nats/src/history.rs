@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+use async_nats::header::{
+    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_EXPECTED_STREAM, NATS_MESSAGE_ID,
+};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
@@ -120,18 +122,56 @@ fn storage(inner: &Inner) -> stream::StorageType {
     }
 }
 
+/// A stream this node made sure of (it exists and serves) on one connection to NATS.
+///
+/// nats-server 2.9 registers a stream before its store exists, and a request that reads or changes
+/// the store (a message get, a consumer, a purge, an update) reaching it meanwhile dereferences the
+/// missing store: the server dies. After a restart that lost the streams, every node makes them
+/// again at once, so a node must not send such a request to a stream before it saw that stream
+/// serve, nor on a later connection than the one it saw it on (the server may have restarted since,
+/// and another node may be making the stream again): see [`ensure_stream`] and [`Known::check`].
+/// The server's NATS fault test found this: the server died after the restart, and no node became
+/// ready again.
+#[derive(Clone, Debug)]
+pub(crate) struct Known {
+    /// The stream, as the lookup found it.
+    pub(crate) stream: Stream,
+    /// The client's count of connections when this node made sure of the stream.
+    connection: u64,
+}
+
+impl Known {
+    /// Whether requests on the stream's store may go out: still on the connection it was made sure
+    /// on. Call right before each such request ([`ensure_stream`] makes sure of it again).
+    pub(crate) fn check(&self, inner: &Inner) -> Result<(), EngineError> {
+        inner.connected()?;
+        if inner.connection() != self.connection {
+            return Err(EngineError::Unavailable(format!(
+                "NATS at {} reconnected meanwhile: streams are looked up again",
+                inner.name
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The stream named `name`, made with `config` if it does not exist; when `fix` says the existing
-/// stream's settings are not what they must be, they are updated.
+/// stream's settings are not what they must be, they are updated. Known on this connection: from
+/// memory; otherwise looked up or made (requests nats-server answers safely whatever the state of
+/// the stream) and then made sure of (see [`Known`]) before anything else touches it.
 pub(crate) async fn ensure_stream(
     inner: &Inner,
     config: stream::Config,
     fix: impl Fn(&stream::Config) -> bool,
-) -> Result<Stream, EngineError> {
+) -> Result<Known, EngineError> {
     let name = config.name.clone();
-    if let Some(s) = inner.streams.lock().get(&name)
-        && !fix(&s.cached_info().config)
+    // Read before the requests: a reconnect during them leaves the stream to be made sure of again.
+    let connection = inner.connection();
+    if let Some(k) = inner.streams.lock().get(&name)
+        && k.connection == connection
+        && !fix(&k.stream.cached_info().config)
     {
-        return Ok(s.clone());
+        return Ok(k.clone());
     }
     inner.connected()?;
     let mut s = inner
@@ -139,6 +179,8 @@ pub(crate) async fn ensure_stream(
         .get_or_create_stream(config.clone())
         .await
         .map_err(|e| inner.error(&format!("stream {name}"), e))?;
+    let filter = config.subjects.first().cloned().unwrap_or_default();
+    serving(inner, &name, &filter).await?;
     if fix(&s.cached_info().config) {
         inner
             .js
@@ -151,8 +193,53 @@ pub(crate) async fn ensure_stream(
             .await
             .map_err(|e| inner.error(&format!("stream {name}"), e))?;
     }
-    inner.streams.lock().insert(name, s.clone());
-    Ok(s)
+    let known = Known {
+        stream: s,
+        connection,
+    };
+    inner.streams.lock().insert(name, known.clone());
+    Ok(known)
+}
+
+/// Waits (up to `command_timeout`) until the stream `name`, whose subjects `filter` names, takes
+/// publications: it subscribes to its subjects only once its store exists. Asked with a
+/// publication that the stream refuses (it expects another stream), so nothing is stored.
+async fn serving(inner: &Inner, name: &str, filter: &str) -> Result<(), EngineError> {
+    // No channel or client token starts with `_` (see `subjects::token`).
+    let subject = filter.replace(['*', '>'], "_");
+    let mut headers = async_nats::HeaderMap::new();
+    // A dot is never in a stream name.
+    headers.insert(NATS_EXPECTED_STREAM, "not.this.stream");
+    let deadline = Instant::now() + inner.config.command_timeout;
+    loop {
+        let answer = match inner
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            // Nobody takes the subject yet: the stream is still being made.
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                if Instant::now() >= deadline {
+                    return Err(inner.error(&format!("stream {name}"), "made, but does not serve"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) =>
+            {
+                return Err(inner.error(&format!("stream {name}"), e));
+            }
+            // The stream answered (refusing the publication): it serves.
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Forgets a stream that turned out to be gone (the server lost it): the next use makes it again.
@@ -165,7 +252,7 @@ async fn history_stream(
     inner: &Inner,
     opts: &StreamOptions,
     window: Option<Duration>,
-) -> Result<Stream, EngineError> {
+) -> Result<Known, EngineError> {
     let set = Subjects::set(opts);
     let s = &inner.subjects;
     let max_age = opts.history_meta_ttl.max(opts.history_ttl);
@@ -193,15 +280,20 @@ async fn history_stream(
     .await
 }
 
-/// The last message of `subject`, `None` when it has none. Makes the stream again when it is gone.
+/// The last message of `subject`, `None` when it has none. Makes the stream again when it is gone,
+/// and makes sure of it again after a reconnect.
 async fn fetch_last(
     inner: &Inner,
-    stream: &mut Stream,
+    stream: &mut Known,
     opts: &StreamOptions,
     subject: &str,
 ) -> Result<Option<Last>, EngineError> {
     for _ in 0..2 {
-        match stream.get_last_raw_message_by_subject(subject).await {
+        if stream.check(inner).is_err() {
+            *stream = history_stream(inner, opts, None).await?;
+            stream.check(inner)?;
+        }
+        match stream.stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
                 let (_, offset, epoch) = codec::position(Some(&m.headers))?;
                 if epoch.is_empty() {
@@ -220,7 +312,7 @@ async fn fetch_last(
                 LastRawMessageErrorKind::JetStream(js)
                     if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    forget_stream(inner, &stream.cached_info().config.name);
+                    forget_stream(inner, &stream.stream.cached_info().config.name);
                     *stream = history_stream(inner, opts, None).await?;
                 }
                 _ => return Err(inner.error("reading history", e)),
@@ -312,7 +404,7 @@ pub(crate) async fn publish(
                 }
                 PublishErrorKind::StreamNotFound => {
                     // Nothing captured it: not stored. The stream is gone; make it again.
-                    forget_stream(inner, &stream.cached_info().config.name);
+                    forget_stream(inner, &stream.stream.cached_info().config.name);
                     stream = history_stream(inner, opts, idempotency.map(|(_, w)| w)).await?;
                 }
                 PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
@@ -336,12 +428,13 @@ pub(crate) async fn publish(
 /// When it is gone already (pushed out by `history_size` newer ones), the channel's latest.
 async fn position_of(
     inner: &Inner,
-    stream: &mut Stream,
+    stream: &mut Known,
     opts: &StreamOptions,
     subject: &str,
     sequence: u64,
 ) -> Result<StreamPosition, EngineError> {
-    match stream.get_raw_message(sequence).await {
+    stream.check(inner)?;
+    match stream.stream.get_raw_message(sequence).await {
         Ok(m) => {
             let (_, offset, epoch) = codec::position(Some(&m.headers))?;
             Ok(StreamPosition { offset, epoch })
@@ -394,7 +487,7 @@ async fn published_before(
         match acked {
             Ok(ack) => return Ok(ack.duplicate),
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                forget_stream(inner, &stream.cached_info().config.name);
+                forget_stream(inner, &stream.stream.cached_info().config.name);
             }
             Err(e) => return Err(inner.error("idempotency key", e)),
         }
@@ -458,7 +551,7 @@ pub(crate) async fn read(
                 // Someone wrote meanwhile: read what they wrote.
                 PublishErrorKind::WrongLastSequence => {}
                 PublishErrorKind::StreamNotFound => {
-                    forget_stream(inner, &stream.cached_info().config.name);
+                    forget_stream(inner, &stream.stream.cached_info().config.name);
                     stream = history_stream(inner, opts, None).await?;
                 }
                 _ => return Err(inner.error("starting a stream", e)),
@@ -508,10 +601,12 @@ pub(crate) async fn read(
 /// this read (and deleted after it).
 pub(crate) async fn consume(
     inner: &Inner,
-    stream: &Stream,
+    stream: &Known,
     filter: String,
     deliver: DeliverPolicy,
 ) -> Result<Vec<jetstream::Message>, EngineError> {
+    stream.check(inner)?;
+    let stream = &stream.stream;
     let consumer = stream
         .create_consumer(pull::Config {
             filter_subject: filter,
@@ -578,6 +673,9 @@ pub(crate) async fn remove(inner: &Inner, channel: &str) -> Result<(), EngineErr
             .get_stream_no_info(&name)
             .await
             .map_err(|e| inner.error("remove history", e))?;
+        // Listed is not made: another node may be making it again (see `Known`).
+        serving(inner, &name, &inner.subjects.history_filter(&set)).await?;
+        inner.connected()?;
         stream
             .purge()
             .filter(inner.subjects.history(&set, channel))

@@ -46,7 +46,9 @@
 //! publications by that much, and they live in the last message), so publications stay stored up
 //! to `history_meta_ttl`, at most `history_size` per channel; reads leave out those older than
 //! `history_ttl` (the server's time of each message). A read of history creates a short-lived
-//! consumer (deleted after the read), a few round trips. Changing a namespace's history settings
+//! consumer (deleted after the read), a few round trips. A node makes sure of each stream once per
+//! connection before it reads it (a lookup, and a publication the stream refuses): nats-server 2.9
+//! dies of a read that reaches a stream another node is still making (`history::Known`). Changing a namespace's history settings
 //! moves its channels to another stream: a new epoch. JetStream keeping a stream but losing its
 //! last few messages (unsynced writes at `kill -9`) is caught by nodes that remember a later
 //! position of that epoch (they start a new epoch); a node that never saw those messages cannot
@@ -315,8 +317,8 @@ pub(crate) struct Inner {
     pub(crate) resyncing: AtomicBool,
     /// Channels this node is subscribed to, and the task delivering each.
     pub(crate) live: Mutex<HashMap<String, AbortHandle>>,
-    /// Streams this node has made sure exist, by name.
-    pub(crate) streams: Mutex<HashMap<String, jetstream::stream::Stream>>,
+    /// Streams this node has made sure exist and serve, by name, and on which connection.
+    pub(crate) streams: Mutex<HashMap<String, history::Known>>,
     /// Per channel: publishes of this node take turns, and the last position written.
     pub(crate) lasts: history::Lasts,
     /// Presence entries of this node's clients, rewritten periodically.
@@ -339,6 +341,15 @@ impl Inner {
                 self.name
             )))
         }
+    }
+
+    /// How many times the client connected (the first time included): which connection requests
+    /// go out on now.
+    pub(crate) fn connection(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A NATS failure as an engine error.

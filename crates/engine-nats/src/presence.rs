@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{self, Stream};
+use async_nats::jetstream::stream;
 use switchboard_engine::EngineError;
 use switchboard_engine::codec::encode_client_info;
 use switchboard_engine::presence::insert_entry;
@@ -20,9 +20,9 @@ use switchboard_protocol::ClientInfo;
 
 use crate::Inner;
 use crate::codec;
-use crate::history::{consume, ensure_stream, forget_stream};
+use crate::history::{Known, consume, ensure_stream, forget_stream};
 
-async fn presence_stream(inner: &Inner) -> Result<Stream, EngineError> {
+async fn presence_stream(inner: &Inner) -> Result<Known, EngineError> {
     let s = &inner.subjects;
     let ttl = inner.config.presence_ttl;
     let config = stream::Config {
@@ -54,7 +54,7 @@ async fn write(inner: &Inner, channel: &str, info: &ClientInfo) -> Result<(), En
         match acked {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                forget_stream(inner, &stream.cached_info().config.name);
+                forget_stream(inner, &stream.stream.cached_info().config.name);
             }
             Err(e) => return Err(inner.error("presence", e)),
         }
@@ -78,7 +78,9 @@ pub(crate) async fn remove(inner: &Inner, channel: &str, client: &str) -> Result
     inner.local_presence.remove(channel, client);
     inner.connected()?;
     let stream = presence_stream(inner).await?;
+    stream.check(inner)?;
     stream
+        .stream
         .purge()
         .filter(inner.subjects.presence(channel, client))
         .await

@@ -214,3 +214,58 @@ async fn a_hung_server_makes_an_idle_engine_not_ready_and_a_publish_of_unknown_o
     };
     assert_published_once(&e, "c", 1, &pos, &history()).await;
 }
+
+/// After the server lost its store, the nodes make the streams again at once, and read and
+/// publish at once. nats-server 2.9 registers a stream before its store exists: a message get
+/// (a read of a channel's last message) reaching a stream that another node is still making
+/// dereferences the missing store, and the server dies (found by the server's NATS fault test: the
+/// nodes then never became ready again). A node must not touch a stream it has not seen made since
+/// it connected.
+#[tokio::test]
+async fn nodes_making_lost_streams_again_at_once_do_not_crash_the_server() {
+    let mut nats = NatsServer::start();
+    let mut engines = Vec::new();
+    for _ in 0..4 {
+        engines.push(engine(&nats).await.0);
+    }
+    // One stream per history setting: several streams made at once give the race more chances.
+    let settings: Vec<StreamOptions> = (1..=6)
+        .map(|n| opts(10 * n, Duration::from_secs(60)))
+        .collect();
+    // Every node knows every stream.
+    burst(&engines, &settings, 0).await;
+    for round in 1..=4 {
+        nats.restart_empty();
+        for e in &engines {
+            until("ready after the restart", || e.ready()).await;
+        }
+        burst(&engines, &settings, round).await;
+        assert!(
+            std::net::TcpStream::connect(nats.addr()).is_ok(),
+            "round {round}: nats-server died"
+        );
+        for s in &settings {
+            // A server that died would not take this.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while engines[0].publish("c", publication(100), s).await.is_err() {
+                assert!(Instant::now() < deadline, "round {round}: publishes fail");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Every engine reads and publishes `n` in every history setting, all at once (errors allowed: the
+/// server may still be coming back).
+async fn burst(engines: &[NatsEngine], settings: &[StreamOptions], n: u64) {
+    let mut calls = Vec::new();
+    for e in engines {
+        for s in settings {
+            calls.push(async move {
+                let _ = e.history("c", &HistoryQuery::default(), s).await;
+                let _ = e.publish("c", publication(n), s).await;
+            });
+        }
+    }
+    futures_util::future::join_all(calls).await;
+}

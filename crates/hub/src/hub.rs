@@ -246,9 +246,9 @@ struct Position {
 enum Step {
     /// The next one: fan it out.
     Deliver,
-    /// Already at or behind the position: every subscriber has it or started after it. A remote
-    /// engine delivers asynchronously, so a publication can still be on its way when a subscriber
-    /// reads the stream's position.
+    /// Already at or behind the position of the publications fanned out: every subscriber has it
+    /// or started after it. A remote engine delivers asynchronously, so a publication can still be
+    /// on its way when a subscriber reads the stream's position; an engine may deliver one twice.
     Stale,
     /// Publications are missing (or the epoch changed).
     Gap,
@@ -256,11 +256,22 @@ enum Step {
 
 impl Channel {
     /// Moves the channel to `offset` when it is the next one.
+    ///
+    /// Before the first publication is fanned out, one at or before the noted position is fanned
+    /// out too, and the channel's position moves back to it: a subscriber that joined at the same
+    /// time may have read the stream before it, and not noted its position yet (those who noted
+    /// theirs skip it, each session from where its read left it). It is dropped as stale only once
+    /// the channel follows the engine's own publications. Offset 0 is a position (a new epoch's
+    /// start), not "nothing known": only a channel that knows nothing yet takes any publication.
     fn advance(&self, epoch: &str, offset: u64) -> Step {
         let mut pos = self.position.lock();
-        let step = if pos.offset == 0 || (pos.epoch == epoch && offset == pos.offset + 1) {
+        let same = pos.epoch == epoch;
+        let step = if pos.epoch.is_empty()
+            || (same && offset == pos.offset + 1)
+            || (same && !pos.delivered && offset <= pos.offset)
+        {
             Step::Deliver
-        } else if pos.epoch == epoch && offset <= pos.offset {
+        } else if same && offset <= pos.offset {
             Step::Stale
         } else {
             Step::Gap
@@ -610,6 +621,44 @@ mod tests {
         assert_eq!(drain(&s).len(), 2, "4 and 5, once each");
         assert!(s.take_dropped().is_empty());
         assert_eq!(hub.subscriber_count("ch"), 2);
+    }
+
+    #[test]
+    fn a_publication_between_two_joiners_reads_reaches_the_one_that_read_before_it() {
+        // After a restart both subscribers of a node join at once: one reads the stream at 0, the
+        // other at 1 (published between the reads), and the second notes its position first. 1
+        // arrives, then the first notes 0: it must still get 1, not 2 alone (the NATS fault test
+        // found this loss).
+        let hub = Hub::default();
+        let first = Arc::new(Session::new(1, "a".into(), 1 << 20));
+        let second = Arc::new(Session::new(2, "b".into(), 1 << 20));
+        for s in [&first, &second] {
+            s.begin_subscribe("ch");
+            hub.add("ch", Arc::clone(s));
+        }
+        hub.note_position("ch", "e", 1);
+        second.complete_subscribe("ch", None, 1);
+        hub.broadcast("ch", &publication(1), "e");
+        hub.note_position("ch", "e", 0);
+        first.complete_subscribe("ch", None, 0);
+        hub.broadcast("ch", &publication(2), "e");
+        assert_eq!(offsets(&first), [1, 2]);
+        assert_eq!(offsets(&second), [2], "each once, from where it read");
+        assert!(first.take_dropped().is_empty() && second.take_dropped().is_empty());
+    }
+
+    #[test]
+    fn a_gap_right_after_a_stream_at_offset_zero_is_noticed() {
+        // A new epoch starts at 0 (its marker): offset 2 next means 1 was lost.
+        let hub = Hub::default();
+        let s = Arc::new(Session::new(1, "c".into(), 1 << 20));
+        s.begin_subscribe("ch");
+        hub.add("ch", Arc::clone(&s));
+        hub.note_position("ch", "e", 0);
+        s.complete_subscribe("ch", None, 0);
+        hub.broadcast("ch", &publication(2), "e");
+        assert_eq!(s.take_dropped(), ["ch"]);
+        assert_eq!(hub.subscriber_count("ch"), 0);
     }
 
     /// A channel big enough to be fanned out by runtime tasks, with sessions of `limit` bytes.
