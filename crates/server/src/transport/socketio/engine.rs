@@ -478,6 +478,12 @@ impl Actor {
     async fn run(mut self) {
         let shutdown = self.engine.settings.websocket.shutdown.clone();
         let mut stopping = false;
+        // Kept across wakes, and moved only when the deadline changes: a timer made per wake
+        // would enter and leave the timer wheel for every message delivered, and a `cancelled()`
+        // made per wake would register with the token each time.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        let mut armed: Option<Instant> = None;
         loop {
             self.flush();
             self.app.on_buffered(self.session.buffered());
@@ -489,6 +495,12 @@ impl Actor {
                 .flatten()
                 .min()
                 .map(Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             let wake = {
                 let held = &mut self.held;
                 let rx = &mut self.rx;
@@ -496,9 +508,9 @@ impl Actor {
                 tokio::select! {
                     cmd = rx.recv() => Wake::Cmd(cmd),
                     out = std::future::poll_fn(|cx| app.poll_output(cx)) => Wake::App(out),
-                    () = sleep(deadline) => Wake::Timer,
+                    () = &mut timer, if armed.is_some() => Wake::Timer,
                     () = poll_gone(held) => Wake::PollGone,
-                    () = shutdown.cancelled(), if !stopping => Wake::Shutdown,
+                    () = &mut cancelled, if !stopping => Wake::Shutdown,
                 }
             };
             let now = std::time::Instant::now();
@@ -507,6 +519,8 @@ impl Actor {
                 Wake::Cmd(None) => break,
                 Wake::App(out) => self.deliver(out, now),
                 Wake::Timer => {
+                    // Re-armed below even when the deadline stays the same.
+                    armed = None;
                     self.session.on_timer(now);
                     let out = self.app.on_timer(now);
                     self.deliver(out, now);
@@ -657,13 +671,6 @@ impl Actor {
         if let Some((_, out)) = self.ws.take() {
             let _ = out.try_send(WsOut::Close);
         }
-    }
-}
-
-async fn sleep(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
