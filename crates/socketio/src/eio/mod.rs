@@ -6,7 +6,7 @@ mod request;
 mod session;
 
 pub use packet::{
-    Data, Frame, PROBE, Packet, PacketError, SEPARATOR, decode_payload, encode_payload,
+    Data, Frame, PROBE, Packet, PacketError, SEPARATOR, SharedText, decode_payload, encode_payload,
 };
 pub use request::{BadRequest, Method, Request, RequestError, Transport, verify};
 pub use session::{

@@ -5,6 +5,10 @@
 //! Decoding follows the reference parser (`engine.io-parser` v5): the first character is the packet
 //! type, the rest is the data; `b` starts a base64 binary message wherever a text packet is read.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
@@ -29,6 +33,9 @@ pub enum Data {
     Text(String),
     /// Bytes.
     Binary(Bytes),
+    /// UTF-8 text sent to many sessions (a publication), encoded once for all of them: see
+    /// [`SharedText`]. Only the server sends it; it reads as [`Data::Text`] does.
+    Shared(SharedText),
 }
 
 impl Data {
@@ -37,6 +44,7 @@ impl Data {
         match self {
             Self::Text(s) => s.len(),
             Self::Binary(b) => b.len(),
+            Self::Shared(s) => s.text().len(),
         }
     }
 
@@ -45,6 +53,85 @@ impl Data {
         self.len() == 0
     }
 }
+
+/// A text `message` packet encoded once for many sessions: the whole packet (`4` + the text) behind
+/// a reference count, so that queueing it on each subscriber's session copies nothing, and a slot
+/// where the transport above leaves its own framing of it (the WebSocket frame) for the other
+/// sessions to reuse.
+#[derive(Clone)]
+pub struct SharedText {
+    inner: Arc<SharedInner>,
+}
+
+struct SharedInner {
+    /// `4` followed by the text: a WebSocket text frame's payload, a polling payload's record.
+    packet: Bytes,
+    /// The transport's framing, made by the first session that sends it.
+    framed: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl SharedText {
+    /// The `message` packet of `text`.
+    pub fn new(text: &str) -> Self {
+        let mut packet = Vec::with_capacity(1 + text.len());
+        packet.push(b'4');
+        packet.extend_from_slice(text.as_bytes());
+        Self {
+            inner: Arc::new(SharedInner {
+                packet: Bytes::from(packet),
+                framed: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The whole packet as text (`4` + the data).
+    pub fn packet(&self) -> &Bytes {
+        &self.inner.packet
+    }
+
+    /// The packet as a string.
+    pub fn packet_str(&self) -> &str {
+        // Built from a `&str` plus an ASCII digit: always UTF-8.
+        std::str::from_utf8(&self.inner.packet).unwrap_or_default()
+    }
+
+    /// The message's text (without the packet type).
+    pub fn text(&self) -> &str {
+        self.packet_str().get(1..).unwrap_or_default()
+    }
+
+    /// The transport's framing of the packet, made by `frame` on first use and shared by every
+    /// later caller; `None` when a framing of another type was cached first (the caller frames
+    /// the packet itself).
+    pub fn framed<T: Any + Send + Sync>(&self, frame: impl FnOnce(&Bytes) -> T) -> Option<&T> {
+        self.inner
+            .framed
+            .get_or_init(|| Box::new(frame(&self.inner.packet)))
+            .downcast_ref()
+    }
+
+    /// True when both are the same shared packet.
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.inner, &b.inner)
+    }
+}
+
+impl fmt::Debug for SharedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedText")
+            .field(&self.packet_str())
+            .finish()
+    }
+}
+
+impl PartialEq for SharedText {
+    /// Equal when the texts are (whatever framing is cached).
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.packet == other.inner.packet
+    }
+}
+
+impl Eq for SharedText {}
 
 /// An Engine.IO packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +223,7 @@ impl Packet {
     pub fn to_frame(&self) -> Frame {
         match self {
             Self::Message(Data::Binary(b)) => Frame::Binary(b.clone()),
+            Self::Message(Data::Shared(s)) => Frame::Shared(s.clone()),
             other => {
                 let mut s = String::with_capacity(1 + other.text_len());
                 other.write_text(&mut s);
@@ -151,6 +239,7 @@ impl Packet {
                 out.push('b');
                 general_purpose::STANDARD.encode_string(b, out);
             }
+            Self::Message(Data::Shared(s)) => out.push_str(s.packet_str()),
             Self::Open(s) | Self::Ping(s) | Self::Pong(s) | Self::Message(Data::Text(s)) => {
                 out.push(self.type_char());
                 out.push_str(s);
@@ -163,6 +252,7 @@ impl Packet {
         match self {
             Self::Open(s) | Self::Ping(s) | Self::Pong(s) | Self::Message(Data::Text(s)) => s.len(),
             Self::Message(Data::Binary(b)) => b.len().div_ceil(3) * 4,
+            Self::Message(Data::Shared(s)) => s.text().len(),
             Self::Close | Self::Upgrade | Self::Noop => 0,
         }
     }
@@ -175,6 +265,9 @@ pub enum Frame {
     Text(String),
     /// A binary frame.
     Binary(Bytes),
+    /// A text frame whose payload is a shared packet ([`SharedText::packet`]), the same for many
+    /// sessions: the transport frames it once ([`SharedText::framed`]).
+    Shared(SharedText),
 }
 
 impl Frame {
@@ -182,6 +275,7 @@ impl Frame {
     pub fn decode(self) -> Result<Packet, PacketError> {
         match self {
             Self::Text(t) => Packet::decode_text(&t),
+            Self::Shared(s) => Packet::decode_text(s.packet_str()),
             Self::Binary(b) => Ok(Packet::from_binary_frame(b)),
         }
     }
@@ -306,6 +400,35 @@ mod tests {
             Packet::decode_text("b"),
             Ok(Packet::Message(Data::Binary(Bytes::new())))
         );
+    }
+
+    #[test]
+    fn shared_text_is_a_message_encoded_once() {
+        let shared = SharedText::new("2[\"chat\"]");
+        let packet = Packet::Message(Data::Shared(shared.clone()));
+        let plain = text("2[\"chat\"]");
+        // On the wire it is the text message it stands for, both ways.
+        assert_eq!(
+            encode_payload([&packet, &plain]),
+            encode_payload([&plain, &plain])
+        );
+        assert_eq!(Data::Shared(shared.clone()).len(), 9);
+        let Frame::Shared(frame) = packet.to_frame() else {
+            panic!("a shared frame")
+        };
+        assert!(SharedText::ptr_eq(&frame, &shared));
+        assert_eq!(Frame::Shared(frame.clone()).decode(), Ok(plain));
+        // The transport's framing is made once and found by every later sender.
+        let calls = std::cell::Cell::new(0);
+        let framing = |p: &Bytes| {
+            calls.set(calls.get() + 1);
+            p.len()
+        };
+        assert_eq!(frame.framed(framing), Some(&10));
+        assert_eq!(shared.framed(framing), Some(&10));
+        assert_eq!(calls.get(), 1);
+        // A framing of another type finds the slot taken.
+        assert_eq!(shared.framed(|_| "other"), None);
     }
 
     #[test]

@@ -231,6 +231,9 @@ pub struct Session {
     linger: Option<Instant>,
 }
 
+/// Packets of room an emptied outbox keeps (see `Session::release_outbox`).
+const OUTBOX_KEPT: usize = 8;
+
 /// How long a session closed by its client over polling waits for a poll that raced the `close`.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -323,7 +326,12 @@ impl Session {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        if let Data::Text(t) = &data
+        let text = match &data {
+            Data::Text(t) => Some(t.as_str()),
+            Data::Shared(s) => Some(s.text()),
+            Data::Binary(_) => None,
+        };
+        if let Some(t) = text
             && self.transport == Transport::Polling
             && t.contains(SEPARATOR)
         {
@@ -387,6 +395,7 @@ impl Session {
                 self.finish_close();
             }
             self.outbox.clear();
+            self.release_outbox();
             self.buffered = 0;
             body
         } else if matches!(self.upgrade, Upgrade::Probed { .. })
@@ -575,6 +584,7 @@ impl Session {
             return Vec::new();
         }
         let frames: Vec<Frame> = self.outbox.drain(..).map(|p| p.to_frame()).collect();
+        self.release_outbox();
         self.buffered = 0;
         if matches!(self.state, State::Closing { .. }) {
             self.finish_close();
@@ -693,6 +703,14 @@ impl Session {
         self.buffered = 0;
         self.upgrade = Upgrade::None;
         self.next_ping = None;
+    }
+
+    /// Gives back the room a burst left in the emptied outbox: an idle session keeps only a few
+    /// packets' worth (thousands of sessions sit idle between publications).
+    fn release_outbox(&mut self) {
+        if self.outbox.capacity() > OUTBOX_KEPT {
+            self.outbox.shrink_to(OUTBOX_KEPT);
+        }
     }
 
     fn finish_close(&mut self) {

@@ -88,11 +88,17 @@ impl Decoder {
             return Ok(Some(packet));
         }
         match message {
-            Data::Text(text) => {
+            Data::Text(_) | Data::Shared(_) => {
+                // Only a server sends shared text; should one be read, it is text like any other.
+                let text = match &message {
+                    Data::Shared(s) => s.text(),
+                    Data::Text(t) => t.as_str(),
+                    Data::Binary(_) => "",
+                };
                 if self.pending.is_some() {
                     return Err(PacketError::TextDuringAttachments);
                 }
-                let (packet, count) = decode_text(&text, self.max_attachments)?;
+                let (packet, count) = decode_text(text, self.max_attachments)?;
                 if !packet.kind.is_binary() {
                     return Ok(Some(packet));
                 }

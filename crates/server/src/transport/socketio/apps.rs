@@ -154,6 +154,7 @@ mod tests {
         out.into_iter()
             .map(|d| match d {
                 Data::Text(t) => t,
+                Data::Shared(s) => s.text().to_owned(),
                 Data::Binary(b) => format!("<{} bytes>", b.len()),
             })
             .collect()

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use switchboard_socketio::eio::{
     self, BadRequest, Data, Frame, RequestError, Session, Transport, WsError, WsOutcome,
 };
-use switchboard_websocket::{CloseCode, Message, WebSocket};
+use switchboard_websocket::{CloseCode, Message, SharedMessage, WebSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -222,10 +222,9 @@ enum Cmd {
         binary: bool,
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
-    PostBody {
-        body: Bytes,
-        reply: oneshot::Sender<Result<(), RequestError>>,
-    },
+    /// Boxed, as is `WsFrame`'s frame: a channel allocates room for 32 commands up front, for
+    /// every session, however idle.
+    PostBody(Box<(Bytes, oneshot::Sender<Result<(), RequestError>>)>),
     PostAborted,
     WsBegin {
         id: u64,
@@ -234,7 +233,7 @@ enum Cmd {
     },
     WsFrame {
         id: u64,
-        frame: Frame,
+        frame: Box<Frame>,
     },
     WsClosed {
         id: u64,
@@ -315,7 +314,7 @@ pub async fn post(
             return Err(e);
         }
     };
-    ask(&tx, sid, |reply| Cmd::PostBody { body, reply }).await?;
+    ask(&tx, sid, |reply| Cmd::PostBody(Box::new((body, reply)))).await?;
     Ok(([(header::CONTENT_TYPE, "text/html")], "ok").into_response())
 }
 
@@ -421,7 +420,7 @@ async fn websocket(mut ws: WebSocket<Io>, guard: WsGuard, mut out: mpsc::Receive
                     .tx
                     .send(Cmd::WsFrame {
                         id: guard.id,
-                        frame,
+                        frame: Box::new(frame),
                     })
                     .await
                     .is_err()
@@ -431,11 +430,18 @@ async fn websocket(mut ws: WebSocket<Io>, guard: WsGuard, mut out: mpsc::Receive
             }
             Event::In(_) => return,
             Event::Out(Some(WsOut::Frame(frame))) => {
-                let message = match frame {
-                    Frame::Text(t) => Message::text(t),
-                    Frame::Binary(b) => Message::Binary(b),
+                let sent = match frame {
+                    Frame::Text(t) => ws.send(Message::text(t)),
+                    Frame::Binary(b) => ws.send(Message::Binary(b)),
+                    // A publication: framed once for every subscriber's WebSocket.
+                    Frame::Shared(s) => {
+                        match s.framed(|packet| SharedMessage::new(Message::Text(packet.clone()))) {
+                            Some(m) => ws.send_shared(m),
+                            None => ws.send(Message::Text(s.packet().clone())),
+                        }
+                    }
                 };
-                if ws.send(message).is_err() {
+                if sent.is_err() {
                     return;
                 }
             }
@@ -472,6 +478,12 @@ impl Actor {
     async fn run(mut self) {
         let shutdown = self.engine.settings.websocket.shutdown.clone();
         let mut stopping = false;
+        // Kept across wakes, and moved only when the deadline changes: a timer made per wake
+        // would enter and leave the timer wheel for every message delivered, and a `cancelled()`
+        // made per wake would register with the token each time.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        let mut armed: Option<Instant> = None;
         loop {
             self.flush();
             self.app.on_buffered(self.session.buffered());
@@ -483,6 +495,12 @@ impl Actor {
                 .flatten()
                 .min()
                 .map(Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             let wake = {
                 let held = &mut self.held;
                 let rx = &mut self.rx;
@@ -490,9 +508,9 @@ impl Actor {
                 tokio::select! {
                     cmd = rx.recv() => Wake::Cmd(cmd),
                     out = std::future::poll_fn(|cx| app.poll_output(cx)) => Wake::App(out),
-                    () = sleep(deadline) => Wake::Timer,
+                    () = &mut timer, if armed.is_some() => Wake::Timer,
                     () = poll_gone(held) => Wake::PollGone,
-                    () = shutdown.cancelled(), if !stopping => Wake::Shutdown,
+                    () = &mut cancelled, if !stopping => Wake::Shutdown,
                 }
             };
             let now = std::time::Instant::now();
@@ -501,6 +519,8 @@ impl Actor {
                 Wake::Cmd(None) => break,
                 Wake::App(out) => self.deliver(out, now),
                 Wake::Timer => {
+                    // Re-armed below even when the deadline stays the same.
+                    armed = None;
                     self.session.on_timer(now);
                     let out = self.app.on_timer(now);
                     self.deliver(out, now);
@@ -543,18 +563,21 @@ impl Actor {
             Cmd::PostBegin { binary, reply } => {
                 let _ = reply.send(self.session.post_begin(binary));
             }
-            Cmd::PostBody { body, reply } => match self.session.post_body(&body, now) {
-                Ok(messages) => {
-                    let _ = reply.send(Ok(()));
-                    for m in messages {
-                        let out = self.app.on_message(m, now);
-                        self.deliver(out, now);
+            Cmd::PostBody(post) => {
+                let (body, reply) = *post;
+                match self.session.post_body(&body, now) {
+                    Ok(messages) => {
+                        let _ = reply.send(Ok(()));
+                        for m in messages {
+                            let out = self.app.on_message(m, now);
+                            self.deliver(out, now);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            }
             Cmd::PostAborted => self.session.post_aborted(),
             Cmd::WsBegin { id, out, reply } => {
                 let result = self.session.ws_begin(now);
@@ -568,7 +591,7 @@ impl Actor {
                 if self.ws.as_ref().is_none_or(|(current, _)| *current != id) {
                     return;
                 }
-                match self.session.ws_frame(frame, now) {
+                match self.session.ws_frame(*frame, now) {
                     Ok(WsOutcome::Message(m)) => {
                         let out = self.app.on_message(m, now);
                         self.deliver(out, now);
@@ -648,13 +671,6 @@ impl Actor {
         if let Some((_, out)) = self.ws.take() {
             let _ = out.try_send(WsOut::Close);
         }
-    }
-}
-
-async fn sleep(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use serde_json::{Value, json};
 use switchboard_hub::{End, Node, Upstream, Wire};
 use switchboard_protocol::{DisconnectCode, Frame};
-use switchboard_socketio::eio::Data;
+use switchboard_socketio::eio::{Data, SharedText};
 use switchboard_socketio::sio::{self, Connection, Decoder, Incoming, MAIN_NAMESPACE, Packet};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,28 +39,46 @@ use tokio_util::task::TaskTracker;
 
 use super::engine::{App, AppFactory};
 
-/// What the session's task tells the client's.
+/// What the session's task tells the client's. Boxed: a channel allocates room for 32 of these
+/// up front, for every socket, however idle.
 enum ToClient {
     /// A packet of the socket's namespace (`CONNECT` first).
-    Packet(Packet),
+    Packet(Box<Packet>),
 }
 
-/// What the client's task tells the session's.
+/// What the client's task tells the session's. The rare variants are boxed: a channel allocates
+/// room for 32 of these up front, for every socket, however idle.
 #[derive(Debug)]
 enum ToSession {
     /// The hub accepted the connection: the socket id, and the pid when recovery is on.
-    Accepted { sid: String, pid: Option<String> },
+    Accepted(Box<Accepted>),
     /// The hub refused it.
-    Refused { message: String, code: u32 },
+    Refused(Box<Refused>),
     /// Packets for the client.
     Packets(Vec<Packet>),
-    /// A packet already encoded (a publication, encoded once for all its subscribers).
-    Encoded(String),
+    /// A packet already encoded (a publication, encoded once for all its subscribers and shared).
+    Encoded(SharedText),
     /// The hub ended the client for good (after its `DISCONNECT`): the socket leaves its namespace.
     Leave,
     /// The hub ended the client and asks it back: close the Engine.IO session (the client
     /// reconnects, and recovers).
     Close,
+}
+
+/// The hub accepted a socket's connection.
+#[derive(Debug)]
+struct Accepted {
+    /// The socket id.
+    sid: String,
+    /// The pid, when recovery is on.
+    pid: Option<String>,
+}
+
+/// The hub refused a socket's connection.
+#[derive(Debug)]
+struct Refused {
+    message: String,
+    code: u32,
 }
 
 /// Frames the client's task may queue for the session's before the session counts as slow.
@@ -151,7 +169,7 @@ impl HubApp {
         };
         socket
             .to_client
-            .try_send(ToClient::Packet(packet))
+            .try_send(ToClient::Packet(Box::new(packet)))
             .map_err(|_| "the client does not keep up with its socket's packets".to_owned())
     }
 
@@ -159,14 +177,16 @@ impl HubApp {
     fn output(&mut self, namespace: &str, msg: ToSession) -> Result<Vec<Data>, String> {
         let parser = self.mapping.parser;
         Ok(match msg {
-            ToSession::Accepted { sid, pid } => {
+            ToSession::Accepted(accepted) => {
+                let Accepted { sid, pid } = *accepted;
                 let mut accepted = self.connection.accept(namespace, &sid);
                 if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
                     data.insert("pid".into(), Value::String(pid));
                 }
                 parser.encode(&accepted)
             }
-            ToSession::Refused { message, code } => {
+            ToSession::Refused(refused) => {
+                let Refused { message, code } = *refused;
                 self.sockets.remove(namespace);
                 let p = self
                     .connection
@@ -174,7 +194,7 @@ impl HubApp {
                 parser.encode(&p)
             }
             ToSession::Packets(packets) => packets.iter().flat_map(|p| parser.encode(p)).collect(),
-            ToSession::Encoded(text) => vec![Data::Text(text)],
+            ToSession::Encoded(text) => vec![Data::Shared(text)],
             ToSession::Leave => {
                 // Its DISCONNECT went out already.
                 let _ = self.connection.disconnect(namespace);
@@ -340,8 +360,8 @@ struct SioWire {
     recovery: bool,
     /// The socket's rooms and their positions (kept with recovery on).
     positions: Positions,
-    /// A reconnect's recovery in progress.
-    recovering: Option<Recovering>,
+    /// A reconnect's recovery in progress (boxed: rare, and large beside the rest).
+    recovering: Option<Box<Recovering>>,
     /// Commands the wire issues itself (unsubscribes after a failed recovery).
     outbox: Vec<Value>,
     /// Channels whose publications are dropped (left after a failed recovery).
@@ -473,7 +493,7 @@ impl SioWire {
                 rec.channels.push(channel.clone());
                 out.push(self.cmd(sub, Pending::Recover(channel)));
             }
-            self.recovering = Some(rec);
+            self.recovering = Some(Box::new(rec));
         }
         out
     }
@@ -604,10 +624,10 @@ impl SioWire {
         };
         self.deliver(
             None,
-            ToSession::Accepted {
+            ToSession::Accepted(Box::new(Accepted {
                 sid,
                 pid: Some(pid),
-            },
+            })),
         );
         for (channel, msg) in rec.held {
             if channel.is_some_and(|c| self.dropped.contains(&c)) {
@@ -628,8 +648,8 @@ impl SioWire {
         {
             // A publication (or another push) sent to many clients: encoded once for all. With
             // recovery on, each socket's events carry its own offset string instead.
-            if let Some(text) = frame.encoded(push_event).as_ref().clone() {
-                self.deliver(None, ToSession::Encoded(text));
+            if let Some(text) = frame.encoded(push_event).as_ref() {
+                self.deliver(None, ToSession::Encoded(text.clone()));
             }
             return;
         }
@@ -684,7 +704,10 @@ impl SioWire {
                         }
                         None => {
                             let pid = self.recovery.then(|| sid.clone());
-                            self.deliver(None, ToSession::Accepted { sid, pid });
+                            self.deliver(
+                                None,
+                                ToSession::Accepted(Box::new(Accepted { sid, pid })),
+                            );
                             if !self.positions.is_empty() {
                                 self.tell_positions();
                             }
@@ -696,7 +719,7 @@ impl SioWire {
                     self.recovering = None;
                     self.deliver(
                         None,
-                        ToSession::Refused {
+                        ToSession::Refused(Box::new(Refused {
                             message: e
                                 .and_then(|e| e.get("message"))
                                 .and_then(Value::as_str)
@@ -707,7 +730,7 @@ impl SioWire {
                                 .and_then(Value::as_u64)
                                 .and_then(|c| u32::try_from(c).ok())
                                 .unwrap_or(0),
-                        },
+                        })),
                     );
                 }
             },
@@ -832,8 +855,9 @@ fn is_placeholder(v: &Value, num: u64) -> bool {
         && v.get("num").and_then(Value::as_u64) == Some(num)
 }
 
-/// The Socket.IO packet text of a push, if it maps to one (publications do).
-fn push_event(text: &Bytes) -> Option<String> {
+/// The Engine.IO message of a push, if it maps to one (publications do): the Socket.IO packet
+/// text, shared by every subscriber's session.
+fn push_event(text: &Bytes) -> Option<SharedText> {
     let value: Value = serde_json::from_slice(text).ok()?;
     let publication = value.get("pub")?;
     let channel = publication
@@ -842,7 +866,7 @@ fn push_event(text: &Bytes) -> Option<String> {
         .unwrap_or_default();
     let packet = publication_packet(MAIN_NAMESPACE, channel, publication);
     // Binary publications have attachments, which one text message cannot carry.
-    (!packet.kind.is_binary()).then(|| packet.encode())
+    (!packet.kind.is_binary()).then(|| SharedText::new(&packet.encode()))
 }
 
 /// A publication as an event: `{"event":name,"args":[...]}` as that event (unless the name is one
@@ -974,9 +998,9 @@ mod tests {
     fn texts(t: Vec<ToSession>) -> Vec<String> {
         t.into_iter()
             .map(|t| match t {
-                ToSession::Encoded(t) => t,
+                ToSession::Encoded(t) => t.text().to_owned(),
                 ToSession::Packets(p) => p.iter().map(Packet::encode).collect(),
-                ToSession::Accepted { sid, pid } => format!("accepted {sid} {pid:?}"),
+                ToSession::Accepted(a) => format!("accepted {} {:?}", a.sid, a.pid),
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -1005,8 +1029,8 @@ mod tests {
         )
         .pop()
         {
-            Some(ToSession::Refused { message, code }) => {
-                assert_eq!((message.as_str(), code), ("token expired", 109));
+            Some(ToSession::Refused(r)) => {
+                assert_eq!((r.message.as_str(), r.code), ("token expired", 109));
             }
             other => panic!("{other:?}"),
         }
@@ -1133,9 +1157,19 @@ mod tests {
         let event =
             r#"{"pub":{"channel":"news","offset":3,"data":{"event":"chat","args":["hi",1]}}}"#;
         // Shared (encoded once for every subscriber) or not, the same event.
-        w.translate(&Frame::shared(Bytes::from_static(event.as_bytes())));
+        let publication = Frame::shared(Bytes::from_static(event.as_bytes()));
+        w.translate(&publication);
         let shared: Vec<ToSession> = std::iter::from_fn(|| down.try_recv().ok()).collect();
-        assert!(matches!(shared[0], ToSession::Encoded(_)));
+        // Another subscriber gets the very same packet, not a copy.
+        let (mut other, mut other_down) = wire();
+        other.translate(&publication);
+        match (&shared[0], other_down.try_recv()) {
+            (ToSession::Encoded(a), Ok(ToSession::Encoded(b))) => {
+                assert!(SharedText::ptr_eq(a, &b));
+                assert_eq!(a.packet().as_ref(), br#"42["chat","hi",1]"#);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(texts(shared), [r#"2["chat","hi",1]"#]);
         assert_eq!(
             texts(reply(&mut w, &mut down, event)),
