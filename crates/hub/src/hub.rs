@@ -489,7 +489,7 @@ impl Hub {
                     offset,
                     delivered: false,
                 };
-            } else if !pos.delivered && (pos.offset == 0 || offset < pos.offset) {
+            } else if !pos.delivered && offset < pos.offset {
                 pos.offset = offset;
             }
         }

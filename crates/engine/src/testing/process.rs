@@ -114,6 +114,7 @@ impl Process {
     /// (a long fork, swapping, a stalled VM) rather than dies. [`Process::resume`] or drop undoes it.
     pub fn pause(&mut self) {
         self.signal("-STOP");
+        wait_stopped(self.id());
         self.paused = true;
     }
 
@@ -227,6 +228,43 @@ impl Served {
     pub fn stop(&mut self) {
         self.process = None;
     }
+}
+
+/// Waits until every thread of process `pid` is stopped.
+///
+/// `kill(2)` returns once SIGSTOP is queued, not once the process stopped: the kernel wakes one
+/// thread, which stops the others when it runs. Until then the others go on, and on a loaded
+/// machine a Tokio worker of a "hung" node was seen reading the next relayed request and answering
+/// it (200) milliseconds after `kill -STOP` had returned, failing a test that expects no answer.
+pub fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if all_threads_stopped(pid) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within 10 s of SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether no thread of `pid` can run: each is stopped (`T`, `t`) or exiting (`Z`, `X`), as its
+/// `/proc/<pid>/task/<tid>/stat` says (the state follows the command name's closing parenthesis).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("cannot list the threads of process {pid}: {e}"));
+    tasks.flatten().all(|task| {
+        // A thread that exited since the listing cannot run either.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true;
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't' | 'Z' | 'X'))
+    })
 }
 
 #[cfg(test)]
