@@ -648,6 +648,21 @@ mod tests {
     }
 
     #[test]
+    fn a_position_noted_at_zero_stays_the_lowest() {
+        // One subscriber read the stream empty (0), another later at 5: 1 to 5 are on their way.
+        // If 3 comes first, 1 and 2 were lost for the first one: a gap, not a delivery.
+        let hub = Hub::default();
+        let s = Arc::new(Session::new(1, "c".into(), 1 << 20));
+        s.begin_subscribe("ch");
+        hub.add("ch", Arc::clone(&s));
+        hub.note_position("ch", "e", 0);
+        hub.note_position("ch", "e", 5);
+        s.complete_subscribe("ch", None, 0);
+        hub.broadcast("ch", &publication(3), "e");
+        assert_eq!(s.take_dropped(), ["ch"]);
+    }
+
+    #[test]
     fn a_gap_right_after_a_stream_at_offset_zero_is_noticed() {
         // A new epoch starts at 0 (its marker): offset 2 next means 1 was lost.
         let hub = Hub::default();
