@@ -20,6 +20,8 @@
 //! - `health.rs`: readiness, measured by a PING to every instance at least every second; the node is
 //!   ready while at least one instance answers.
 //! - `keys.rs`: the key layout; `codec.rs`: how publications are written into Redis.
+//! - `command_thread.rs`: the thread where the command connections run, so that a reply is read when
+//!   it arrives, not after the tasks a big fan-out woke on the node's runtime.
 //!
 //! Redis Cluster (`cluster = true`) is one logical instance: keys of a channel share a hash slot, and
 //! publications go through sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0+), each channel on the
@@ -29,6 +31,7 @@
 
 mod broker;
 mod codec;
+mod command_thread;
 mod health;
 mod history;
 mod idempotency;
@@ -46,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use command_thread::CommandThread;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Builder;
@@ -146,6 +150,9 @@ pub enum RedisError {
     /// A setting of `[engine.redis]` is wrong.
     #[error("[engine.redis] {0}")]
     Config(String),
+    /// The thread of the command connections (see `command_thread.rs`) could not start.
+    #[error("cannot start the thread of the Redis command connections: {0}")]
+    Thread(#[source] std::io::Error),
     /// Redis did not answer at start.
     #[error(
         "cannot connect to Redis at {address} within {timeout:?}: {reason}; check [engine.redis] addresses and that Redis runs"
@@ -246,6 +253,8 @@ impl Inner {
 pub struct RedisEngine {
     inner: Arc<Inner>,
     tasks: Vec<AbortHandle>,
+    /// Where the command connections run; dropped last, closing them.
+    _commands: CommandThread,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -279,6 +288,7 @@ impl RedisEngine {
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         let mut receivers = Vec::new();
+        let commands = CommandThread::start().map_err(RedisError::Thread)?;
         for urls in groups {
             let builder = builder(&config, &urls)?;
             let build_error = |e: fred::error::Error| RedisError::Config(format!("addresses: {e}"));
@@ -287,10 +297,16 @@ impl RedisEngine {
             // Listen before connecting, so that no message or reconnect is missed.
             receivers.push((subscriber.message_rx(), subscriber.reconnect_rx()));
             let address = urls.join(",");
-            for started in [
-                start(&client, &address, &config).await,
-                start(&subscriber, &address, &config).await,
-            ] {
+            // The command client's connection task runs on the command thread (why: see
+            // `command_thread.rs`), the subscriber's on this runtime.
+            let on_thread = {
+                let (c, a, cfg) = (client.clone(), address.clone(), config.clone());
+                commands
+                    .run(async move { start(&c, &a, &cfg).await })
+                    .await
+                    .unwrap_or_else(|e| Err(connect_error(&address, &config, e.to_string())))
+            };
+            for started in [on_thread, start(&subscriber, &address, &config).await] {
                 match started {
                     Ok(handle) => tasks.push(handle),
                     Err(e) => {
@@ -360,7 +376,11 @@ impl RedisEngine {
                 return Err(connect_error(&shard.address, &inner.config, e.to_string()));
             }
         }
-        Ok(Self { inner, tasks })
+        Ok(Self {
+            inner,
+            tasks,
+            _commands: commands,
+        })
     }
 
     /// The key layout in use.
