@@ -146,8 +146,17 @@ async fn run(data: &[u8]) {
     let limits = Limits::new(config.limits.clone());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let router =
-        switchboard::transport::fallback::router(&config, &node, &limits, &shutdown, &tracker);
+    // The relay as the server builds it (server.rs); with the memory engine no other node exists,
+    // so a session id naming another node is answered as gone.
+    let relay = std::sync::Arc::new(switchboard::transport::relay::Relay::new(
+        std::sync::Arc::clone(node.engine()),
+        config.fallback.max_relayed_requests,
+        config.fallback.relay_timeout,
+    ));
+    relay.listen(&node);
+    let router = switchboard::transport::fallback::router(
+        &config, &node, &limits, &relay, &shutdown, &tracker,
+    );
     let mut session = String::from("none.none");
     for block in split(data, b"\n===\n").into_iter().take(8) {
         let Some(req) = parse(block) else { continue };

@@ -12,7 +12,7 @@
 //!   node than its session's is run there, so a load balancer needs no stickiness.
 
 pub mod fallback;
-pub(crate) mod relay;
+pub mod relay;
 pub mod socketio;
 pub mod websocket;
 
