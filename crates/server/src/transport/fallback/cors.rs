@@ -36,10 +36,24 @@ pub async fn apply(State(policy): State<Arc<Policy>>, req: Request, next: Next) 
         tracing::debug!(origin = %shown, path = %req.uri().path(), "fallback request from a disallowed origin");
         FallbackError::Origin(shown).into_response()
     };
-    let headers = resp.headers_mut();
-    if let Some(origin) = origin.filter(|_| allowed) {
+    answer_headers(
+        resp.headers_mut(),
+        origin.filter(|_| allowed),
+        policy.allow_credentials,
+    );
+    resp
+}
+
+/// The headers of an answer to an HTTP transport's request (the fallbacks', Engine.IO polling's):
+/// `origin` (an allowed one) may read it, with credentials if `allow_credentials`.
+pub(crate) fn answer_headers(
+    headers: &mut HeaderMap,
+    origin: Option<HeaderValue>,
+    allow_credentials: bool,
+) {
+    if let Some(origin) = origin {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if policy.allow_credentials {
+        if allow_credentials {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
@@ -51,7 +65,6 @@ pub async fn apply(State(policy): State<Arc<Policy>>, req: Request, next: Next) 
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    resp
 }
 
 /// Answers a CORS preflight (`OPTIONS`) for an allowed origin (the middleware refused the others).

@@ -4,7 +4,7 @@
 //! local.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use switchboard_socketio::eio::{self, BadRequest, Method, RequestError, Transport};
 
@@ -34,20 +34,11 @@ pub async fn handle(State(engine): State<Engine>, req: Request) -> Response {
         route(&engine, req).await
     };
     // Added here, on the node the request landed on, to relayed answers too.
-    let headers = resp.headers_mut();
-    if let Some(origin) = origin {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if policy.allow_credentials {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-    }
-    headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    crate::transport::fallback::cors::answer_headers(
+        resp.headers_mut(),
+        origin,
+        policy.allow_credentials,
+    );
     resp
 }
 
