@@ -23,6 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use switchboard_protocol::encode::{self, PresenceEvent};
 use switchboard_protocol::{ClientInfo, Frame, Publication, UnsubscribeCode};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
 use crate::session::Session;
@@ -60,6 +61,10 @@ pub enum Listening {
 pub struct Hub {
     hasher: RandomState,
     shards: Box<[RwLock<HashMap<String, Channel>>]>,
+    /// The runtime the node was made on, which runs the stripes' tasks whichever thread publishes:
+    /// the server API runs on a thread of its own (so that its answers do not queue behind the
+    /// fan-out's tasks), and a big channel's fan-out must not land on that thread.
+    runtime: Option<Handle>,
 }
 
 #[derive(Debug)]
@@ -121,7 +126,7 @@ impl Stripe {
 
     /// Hands `item` out: at once in this call when `inline` and nothing waits ahead of it, otherwise
     /// after what waits, by a runtime task (or, with no runtime, in this call).
-    fn submit(self: &Arc<Self>, item: Item, inline: bool) {
+    fn submit(self: &Arc<Self>, item: Item, inline: bool, runtime: Option<&Handle>) {
         let mut work = self.work.lock();
         work.submitted += 1;
         if inline && !work.running && work.items.is_empty() {
@@ -136,12 +141,12 @@ impl Stripe {
         }
         work.running = true;
         drop(work);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+        match runtime.cloned().or_else(|| Handle::try_current().ok()) {
+            Some(runtime) => {
                 let stripe = Arc::clone(self);
                 drop(runtime.spawn(async move { stripe.run() }));
             }
-            Err(_) => self.run(),
+            None => self.run(),
         }
     }
 
@@ -224,10 +229,10 @@ impl Channel {
     }
 
     /// Hands `item` to every stripe of the channel.
-    fn dispatch(&self, item: &Item) {
+    fn dispatch(&self, item: &Item, runtime: Option<&Handle>) {
         let inline = self.count <= INLINE_MAX;
         for stripe in self.stripes.iter().flatten() {
-            stripe.submit(item.clone(), inline);
+            stripe.submit(item.clone(), inline, runtime);
         }
     }
 }
@@ -288,10 +293,14 @@ impl Channel {
 }
 
 impl Default for Hub {
+    /// An empty index whose big channels fan out on the runtime this is called on (see
+    /// [`STRIPES`]).
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            // Without a runtime here (unit tests), the publisher's runtime, if any, runs them.
+            runtime: Handle::try_current().ok(),
         }
     }
 }
@@ -415,7 +424,10 @@ impl Hub {
             match step {
                 Step::Deliver => {
                     let frame = Frame::shared(encode::pub_push(channel, publication));
-                    ch.dispatch(&Item::Publication(publication.offset, frame));
+                    ch.dispatch(
+                        &Item::Publication(publication.offset, frame),
+                        self.runtime.as_ref(),
+                    );
                     return ch.count;
                 }
                 Step::Stale => return 0,
@@ -441,7 +453,7 @@ impl Hub {
             channel,
             UnsubscribeCode::InsufficientState,
         ));
-        ch.dispatch(&Item::Gap(push));
+        ch.dispatch(&Item::Gap(push), self.runtime.as_ref());
     }
 
     /// Queues a join or leave push for every subscriber of `channel`.
@@ -449,7 +461,7 @@ impl Hub {
         let shard = self.shard(channel).read();
         if let Some(ch) = shard.get(channel) {
             let push = Frame::shared(encode::presence_push(event, channel, info));
-            ch.dispatch(&Item::Push(push));
+            ch.dispatch(&Item::Push(push), self.runtime.as_ref());
         }
     }
 
@@ -769,6 +781,42 @@ mod tests {
             hub.settled("ch", s.key()).await;
             assert_eq!(s.queued_bytes() > 0, s.key() != 5, "{}", s.key());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_channel_published_from_another_runtime_fans_out_on_the_hubs() {
+        // The server API's thread has a runtime of its own. Its publish must not leave the fan-out
+        // to that runtime: here it never polls again after the call (it blocks its thread), so the
+        // subscribers get the publication only if the hub's runtime runs the stripes.
+        let hub = Arc::new(Hub::default());
+        let sessions = big_channel(&hub, 1 << 20);
+        let (published, blocked) = std::sync::mpsc::channel::<()>();
+        let publisher = Arc::clone(&hub);
+        let thread = std::thread::spawn(move || {
+            let api = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            api.block_on(async {
+                publisher.broadcast("ch", &publication(1), "e");
+                published.send(()).unwrap();
+                // Blocks this runtime's only thread until the test is done.
+                std::thread::park_timeout(std::time::Duration::from_secs(5));
+            });
+        });
+        blocked.recv().unwrap();
+        let settled = async {
+            for s in &sessions {
+                hub.settled("ch", s.key()).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), settled)
+            .await
+            .expect("the stripes ran on the publisher's blocked runtime");
+        for s in &sessions {
+            assert_eq!(offsets(s), [1], "session {}", s.key());
+        }
+        thread.thread().unpark();
+        thread.join().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,14 +271,15 @@ impl Server {
             generated_api_key: _,
         } = self;
         let (api_listener, api_router) = api;
-        let api_loop = accept_loop(
-            api_listener,
-            api_router,
-            None,
-            Arc::clone(&config),
-            shutdown.clone(),
-            tracker.clone(),
-        );
+        let api_released = CancellationToken::new();
+        let api_loop = ApiThread {
+            listener: api_listener,
+            router: api_router,
+            config: Arc::clone(&config),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        }
+        .serve(api_released.clone());
         let client_loop = accept_loop(
             listener,
             router,
@@ -301,7 +302,86 @@ impl Server {
                 "drain timeout passed; dropping the remaining connections"
             );
         }
+        // The API's requests still in flight had the drain too; its thread may go now.
+        api_released.cancel();
         tracing::info!("stopped");
+    }
+}
+
+/// The server API's listener and what serves it, for [`ApiThread::serve`].
+struct ApiThread {
+    listener: TcpListener,
+    router: Router,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ApiThread {
+    /// Accepts and serves the API's connections on a thread of its own, with a one-thread runtime,
+    /// until shutdown; returns when it stops accepting.
+    ///
+    /// Why a thread: a publication to a big channel wakes one task per subscriber on the client
+    /// runtime, and a request arriving behind them used to wait in the same run queue for all of
+    /// them (publish answers of 30-150 ms at 10k subscribers while the publish itself takes
+    /// microseconds). On its own thread the API is scheduled by the kernel beside the fan-out, so
+    /// its answer time no longer grows with the audience. The fan-out itself still runs on the
+    /// client runtime (the hub spawns it there, see `switchboard_hub::Hub`). The runtime lives
+    /// until `released` (after the drain), so requests in flight at shutdown can finish.
+    async fn serve(self, released: CancellationToken) {
+        let Self {
+            listener,
+            router,
+            config,
+            shutdown,
+            tracker,
+        } = self;
+        // A server without its API would look healthy and refuse every publish: stop instead.
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "server API: {what}; shutting down");
+        };
+        let stop = shutdown.clone();
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                fail("cannot hand the listener to its thread", &e);
+                return stop.cancel();
+            }
+        };
+        let (stopped_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("switchboard-api".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "server API: cannot start its runtime; shutting down");
+                        return shutdown.cancel();
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            accept_loop(listener, router, None, config, shutdown, tracker).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "server API: cannot listen; shutting down");
+                            shutdown.cancel();
+                        }
+                    }
+                    drop(stopped_accepting);
+                    released.cancelled().await;
+                });
+            });
+        if let Err(e) = thread {
+            fail("cannot start its thread", &e);
+            return stop.cancel();
+        }
+        // Err when the thread dropped the sender: it stopped accepting (or failed to start).
+        let _ = stopped.await;
     }
 }
 
