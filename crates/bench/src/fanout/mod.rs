@@ -70,6 +70,12 @@ pub struct FanoutArgs {
     /// How often a noisy run is repeated (the least noisy is kept) [default: 1, quick: 0].
     #[arg(long)]
     pub noise_retries: Option<usize>,
+    /// The CPUs the server runs on, as `taskset -c` takes them (`0`, `0,1`): `0,1` gives the
+    /// server both cores of a 2-core machine, shared with the load generator (which stays on
+    /// CPU 1), to see how one channel's fan-out spreads over the runtime's workers. With
+    /// `--engine memory` only (the engine runs pin every server-side process to CPU 0).
+    #[arg(long, default_value = "0")]
+    pub server_cpus: String,
     /// Rounds (server order rotated each round); figures are medians over rounds, losses the
     /// worst round.
     #[arg(long, default_value_t = 1)]
@@ -133,6 +139,8 @@ pub struct Settings {
     pub max_noise: f64,
     /// Retries of noisy runs.
     pub noise_retries: usize,
+    /// The server's CPUs (`taskset -c` list).
+    pub server_cpus: String,
     /// Whether this is a `--quick` run.
     pub quick: bool,
     /// Rounds.
@@ -238,6 +246,7 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         sample_every: args.sample_every.max(1),
         max_noise: args.max_noise,
         noise_retries: args.noise_retries.unwrap_or(if quick { 0 } else { 1 }),
+        server_cpus: args.server_cpus.clone(),
         rounds: args.rounds.max(1),
         quick,
     };
@@ -254,6 +263,10 @@ pub fn main(args: &FanoutArgs) -> Result<()> {
         chosen.retain(|s| args.scenarios.contains(&s.key));
     }
     if args.engine != EngineChoice::Memory {
+        ensure!(
+            args.server_cpus == process::SERVER_CPU,
+            "--server-cpus is for --engine memory only"
+        );
         return main_redis(args, settings, &chosen);
     }
     let kinds: Vec<Kind> = if args.servers.is_empty() {
@@ -493,7 +506,8 @@ impl Ctx {
         let log = self
             .work
             .join(format!("fanout-{}-{}.log", kind.name(), scenario.key));
-        let mut server = process::start_pinned(kind.name(), &argv, addr, log).await?;
+        let mut server =
+            process::start_pinned_on(&s.server_cpus, kind.name(), &argv, addr, log).await?;
         let setup_timeout = 180.0;
         let args = load_args(s, scenario, kind, addr, setup_timeout, server.pid);
         let limit = child::report_limit(setup_timeout, s.warmup, s.duration, s.drain);

@@ -542,7 +542,7 @@ fn preamble(versions: &[(String, String)], command: &str) -> String {
 /// The method, as bullets.
 fn method(s: &Settings) -> String {
     format!(
-        "- Each run starts a fresh server pinned to CPU 0 and one load-generator process pinned to \
+        "- Each run starts a fresh server pinned to {} and one load-generator process pinned to \
 CPU 1 (its subscribers on one thread, the publisher on a second). Subscribers connect from \
 127.0.0.2… (1,000 per address, 64 handshakes in flight) and each subscribes to one channel \
 (subscriber i to channel i mod C); the run starts when every subscription is confirmed \
@@ -577,6 +577,15 @@ the last − RSS before the first connection) ÷ subscribers. Other CPU % (noise
 than the two; above {:.0} % the run is repeated (up to {} time(s)).\n\
 - {} round(s), the server order rotated each round: the tables give medians over rounds, and for \
 losses and disconnects the worst round.\n",
+        if s.server_cpus == "0" {
+            "CPU 0".to_string()
+        } else {
+            format!(
+                "CPUs {} (sharing CPU 1 with the load generator: server and client figures \
+                 of such a run are not those of a 1-core run)",
+                s.server_cpus
+            )
+        },
         s.warmup,
         s.duration,
         if s.sample_every == 1 {
@@ -724,6 +733,7 @@ mod tests {
             sample_every: 1,
             max_noise: 15.0,
             noise_retries: 1,
+            server_cpus: "0".into(),
             quick: false,
             rounds: 1,
         }

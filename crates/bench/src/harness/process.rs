@@ -18,9 +18,9 @@ use tokio::time::{Instant, sleep, timeout};
 const PINNED: &str =
     r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; cpu=$1; shift; exec taskset -c "$cpu" "$@""#;
 /// The server's core.
-const SERVER_CPU: u32 = 0;
+pub const SERVER_CPU: &str = "0";
 /// The load generator's core.
-const CLIENT_CPU: u32 = 1;
+const CLIENT_CPU: &str = "1";
 /// How long a server may take to accept connections after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running server process.
@@ -87,9 +87,21 @@ pub async fn start_pinned(
     addr: SocketAddr,
     log: PathBuf,
 ) -> Result<Running> {
+    start_pinned_on(SERVER_CPU, name, argv, addr, log).await
+}
+
+/// [`start_pinned`] on the CPUs `cpus` (a `taskset -c` list such as `0` or `0,1`) instead of the
+/// server core alone.
+pub async fn start_pinned_on(
+    cpus: &str,
+    name: &str,
+    argv: &[OsString],
+    addr: SocketAddr,
+    log: PathBuf,
+) -> Result<Running> {
     let file =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = pinned(SERVER_CPU, argv)
+    let mut child = pinned(cpus, argv)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
@@ -139,14 +151,15 @@ pub fn start_client(self_exe: &Path, args: Vec<String>) -> Result<LoadChild> {
     })
 }
 
-/// A command that raises the open-file limit, pins to `cpu` and execs `argv`.
-fn pinned(cpu: u32, argv: &[OsString]) -> Command {
+/// A command that raises the open-file limit, pins to `cpu` (a `taskset -c` list) and execs
+/// `argv`.
+fn pinned(cpu: &str, argv: &[OsString]) -> Command {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(PINNED)
         .arg("sh")
-        .arg(cpu.to_string())
+        .arg(cpu)
         .args(argv)
         .kill_on_drop(true);
     command
