@@ -35,6 +35,10 @@ enum Event {
 /// A plain function returning the future, rather than an `async fn`: an `async fn` keeps its
 /// arguments apart from the locals they move into, and the client and its wire would take their
 /// room twice in every connection's task.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the client and the wire twice"
+)]
 pub fn drive<W: Wire>(
     mut client: Client,
     mut wire: W,

@@ -494,7 +494,7 @@ struct Actor {
     /// The id of the WebSocket whose probe began and whose upgrade is not complete yet.
     probing: Option<u64>,
     /// WebSockets being closed (the close handshake runs on).
-    closing: Vec<Box<WebSocket<Io>>>,
+    closing: Vec<WebSocket<Io>>,
     engine: Engine,
     /// The session's place under the connection limits, given back when it ends.
     _permit: Option<crate::limits::Permit>,
@@ -519,6 +519,10 @@ enum Wake {
 impl Actor {
     /// The session's life. A plain function returning the future, rather than an `async fn`
     /// (which would keep the actor twice: as its argument and as the local it moves into).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the actor twice"
+    )]
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             let shutdown = self.engine.settings.websocket.shutdown.clone();
@@ -683,7 +687,7 @@ impl Actor {
                 } else {
                     // Its probe was abandoned (timed out) before the upgrade completed.
                     ws.close(CloseCode::NORMAL, "");
-                    self.closing.push(ws);
+                    self.closing.push(*ws);
                 }
             }
             Cmd::WsLost { id } => {
@@ -781,7 +785,7 @@ impl Actor {
     fn close_ws(&mut self) {
         if let Some(mut ws) = self.ws.take() {
             ws.close(CloseCode::NORMAL, "");
-            self.closing.push(ws);
+            self.closing.push(*ws);
         }
     }
 }

@@ -779,6 +779,10 @@ impl SioWire {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
+        if self.pending.is_empty() {
+            // An idle socket keeps no room for replies.
+            self.pending = HashMap::new();
+        }
         let namespace = self.namespace.clone();
         let ack_of = |ack: u64, args: Vec<Value>| {
             ToSession::Packets(vec![Packet::ack(&namespace, ack, args)])
