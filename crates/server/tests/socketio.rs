@@ -567,3 +567,101 @@ async fn namespaces_map_to_channel_prefixes() {
         r#"44/admin,{"message":"Invalid namespace"}"#
     );
 }
+
+/// Tasks alive in this test's runtime (the server runs in it).
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits until `alive_tasks()` is `want` (tasks of finished HTTP connections end a moment after
+/// their last answer); returns the last count seen.
+async fn settle_tasks(want: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = alive_tasks();
+        if n == want || tokio::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_task_per_socketio_client() {
+    let mut c = hub_config(true);
+    c.socketio.ping_interval = Duration::from_secs(20);
+    let server = start(c).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = alive_tasks();
+    // WebSocket clients, each in the main namespace and in a room: one task each (the session's,
+    // which owns the WebSocket and runs the socket's hub client).
+    const N: usize = 8;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let (mut ws, resp) =
+            handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+        assert_eq!(resp.status, 101, "{resp:?}");
+        assert!(text(&mut ws).await.starts_with("0{"));
+        ws.send_text("40").await;
+        assert!(text(&mut ws).await.starts_with(r#"40{"sid":""#));
+        ws.send_text(r#"421["subscribe","news"]"#).await;
+        assert_eq!(text(&mut ws).await, "431[null]");
+        clients.push(ws);
+    }
+    // One more that starts on polling and upgrades: the probing WebSocket joins the session's
+    // task too.
+    let open = http(
+        server.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
+    let open: serde_json::Value =
+        serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(server.addr, "POST", &target, "40").await.body, "ok");
+    assert!(
+        http(server.addr, "GET", &target, "")
+            .await
+            .body
+            .starts_with(r#"40{"sid":""#)
+    );
+    let (mut upgraded, resp) = handshake(
+        server.addr,
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    upgraded.send_text("2probe").await;
+    assert_eq!(text(&mut upgraded).await, "3probe");
+    assert_eq!(http(server.addr, "GET", &target, "").await.body, "6");
+    upgraded.send_text("5").await;
+    upgraded.send_text(r#"421["subscribe","news"]"#).await;
+    assert_eq!(text(&mut upgraded).await, "431[null]");
+    clients.push(upgraded);
+    let got = settle_tasks(before + N + 1).await;
+    assert_eq!(got - before, N + 1, "tasks for {} clients", N + 1);
+    // And every one of them gets a publication.
+    let (status, _) = common::api_call(
+        server.api,
+        Some(KEY),
+        "publish",
+        r#"{"channel":"news","data":{"event":"chat","args":[1]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for ws in &mut clients {
+        assert_eq!(text(ws).await, r#"42["chat",1]"#);
+    }
+    // Gone with their clients: the hub clients left their channels.
+    drop(clients);
+    let got = settle_tasks(before).await;
+    assert_eq!(got, before, "tasks left after the clients closed");
+    let (_, info) = common::api_call(server.api, Some(KEY), "info", "{}").await;
+    assert_eq!(info["result"]["nodes"][0]["num_clients"], 0, "{info}");
+}

@@ -116,7 +116,7 @@ pub async fn client(
     let client = node.client_with("websocket", headers);
     let span = tracing::debug_span!("client", id = %client.id(), transport = "websocket");
     let wire = WsWire::new(ws, &node);
-    drive(client, wire, &shutdown, || restart.reconnect_delay_ms())
+    drive(client, wire, shutdown, || restart.reconnect_delay_ms())
         .instrument(span)
         .await;
 }

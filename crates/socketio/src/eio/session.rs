@@ -231,9 +231,6 @@ pub struct Session {
     linger: Option<Instant>,
 }
 
-/// Packets of room an emptied outbox keeps (see `Session::release_outbox`).
-const OUTBOX_KEPT: usize = 8;
-
 /// How long a session closed by its client over polling waits for a poll that raced the `close`.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -705,11 +702,12 @@ impl Session {
         self.next_ping = None;
     }
 
-    /// Gives back the room a burst left in the emptied outbox: an idle session keeps only a few
-    /// packets' worth (thousands of sessions sit idle between publications).
+    /// Gives back the room of the emptied outbox: an idle session keeps none (thousands of
+    /// sessions sit idle between publications; one allocation per delivery costs less than the
+    /// room all of them would keep).
     fn release_outbox(&mut self) {
-        if self.outbox.capacity() > OUTBOX_KEPT {
-            self.outbox.shrink_to(OUTBOX_KEPT);
+        if self.outbox.is_empty() {
+            self.outbox = VecDeque::new();
         }
     }
 

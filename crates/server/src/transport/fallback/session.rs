@@ -282,9 +282,9 @@ pub async fn open(
     };
     // The task, not this request, owns the client: the request may be dropped at any point.
     let (shutdown, restart) = (ctx.shutdown.clone(), ctx.restart.clone());
-    ctx.tracker.spawn(async move {
-        drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
-    });
+    ctx.tracker.spawn(drive(client, wire, shutdown, move || {
+        restart.reconnect_delay_ms()
+    }));
     Ok(match answer.await {
         Ok(Ok(())) => Ok(session),
         Ok(Err(code)) => Err(code),

@@ -1,14 +1,16 @@
 //! The Engine.IO server: the session registry, the requests against a session of this node
 //! (whether they arrived here or were relayed from the node they landed on: the same functions serve
 //! both, so a relayed request is answered exactly as a local one), and one task per session that
-//! drives its `eio::Session` with HTTP requests, WebSocket frames and time, and hands its messages
-//! to the application on top ([`App`]). `routes.rs` decides where each request goes.
+//! drives its `eio::Session` with HTTP requests, the frames of the WebSocket it owns, and time, and
+//! hands its messages to the application on top ([`App`]), which it polls in the same task.
+//! `routes.rs` decides where each request goes.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -17,11 +19,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use parking_lot::Mutex;
+use switchboard_hub::ShutdownSignal;
 use switchboard_socketio::eio::{
     self, BadRequest, Data, Frame, RequestError, Session, Transport, WsError, WsOutcome,
 };
 use switchboard_websocket::{CloseCode, Message, SharedMessage, WebSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::super::relay::Relay;
@@ -45,6 +48,12 @@ pub trait App: Send + 'static {
     /// against the slow-consumer bound, as for every transport.
     fn on_buffered(&mut self, bytes: usize) {
         let _ = bytes;
+    }
+    /// The session is over: finishes what the application still runs (its hub clients leaving
+    /// their channels), polled until it is `Ready`.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Ready(())
     }
 }
 
@@ -81,7 +90,7 @@ pub struct Engine(Arc<Shared>);
 /// What the clones of an [`Engine`] share.
 pub struct Shared {
     settings: Settings,
-    sessions: Mutex<HashMap<String, mpsc::Sender<Cmd>>>,
+    sessions: Mutex<HashMap<String, Arc<Mailbox>>>,
     next_ws: AtomicU64,
 }
 
@@ -147,7 +156,7 @@ impl Engine {
         }
     }
 
-    fn lookup(&self, sid: &str) -> Result<mpsc::Sender<Cmd>, RequestError> {
+    fn lookup(&self, sid: &str) -> Result<Arc<Mailbox>, RequestError> {
         self.sessions
             .lock()
             .get(sid)
@@ -171,83 +180,129 @@ impl Engine {
         }
     }
 
-    /// Opens a session and starts its task.
-    fn open(
-        &self,
-        transport: Transport,
-    ) -> Result<(Session, mpsc::Sender<Cmd>, mpsc::Receiver<Cmd>), RequestError> {
+    /// Opens a session (not yet reachable by its sid: see [`Engine::register`]).
+    fn open(&self, transport: Transport) -> Result<Actor, RequestError> {
         let mut bytes = [0u8; 15];
         getrandom::fill(&mut bytes)
             .map_err(|e| RequestError::Forbidden(format!("no randomness for a session id: {e}")))?;
         // Named after this node, so that any node can relay the session's requests here.
         let sid = eio::Sid::on_node(self.settings.relay.node_id(), bytes);
-        let session = Session::open(
-            sid,
-            transport,
-            self.settings.engine.clone(),
-            std::time::Instant::now(),
-        );
-        let (tx, rx) = mpsc::channel(64);
-        self.sessions
-            .lock()
-            .insert(session.sid().as_str().to_owned(), tx.clone());
-        Ok((session, tx, rx))
+        let now = std::time::Instant::now();
+        let session = Session::open(sid, transport, self.settings.engine.clone(), now);
+        Ok(Actor {
+            session,
+            app: (self.settings.app)(now),
+            mailbox: Arc::default(),
+            held: None,
+            ws: None,
+            probing: None,
+            closing: Vec::new(),
+            engine: self.clone(),
+            _permit: None,
+        })
     }
 
-    fn spawn(
-        &self,
-        session: Session,
-        rx: mpsc::Receiver<Cmd>,
-        ws: Option<(u64, mpsc::Sender<WsOut>)>,
-        permit: Option<crate::limits::Permit>,
-    ) {
-        let app = (self.settings.app)(std::time::Instant::now());
-        let actor = Actor {
-            session,
-            app,
-            rx,
-            held: None,
-            ws,
-            engine: self.clone(),
-            _permit: permit,
-        };
-        self.settings.websocket.tracker.spawn(actor.run());
+    /// Makes the session of `actor` reachable by its sid (for polls, POSTs and upgrades).
+    fn register(&self, actor: &Actor) {
+        self.sessions.lock().insert(
+            actor.session.sid().as_str().to_owned(),
+            Arc::clone(&actor.mailbox),
+        );
     }
 }
 
-/// What reaches a session's task.
+/// What requests tell a session's task: a queue that holds nothing until a command arrives (a
+/// channel would allocate its first block of slots for every session, and WebSocket sessions
+/// never get a command).
+#[derive(Default)]
+struct Mailbox(Mutex<MailboxState>);
+
+#[derive(Default)]
+struct MailboxState {
+    queue: VecDeque<Cmd>,
+    waker: Option<Waker>,
+    /// The task ended: commands are refused (and those left were dropped, so that their requests
+    /// learn the session is gone).
+    closed: bool,
+}
+
+impl Mailbox {
+    /// Queues `cmd` for the task; gives it back if the task ended.
+    fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(cmd);
+        }
+        state.queue.push_back(cmd);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Cmd> {
+        let mut state = self.0.lock();
+        match state.queue.pop_front() {
+            Some(cmd) => {
+                if state.queue.is_empty() {
+                    state.queue = VecDeque::new();
+                }
+                Poll::Ready(cmd)
+            }
+            None => {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The task ends: what is queued is dropped, and what comes later refused.
+    fn close(&self) {
+        let left = {
+            let mut state = self.0.lock();
+            state.closed = true;
+            state.waker = None;
+            std::mem::take(&mut state.queue)
+        };
+        drop(left);
+    }
+}
+
+/// What reaches a session's task from the requests of its client (the WebSocket, once attached,
+/// is polled by the task itself).
 enum Cmd {
     Poll(oneshot::Sender<Result<String, RequestError>>),
     PostBegin {
         binary: bool,
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
-    /// Boxed, as is `WsFrame`'s frame: a channel allocates room for 32 commands up front, for
-    /// every session, however idle.
+    /// Boxed, as is `WsAttach`'s WebSocket: they are rare, and large beside the rest.
     PostBody(Box<(Bytes, oneshot::Sender<Result<(), RequestError>>)>),
     PostAborted,
+    /// A WebSocket asks to probe the session (before its `101`).
     WsBegin {
         id: u64,
-        out: mpsc::Sender<WsOut>,
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
-    WsFrame {
+    /// The probing WebSocket `id`, once its upgrade completed: the session's task owns it from now
+    /// on.
+    WsAttach {
         id: u64,
-        frame: Box<Frame>,
+        ws: Box<WebSocket<Io>>,
     },
-    WsClosed {
+    /// The upgrade of the probing WebSocket `id` never completed.
+    WsLost {
         id: u64,
     },
 }
-
-/// What a session's task tells its WebSocket.
-enum WsOut {
-    Frame(Frame),
-    Close,
-}
-
-/// Frames waiting for a WebSocket before the session counts its client as too slow.
-const WS_QUEUE: usize = 1024;
 
 /// The reference server's error answer: the status and `{"code","message"}`.
 pub fn error(e: &RequestError) -> Response {
@@ -270,23 +325,26 @@ pub fn handshake(
     engine: &Engine,
     permit: Option<crate::limits::Permit>,
 ) -> Result<Response, RequestError> {
-    let (mut session, _tx, rx) = engine.open(Transport::Polling)?;
-    let body = match session.poll(std::time::Instant::now())? {
+    let mut actor = engine.open(Transport::Polling)?;
+    let body = match actor.session.poll(std::time::Instant::now())? {
         eio::Poll::Respond(body) => body,
         eio::Poll::Hold => String::new(),
     };
-    engine.spawn(session, rx, None, permit);
+    actor._permit = permit;
+    // Reachable before the answer goes out: the client polls as soon as it has its sid.
+    engine.register(&actor);
+    engine.settings.websocket.tracker.spawn(actor.run());
     Ok(text(body))
 }
 
 async fn ask<T>(
-    tx: &mpsc::Sender<Cmd>,
+    tx: &Mailbox,
     sid: &str,
     cmd: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Cmd,
 ) -> Result<T, RequestError> {
     let (reply, answer) = oneshot::channel();
     let gone = || RequestError::UnknownSid(sid.to_owned());
-    tx.send(cmd(reply)).await.map_err(|_| gone())?;
+    tx.send(cmd(reply)).map_err(|_| gone())?;
     answer.await.map_err(|_| gone())?
 }
 
@@ -310,7 +368,7 @@ pub async fn post(
     let body = match body.await {
         Ok(body) => body,
         Err(e) => {
-            let _ = tx.send(Cmd::PostAborted).await;
+            let _ = tx.send(Cmd::PostAborted);
             return Err(e);
         }
     };
@@ -318,20 +376,31 @@ pub async fn post(
     Ok(([(header::CONTENT_TYPE, "text/html")], "ok").into_response())
 }
 
-/// A WebSocket-only session: opened by the upgrade itself.
+/// A WebSocket-only session: opened by the upgrade itself, and run by the connection's task once
+/// the upgrade completes (nobody knows its sid before it sends its `open` packet).
 pub fn websocket_session(
     engine: &Engine,
     req: Request,
     permit: Option<crate::limits::Permit>,
 ) -> Result<Response, RequestError> {
-    let (session, tx, rx) = engine.open(Transport::WebSocket)?;
-    let id = engine.next_ws.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, out_rx) = mpsc::channel(WS_QUEUE);
-    engine.spawn(session, rx, Some((id, out_tx)), permit);
-    Ok(attach(engine, req, id, tx, out_rx))
+    let mut actor = engine.open(Transport::WebSocket)?;
+    actor._permit = permit;
+    // Boxed until the upgrade completes, so that the connection's task keeps only one actor.
+    let actor = Box::new(actor);
+    Ok(upgrade(
+        &engine.settings.websocket,
+        req,
+        move |ws, _shutdown| {
+            let mut actor = *actor;
+            actor.ws = Some(Box::new(ws));
+            actor.engine.register(&actor);
+            actor.run()
+        },
+    ))
 }
 
-/// A WebSocket that probes a polling session, to take it over.
+/// A WebSocket that probes a polling session, to take it over: once upgraded, it is handed to the
+/// session's task, which polls it from then on.
 pub async fn websocket_upgrade(
     engine: &Engine,
     sid: &str,
@@ -339,15 +408,16 @@ pub async fn websocket_upgrade(
 ) -> Result<Response, RequestError> {
     let tx = engine.lookup(sid)?;
     let id = engine.next_ws.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, out_rx) = mpsc::channel(WS_QUEUE);
-    let begun = ask(&tx, sid, |reply| Cmd::WsBegin {
-        id,
-        out: out_tx,
-        reply,
-    })
-    .await;
+    let begun = ask(&tx, sid, |reply| Cmd::WsBegin { id, reply }).await;
     match begun {
-        Ok(()) => Ok(attach(engine, req, id, tx, out_rx)),
+        Ok(()) => {
+            let guard = Handover { id, tx: Some(tx) };
+            Ok(upgrade(
+                &engine.settings.websocket,
+                req,
+                move |ws, _shutdown| guard.hand_over(ws),
+            ))
+        }
         // As the reference server: the WebSocket opens, then closes at once (a 400 would surface
         // in clients as an error rather than a close).
         Err(RequestError::BadRequest(BadRequest::AlreadyUpgraded)) => Ok(upgrade(
@@ -362,112 +432,84 @@ pub async fn websocket_upgrade(
     }
 }
 
-/// Tells the session its WebSocket is gone, however the connection ends (also when the upgrade
-/// never completes and the connection task never runs).
-struct WsGuard {
+/// Hands a probing WebSocket to its session's task, or tells the task it will never come (the
+/// upgrade did not complete: dropped unused).
+struct Handover {
     id: u64,
-    tx: mpsc::Sender<Cmd>,
+    tx: Option<Arc<Mailbox>>,
 }
 
-impl Drop for WsGuard {
+impl Handover {
+    async fn hand_over(mut self, ws: WebSocket<Io>) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let ws = Box::new(ws);
+        if let Err(Cmd::WsAttach { mut ws, .. }) = tx.send(Cmd::WsAttach { id: self.id, ws }) {
+            // The session ended meanwhile.
+            ws.close(CloseCode::NORMAL, "");
+            while let Some(Ok(_)) = ws.recv().await {}
+        }
+    }
+}
+
+impl Drop for Handover {
     fn drop(&mut self) {
-        let (id, tx) = (self.id, self.tx.clone());
-        if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(Cmd::WsClosed { id }) {
-            tokio::spawn(async move {
-                let _ = tx.send(cmd).await;
-            });
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Cmd::WsLost { id: self.id });
         }
     }
 }
 
-fn attach(
-    engine: &Engine,
-    req: Request,
-    id: u64,
-    tx: mpsc::Sender<Cmd>,
-    out: mpsc::Receiver<WsOut>,
-) -> Response {
-    let guard = WsGuard { id, tx };
-    upgrade(&engine.settings.websocket, req, move |ws, _shutdown| {
-        websocket(ws, guard, out)
-    })
-}
-
-/// One WebSocket of a session: frames in go to the session's task, frames out come from it.
-async fn websocket(mut ws: WebSocket<Io>, guard: WsGuard, mut out: mpsc::Receiver<WsOut>) {
-    enum Event {
-        In(Option<Result<Message, switchboard_websocket::Error>>),
-        Out(Option<WsOut>),
-    }
+/// Polls a closing WebSocket: whether its close handshake is over (what still arrives is dropped).
+fn closed(ws: &mut WebSocket<Io>, cx: &mut Context<'_>) -> bool {
     loop {
-        let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(m) = ws.poll_recv(cx) {
-                return Poll::Ready(Event::In(m));
-            }
-            if let Poll::Ready(o) = out.poll_recv(cx) {
-                return Poll::Ready(Event::Out(o));
-            }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::In(Some(Ok(message))) => {
-                let frame = match message {
-                    Message::Text(b) => Frame::Text(String::from_utf8_lossy(&b).into_owned()),
-                    Message::Binary(b) => Frame::Binary(b),
-                };
-                if guard
-                    .tx
-                    .send(Cmd::WsFrame {
-                        id: guard.id,
-                        frame: Box::new(frame),
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Event::In(_) => return,
-            Event::Out(Some(WsOut::Frame(frame))) => {
-                let sent = match frame {
-                    Frame::Text(t) => ws.send(Message::text(t)),
-                    Frame::Binary(b) => ws.send(Message::Binary(b)),
-                    // A publication: framed once for every subscriber's WebSocket.
-                    Frame::Shared(s) => {
-                        match s.framed(|packet| SharedMessage::new(Message::Text(packet.clone()))) {
-                            Some(m) => ws.send_shared(m),
-                            None => ws.send(Message::Text(s.packet().clone())),
-                        }
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-            Event::Out(Some(WsOut::Close) | None) => break,
+        match ws.poll_recv(cx) {
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(_) => return true,
+            Poll::Pending => return false,
         }
     }
-    ws.close(CloseCode::NORMAL, "");
-    while let Some(Ok(_)) = ws.recv().await {}
 }
 
-/// The task of one session.
+/// A WebSocket message as an Engine.IO frame.
+fn frame_of(message: Message) -> Frame {
+    match message {
+        Message::Text(b) => Frame::Text(String::from_utf8_lossy(&b).into_owned()),
+        Message::Binary(b) => Frame::Binary(b),
+    }
+}
+
+/// The task of one session: it owns the session, its application (whose hub clients it drives
+/// too) and its WebSocket; requests reach it through its channel.
 struct Actor {
     session: Session,
     app: Box<dyn App>,
-    rx: mpsc::Receiver<Cmd>,
+    /// What requests tell the task (the registry holds it too, under the sid).
+    mailbox: Arc<Mailbox>,
     /// The held poll's answer channel.
     held: Option<oneshot::Sender<Result<String, RequestError>>>,
-    /// The session's WebSocket (probing or current) and its id.
-    ws: Option<(u64, mpsc::Sender<WsOut>)>,
+    /// The session's WebSocket: the one it runs on, or the one probing it.
+    ws: Option<Box<WebSocket<Io>>>,
+    /// The id of the WebSocket whose probe began and whose upgrade is not complete yet.
+    probing: Option<u64>,
+    /// WebSockets being closed (the close handshake runs on).
+    closing: Vec<WebSocket<Io>>,
     engine: Engine,
     /// The session's place under the connection limits, given back when it ends.
     _permit: Option<crate::limits::Permit>,
 }
 
+impl Drop for Actor {
+    fn drop(&mut self) {
+        // Also when the task is dropped unfinished: no request waits on it for ever.
+        self.mailbox.close();
+    }
+}
+
 enum Wake {
-    Cmd(Option<Cmd>),
+    Ws(Option<Result<Message, switchboard_websocket::Error>>),
+    Cmd(Cmd),
     App(Result<Vec<Data>, String>),
     Timer,
     PollGone,
@@ -475,78 +517,127 @@ enum Wake {
 }
 
 impl Actor {
-    async fn run(mut self) {
-        let shutdown = self.engine.settings.websocket.shutdown.clone();
-        let mut stopping = false;
-        // Kept across wakes, and moved only when the deadline changes: a timer made per wake
-        // would enter and leave the timer wheel for every message delivered, and a `cancelled()`
-        // made per wake would register with the token each time.
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-        let mut armed: Option<Instant> = None;
-        loop {
+    /// The session's life. A plain function returning the future, rather than an `async fn`
+    /// (which would keep the actor twice: as its argument and as the local it moves into).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the actor twice"
+    )]
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let shutdown = self.engine.settings.websocket.shutdown.clone();
+            let mut stop = ShutdownSignal::new(&shutdown);
+            let mut stopping = false;
+            // Kept across wakes, and moved only when the deadline changes: a timer made per wake
+            // would enter and leave the timer wheel for every message delivered.
+            let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+            let mut armed: Option<Instant> = None;
+            loop {
+                self.flush();
+                self.app.on_buffered(self.buffered());
+                if self.session.is_finished() {
+                    break;
+                }
+                let deadline = [self.session.next_deadline(), self.app.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(Instant::from_std);
+                if deadline != armed {
+                    if let Some(d) = deadline {
+                        timer.as_mut().reset(d);
+                    }
+                    armed = deadline;
+                }
+                let wake = std::future::poll_fn(|cx| {
+                    // The WebSocket first: polling it also writes what was queued on it.
+                    if let Some(ws) = &mut self.ws
+                        && let Poll::Ready(m) = ws.poll_recv(cx)
+                    {
+                        return Poll::Ready(Wake::Ws(m));
+                    }
+                    self.closing.retain_mut(|ws| !closed(ws, cx));
+                    if let Poll::Ready(cmd) = self.mailbox.poll_recv(cx) {
+                        return Poll::Ready(Wake::Cmd(cmd));
+                    }
+                    if let Poll::Ready(out) = self.app.poll_output(cx) {
+                        return Poll::Ready(Wake::App(out));
+                    }
+                    if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                    if let Some(held) = &mut self.held
+                        && held.poll_closed(cx).is_ready()
+                    {
+                        return Poll::Ready(Wake::PollGone);
+                    }
+                    if !stopping && stop.poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
+                    }
+                    // The WebSocket wrote what it could: the hub counts what is left.
+                    self.app.on_buffered(self.buffered());
+                    Poll::Pending
+                })
+                .await;
+                let now = std::time::Instant::now();
+                match wake {
+                    Wake::Ws(Some(Ok(message))) => self.ws_frame(frame_of(message), now),
+                    Wake::Ws(_) => {
+                        self.ws = None;
+                        self.session.ws_closed();
+                    }
+                    Wake::Cmd(cmd) => self.command(cmd, now),
+                    Wake::App(out) => self.deliver(out, now),
+                    Wake::Timer => {
+                        // Re-armed below even when the deadline stays the same.
+                        armed = None;
+                        self.session.on_timer(now);
+                        let out = self.app.on_timer(now);
+                        self.deliver(out, now);
+                    }
+                    Wake::PollGone => {
+                        self.held = None;
+                        self.session.poll_aborted();
+                    }
+                    Wake::Shutdown => {
+                        stopping = true;
+                        self.session.close(now);
+                    }
+                }
+            }
+            self.engine
+                .sessions
+                .lock()
+                .remove(self.session.sid().as_str());
+            self.mailbox.close();
             self.flush();
-            self.app.on_buffered(self.session.buffered());
-            if self.session.is_finished() {
-                break;
+            if let Some(held) = self.held.take() {
+                let _ = held.send(Err(RequestError::UnknownSid(
+                    self.session.sid().to_string(),
+                )));
             }
-            let deadline = [self.session.next_deadline(), self.app.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(Instant::from_std);
-            if deadline != armed {
-                if let Some(d) = deadline {
-                    timer.as_mut().reset(d);
+            self.close_ws();
+            tracing::debug!(sid = %self.session.sid(), reason = ?self.session.close_reason(), "Engine.IO session closed");
+            // The application's clients end (they leave their channels), and the WebSockets' close
+            // handshakes run to their end (bounded by their close and write timeouts).
+            let mut app_done = false;
+            std::future::poll_fn(|cx| {
+                app_done = app_done || self.app.poll_close(cx).is_ready();
+                self.closing.retain_mut(|ws| !closed(ws, cx));
+                if app_done && self.closing.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
                 }
-                armed = deadline;
-            }
-            let wake = {
-                let held = &mut self.held;
-                let rx = &mut self.rx;
-                let app = &mut self.app;
-                tokio::select! {
-                    cmd = rx.recv() => Wake::Cmd(cmd),
-                    out = std::future::poll_fn(|cx| app.poll_output(cx)) => Wake::App(out),
-                    () = &mut timer, if armed.is_some() => Wake::Timer,
-                    () = poll_gone(held) => Wake::PollGone,
-                    () = &mut cancelled, if !stopping => Wake::Shutdown,
-                }
-            };
-            let now = std::time::Instant::now();
-            match wake {
-                Wake::Cmd(Some(cmd)) => self.command(cmd, now),
-                Wake::Cmd(None) => break,
-                Wake::App(out) => self.deliver(out, now),
-                Wake::Timer => {
-                    // Re-armed below even when the deadline stays the same.
-                    armed = None;
-                    self.session.on_timer(now);
-                    let out = self.app.on_timer(now);
-                    self.deliver(out, now);
-                }
-                Wake::PollGone => {
-                    self.held = None;
-                    self.session.poll_aborted();
-                }
-                Wake::Shutdown => {
-                    stopping = true;
-                    self.session.close(now);
-                }
-            }
+            })
+            .await;
         }
-        self.engine
-            .sessions
-            .lock()
-            .remove(self.session.sid().as_str());
-        self.flush();
-        if let Some(held) = self.held.take() {
-            let _ = held.send(Err(RequestError::UnknownSid(
-                self.session.sid().to_string(),
-            )));
-        }
-        self.close_ws();
-        tracing::debug!(sid = %self.session.sid(), reason = ?self.session.close_reason(), "Engine.IO session closed");
+    }
+
+    /// Bytes waiting for the client: what the session holds, and what its WebSocket has not
+    /// written yet.
+    fn buffered(&self) -> usize {
+        self.session.buffered() + self.ws.as_ref().map_or(0, |ws| ws.queued_bytes())
     }
 
     fn command(&mut self, cmd: Cmd, now: std::time::Instant) {
@@ -579,38 +670,48 @@ impl Actor {
                 }
             }
             Cmd::PostAborted => self.session.post_aborted(),
-            Cmd::WsBegin { id, out, reply } => {
+            Cmd::WsBegin { id, reply } => {
                 let result = self.session.ws_begin(now);
                 if result.is_ok() {
+                    // An abandoned probe's WebSocket, if still open, goes.
                     self.close_ws();
-                    self.ws = Some((id, out));
+                    self.probing = Some(id);
                 }
                 let _ = reply.send(result);
             }
-            Cmd::WsFrame { id, frame } => {
-                if self.ws.as_ref().is_none_or(|(current, _)| *current != id) {
-                    return;
-                }
-                match self.session.ws_frame(*frame, now) {
-                    Ok(WsOutcome::Message(m)) => {
-                        let out = self.app.on_message(m, now);
-                        self.deliver(out, now);
-                    }
-                    Ok(WsOutcome::Reply(frame)) => self.ws_send(frame),
-                    Ok(WsOutcome::Upgraded | WsOutcome::Nothing) => {}
-                    Err(WsError::ProbeFailed(why)) => {
-                        tracing::debug!(sid = %self.session.sid(), why, "Engine.IO upgrade abandoned");
-                        self.close_ws();
-                    }
-                    Err(WsError::Closed(_)) => {}
+            Cmd::WsAttach { id, mut ws } => {
+                if self.probing == Some(id) && self.session.is_upgrading() {
+                    self.probing = None;
+                    self.close_ws();
+                    self.ws = Some(ws);
+                } else {
+                    // Its probe was abandoned (timed out) before the upgrade completed.
+                    ws.close(CloseCode::NORMAL, "");
+                    self.closing.push(*ws);
                 }
             }
-            Cmd::WsClosed { id } => {
-                if self.ws.as_ref().is_some_and(|(current, _)| *current == id) {
-                    self.ws = None;
+            Cmd::WsLost { id } => {
+                if self.probing == Some(id) {
+                    self.probing = None;
                     self.session.ws_closed();
                 }
             }
+        }
+    }
+
+    fn ws_frame(&mut self, frame: Frame, now: std::time::Instant) {
+        match self.session.ws_frame(frame, now) {
+            Ok(WsOutcome::Message(m)) => {
+                let out = self.app.on_message(m, now);
+                self.deliver(out, now);
+            }
+            Ok(WsOutcome::Reply(frame)) => self.ws_send(frame),
+            Ok(WsOutcome::Upgraded | WsOutcome::Nothing) => {}
+            Err(WsError::ProbeFailed(why)) => {
+                tracing::debug!(sid = %self.session.sid(), why, "Engine.IO upgrade abandoned");
+                self.close_ws();
+            }
+            Err(WsError::Closed(_)) => {}
         }
     }
 
@@ -648,6 +749,7 @@ impl Actor {
             self.ws_send(frame);
         }
         if self.session.take_probe_abandoned() {
+            self.probing = None;
             self.close_ws();
         }
         if self.session.is_closed() {
@@ -656,28 +758,61 @@ impl Actor {
     }
 
     fn ws_send(&mut self, frame: Frame) {
-        let full = match &self.ws {
-            Some((_, out)) => out.try_send(WsOut::Frame(frame)).is_err(),
-            None => false,
+        let Some(ws) = &mut self.ws else {
+            return;
         };
-        if full {
-            // The client does not read: as a slow consumer elsewhere, it is dropped.
+        // An error means the WebSocket is closing: its end is seen when it is polled next.
+        let _ = match frame {
+            Frame::Text(t) => ws.send(Message::text(t)),
+            Frame::Binary(b) => ws.send(Message::Binary(b)),
+            // A publication: framed once for every subscriber's WebSocket.
+            Frame::Shared(s) => {
+                match s.framed(|packet| SharedMessage::new(Message::Text(packet.clone()))) {
+                    Some(m) => ws.send_shared(m),
+                    None => ws.send(Message::Text(s.packet().clone())),
+                }
+            }
+        };
+        if ws.queued_bytes() > self.session.config().max_buffered {
+            // The client does not read: as a slow consumer elsewhere, it is dropped (the hub's
+            // own bound, which counts these bytes too, is lower and usually comes first).
             self.close_ws();
             self.session.ws_closed();
         }
     }
 
+    /// Closes the session's WebSocket (its close handshake runs on in this task).
     fn close_ws(&mut self) {
-        if let Some((_, out)) = self.ws.take() {
-            let _ = out.try_send(WsOut::Close);
+        if let Some(mut ws) = self.ws.take() {
+            ws.close(CloseCode::NORMAL, "");
+            self.closing.push(*ws);
         }
     }
 }
 
-/// Resolves when the held poll's request is gone (its client disconnected).
-async fn poll_gone(held: &mut Option<oneshot::Sender<Result<String, RequestError>>>) {
-    match held {
-        Some(tx) => tx.closed().await,
-        None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn returned_size<R>(_: impl FnOnce(Actor) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    /// What an idle session holds in its task, item by item (`cargo test -p switchboard sizes --
+    /// --nocapture` prints them).
+    #[test]
+    fn sizes() {
+        let sizes = [
+            ("Actor", size_of::<Actor>()),
+            ("Session", size_of::<Session>()),
+            ("eio::Config", size_of::<eio::Config>()),
+            ("WebSocket", size_of::<WebSocket<Io>>()),
+            ("Cmd", size_of::<Cmd>()),
+            ("MailboxState", size_of::<MailboxState>()),
+            ("run() future", returned_size(Actor::run)),
+        ];
+        for (what, size) in sizes {
+            eprintln!("{what}: {size} bytes");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Socket.IO sockets as switchboard clients: the main namespace of an Engine.IO session is one
-//! client of the hub, run by [`switchboard_hub::drive`] over a [`SioWire`] in a task of its own.
+//! client of the hub, run by [`switchboard_hub::drive`] over a [`SioWire`] inside the session's
+//! task (the application polls it; they hand each other packets through a [`Pipe`]).
 //!
 //! The mapping (docs/socketio.md has the whole of it):
 //!
@@ -20,7 +21,9 @@
 //!   channels' history; no session record is kept anywhere.
 //! - The server's `disconnect` ends the socket with `DISCONNECT` and closes the Engine.IO session.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -33,21 +36,38 @@ use switchboard_hub::{End, Node, Upstream, Wire};
 use switchboard_protocol::{DisconnectCode, Frame};
 use switchboard_socketio::eio::{Data, SharedText};
 use switchboard_socketio::sio::{self, Connection, Decoder, Incoming, MAIN_NAMESPACE, Packet};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::engine::{App, AppFactory};
 
-/// What the session's task tells the client's. Boxed: a channel allocates room for 32 of these
-/// up front, for every socket, however idle.
-enum ToClient {
-    /// A packet of the socket's namespace (`CONNECT` first).
-    Packet(Box<Packet>),
+/// What a socket's [`SioWire`] and the session's application hand each other. Both sides run in the
+/// session's task, which polls the socket's hub client after every event: no channel and no
+/// wake-up between them.
+#[derive(Default)]
+struct Pipe(parking_lot::Mutex<PipeState>);
+
+#[derive(Default)]
+struct PipeState {
+    /// Packets of the socket's namespace for its hub client (`CONNECT` first).
+    up: VecDeque<Packet>,
+    /// What the hub client has for the session.
+    down: Vec<ToSession>,
+    /// The socket left its namespace, or the session ended: the hub client ends.
+    closed: bool,
 }
 
-/// What the client's task tells the session's. The rare variants are boxed: a channel allocates
-/// room for 32 of these up front, for every socket, however idle.
+impl Pipe {
+    /// Everything the hub client had for the session.
+    fn take_down(&self) -> Vec<ToSession> {
+        std::mem::take(&mut self.0.lock().down)
+    }
+
+    fn close(&self) {
+        self.0.lock().closed = true;
+    }
+}
+
+/// What a socket's hub client tells the session. The rare variants are boxed.
 #[derive(Debug)]
 enum ToSession {
     /// The hub accepted the connection: the socket id, and the pid when recovery is on.
@@ -81,8 +101,11 @@ struct Refused {
     code: u32,
 }
 
-/// Frames the client's task may queue for the session's before the session counts as slow.
+/// Packets a socket's hub client may leave unread before the session counts as too slow.
 const QUEUE: usize = 1024;
+
+/// A socket's hub client: [`switchboard_hub::drive`] over its [`SioWire`].
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the hub application needs from the server.
 #[derive(Clone)]
@@ -91,8 +114,6 @@ pub struct Env {
     pub node: Arc<Node>,
     /// The server's shutdown.
     pub shutdown: CancellationToken,
-    /// Tracks client tasks.
-    pub tracker: TaskTracker,
     /// How clients are told to come back after a shutdown.
     pub restart: crate::config::ShutdownConfig,
 }
@@ -118,95 +139,137 @@ pub fn app(env: Env, mapping: Mapping) -> AppFactory {
             env: env.clone(),
             connection: Connection::new(decoder, mapping.connect_timeout, now),
             mapping: mapping.clone(),
-            sockets: BTreeMap::new(),
+            sockets: Vec::new(),
+            ending: Vec::new(),
+            failed: None,
         })
     })
 }
 
-/// One joined (or joining) namespace: a hub client of its own.
+/// One joined (or joining) namespace: a hub client of its own, run in the session's task.
 struct Socket {
-    to_client: mpsc::Sender<ToClient>,
-    from_client: mpsc::Receiver<ToSession>,
+    namespace: String,
+    pipe: Arc<Pipe>,
     /// The hub client's queue, told what the Engine.IO session holds.
     hub_session: Arc<switchboard_hub::Session>,
+    /// The hub client's life; `None` once it ended.
+    driver: Option<Driver>,
 }
 
 struct HubApp {
     env: Env,
     mapping: Mapping,
     connection: Connection,
-    sockets: BTreeMap<String, Socket>,
+    /// Usually one (the main namespace).
+    sockets: Vec<Socket>,
+    /// The hub clients of sockets that left, running to their end (leaving their channels).
+    ending: Vec<Driver>,
+    /// Why the session must close, once what came before it was handed over.
+    failed: Option<String>,
+}
+
+/// What one message of a socket's hub client does.
+enum Step {
+    /// Messages for the client.
+    Send(Vec<Data>),
+    /// The connection was refused (its answer): the socket is gone.
+    Refused(Vec<Data>),
+    /// The socket leaves its namespace (its `DISCONNECT` went out already); the session closes
+    /// with its last socket.
+    Leave,
 }
 
 impl HubApp {
     /// Starts the hub client of a namespace's socket, on its `CONNECT`.
     fn start_client(&mut self, namespace: &str, prefix: &str) {
-        let (to_client, up) = mpsc::channel(QUEUE);
-        let (down, from_client) = mpsc::channel(QUEUE);
+        self.remove(namespace);
+        let pipe = Arc::new(Pipe::default());
         let client = self.env.node.client_with("socketio", None);
         let hub_session = Arc::clone(client.session());
-        let mut wire = SioWire::new(up, down, self.mapping.parser, self.mapping.recovery);
+        let mut wire = SioWire::new(
+            Arc::clone(&pipe),
+            self.mapping.parser,
+            self.mapping.recovery,
+        );
         wire.namespace = namespace.to_owned();
         wire.prefix = prefix.to_owned();
-        let shutdown = self.env.shutdown.clone();
         let restart = self.env.restart.clone();
-        self.env.tracker.spawn(async move {
-            switchboard_hub::drive(client, wire, &shutdown, || restart.reconnect_delay_ms()).await;
+        let driver: Driver = Box::pin(switchboard_hub::drive(
+            client,
+            wire,
+            self.env.shutdown.clone(),
+            move || restart.reconnect_delay_ms(),
+        ));
+        self.sockets.push(Socket {
+            namespace: namespace.to_owned(),
+            pipe,
+            hub_session,
+            driver: Some(driver),
         });
-        self.sockets.insert(
-            namespace.to_owned(),
-            Socket {
-                to_client,
-                from_client,
-                hub_session,
-            },
-        );
+    }
+
+    /// The socket of `namespace` leaves: its hub client ends (in this task, see `ending`).
+    fn remove(&mut self, namespace: &str) {
+        if let Some(i) = self.sockets.iter().position(|s| s.namespace == namespace) {
+            self.end_socket(i);
+        }
+    }
+
+    fn end_socket(&mut self, i: usize) {
+        let socket = self.sockets.remove(i);
+        socket.pipe.close();
+        self.ending.extend(socket.driver);
     }
 
     fn forward(&mut self, packet: Packet) -> Result<(), String> {
-        let Some(socket) = self.sockets.get(&packet.namespace) else {
+        let Some(socket) = self
+            .sockets
+            .iter()
+            .find(|s| s.namespace == packet.namespace)
+        else {
             return Err("no client for a packet".into());
         };
-        socket
-            .to_client
-            .try_send(ToClient::Packet(Box::new(packet)))
-            .map_err(|_| "the client does not keep up with its socket's packets".to_owned())
+        let mut pipe = socket.pipe.0.lock();
+        if pipe.up.len() >= QUEUE {
+            return Err("the client does not keep up with its socket's packets".to_owned());
+        }
+        pipe.up.push_back(packet);
+        Ok(())
     }
+}
 
-    /// One message of a namespace's client, as Engine.IO messages.
-    fn output(&mut self, namespace: &str, msg: ToSession) -> Result<Vec<Data>, String> {
-        let parser = self.mapping.parser;
-        Ok(match msg {
-            ToSession::Accepted(accepted) => {
-                let Accepted { sid, pid } = *accepted;
-                let mut accepted = self.connection.accept(namespace, &sid);
-                if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
-                    data.insert("pid".into(), Value::String(pid));
-                }
-                parser.encode(&accepted)
+/// One message of a namespace's hub client, as Engine.IO messages.
+fn output(
+    connection: &mut Connection,
+    parser: sio::Parser,
+    namespace: &str,
+    msg: ToSession,
+) -> Result<Step, String> {
+    Ok(match msg {
+        ToSession::Accepted(accepted) => {
+            let Accepted { sid, pid } = *accepted;
+            let mut accepted = connection.accept(namespace, &sid);
+            if let (Some(pid), Some(Value::Object(data))) = (pid, &mut accepted.data) {
+                data.insert("pid".into(), Value::String(pid));
             }
-            ToSession::Refused(refused) => {
-                let Refused { message, code } = *refused;
-                self.sockets.remove(namespace);
-                let p = self
-                    .connection
-                    .refuse(namespace, &message, Some(json!({ "code": code })));
-                parser.encode(&p)
-            }
-            ToSession::Packets(packets) => packets.iter().flat_map(|p| parser.encode(p)).collect(),
-            ToSession::Encoded(text) => vec![Data::Shared(text)],
-            ToSession::Leave => {
-                // Its DISCONNECT went out already.
-                let _ = self.connection.disconnect(namespace);
-                self.sockets.remove(namespace);
-                if self.sockets.is_empty() {
-                    return Err("disconnected by the server".into());
-                }
-                Vec::new()
-            }
-            ToSession::Close => return Err("disconnected by the server".into()),
-        })
-    }
+            Step::Send(parser.encode(&accepted))
+        }
+        ToSession::Refused(refused) => {
+            let Refused { message, code } = *refused;
+            let p = connection.refuse(namespace, &message, Some(json!({ "code": code })));
+            Step::Refused(parser.encode(&p))
+        }
+        ToSession::Packets(packets) => {
+            Step::Send(packets.iter().flat_map(|p| parser.encode(p)).collect())
+        }
+        ToSession::Encoded(text) => Step::Send(vec![Data::Shared(text)]),
+        ToSession::Leave => {
+            // Its DISCONNECT went out already.
+            let _ = connection.disconnect(namespace);
+            Step::Leave
+        }
+        ToSession::Close => return Err("disconnected by the server".into()),
+    })
 }
 
 impl App for HubApp {
@@ -244,7 +307,7 @@ impl App for HubApp {
             }
             // The client left a namespace: its hub client ends with it.
             Incoming::Disconnect { namespace } => {
-                self.sockets.remove(&namespace);
+                self.remove(&namespace);
                 Ok(Vec::new())
             }
         }
@@ -257,7 +320,7 @@ impl App for HubApp {
     fn on_buffered(&mut self, bytes: usize) {
         // What the Engine.IO session holds (no poll took it yet) counts as held by each socket's
         // wire: the slow-consumer rule (3008) is the same as on every transport.
-        for socket in self.sockets.values() {
+        for socket in &self.sockets {
             socket.hub_session.set_transport_queued(bytes);
         }
     }
@@ -267,22 +330,80 @@ impl App for HubApp {
         Ok(Vec::new())
     }
 
+    /// Runs every socket's hub client (it takes the packets forwarded since, and moves its queue
+    /// onto its wire), and hands what they had for the client to the session.
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
-        let mut ready = None;
-        for (namespace, socket) in &mut self.sockets {
-            if let Poll::Ready(msg) = socket.from_client.poll_recv(cx) {
-                ready = Some((namespace.clone(), msg));
+        if let Some(why) = self.failed.take() {
+            return Poll::Ready(Err(why));
+        }
+        self.ending
+            .retain_mut(|driver| driver.as_mut().poll(cx).is_pending());
+        let parser = self.mapping.parser;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.sockets.len() {
+            let socket = &mut self.sockets[i];
+            if let Some(driver) = &mut socket.driver
+                && driver.as_mut().poll(cx).is_ready()
+            {
+                socket.driver = None;
+            }
+            let mut leave = None;
+            for msg in socket.pipe.take_down() {
+                match output(&mut self.connection, parser, &socket.namespace, msg) {
+                    Ok(Step::Send(data)) => out.extend(data),
+                    Ok(Step::Refused(data)) => {
+                        out.extend(data);
+                        leave = Some(false);
+                        break;
+                    }
+                    Ok(Step::Leave) => {
+                        leave = Some(true);
+                        break;
+                    }
+                    Err(why) => {
+                        self.failed = Some(why);
+                        break;
+                    }
+                }
+            }
+            if self.failed.is_some() {
                 break;
             }
+            if let Some(last_closes) = leave {
+                self.end_socket(i);
+                if last_closes && self.sockets.is_empty() {
+                    self.failed = Some("disconnected by the server".into());
+                }
+                continue;
+            }
+            if socket.driver.is_none() {
+                self.end_socket(i);
+                self.failed = Some("the hub client ended".into());
+                break;
+            }
+            i += 1;
         }
-        let Some((namespace, msg)) = ready else {
-            return Poll::Pending;
-        };
-        let Some(msg) = msg else {
-            self.sockets.remove(&namespace);
-            return Poll::Ready(Err("the hub client ended".into()));
-        };
-        Poll::Ready(self.output(&namespace, msg))
+        if !out.is_empty() {
+            return Poll::Ready(Ok(out));
+        }
+        match self.failed.take() {
+            Some(why) => Poll::Ready(Err(why)),
+            None => Poll::Pending,
+        }
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.sockets.is_empty() {
+            self.end_socket(0);
+        }
+        self.ending
+            .retain_mut(|driver| driver.as_mut().poll(cx).is_pending());
+        if self.ending.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -349,8 +470,8 @@ pub const POSITION_EVENT: &str = "switchboard:position";
 
 /// The client's side: Socket.IO packets in, protocol frames out.
 struct SioWire {
-    up: mpsc::Receiver<ToClient>,
-    down: mpsc::Sender<ToSession>,
+    /// Packets in, messages for the session out.
+    pipe: Arc<Pipe>,
     /// The endpoint's parser: publications are encoded once per publication for the default one.
     parser: sio::Parser,
     pending: HashMap<u64, Pending>,
@@ -375,15 +496,9 @@ struct SioWire {
 }
 
 impl SioWire {
-    fn new(
-        up: mpsc::Receiver<ToClient>,
-        down: mpsc::Sender<ToSession>,
-        parser: sio::Parser,
-        recovery: bool,
-    ) -> Self {
+    fn new(pipe: Arc<Pipe>, parser: sio::Parser, recovery: bool) -> Self {
         Self {
-            up,
-            down,
+            pipe,
             parser,
             pending: HashMap::new(),
             next_id: 1,
@@ -554,11 +669,7 @@ impl SioWire {
             rec.held.push((channel, msg));
             return;
         }
-        if self.down.try_send(msg).is_err() {
-            // The session's task does not keep up: the Engine.IO session closes, and with it
-            // this client (its channel closes).
-            self.open = false;
-        }
+        self.pipe.0.lock().down.push(msg);
     }
 
     /// Tells the client its rooms' positions (a room joined or left without a publication).
@@ -668,6 +779,10 @@ impl SioWire {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
+        if self.pending.is_empty() {
+            // An idle socket keeps no room for replies.
+            self.pending = HashMap::new();
+        }
         let namespace = self.namespace.clone();
         let ack_of = |ack: u64, args: Vec<Value>| {
             ToSession::Packets(vec![Packet::ack(&namespace, ack, args)])
@@ -899,7 +1014,9 @@ fn publication_packet(namespace: &str, channel: &str, publication: &Value) -> Pa
 
 impl Wire for SioWire {
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
-        self.waker = Some(cx.waker().clone());
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
         if !self.outbox.is_empty() {
             let cmds = std::mem::take(&mut self.outbox);
             if let Some(b) = lines(cmds) {
@@ -907,8 +1024,23 @@ impl Wire for SioWire {
             }
         }
         loop {
-            match std::task::ready!(self.up.poll_recv(cx)) {
-                Some(ToClient::Packet(p)) => {
+            let next = {
+                let mut pipe = self.pipe.0.lock();
+                match pipe.up.pop_front() {
+                    Some(p) => {
+                        if pipe.up.is_empty() {
+                            // An idle socket keeps no room for packets.
+                            pipe.up = VecDeque::new();
+                        }
+                        Some(p)
+                    }
+                    None if pipe.closed => None,
+                    // The session's task polls this client again after each packet it forwards.
+                    None => return Poll::Pending,
+                }
+            };
+            match next {
+                Some(p) => {
                     if let Some(cmd) = self.command(&p) {
                         return Poll::Ready(Upstream::Commands(cmd));
                     }
@@ -927,7 +1059,7 @@ impl Wire for SioWire {
     }
 
     fn is_open(&self) -> bool {
-        self.open && !self.down.is_closed()
+        self.open && !self.pipe.0.lock().closed
     }
 
     fn end(&mut self, end: End) {
@@ -938,15 +1070,14 @@ impl Wire for SioWire {
         if let End::Tell { code, .. } = end
             && !code.reconnect()
         {
-            let _ = self
-                .down
-                .try_send(ToSession::Packets(vec![Packet::disconnect(
-                    &self.namespace,
-                )]));
-            let _ = self.down.try_send(ToSession::Leave);
+            let mut pipe = self.pipe.0.lock();
+            pipe.down.push(ToSession::Packets(vec![Packet::disconnect(
+                &self.namespace,
+            )]));
+            pipe.down.push(ToSession::Leave);
             return;
         }
-        let _ = self.down.try_send(ToSession::Close);
+        self.pipe.0.lock().down.push(ToSession::Close);
     }
 
     async fn finish(self, _code: Option<DisconnectCode>) {}
@@ -956,16 +1087,28 @@ impl Wire for SioWire {
 mod tests {
     use super::*;
 
-    fn wire_with(recovery: bool) -> (SioWire, mpsc::Receiver<ToSession>) {
-        let (_up_tx, up) = mpsc::channel(4);
-        let (down, down_rx) = mpsc::channel(64);
+    /// What the wire hands the session, read as from a channel.
+    struct Down(Arc<Pipe>);
+
+    impl Down {
+        fn try_recv(&mut self) -> Result<ToSession, ()> {
+            let mut pipe = self.0.0.lock();
+            if pipe.down.is_empty() {
+                return Err(());
+            }
+            Ok(pipe.down.remove(0))
+        }
+    }
+
+    fn wire_with(recovery: bool) -> (SioWire, Down) {
+        let pipe = Arc::new(Pipe::default());
         (
-            SioWire::new(up, down, sio::Parser::Default, recovery),
-            down_rx,
+            SioWire::new(Arc::clone(&pipe), sio::Parser::Default, recovery),
+            Down(pipe),
         )
     }
 
-    fn wire() -> (SioWire, mpsc::Receiver<ToSession>) {
+    fn wire() -> (SioWire, Down) {
         wire_with(false)
     }
 
@@ -989,7 +1132,7 @@ mod tests {
     }
 
     /// What the session got for one frame.
-    fn reply(w: &mut SioWire, down: &mut mpsc::Receiver<ToSession>, json: &str) -> Vec<ToSession> {
+    fn reply(w: &mut SioWire, down: &mut Down, json: &str) -> Vec<ToSession> {
         w.translate(&Frame::new(Bytes::from(json.to_owned())));
         std::iter::from_fn(|| down.try_recv().ok()).collect()
     }
@@ -1320,6 +1463,42 @@ mod tests {
                 r#"2["switchboard:position","[]"]"#
             ]
         );
+    }
+
+    /// What an idle socket holds, item by item (`cargo test -p switchboard sizes -- --nocapture`
+    /// prints them); the bounds keep them from growing unnoticed.
+    #[tokio::test]
+    async fn sizes() {
+        let node = Node::new(
+            Arc::new(switchboard_engine::MemoryEngine::new()),
+            switchboard_hub::NodeConfig::default(),
+            None,
+        );
+        let client = node.client_with("socketio", None);
+        let wire = SioWire::new(Arc::default(), sio::Parser::Default, false);
+        let driver: Driver = Box::pin(switchboard_hub::drive(
+            client,
+            wire,
+            CancellationToken::new(),
+            || 0,
+        ));
+        let sizes = [
+            ("SioWire", size_of::<SioWire>()),
+            ("hub Client", size_of::<switchboard_hub::Client>()),
+            ("hub Session", size_of::<switchboard_hub::Session>()),
+            ("driver future", size_of_val(&*driver)),
+            ("Socket", size_of::<Socket>()),
+            ("HubApp", size_of::<HubApp>()),
+            ("Env", size_of::<Env>()),
+            ("Mapping", size_of::<Mapping>()),
+            ("Connection", size_of::<Connection>()),
+            ("PipeState", size_of::<PipeState>()),
+            ("ToSession", size_of::<ToSession>()),
+        ];
+        for (what, size) in sizes {
+            eprintln!("{what}: {size} bytes");
+        }
+        assert!(size_of_val(&*driver) <= 640, "{sizes:?}");
     }
 
     fn futures_task_noop() -> Waker {

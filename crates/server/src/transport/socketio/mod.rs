@@ -2,8 +2,11 @@
 //! them) at `[socketio] path`, with Socket.IO v5 on top. The protocols themselves live in
 //! `switchboard-socketio` (no I/O); this module gives them HTTP, WebSocket and time.
 //!
-//! One task per Engine.IO session owns its state ([`engine`]); requests and WebSocket frames reach
-//! it through a channel, so a session's packets stay in order whatever transport carries them.
+//! One task per Engine.IO session owns its state ([`engine`]): the session, its WebSocket (polled
+//! by the task itself, the probing one too during an upgrade) and the hub client of each of its
+//! Socket.IO sockets (run inside the task, not spawned). Polling requests reach it through a
+//! channel, so a session's packets stay in order whatever transport carries them; a delivery to a
+//! WebSocket client crosses no channel and wakes one task, as on the native WebSocket transport.
 //! Sessions live on the node that opened them, and their sids name it: a polling request that lands
 //! on another node is relayed there ([`relayed`]), so a load balancer needs no sticky sessions
 //! (unlike the reference server). A WebSocket upgrade that lands elsewhere is refused, and the client
@@ -95,7 +98,6 @@ pub fn router(
         let env = hub::Env {
             node: Arc::clone(node),
             shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
             restart: config.shutdown.clone(),
         };
         mount(
