@@ -31,80 +31,90 @@ enum Event {
 /// `shutdown` is the server's: when it is cancelled the client is told to reconnect
 /// ([`DisconnectCode::Shutdown`]) after `reconnect_delay_ms()` milliseconds, a number each client
 /// draws for itself so that a restart does not bring every client back in the same second.
-pub async fn drive<W: Wire>(
+///
+/// Not an `async fn`: its future is part of every connection's task for the connection's whole life,
+/// and an `async fn`'s future keeps each argument twice, as the argument and as the local it is moved
+/// into (rust-lang/rust#62958). The block below captures the client and the wire once.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn drive<W: Wire>(
     mut client: Client,
     mut wire: W,
     shutdown: &CancellationToken,
     reconnect_delay_ms: impl Fn() -> u64,
-) {
-    let session = std::sync::Arc::clone(client.session());
-    let sent = client.node_metrics().messages_out(client.transport());
-    let mut stop = ShutdownSignal::new(shutdown);
-    let end: Result<DisconnectCode, Option<DisconnectCode>> = loop {
-        let event = std::future::poll_fn(|cx| {
-            loop {
-                // The wire first: commands must not starve under a flood of publications, and
-                // polling a WebSocket also writes what is queued on it.
-                if let Poll::Ready(up) = wire.poll_upstream(cx) {
-                    return Poll::Ready(Event::Upstream(up));
-                }
-                if wire.ready() {
-                    match drain(&session, &mut wire, &sent, cx) {
-                        Poll::Ready(Some(Signal::Disconnect(code))) => {
-                            return Poll::Ready(Event::Disconnect(code));
+) -> impl Future<Output = ()> {
+    async move {
+        let session = std::sync::Arc::clone(client.session());
+        let sent = client.node_metrics().messages_out(client.transport());
+        let mut stop = ShutdownSignal::new(shutdown);
+        let end: Result<DisconnectCode, Option<DisconnectCode>> = loop {
+            let event = std::future::poll_fn(|cx| {
+                loop {
+                    // The wire first: commands must not starve under a flood of publications, and
+                    // polling a WebSocket also writes what is queued on it.
+                    if let Poll::Ready(up) = wire.poll_upstream(cx) {
+                        return Poll::Ready(Event::Upstream(up));
+                    }
+                    if wire.ready() {
+                        match drain(&session, &mut wire, &sent, cx) {
+                            Poll::Ready(Some(Signal::Disconnect(code))) => {
+                                return Poll::Ready(Event::Disconnect(code));
+                            }
+                            Poll::Ready(Some(Signal::Control)) => {
+                                return Poll::Ready(Event::Control);
+                            }
+                            // Frames moved: the wire may write them now.
+                            Poll::Ready(None) => continue,
+                            Poll::Pending => {}
                         }
-                        Poll::Ready(Some(Signal::Control)) => return Poll::Ready(Event::Control),
-                        // Frames moved: the wire may write them now.
-                        Poll::Ready(None) => continue,
-                        Poll::Pending => {}
+                    }
+                    if wire.is_open() && stop.poll(cx).is_ready() {
+                        return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
+                    }
+                    return Poll::Pending;
+                }
+            })
+            .await;
+            match event {
+                Event::Upstream(Upstream::Commands(frame)) => {
+                    let outcome = client.handle_frame(&frame).await;
+                    // The replies are on the wire before it hears the outcome: an HTTP client that
+                    // polls right after its POST is answered finds them.
+                    drain_now(&session, &mut wire, &sent, false);
+                    wire.handled(outcome);
+                    if let Err(code) = outcome {
+                        break Ok(code);
                     }
                 }
-                if wire.is_open() && stop.poll(cx).is_ready() {
-                    return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
-                }
-                return Poll::Pending;
+                Event::Upstream(Upstream::End(code)) | Event::Disconnect(code) => break Ok(code),
+                Event::Upstream(Upstream::Gone(code)) => break Err(code),
+                Event::Control => client.apply_controls().await,
             }
-        })
-        .await;
-        match event {
-            Event::Upstream(Upstream::Commands(frame)) => {
-                let outcome = client.handle_frame(&frame).await;
-                // The replies are on the wire before it hears the outcome: an HTTP client that
-                // polls right after its POST is answered finds them.
-                drain_now(&session, &mut wire, &sent, false);
-                wire.handled(outcome);
-                if let Err(code) = outcome {
-                    break Ok(code);
-                }
+        };
+        let code = match end {
+            Ok(code) if wire.is_open() => {
+                // Replies queued before the decision (an error explaining it, say) go first; a slow
+                // client's queue was already dropped by its session.
+                drain_now(&session, &mut wire, &sent, true);
+                let delay = (code == DisconnectCode::Shutdown).then(&reconnect_delay_ms);
+                let push = encode::disconnect_push_after(code, delay);
+                wire.end(End::Tell { code, push });
+                Some(code)
             }
-            Event::Upstream(Upstream::End(code)) | Event::Disconnect(code) => break Ok(code),
-            Event::Upstream(Upstream::Gone(code)) => break Err(code),
-            Event::Control => client.apply_controls().await,
-        }
-    };
-    let code = match end {
-        Ok(code) if wire.is_open() => {
-            // Replies queued before the decision (an error explaining it, say) go first; a slow
-            // client's queue was already dropped by its session.
-            drain_now(&session, &mut wire, &sent, true);
-            let delay = (code == DisconnectCode::Shutdown).then(&reconnect_delay_ms);
-            let push = encode::disconnect_push_after(code, delay);
-            wire.end(End::Tell { code, push });
-            Some(code)
-        }
-        Ok(code) => {
-            wire.end(End::Silent);
-            Some(code)
-        }
-        Err(code) => {
-            wire.end(End::Silent);
-            code
-        }
-    };
-    // Counted and out of its channels now, when the decision is made: delivering the end may take
-    // long with a client that does not read (a slow one).
-    client.close(code).await;
-    wire.finish(code).await;
+            Ok(code) => {
+                wire.end(End::Silent);
+                Some(code)
+            }
+            Err(code) => {
+                wire.end(End::Silent);
+                code
+            }
+        };
+        // Counted and out of its channels now, when the decision is made: delivering the end may take
+        // long with a client that does not read (a slow one). Both boxed: they hold the client and the
+        // wire by value, and inline they would be sized into the task for its whole life.
+        Box::pin(client.close(code)).await;
+        Box::pin(wire.finish(code)).await;
+    }
 }
 
 /// Moves queued frames onto the wire while it takes them. `Ready(Some(signal))` when the client
