@@ -116,7 +116,8 @@ pub fn drive<W: Wire>(
             }
         };
         // Counted and out of its channels now, when the decision is made: delivering the end may take
-        // long with a client that does not read (a slow one).
+        // long with a client that does not read (a slow one). Both boxed: they hold the client and the
+        // wire by value, and inline they would be sized into the task for its whole life.
         Box::pin(client.close(code)).await;
         Box::pin(wire.finish(code)).await;
     }

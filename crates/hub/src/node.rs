@@ -93,7 +93,8 @@ pub struct Node {
     /// What `/metrics` reports.
     pub(crate) metrics: Metrics,
     /// Connected clients by id, with their user: for token expiry and the server API.
-    clients: Mutex<HashMap<String, (String, Arc<Session>)>>,
+    /// Keyed by the session's own id string (shared, not copied).
+    clients: Mutex<Registry>,
     /// Results of recent server publishes by idempotency key, with when they are forgotten.
     idempotency: Mutex<HashMap<String, (StreamPosition, Instant)>>,
     started: Instant,
@@ -330,7 +331,7 @@ impl Node {
         let clients = self.clients.lock();
         let mut n = 0;
         for (id, (u, session)) in clients.iter() {
-            if u == user && client.is_none_or(|c| c == id) {
+            if u == user && client.is_none_or(|c| c == &**id) {
                 f(session);
                 n += 1;
             }
@@ -464,7 +465,7 @@ impl Node {
 
     pub(crate) fn register(&self, session: &Arc<Session>, user: &str) {
         self.clients.lock().insert(
-            session.client_id().to_owned(),
+            Arc::clone(session.shared_client_id()),
             (user.to_owned(), Arc::clone(session)),
         );
     }
@@ -478,6 +479,9 @@ impl Node {
         self.hub.subscriber_count(channel)
     }
 }
+
+/// Connected clients by id (the session's own string), with their user and session.
+type Registry = HashMap<Arc<str>, (String, Arc<Session>)>;
 
 /// Hands the engine's deliveries to the hub. Holds the node weakly: the node owns the engine.
 struct Delivery(Weak<Node>);

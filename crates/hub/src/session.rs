@@ -13,7 +13,8 @@
 //! of its bound (see [`Control::Replay`]), while the channel's live publications are not queued (the
 //! replay reads them from history in turn) until the replay has caught up with the live stream.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
@@ -27,7 +28,8 @@ use crate::small_map::SmallMap;
 #[derive(Debug)]
 pub struct Session {
     key: u64,
-    client: String,
+    /// Shared with the node's registry of connected clients, which is keyed by it.
+    client: Arc<str>,
     limit: usize,
     /// Unix seconds when the connection's token expires; 0: never. Read by the node's expiry sweep.
     expires_at: AtomicU64,
@@ -57,7 +59,7 @@ struct Outbox {
     controls: Vec<Control>,
     /// Channels whose missed publications the client's task is replaying from history: their live
     /// publications are not queued, since the replay reads them from history when it gets there.
-    replaying: HashSet<String>,
+    replaying: SmallMap<()>,
     /// A [`Control::Replay`] order is queued or being carried out.
     replay_asked: bool,
     /// Channels just subscribed with history: the offset up to which the client has the publications
@@ -100,7 +102,7 @@ impl Session {
     pub fn new(key: u64, client: String, limit: usize) -> Self {
         Self {
             key,
-            client,
+            client: client.into(),
             limit,
             expires_at: AtomicU64::new(0),
             sub_expires_at: AtomicU64::new(0),
@@ -113,6 +115,11 @@ impl Session {
 
     /// The client's id.
     pub fn client_id(&self) -> &str {
+        &self.client
+    }
+
+    /// The client's id, to share.
+    pub(crate) fn shared_client_id(&self) -> &Arc<str> {
         &self.client
     }
 
@@ -187,7 +194,7 @@ impl Session {
             self.account(&mut ob, len);
             return;
         }
-        if !ob.replaying.is_empty() && ob.replaying.contains(channel) {
+        if !ob.replaying.is_empty() && ob.replaying.contains_key(channel) {
             // Still in history: the replay queues it in its turn.
             return;
         }
@@ -267,7 +274,7 @@ impl Session {
         if ob.closed.is_some() {
             return;
         }
-        ob.replaying.insert(channel.to_owned());
+        ob.replaying.insert(channel.to_owned(), ());
         self.enqueue(&mut ob, reply);
         self.ask_replay_if_due(&mut ob);
     }

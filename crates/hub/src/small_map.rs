@@ -15,8 +15,10 @@ const FEW: usize = 8;
 pub enum SmallMap<V> {
     /// Few entries, searched in order.
     Few(Vec<(String, V)>),
-    /// Many entries.
-    Many(HashMap<String, V>),
+    /// Many entries. Boxed, so that the map is the size of a vector (24 bytes rather than 56) in
+    /// the per-client structs that hold several, most of them empty.
+    #[allow(clippy::box_collection)] // on purpose: see above
+    Many(Box<HashMap<String, V>>),
 }
 
 impl<V> Default for SmallMap<V> {
@@ -80,7 +82,7 @@ impl<V> SmallMap<V> {
                 }
                 let mut m: HashMap<String, V> = std::mem::take(v).into_iter().collect();
                 m.insert(key, value);
-                *self = Self::Many(m);
+                *self = Self::Many(Box::new(m));
                 None
             }
             Self::Many(m) => m.insert(key, value),
@@ -130,7 +132,7 @@ impl<V> SmallMap<V> {
             Self::Few(v) if v.is_empty() => *v = Vec::new(),
             Self::Few(v) if v.capacity() > v.len() * 2 => v.shrink_to_fit(),
             Self::Many(m) if m.len() <= FEW / 2 => {
-                *self = Self::Few(std::mem::take(m).into_iter().collect());
+                *self = Self::Few(std::mem::take(&mut **m).into_iter().collect());
             }
             _ => {}
         }
@@ -164,7 +166,7 @@ impl<V> IntoIterator for SmallMap<V> {
     fn into_iter(self) -> Self::IntoIter {
         match self {
             Self::Few(v) => IntoIter::Few(v.into_iter()),
-            Self::Many(m) => IntoIter::Many(m.into_iter()),
+            Self::Many(m) => IntoIter::Many((*m).into_iter()),
         }
     }
 }
@@ -172,6 +174,15 @@ impl<V> IntoIterator for SmallMap<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_map_is_the_size_of_a_vector() {
+        // Several sit in every client's state and session, most of them empty.
+        assert_eq!(
+            std::mem::size_of::<SmallMap<u64>>(),
+            std::mem::size_of::<Vec<(String, u64)>>()
+        );
+    }
 
     #[test]
     fn one_entry_costs_one_slot_and_nothing_once_removed() {
