@@ -24,6 +24,7 @@
 //! ```
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -393,8 +394,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.read_buf.is_empty() {
             // Nothing partial is buffered: read onto the stack so an idle connection holds no buffer.
-            let mut scratch = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut scratch);
+            // Left uninitialised: zeroing 8 KiB before every read showed in profiles of the echo
+            // benchmark (about 1 % of the server's CPU), for bytes the read overwrites anyway.
+            let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut scratch);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
             self.read_buf = BytesMut::from(buf.filled());
             return Poll::Ready(Ok(buf.filled().len()));

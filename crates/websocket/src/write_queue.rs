@@ -20,6 +20,12 @@ use crate::frame::{MAX_HEADER_LEN, OpCode, encode_header};
 /// Payloads up to this size are copied into the tail buffer rather than queued as their own slice.
 const COPY_BELOW: usize = 2048;
 
+/// Capacity the tail starts with when a frame is queued on an empty queue. Growing from a frame's
+/// size by doubling reallocated (and copied) the tail four or five times for a typical batch of
+/// pipelined small echoes (about 2.5 % of the server's CPU in the echo benchmark's profile); the
+/// tail is released once written, so this is held only while something waits to be written.
+const TAIL_START: usize = 1024;
+
 /// Most slices handed to one vectored write (Linux's IOV_MAX is 1024; past a few dozen there is no gain).
 const MAX_SLICES: usize = 64;
 
@@ -46,6 +52,10 @@ impl WriteQueue {
     pub(crate) fn push_frame(&mut self, opcode: OpCode, rsv1: bool, payload: &Bytes) {
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut header, true, rsv1, opcode, payload.len());
+        if payload.len() < COPY_BELOW {
+            // Header and payload land in the tail together: one capacity check for both.
+            self.reserve_tail(n + payload.len());
+        }
         self.push_copy(&header[..n]);
         self.push_shared(payload);
     }
@@ -64,8 +74,15 @@ impl WriteQueue {
     }
 
     fn push_copy(&mut self, bytes: &[u8]) {
+        self.reserve_tail(bytes.len());
         self.len += bytes.len();
         self.tail.extend_from_slice(bytes);
+    }
+
+    fn reserve_tail(&mut self, additional: usize) {
+        if self.tail.capacity() - self.tail.len() < additional {
+            self.tail.reserve(additional.max(TAIL_START));
+        }
     }
 
     /// Writes until the queue is empty or the socket would block.
@@ -204,5 +221,20 @@ mod tests {
         ));
         assert_eq!(fast.calls, 1, "a hundred small frames leave in one write");
         assert_eq!(fast.out.len(), 1200);
+        assert_eq!(q.tail.capacity(), 0, "released once written");
+    }
+
+    #[test]
+    fn the_tail_starts_with_room_for_a_batch() {
+        let mut q = WriteQueue::default();
+        q.push_frame(OpCode::Text, false, &Bytes::from_static(b"hi"));
+        let start = q.tail.capacity();
+        assert!(start >= TAIL_START, "{start}");
+        let ptr = q.tail.as_ptr();
+        while q.len() + 66 <= start {
+            q.push_frame(OpCode::Text, false, &Bytes::from(vec![b'x'; 64]));
+        }
+        assert_eq!(q.tail.as_ptr(), ptr, "no reallocation while the batch fits");
+        assert_eq!(q.len(), q.tail.len());
     }
 }
