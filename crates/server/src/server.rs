@@ -272,6 +272,8 @@ impl Server {
         } = self;
         let (api_listener, api_router) = api;
         let api_released = CancellationToken::new();
+        // Also when this future is dropped before the end: the API's thread must not outlive it.
+        let _release_api = api_released.clone().drop_guard();
         let api_loop = ApiThread {
             listener: api_listener,
             router: api_router,
@@ -325,11 +327,14 @@ impl ApiThread {
     /// runtime, and an API request (or an engine's reply it waits for) arriving behind them waited
     /// in the same run queue for all of them. On its own thread the API is scheduled by the kernel
     /// beside the fan-out. Measured at 10k subscribers and 10 publishes/s, server on one core
-    /// (docs/benchmarks.md, "Publish answer"): with Redis the publish answer's p50 / p99 went from
-    /// 3.8-5.0 / 35-106 ms to 0.9 / 10-12 ms; in memory p50 0.4-0.6 ms either way, p99 0.9-8.9 ms
-    /// before and 5.0-5.4 ms after (a kernel time slice, the two threads sharing the core). The fan-out itself still runs on the
-    /// client runtime (the hub spawns it there, see `switchboard_hub::Hub`). The runtime lives
-    /// until `released` (after the drain), so requests in flight at shutdown can finish.
+    /// (docs/benchmarks.md, "Issue 14 and 16, measured together"): with Redis the publish answer's
+    /// p50 / p99 went from 3.8-5.0 / 35-106 ms to 0.9 / 10-12 ms; in memory p50 0.4-0.6 ms either
+    /// way, p99 0.9-8.9 ms before and 5.0-5.4 ms after (a kernel time slice: the two threads share
+    /// the core). The fan-out itself still runs on the client runtime (the hub spawns it there, see
+    /// `switchboard_hub::Hub`).
+    ///
+    /// The thread serves until `released` is cancelled (after the drain, so requests in flight at
+    /// shutdown can finish; or when [`Server::run`] is dropped), and stops accepting at shutdown.
     async fn serve(self, released: CancellationToken) {
         let Self {
             listener,
@@ -367,7 +372,12 @@ impl ApiThread {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
-                            accept_loop(listener, router, None, config, shutdown, tracker).await;
+                            let accepting =
+                                accept_loop(listener, router, None, config, shutdown, tracker);
+                            tokio::select! {
+                                () = accepting => {}
+                                () = released.cancelled() => {}
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "server API: cannot listen; shutting down");

@@ -374,3 +374,22 @@ async fn json_that_parsers_read_differently_is_refused_with_400() {
     assert_eq!(c.push("pub").await["data"], Value::Null);
     assert_eq!(c.push("pub").await["data"], json!("\u{1F600}"));
 }
+
+/// The API is served by a thread of its own: it stops with the server, also when the server's
+/// future is dropped without a shutdown (a thread left behind would keep answering on the port).
+#[tokio::test]
+async fn the_api_thread_stops_with_the_server() {
+    let s = start(config()).await;
+    let info = api(s.api, "info", json!({})).await;
+    assert!(info.get("error").is_none(), "{info}");
+    s.task.abort();
+    let _ = s.task.await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(s.api).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API still accepts connections after the server was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
