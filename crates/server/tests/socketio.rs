@@ -41,6 +41,14 @@ async fn open_polling(addr: SocketAddr) -> String {
 
 /// The next text frame, skipping pings and pongs of the WebSocket layer and answering Engine.IO
 /// pings.
+/// Opens an Engine.IO session on polling (its handshake, no namespace yet); its sid.
+async fn polling_session(addr: SocketAddr) -> String {
+    let handshake = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    let open: serde_json::Value =
+        serde_json::from_str(handshake.body.strip_prefix('0').unwrap()).unwrap();
+    open["sid"].as_str().unwrap().to_owned()
+}
+
 async fn text(ws: &mut RawClient) -> String {
     loop {
         let f = ws.read_frame().await.expect("a frame");
@@ -461,19 +469,8 @@ async fn a_polling_client_that_does_not_poll_is_slow_under_the_same_bound() {
     let mut c = hub_config(true);
     c.client.queue_bytes = 8 * 1024;
     let server = start(c).await;
-    let handshake = http(
-        server.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        "",
-    )
-    .await;
-    let open: serde_json::Value =
-        serde_json::from_str(handshake.body.strip_prefix('0').unwrap()).unwrap();
-    let target = format!(
-        "/socket.io/?EIO=4&transport=polling&sid={}",
-        open["sid"].as_str().unwrap()
-    );
+    let sid = polling_session(server.addr).await;
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     assert_eq!(http(server.addr, "POST", &target, "40").await.body, "ok");
     let connected = http(server.addr, "GET", &target, "").await;
     assert!(connected.body.starts_with(r#"40{"sid":""#), "{connected:?}");
@@ -612,16 +609,7 @@ async fn one_task_per_socketio_client() {
     }
     // One more that starts on polling and upgrades: the probing WebSocket joins the session's
     // task too.
-    let open = http(
-        server.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        "",
-    )
-    .await;
-    let open: serde_json::Value =
-        serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-    let sid = open["sid"].as_str().unwrap();
+    let sid = polling_session(server.addr).await;
     let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     assert_eq!(http(server.addr, "POST", &target, "40").await.body, "ok");
     assert!(
