@@ -273,7 +273,7 @@ impl Server {
         let (api_listener, api_router) = api;
         let api_released = CancellationToken::new();
         // Also when this future is dropped before the end: the API's thread must not outlive it.
-        let _release_api = api_released.clone().drop_guard();
+        let release_api = api_released.clone().drop_guard();
         let api_loop = ApiThread {
             listener: api_listener,
             router: api_router,
@@ -281,7 +281,7 @@ impl Server {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         }
-        .serve(api_released.clone());
+        .serve(api_released);
         let client_loop = accept_loop(
             listener,
             router,
@@ -305,7 +305,7 @@ impl Server {
             );
         }
         // The API's requests still in flight had the drain too; its thread may go now.
-        api_released.cancel();
+        drop(release_api);
         tracing::info!("stopped");
     }
 }
