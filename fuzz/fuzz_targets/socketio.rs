@@ -115,7 +115,7 @@ fn socket_io(body: &[u8], parser: sio::Parser) {
                     );
                 }
             }
-            sio::Incoming::Disconnect { namespace } => assert!(conn.socket_id(&namespace).is_none()),
+            sio::Incoming::Disconnect { namespace } => assert!(!conn.is_joined(&namespace)),
         }
     }
     let _ = conn.on_timer(now + Duration::from_secs(2));

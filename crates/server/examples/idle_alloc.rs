@@ -5,12 +5,14 @@
 //! ```sh
 //! cargo run --release -p switchboard --example idle_alloc -- 2000          # JSON clients
 //! cargo run --release -p switchboard --example idle_alloc -- 2000 echo     # echo connections
+//! cargo run --release -p switchboard --example idle_alloc -- 2000 sio      # Socket.IO clients
 //! SITES=1 cargo run --release -p switchboard --example idle_alloc -- 2000  # and the probe's sites
 //! ```
 //!
 //! The server runs in-process on its own runtime (2 workers, as on the benchmark machine); the
 //! clients run on the main thread, whose allocations are not counted. N clients connect (handshake,
-//! `connect`, `subscribe` to `bench:<i mod 100>`, as `switchboard-bench idle --subscribe`), then N
+//! `connect`, `subscribe` to `bench:<i mod 100>`, as `switchboard-bench idle --subscribe`; a
+//! Socket.IO client joins `/` and emits `subscribe`, as `switchboard-bench fanout`), then N
 //! more: the difference in live heap between the two, divided by N, is what one more client costs,
 //! free of what the first ones grew once (tables, the runtime). The allocator's own rounding and
 //! fragmentation are not in it: RSS from outside (docs/benchmarks.md) is the figure that counts.
@@ -125,7 +127,12 @@ history_ttl = "60s"
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(2000, |a| a.parse().unwrap());
-    let echo = args.next().as_deref() == Some("echo");
+    let mode = match args.next().as_deref() {
+        None | Some("json") => Mode::Json,
+        Some("echo") => Mode::Echo,
+        Some("sio") => Mode::Sio,
+        Some(other) => panic!("unknown mode {other}: json, echo or sio"),
+    };
     let sites = std::env::var_os("SITES").is_some();
     SKIP.with(|s| s.set(true));
 
@@ -140,6 +147,7 @@ fn main() {
         config.listen.0 = "127.0.0.1:0".parse().unwrap();
         config.api.listen = "127.0.0.1:0".parse().unwrap();
         config.echo.enabled = true;
+        config.socketio.enabled = mode == Mode::Sio;
         let server = switchboard::Server::bind(config).await.unwrap();
         tx.send(server.local_addr()).unwrap();
         server.run().await;
@@ -151,26 +159,20 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let path = if echo {
-            "/echo"
-        } else {
-            "/connection/websocket"
-        };
         let mut held = Vec::new();
         let settle = || tokio::time::sleep(Duration::from_millis(1500));
         for _ in 0..n {
-            held.push(open(addr, path, held.len(), echo).await);
+            held.push(open(addr, held.len(), mode).await);
         }
         settle().await;
         let (a, by_a) = snapshot();
         for _ in 0..n {
-            held.push(open(addr, path, held.len(), echo).await);
+            held.push(open(addr, held.len(), mode).await);
         }
         settle().await;
         let (b, by_b) = snapshot();
         println!(
-            "{} {n} → {} clients: live heap {} → {} bytes, {:.1} bytes per client",
-            if echo { "echo" } else { "json" },
+            "{mode:?} {n} → {} clients: live heap {} → {} bytes, {:.1} bytes per client",
             2 * n,
             a,
             b,
@@ -196,7 +198,7 @@ fn main() {
         if sites {
             *SITES.lock().unwrap() = Some(HashMap::new());
             TRACING.store(true, Ordering::Relaxed);
-            held.push(open(addr, path, held.len(), echo).await);
+            held.push(open(addr, held.len(), mode).await);
             settle().await;
             TRACING.store(false, Ordering::Relaxed);
             let map = SITES.lock().unwrap().take().unwrap();
@@ -223,13 +225,28 @@ fn main() {
     });
 }
 
-/// One idle client: the handshake, then either `connect` and `subscribe` (JSON protocol) or one echo.
-async fn open(addr: std::net::SocketAddr, path: &str, i: usize, echo: bool) -> TcpStream {
+/// The kind of idle client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// switchboard's JSON protocol, connected and subscribed.
+    Json,
+    /// An echo connection that echoed once.
+    Echo,
+    /// A Socket.IO client on the WebSocket transport, in namespace `/` and in one room.
+    Sio,
+}
+
+/// One idle client: the handshake, then `connect` and `subscribe` (JSON protocol), one echo, or the
+/// Socket.IO namespace connect and a `subscribe` event with an ack.
+async fn open(addr: std::net::SocketAddr, i: usize, mode: Mode) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let proto = if echo {
-        ""
-    } else {
-        "Sec-WebSocket-Protocol: switchboard.json\r\n"
+    let (path, proto) = match mode {
+        Mode::Json => (
+            "/connection/websocket",
+            "Sec-WebSocket-Protocol: switchboard.json\r\n",
+        ),
+        Mode::Echo => ("/echo", ""),
+        Mode::Sio => ("/socket.io/?EIO=4&transport=websocket", ""),
     };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -248,31 +265,48 @@ async fn open(addr: std::net::SocketAddr, path: &str, i: usize, echo: bool) -> T
         "{}",
         String::from_utf8_lossy(&buf)
     );
-    let (texts, replies): (Vec<String>, usize) = if echo {
-        (vec!["x".repeat(64)], 1)
-    } else {
-        (
-            vec![
-                r#"{"id":1,"connect":{}}"#.into(),
+    // Each step: a message, then the number of frames the client has seen from the server when
+    // it is answered.
+    let steps: Vec<(String, usize)> = match mode {
+        Mode::Echo => vec![("x".repeat(64), 1)],
+        Mode::Json => vec![
+            (r#"{"id":1,"connect":{}}"#.into(), 1),
+            (
                 format!(
                     r#"{{"id":2,"subscribe":{{"channel":"bench:{}"}}}}"#,
                     i % 100
                 ),
-            ],
-            2,
-        )
+                2,
+            ),
+        ],
+        // The open packet and the namespace's answer, then the ack. Events go only after the
+        // answer, as socket.io-client sends them (before it, the reference server closes too).
+        Mode::Sio => vec![
+            ("40".into(), 2),
+            (format!(r#"420["subscribe","bench:{}"]"#, i % 100), 3),
+        ],
     };
-    for t in &texts {
-        s.write_all(&masked(t.as_bytes())).await.unwrap();
-    }
     // Each reply is one small unmasked text frame (2-byte header when under 126 bytes).
     let mut seen = 0;
-    let mut pending = Vec::new();
-    while seen < replies {
-        let mut chunk = [0u8; 4096];
-        let got = s.read(&mut chunk).await.unwrap();
-        assert!(got > 0, "closed before the replies");
-        pending.extend_from_slice(&chunk[..got]);
+    // What came after the 101's head (a Socket.IO server's open packet may share its read).
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut pending = buf.split_off(head);
+    for (text, replies) in steps {
+        s.write_all(&masked(text.as_bytes())).await.unwrap();
+        seen = read_frames(&mut s, &mut pending, seen, replies).await;
+    }
+    s
+}
+
+/// Reads server frames until `replies` were seen in all (`seen` so far), checking that none is an
+/// error; gives the new count.
+async fn read_frames(
+    s: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    mut seen: usize,
+    replies: usize,
+) -> usize {
+    loop {
         while pending.len() >= 2 {
             let len = match pending[1] & 0x7f {
                 126 if pending.len() >= 4 => {
@@ -293,8 +327,14 @@ async fn open(addr: std::net::SocketAddr, path: &str, i: usize, echo: bool) -> T
             pending.drain(..len);
             seen += 1;
         }
+        if seen >= replies {
+            return seen;
+        }
+        let mut chunk = [0u8; 4096];
+        let got = s.read(&mut chunk).await.unwrap();
+        assert!(got > 0, "closed before the replies");
+        pending.extend_from_slice(&chunk[..got]);
     }
-    s
 }
 
 fn masked(payload: &[u8]) -> Vec<u8> {

@@ -249,6 +249,65 @@ async fn sockets_are_switchboard_clients() {
     );
 }
 
+/// A shutdown closes every session: one joined over WebSocket, and one on polling that joined no
+/// namespace (no hub client of its own to tell it), whose held poll gets the `close` packet. And
+/// the Engine.IO WebSocket carries Engine.IO's heartbeat only, not the WebSocket layer's pings.
+#[tokio::test]
+async fn a_shutdown_closes_every_session_and_websockets_have_one_heartbeat() {
+    let mut config = hub_config(true);
+    config.websocket.ping_interval = Duration::from_millis(100);
+    let server = start(config).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert!(text(&mut ws).await.starts_with("0{"));
+    ws.send_text("40").await;
+    assert!(text(&mut ws).await.starts_with(r#"40{"sid":""#));
+    // Several WebSocket ping intervals: nothing arrives (a ping would be a frame).
+    let quiet = tokio::time::timeout(Duration::from_millis(500), ws.read_frame()).await;
+    assert!(
+        quiet.is_err(),
+        "a frame arrived on an idle session: {quiet:?}"
+    );
+
+    let sid = polling_session(server.addr).await;
+    let addr = server.addr;
+    let held = tokio::spawn(async move {
+        http(
+            addr,
+            "GET",
+            &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            "",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !held.is_finished(),
+        "the poll was answered before the shutdown"
+    );
+    server.handle.shutdown();
+
+    let polled = tokio::time::timeout(common::WAIT, held)
+        .await
+        .expect("the held poll was answered")
+        .unwrap();
+    assert_eq!(polled.status, 200, "{polled:?}");
+    assert!(polled.body.split('\x1e').any(|p| p == "1"), "{polled:?}");
+    let closed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match ws.read_frame().await {
+                Some(f) if f.opcode == 1 && f.payload == b"1" => return true,
+                Some(f) if f.opcode == 8 => return false,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket session ended");
+    assert!(closed, "no Engine.IO close packet before the end");
+}
+
 #[tokio::test]
 async fn the_msgpack_parser() {
     use switchboard_socketio::eio::Data;

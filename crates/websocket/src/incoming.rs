@@ -40,8 +40,12 @@ pub struct Incoming {
     max_frame: usize,
     max_message: usize,
     max_fragments: usize,
-    inflater: Option<Inflater>,
-    partial: Option<Partial>,
+    /// Boxed: only connections that agreed on permessage-deflate have one, and its stream state
+    /// would otherwise take most of every idle connection's room.
+    inflater: Option<Box<Inflater>>,
+    /// Boxed: only fragmented (or compressed) messages have one, and every idle connection would
+    /// carry its room.
+    partial: Option<Box<Partial>>,
     /// How far the text frame at the front of the buffer, still incomplete, has been validated.
     peek: Option<Peek>,
 }
@@ -73,7 +77,7 @@ impl Incoming {
             max_frame: config.max_frame_size,
             max_message: config.max_message_size,
             max_fragments: config.max_fragments,
-            inflater: deflate.map(Inflater::new),
+            inflater: deflate.map(|p| Box::new(Inflater::new(p))),
             partial: None,
             peek: None,
         }
@@ -239,13 +243,13 @@ impl Incoming {
                     Message::Binary(payload)
                 }));
             }
-            self.partial = Some(Partial {
+            self.partial = Some(Box::new(Partial {
                 text,
                 compressed: rsv1,
                 fragments: 0,
                 buf: Vec::new(),
                 utf8: Utf8Validator::default(),
-            });
+            }));
         }
         let Some(p) = self.partial.as_mut() else {
             return Ok(None);
@@ -271,9 +275,10 @@ impl Incoming {
         if !fin {
             return Ok(None);
         }
-        let Some(mut p) = self.partial.take() else {
+        let Some(p) = self.partial.take() else {
             return Ok(None);
         };
+        let mut p = *p;
         if p.text {
             p.utf8.finish()?;
         }

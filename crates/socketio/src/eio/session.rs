@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -208,7 +209,8 @@ enum Upgrade {
 #[derive(Debug)]
 pub struct Session {
     sid: Sid,
-    config: Config,
+    /// Shared by the endpoint's sessions (one pointer each, not a copy).
+    config: Arc<Config>,
     transport: Transport,
     state: State,
     reason: Option<CloseReason>,
@@ -237,7 +239,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 impl Session {
     /// Opens a session on `transport` at `now`; its `open` packet is the first of the outbox (the
     /// answer to the handshake GET, or the first WebSocket frame).
-    pub fn open(sid: Sid, transport: Transport, config: Config, now: Instant) -> Self {
+    pub fn open(
+        sid: Sid,
+        transport: Transport,
+        config: impl Into<Arc<Config>>,
+        now: Instant,
+    ) -> Self {
+        let config = config.into();
         let mut session = Self {
             sid,
             transport,

@@ -7,7 +7,7 @@
 //! namespaces), possibly asynchronous: [`Connection::receive`] hands it over as
 //! [`Incoming::Connect`], and [`Connection::accept`] / [`Connection::refuse`] give the answer.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,7 +16,17 @@ use thiserror::Error;
 use crate::eio::Data;
 
 use super::decoder::Decoder;
-use super::packet::{Packet, PacketError, PacketType};
+use super::packet::{MAIN_NAMESPACE, Packet, PacketError, PacketType};
+
+/// A namespace's name as kept per connection: the main namespace, which nearly every client joins,
+/// takes no allocation.
+pub fn namespace_name(name: &str) -> Cow<'static, str> {
+    if name == MAIN_NAMESPACE {
+        Cow::Borrowed(MAIN_NAMESPACE)
+    } else {
+        Cow::Owned(name.to_owned())
+    }
+}
 
 /// What a client sent, for the server to act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,12 +67,20 @@ pub enum ConnectionError {
 #[derive(Debug)]
 pub struct Connection {
     decoder: Decoder,
-    /// Joined namespaces and the socket id each was given.
-    joined: HashMap<String, String>,
-    /// Namespaces whose `CONNECT` awaits the server's answer.
-    connecting: HashSet<String>,
+    /// Namespaces joined or joining, usually one: a list, not a map (a map's first insert takes
+    /// a table of several slots, for every connection).
+    namespaces: Vec<Joined>,
     connect_timeout: Duration,
     connect_deadline: Option<Instant>,
+}
+
+/// A namespace of the connection. Its socket id is the server's to keep (switchboard's is its hub
+/// client's id): kept here too, it would be one more allocation per connection.
+#[derive(Debug)]
+struct Joined {
+    name: Cow<'static, str>,
+    /// Accepted; `false` while its `CONNECT` awaits the server's answer.
+    joined: bool,
 }
 
 impl Connection {
@@ -71,11 +89,20 @@ impl Connection {
     pub fn new(decoder: Decoder, connect_timeout: Duration, now: Instant) -> Self {
         Self {
             decoder,
-            joined: HashMap::new(),
-            connecting: HashSet::new(),
+            namespaces: Vec::new(),
             connect_timeout,
             connect_deadline: Some(now + connect_timeout),
         }
+    }
+
+    fn position(&self, namespace: &str) -> Option<usize> {
+        self.namespaces.iter().position(|j| j.name == namespace)
+    }
+
+    fn joined(&self, namespace: &str) -> Option<&Joined> {
+        self.namespaces
+            .iter()
+            .find(|j| j.name == namespace && j.joined)
     }
 
     /// One Engine.IO message from the client: what to act on, if a packet is complete.
@@ -84,10 +111,17 @@ impl Connection {
             return Ok(None);
         };
         let namespace = packet.namespace.as_str();
-        let known = self.joined.contains_key(namespace);
+        let known = self.joined(namespace).is_some();
         match packet.kind {
-            PacketType::Connect if !known && !self.connecting.contains(namespace) => {
-                self.connecting.insert(namespace.to_owned());
+            PacketType::Connect if self.position(namespace).is_none() => {
+                if self.namespaces.is_empty() {
+                    // Room for the one namespace most connections join, not the default four.
+                    self.namespaces.reserve_exact(1);
+                }
+                self.namespaces.push(Joined {
+                    name: namespace_name(namespace),
+                    joined: false,
+                });
                 Ok(Some(Incoming::Connect {
                     namespace: packet.namespace,
                     auth: packet.data,
@@ -103,7 +137,7 @@ impl Connection {
                 "packet for a namespace not joined",
             )),
             PacketType::Disconnect => {
-                self.joined.remove(namespace);
+                self.namespaces.retain(|j| j.name != namespace);
                 Ok(Some(Incoming::Disconnect {
                     namespace: packet.namespace,
                 }))
@@ -114,8 +148,13 @@ impl Connection {
 
     /// Accepts the client's `CONNECT` to `namespace` under socket id `sid`: the packet to send.
     pub fn accept(&mut self, namespace: &str, sid: &str) -> Packet {
-        self.connecting.remove(namespace);
-        self.joined.insert(namespace.to_owned(), sid.to_owned());
+        match self.position(namespace) {
+            Some(i) => self.namespaces[i].joined = true,
+            None => self.namespaces.push(Joined {
+                name: namespace_name(namespace),
+                joined: true,
+            }),
+        }
         self.connect_deadline = None;
         Packet::connect_ok(namespace, sid)
     }
@@ -123,25 +162,28 @@ impl Connection {
     /// Refuses the client's `CONNECT` to `namespace`: the `CONNECT_ERROR` to send. The connection
     /// stays open (the client may try another namespace, or reconnect with other auth).
     pub fn refuse(&mut self, namespace: &str, message: &str, data: Option<Value>) -> Packet {
-        self.connecting.remove(namespace);
+        self.namespaces.retain(|j| j.name != namespace || j.joined);
         Packet::connect_error(namespace, message, data)
     }
 
     /// The server makes the client leave `namespace`: the `DISCONNECT` to send, if it had joined.
     pub fn disconnect(&mut self, namespace: &str) -> Option<Packet> {
-        self.joined
-            .remove(namespace)
-            .map(|_| Packet::disconnect(namespace))
+        self.joined(namespace)?;
+        self.namespaces.retain(|j| j.name != namespace);
+        Some(Packet::disconnect(namespace))
     }
 
-    /// The socket id of a joined namespace.
-    pub fn socket_id(&self, namespace: &str) -> Option<&str> {
-        self.joined.get(namespace).map(String::as_str)
+    /// Whether the client has joined `namespace` (its `CONNECT` was accepted).
+    pub fn is_joined(&self, namespace: &str) -> bool {
+        self.joined(namespace).is_some()
     }
 
-    /// The joined namespaces and their socket ids.
-    pub fn namespaces(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.joined.iter().map(|(n, s)| (n.as_str(), s.as_str()))
+    /// The joined namespaces.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces
+            .iter()
+            .filter(|j| j.joined)
+            .map(|j| j.name.as_ref())
     }
 
     /// When [`Connection::on_timer`] must run (until a namespace is joined).
@@ -154,7 +196,7 @@ impl Connection {
         match self.connect_deadline {
             Some(deadline) if now >= deadline => {
                 self.connect_deadline = None;
-                if self.joined.is_empty() {
+                if !self.namespaces.iter().any(|j| j.joined) {
                     return Err(ConnectionError::ConnectTimeout(self.connect_timeout));
                 }
                 Ok(())
@@ -218,7 +260,7 @@ mod tests {
             c.accept("/custom", "def").encode(),
             r#"0/custom,{"sid":"def"}"#
         );
-        assert_eq!(c.socket_id("/custom"), Some("def"));
+        assert!(c.is_joined("/custom"));
         assert_eq!(c.next_deadline(), None);
         assert_eq!(c.on_timer(t0 + TIMEOUT), Ok(()));
     }

@@ -36,8 +36,9 @@ impl Parser {
 pub struct Decoder {
     parser: Parser,
     max_attachments: usize,
-    /// A binary packet and the number of attachments it still awaits.
-    pending: Option<(Packet, usize)>,
+    /// A binary packet and the number of attachments it still awaits (boxed: rare, and every
+    /// connection would carry its room).
+    pending: Option<Box<(Packet, usize)>>,
 }
 
 impl Default for Decoder {
@@ -106,17 +107,17 @@ impl Decoder {
                     check_placeholders(packet.data.as_ref(), 0)?;
                     return Ok(Some(packet));
                 }
-                self.pending = Some((packet, count));
+                self.pending = Some(Box::new((packet, count)));
                 Ok(None)
             }
             Data::Binary(bytes) => {
-                let (mut packet, count) =
-                    self.pending.take().ok_or(PacketError::UnexpectedBinary)?;
-                packet.attachments.push(bytes);
-                if packet.attachments.len() < count {
-                    self.pending = Some((packet, count));
+                let mut pending = self.pending.take().ok_or(PacketError::UnexpectedBinary)?;
+                pending.0.attachments.push(bytes);
+                if pending.0.attachments.len() < pending.1 {
+                    self.pending = Some(pending);
                     return Ok(None);
                 }
+                let (packet, count) = *pending;
                 check_placeholders(packet.data.as_ref(), count)?;
                 Ok(Some(packet))
             }

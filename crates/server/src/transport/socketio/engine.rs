@@ -19,7 +19,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use parking_lot::Mutex;
-use switchboard_hub::ShutdownSignal;
 use switchboard_socketio::eio::{
     self, BadRequest, Data, Frame, RequestError, Session, Transport, WsError, WsOutcome,
 };
@@ -66,8 +65,8 @@ pub struct Settings {
     pub path: String,
     /// How requests for other nodes' sessions reach them; its node id starts this node's sids.
     pub relay: Arc<Relay>,
-    /// Engine.IO settings (heartbeat, maxPayload, upgrade timeout).
-    pub engine: eio::Config,
+    /// Engine.IO settings (heartbeat, maxPayload, upgrade timeout), shared by the sessions.
+    pub engine: Arc<eio::Config>,
     /// The WebSocket endpoint sessions use (limits, shutdown, tracker).
     pub websocket: Endpoint,
     /// How long a POST body may take.
@@ -115,13 +114,28 @@ impl WeakEngine {
 }
 
 impl Engine {
-    /// An endpoint with no session yet.
+    /// An endpoint with no session yet (call within the runtime: it starts the task that tells
+    /// sessions of the server's shutdown).
     pub fn new(settings: Settings) -> Self {
-        Self(Arc::new(Shared {
+        let engine = Self(Arc::new(Shared {
             settings,
             sessions: Mutex::default(),
             next_ws: AtomicU64::new(1),
-        }))
+        }));
+        // One waiter for the endpoint tells every session, rather than a watch in each session's
+        // task (a boxed future and a waker per client, and ten thousand waiters on the token).
+        let weak = engine.downgrade();
+        let shutdown = engine.settings.websocket.shutdown.clone();
+        engine.settings.websocket.tracker.spawn(async move {
+            shutdown.cancelled().await;
+            if let Some(engine) = weak.upgrade() {
+                let sessions: Vec<_> = engine.sessions.lock().values().cloned().collect();
+                for mailbox in sessions {
+                    let _ = mailbox.send(Cmd::Shutdown);
+                }
+            }
+        });
+        engine
     }
 
     /// The endpoint's settings.
@@ -188,7 +202,7 @@ impl Engine {
         // Named after this node, so that any node can relay the session's requests here.
         let sid = eio::Sid::on_node(self.settings.relay.node_id(), bytes);
         let now = std::time::Instant::now();
-        let session = Session::open(sid, transport, self.settings.engine.clone(), now);
+        let session = Session::open(sid, transport, Arc::clone(&self.settings.engine), now);
         Ok(Actor {
             session,
             app: (self.settings.app)(now),
@@ -202,12 +216,18 @@ impl Engine {
         })
     }
 
-    /// Makes the session of `actor` reachable by its sid (for polls, POSTs and upgrades).
+    /// Makes the session of `actor` reachable by its sid (for polls, POSTs and upgrades), and
+    /// by the shutdown: a session registered after it was told is told here.
     fn register(&self, actor: &Actor) {
         self.sessions.lock().insert(
             actor.session.sid().as_str().to_owned(),
             Arc::clone(&actor.mailbox),
         );
+        // After the insert: either the shutdown's task saw this session, or this sees the token
+        // cancelled (a second `Shutdown` is ignored).
+        if self.settings.websocket.shutdown.is_cancelled() {
+            let _ = actor.mailbox.send(Cmd::Shutdown);
+        }
     }
 }
 
@@ -302,6 +322,8 @@ enum Cmd {
     WsLost {
         id: u64,
     },
+    /// The server shuts down: the session closes.
+    Shutdown,
 }
 
 /// The reference server's error answer: the status and `{"code","message"}`.
@@ -513,7 +535,6 @@ enum Wake {
     App(Result<Vec<Data>, String>),
     Timer,
     PollGone,
-    Shutdown,
 }
 
 impl Actor {
@@ -525,9 +546,6 @@ impl Actor {
     )]
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
-            let shutdown = self.engine.settings.websocket.shutdown.clone();
-            let mut stop = ShutdownSignal::new(&shutdown);
-            let mut stopping = false;
             // Kept across wakes, and moved only when the deadline changes: a timer made per wake
             // would enter and leave the timer wheel for every message delivered.
             let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
@@ -571,9 +589,6 @@ impl Actor {
                     {
                         return Poll::Ready(Wake::PollGone);
                     }
-                    if !stopping && stop.poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Shutdown);
-                    }
                     // The WebSocket wrote what it could: the hub counts what is left.
                     self.app.on_buffered(self.buffered());
                     Poll::Pending
@@ -598,10 +613,6 @@ impl Actor {
                     Wake::PollGone => {
                         self.held = None;
                         self.session.poll_aborted();
-                    }
-                    Wake::Shutdown => {
-                        stopping = true;
-                        self.session.close(now);
                     }
                 }
             }
@@ -696,6 +707,7 @@ impl Actor {
                     self.session.ws_closed();
                 }
             }
+            Cmd::Shutdown => self.session.close(now),
         }
     }
 
@@ -807,6 +819,7 @@ mod tests {
             ("Session", size_of::<Session>()),
             ("eio::Config", size_of::<eio::Config>()),
             ("WebSocket", size_of::<WebSocket<Io>>()),
+            ("Io", size_of::<Io>()),
             ("Cmd", size_of::<Cmd>()),
             ("MailboxState", size_of::<MailboxState>()),
             ("run() future", returned_size(Actor::run)),

@@ -56,6 +56,11 @@ pub fn router(
             max_message_size: sio.max_payload,
             max_frame_size: sio.max_payload,
             write_high_water: config.websocket.write_high_water.max(sio.max_payload),
+            // Engine.IO's heartbeat (`pingInterval`, `pingTimeout`) keeps these connections and
+            // finds dead ones, as the reference server's does: a WebSocket ping beside it would
+            // cost a second timer per client and traffic for nothing.
+            ping_interval: std::time::Duration::ZERO,
+            idle_timeout: std::time::Duration::ZERO,
             ..config.websocket.clone()
         }),
         shutdown: shutdown.clone(),
@@ -69,7 +74,7 @@ pub fn router(
             relay: Arc::clone(relay),
             // A client that does not read is dropped by the hub's rule (3008, the session reports
             // what it holds); the Engine.IO bound is a backstop above it.
-            engine: sio.engine(config.client.queue_bytes.saturating_mul(2)),
+            engine: Arc::new(sio.engine(config.client.queue_bytes.saturating_mul(2))),
             websocket: websocket.clone(),
             body_read_timeout: sio.body_read_timeout,
             allowed_origins: sio.allowed_origins.clone(),
