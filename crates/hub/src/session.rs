@@ -53,10 +53,9 @@ struct Outbox {
     /// that they follow the recovered ones in offset order.
     pending: SmallMap<Vec<(u64, Frame)>>,
     closed: Option<DisconnectCode>,
-    /// Channels the hub dropped this session from; the client forgets them at its next command.
-    dropped: Vec<String>,
-    /// Orders from the server API, applied by the client's task.
-    controls: Vec<Control>,
+    /// Dropped channels and orders: rare, so boxed, and only while there are some (two empty
+    /// vectors would keep every session's struct above an allocator size class).
+    notes: Option<Box<Notes>>,
     /// Channels whose missed publications the client's task is replaying from history: their live
     /// publications are not queued, since the replay reads them from history when it gets there.
     replaying: SmallMap<()>,
@@ -68,6 +67,37 @@ struct Outbox {
     /// doubled. Forgotten at the first live publication past it (a channel's publications arrive in
     /// offset order, so none at or below it can follow).
     delivered_up_to: SmallMap<u64>,
+}
+
+/// What the client's task is to learn at its next turn.
+#[derive(Debug, Default)]
+struct Notes {
+    /// Channels the hub dropped this session from; the client forgets them at its next command.
+    dropped: Vec<String>,
+    /// Orders from the server API, applied by the client's task.
+    controls: Vec<Control>,
+}
+
+impl Outbox {
+    fn notes(&mut self) -> &mut Notes {
+        self.notes.get_or_insert_with(Box::default)
+    }
+
+    fn has_controls(&self) -> bool {
+        self.notes.as_ref().is_some_and(|n| !n.controls.is_empty())
+    }
+
+    /// Takes what `field` picks from the notes, and frees them once both are empty.
+    fn take_notes<T>(&mut self, field: impl FnOnce(&mut Notes) -> &mut Vec<T>) -> Vec<T> {
+        let Some(notes) = self.notes.as_mut() else {
+            return Vec::new();
+        };
+        let taken = std::mem::take(field(notes));
+        if notes.dropped.is_empty() && notes.controls.is_empty() {
+            self.notes = None;
+        }
+        taken
+    }
 }
 
 /// An order for a client from the server side (the HTTP API), carried out by the client's own task
@@ -328,7 +358,7 @@ impl Session {
             usize::try_from(self.transport_queued.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
         if ob.bytes.saturating_add(held) <= self.limit / 4 {
             ob.replay_asked = true;
-            ob.controls.push(Control::Replay);
+            ob.notes().controls.push(Control::Replay);
             self.waker.wake();
         }
     }
@@ -355,26 +385,21 @@ impl Session {
             Self::drop_pending(&mut ob, channel);
             ob.replaying.remove(channel);
             ob.delivered_up_to.remove(channel);
-            ob.dropped.push(channel.to_owned());
+            ob.notes().dropped.push(channel.to_owned());
             self.enqueue(&mut ob, push);
         }
     }
 
     /// Channels dropped by the hub since the last call.
     pub fn take_dropped(&self) -> Vec<String> {
-        let mut ob = self.outbox.lock();
-        if ob.dropped.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut ob.dropped)
-        }
+        self.outbox.lock().take_notes(|n| &mut n.dropped)
     }
 
     /// Queues an order for the client's task.
     pub fn control(&self, order: Control) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_none() {
-            ob.controls.push(order);
+            ob.notes().controls.push(order);
             drop(ob);
             self.waker.wake();
         }
@@ -382,7 +407,7 @@ impl Session {
 
     /// Orders queued since the last call.
     pub fn take_controls(&self) -> Vec<Control> {
-        std::mem::take(&mut self.outbox.lock().controls)
+        self.outbox.lock().take_notes(|n| &mut n.controls)
     }
 
     /// Bytes queued.
@@ -429,7 +454,7 @@ impl Session {
             return Poll::Ready(Some(Signal::Disconnect(code)));
         }
         self.ask_replay_if_due(&mut ob);
-        if !ob.controls.is_empty() {
+        if ob.has_controls() {
             return Poll::Ready(Some(Signal::Control));
         }
         if ob.items.is_empty() {
@@ -488,6 +513,13 @@ mod tests {
 
     fn drain(s: &Session) -> Poll<Option<Signal>> {
         s.poll_drain(&mut Context::from_waker(Waker::noop()), |_| true)
+    }
+
+    /// Every client holds one session in an `Arc` (16 bytes of counts beside it): at most 256
+    /// bytes in all keeps it in the allocator's 256-byte class, not the 320-byte one.
+    #[test]
+    fn a_session_fits_its_size_class() {
+        assert!(size_of::<Session>() + 16 <= 256, "{}", size_of::<Session>());
     }
 
     #[test]

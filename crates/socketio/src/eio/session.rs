@@ -221,7 +221,7 @@ pub struct Session {
     buffered: usize,
     poll_held: bool,
     /// The body a held poll gets once the session has closed (`1` or `6`).
-    last_poll: Option<&'static str>,
+    last_poll: Option<char>,
     post_in_flight: bool,
     next_ping: Option<Instant>,
     /// The session closes with `ping timeout` when this passes without a packet.
@@ -375,7 +375,7 @@ impl Session {
         }
         self.check_polling()?;
         if self.poll_held {
-            self.close_now(CloseReason::TransportError("overlap from client"), "1");
+            self.close_now(CloseReason::TransportError("overlap from client"), '1');
             return Err(BadRequest::PollOverlap.into());
         }
         self.poll_held = true;
@@ -393,7 +393,7 @@ impl Session {
             return None;
         }
         let body = if self.state == State::Closed {
-            self.last_poll?.to_owned()
+            self.last_poll?.to_string()
         } else if self.transport == Transport::Polling && !self.outbox.is_empty() {
             let body = encode_payload(&self.outbox);
             if self.outbox.back() == Some(&Packet::Close) {
@@ -423,7 +423,7 @@ impl Session {
             if self.state != State::Closed {
                 self.close_now(
                     CloseReason::TransportError("poll connection closed prematurely"),
-                    "1",
+                    '1',
                 );
             }
         }
@@ -437,12 +437,12 @@ impl Session {
         if self.post_in_flight {
             self.close_now(
                 CloseReason::TransportError("data request overlap from client"),
-                "1",
+                '1',
             );
             return Err(BadRequest::PostOverlap.into());
         }
         if binary {
-            self.close_now(CloseReason::TransportError("invalid content"), "1");
+            self.close_now(CloseReason::TransportError("invalid content"), '1');
             return Err(BadRequest::BinaryBody.into());
         }
         self.post_in_flight = true;
@@ -458,13 +458,13 @@ impl Session {
             return Err(RequestError::UnknownSid(self.sid.0.clone()));
         }
         if body.len() > self.config.max_payload {
-            self.close_now(CloseReason::TransportError("payload too large"), "1");
+            self.close_now(CloseReason::TransportError("payload too large"), '1');
             return Err(RequestError::PayloadTooLarge(self.config.max_payload));
         }
         let packets = match decode_payload(body) {
             Ok(p) => p,
             Err(e) => {
-                self.close_now(CloseReason::ParseError, "1");
+                self.close_now(CloseReason::ParseError, '1');
                 return Err(BadRequest::Packet(e).into());
             }
         };
@@ -487,7 +487,7 @@ impl Session {
         if self.state != State::Closed {
             self.close_now(
                 CloseReason::TransportError("data request connection closed prematurely"),
-                "1",
+                '1',
             );
         }
     }
@@ -539,7 +539,7 @@ impl Session {
             let packet = match packet {
                 Ok(p) => p,
                 Err(_) => {
-                    self.close_now(CloseReason::ParseError, "1");
+                    self.close_now(CloseReason::ParseError, '1');
                     return Err(self.closed_error());
                 }
             };
@@ -574,7 +574,7 @@ impl Session {
     pub fn ws_closed(&mut self) {
         if self.transport == Transport::WebSocket {
             if self.state != State::Closed {
-                self.close_now(CloseReason::TransportClose, "6");
+                self.close_now(CloseReason::TransportClose, '6');
             }
         } else {
             self.upgrade = Upgrade::None;
@@ -633,14 +633,14 @@ impl Session {
             return;
         }
         if now >= self.liveness {
-            self.close_now(CloseReason::PingTimeout, "1");
+            self.close_now(CloseReason::PingTimeout, '1');
             return;
         }
         if let State::Closing { deadline } = self.state
             && now >= deadline
         {
             self.finish_close();
-            self.last_poll = Some("1");
+            self.last_poll = Some('1');
             return;
         }
         if let Upgrade::Opened { deadline } | Upgrade::Probed { deadline } = self.upgrade
@@ -658,7 +658,7 @@ impl Session {
             // server) must not extend the deadline the client was given.
             self.liveness = ping + self.config.ping_timeout;
             if now >= self.liveness {
-                self.close_now(CloseReason::PingTimeout, "1");
+                self.close_now(CloseReason::PingTimeout, '1');
             }
         }
     }
@@ -681,10 +681,10 @@ impl Session {
             Packet::Pong(_) => self.next_ping = Some(now + self.config.ping_interval),
             Packet::Ping(_) => self.close_now(
                 CloseReason::TransportError("invalid heartbeat direction"),
-                "1",
+                '1',
             ),
             Packet::Close => {
-                self.close_now(CloseReason::TransportClose, "6");
+                self.close_now(CloseReason::TransportClose, '6');
                 if self.transport == Transport::Polling && !self.poll_held {
                     self.linger = Some(now + CLOSE_LINGER);
                 }
@@ -700,7 +700,7 @@ impl Session {
         self.liveness = now + self.config.ping_interval + self.config.ping_timeout;
     }
 
-    fn close_now(&mut self, reason: CloseReason, last_poll: &'static str) {
+    fn close_now(&mut self, reason: CloseReason, last_poll: char) {
         self.state = State::Closed;
         self.reason.get_or_insert(reason);
         self.last_poll = Some(last_poll);

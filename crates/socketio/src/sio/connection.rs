@@ -20,7 +20,7 @@ use super::packet::{MAIN_NAMESPACE, Packet, PacketError, PacketType};
 
 /// A namespace's name as kept per connection: the main namespace, which nearly every client joins,
 /// takes no allocation.
-pub fn namespace_name(name: &str) -> Cow<'static, str> {
+fn namespace_name(name: &str) -> Cow<'static, str> {
     if name == MAIN_NAMESPACE {
         Cow::Borrowed(MAIN_NAMESPACE)
     } else {

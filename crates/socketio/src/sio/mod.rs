@@ -6,7 +6,7 @@ mod decoder;
 mod msgpack;
 mod packet;
 
-pub use connection::{Connection, ConnectionError, Incoming, namespace_name};
+pub use connection::{Connection, ConnectionError, Incoming};
 pub use decoder::{DEFAULT_MAX_ATTACHMENTS, Decoder, Parser, encode};
 pub use packet::{
     MAIN_NAMESPACE, MAX_ACK_ID, Packet, PacketError, PacketType, RESERVED_EVENTS, placeholder,

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -513,8 +514,9 @@ struct Actor {
     held: Option<oneshot::Sender<Result<String, RequestError>>>,
     /// The session's WebSocket: the one it runs on, or the one probing it.
     ws: Option<Box<WebSocket<Io>>>,
-    /// The id of the WebSocket whose probe began and whose upgrade is not complete yet.
-    probing: Option<u64>,
+    /// The id of the WebSocket whose probe began and whose upgrade is not complete yet (ids start
+    /// at 1: no room for a flag beside them).
+    probing: Option<NonZeroU64>,
     /// WebSockets being closed (the close handshake runs on).
     closing: Vec<WebSocket<Io>>,
     engine: Engine,
@@ -547,9 +549,10 @@ impl Actor {
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             // Kept across wakes, and moved only when the deadline changes: a timer made per wake
-            // would enter and leave the timer wheel for every message delivered.
+            // would enter and leave the timer wheel for every message delivered. Armed: it is set
+            // to a deadline not yet handled (the deadline itself is the timer's).
             let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-            let mut armed: Option<Instant> = None;
+            let mut armed = false;
             loop {
                 self.flush();
                 self.app.on_buffered(self.buffered());
@@ -561,11 +564,11 @@ impl Actor {
                     .flatten()
                     .min()
                     .map(Instant::from_std);
-                if deadline != armed {
+                if deadline != armed.then(|| timer.deadline()) {
                     if let Some(d) = deadline {
                         timer.as_mut().reset(d);
                     }
-                    armed = deadline;
+                    armed = deadline.is_some();
                 }
                 let wake = std::future::poll_fn(|cx| {
                     // The WebSocket first: polling it also writes what was queued on it.
@@ -581,7 +584,7 @@ impl Actor {
                     if let Poll::Ready(out) = self.app.poll_output(cx) {
                         return Poll::Ready(Wake::App(out));
                     }
-                    if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    if armed && timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Timer);
                     }
                     if let Some(held) = &mut self.held
@@ -605,7 +608,7 @@ impl Actor {
                     Wake::App(out) => self.deliver(out, now),
                     Wake::Timer => {
                         // Re-armed below even when the deadline stays the same.
-                        armed = None;
+                        armed = false;
                         self.session.on_timer(now);
                         let out = self.app.on_timer(now);
                         self.deliver(out, now);
@@ -686,12 +689,12 @@ impl Actor {
                 if result.is_ok() {
                     // An abandoned probe's WebSocket, if still open, goes.
                     self.close_ws();
-                    self.probing = Some(id);
+                    self.probing = NonZeroU64::new(id);
                 }
                 let _ = reply.send(result);
             }
             Cmd::WsAttach { id, mut ws } => {
-                if self.probing == Some(id) && self.session.is_upgrading() {
+                if self.probing.map(NonZeroU64::get) == Some(id) && self.session.is_upgrading() {
                     self.probing = None;
                     self.close_ws();
                     self.ws = Some(ws);
@@ -702,7 +705,7 @@ impl Actor {
                 }
             }
             Cmd::WsLost { id } => {
-                if self.probing == Some(id) {
+                if self.probing.map(NonZeroU64::get) == Some(id) {
                     self.probing = None;
                     self.session.ws_closed();
                 }
@@ -827,5 +830,8 @@ mod tests {
         for (what, size) in sizes {
             eprintln!("{what}: {size} bytes");
         }
+        // Allocator size classes (jemalloc: ..., 320, 384, 448, 512, 640, ...): a WebSocket that
+        // grows past 384 bytes costs every Socket.IO client 64 more.
+        assert!(size_of::<WebSocket<Io>>() <= 384, "{sizes:?}");
     }
 }

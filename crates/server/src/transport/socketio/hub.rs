@@ -21,8 +21,7 @@
 //!   channels' history; no session record is kept anywhere.
 //! - The server's `disconnect` ends the socket with `DISCONNECT` and closes the Engine.IO session.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -136,11 +135,49 @@ pub struct Mapping {
 struct Shared {
     env: Env,
     mapping: Mapping,
+    /// The namespaces served (`/` included), as their sockets share them.
+    served: Vec<Arc<Namespace>>,
+}
+
+/// A namespace served: its name and its rooms' channel prefix, one record shared by its sockets
+/// (two strings in every socket's wire would take it past an allocator size class).
+#[derive(Debug)]
+struct Namespace {
+    name: String,
+    /// Empty: rooms are channel names as they are.
+    prefix: String,
+}
+
+impl Namespace {
+    /// `/`, whose rooms are channels as named.
+    fn main() -> Arc<Self> {
+        Arc::new(Self {
+            name: MAIN_NAMESPACE.to_owned(),
+            prefix: String::new(),
+        })
+    }
 }
 
 /// Socket.IO on switchboard's hub.
 pub fn app(env: Env, mapping: Mapping) -> AppFactory {
-    let shared = Arc::new(Shared { env, mapping });
+    let mut served: Vec<Arc<Namespace>> = mapping
+        .namespaces
+        .iter()
+        .map(|(name, prefix)| {
+            Arc::new(Namespace {
+                name: name.clone(),
+                prefix: prefix.clone(),
+            })
+        })
+        .collect();
+    if !served.iter().any(|n| n.name == MAIN_NAMESPACE) {
+        served.push(Namespace::main());
+    }
+    let shared = Arc::new(Shared {
+        env,
+        mapping,
+        served,
+    });
     Arc::new(move |now| {
         let mapping = &shared.mapping;
         let decoder = Decoder::with_parser(mapping.parser, sio::DEFAULT_MAX_ATTACHMENTS);
@@ -156,7 +193,7 @@ pub fn app(env: Env, mapping: Mapping) -> AppFactory {
 
 /// One joined (or joining) namespace: a hub client of its own, run in the session's task.
 struct Socket {
-    namespace: Cow<'static, str>,
+    namespace: Arc<Namespace>,
     pipe: Arc<Pipe>,
     /// The hub client's queue, told what the Engine.IO session holds.
     hub_session: Arc<switchboard_hub::Session>,
@@ -188,15 +225,18 @@ enum Step {
 
 impl HubApp {
     /// Starts the hub client of a namespace's socket, on its `CONNECT`.
-    fn start_client(&mut self, namespace: &str, prefix: &str) {
-        self.remove(namespace);
+    fn start_client(&mut self, namespace: Arc<Namespace>) {
+        self.remove(&namespace.name);
         let pipe = Arc::new(Pipe::default());
-        let Shared { env, mapping } = &*self.shared;
+        let Shared { env, mapping, .. } = &*self.shared;
         let client = env.node.client_with("socketio", None);
         let hub_session = Arc::clone(client.session());
-        let mut wire = SioWire::new(Arc::clone(&pipe), mapping.parser, mapping.recovery);
-        wire.namespace = sio::namespace_name(namespace);
-        wire.prefix = prefix.to_owned();
+        let wire = SioWire::new(
+            Arc::clone(&pipe),
+            mapping.parser,
+            mapping.recovery,
+            Arc::clone(&namespace),
+        );
         let shared = Arc::clone(&self.shared);
         let driver: Driver = Box::pin(switchboard_hub::drive(
             client,
@@ -209,7 +249,7 @@ impl HubApp {
             self.sockets.reserve_exact(1);
         }
         self.sockets.push(Socket {
-            namespace: sio::namespace_name(namespace),
+            namespace,
             pipe,
             hub_session,
             driver: Some(driver),
@@ -218,7 +258,11 @@ impl HubApp {
 
     /// The socket of `namespace` leaves: its hub client ends (in this task, see `ending`).
     fn remove(&mut self, namespace: &str) {
-        if let Some(i) = self.sockets.iter().position(|s| s.namespace == namespace) {
+        if let Some(i) = self
+            .sockets
+            .iter()
+            .position(|s| s.namespace.name == namespace)
+        {
             self.end_socket(i);
         }
     }
@@ -233,7 +277,7 @@ impl HubApp {
         let Some(socket) = self
             .sockets
             .iter()
-            .find(|s| s.namespace == packet.namespace)
+            .find(|s| s.namespace.name == packet.namespace)
         else {
             return Err("no client for a packet".into());
         };
@@ -289,17 +333,14 @@ impl App for HubApp {
         };
         match incoming {
             Incoming::Connect { namespace, auth } => {
-                let prefix = match self.shared.mapping.namespaces.get(&namespace) {
-                    Some(p) => p.clone(),
-                    None if namespace == MAIN_NAMESPACE => String::new(),
-                    None => {
-                        let refusal = self
-                            .connection
-                            .refuse(&namespace, "Invalid namespace", None);
-                        return Ok(self.shared.mapping.parser.encode(&refusal));
-                    }
+                let served = self.shared.served.iter().find(|n| n.name == namespace);
+                let Some(served) = served.map(Arc::clone) else {
+                    let refusal = self
+                        .connection
+                        .refuse(&namespace, "Invalid namespace", None);
+                    return Ok(self.shared.mapping.parser.encode(&refusal));
                 };
-                self.start_client(&namespace, &prefix);
+                self.start_client(served);
                 self.forward(Packet {
                     kind: sio::PacketType::Connect,
                     namespace,
@@ -358,7 +399,7 @@ impl App for HubApp {
             }
             let mut leave = None;
             for msg in socket.pipe.take_down() {
-                match output(&mut self.connection, parser, &socket.namespace, msg) {
+                match output(&mut self.connection, parser, &socket.namespace.name, msg) {
                     Ok(Step::Send(data)) => out.extend(data),
                     Ok(Step::Refused(data)) => {
                         out.extend(data);
@@ -482,8 +523,13 @@ struct SioWire {
     pipe: Arc<Pipe>,
     /// The endpoint's parser: publications are encoded once per publication for the default one.
     parser: sio::Parser,
-    pending: HashMap<u64, Pending>,
-    next_id: u64,
+    /// Commands awaiting their reply: a few at a time, in id order (a list: a map's table would
+    /// double what an idle socket holds here).
+    pending: Vec<(u64, Pending)>,
+    /// The next command id. 32 bits: the wire's ids are its own (the hub echoes them), a socket
+    /// never has four billion commands outstanding, and the four bytes keep the socket's driver in
+    /// a smaller allocator size class.
+    next_id: u32,
     open: bool,
     /// Connection state recovery is on: pids, offsets on events, recovery on reconnect.
     recovery: bool,
@@ -491,46 +537,67 @@ struct SioWire {
     positions: Positions,
     /// A reconnect's recovery in progress (boxed: rare, and large beside the rest).
     recovering: Option<Box<Recovering>>,
-    /// Commands the wire issues itself (unsubscribes after a failed recovery).
-    outbox: Vec<Value>,
-    /// Channels whose publications are dropped (left after a failed recovery): a few at most,
-    /// and a list costs an idle socket half what an empty set does.
-    dropped: Vec<String>,
+    /// What a failed recovery left to do (boxed: rare, and every idle socket would carry its
+    /// room).
+    left: Option<Box<Left>>,
     /// Wakes the driver for the outbox.
     waker: Option<Waker>,
-    /// The socket's Socket.IO namespace.
-    namespace: Cow<'static, str>,
-    /// The channel prefix of its rooms (empty: rooms are channel names as they are).
-    prefix: String,
+    /// The socket's Socket.IO namespace and its rooms' channel prefix.
+    ns: Arc<Namespace>,
+}
+
+/// What a failed recovery left to do.
+#[derive(Default)]
+struct Left {
+    /// Commands the wire issues itself (the unsubscribes).
+    outbox: Vec<Value>,
+    /// Channels whose publications are dropped: a few at most.
+    dropped: Vec<String>,
 }
 
 impl SioWire {
-    fn new(pipe: Arc<Pipe>, parser: sio::Parser, recovery: bool) -> Self {
+    /// Whether `channel`'s publications are dropped (left after a failed recovery).
+    fn is_dropped(&self, channel: &str) -> bool {
+        self.left
+            .as_ref()
+            .is_some_and(|l| l.dropped.iter().any(|c| c == channel))
+    }
+
+    /// `channel` was joined again: its publications go out again.
+    fn undrop(&mut self, channel: &str) {
+        if let Some(left) = &mut self.left {
+            left.dropped.retain(|c| c != channel);
+            if left.dropped.is_empty() && left.outbox.is_empty() {
+                self.left = None;
+            }
+        }
+    }
+
+    fn new(pipe: Arc<Pipe>, parser: sio::Parser, recovery: bool, ns: Arc<Namespace>) -> Self {
         Self {
             pipe,
             parser,
-            pending: HashMap::new(),
+            pending: Vec::new(),
             next_id: 1,
             open: true,
             recovery,
             positions: Positions::new(),
             recovering: None,
-            outbox: Vec::new(),
-            dropped: Vec::new(),
+            left: None,
             waker: None,
-            namespace: Cow::Borrowed(MAIN_NAMESPACE),
-            prefix: String::new(),
+            ns,
         }
     }
 
     /// One command with a fresh id.
     fn cmd(&mut self, mut body: Value, pending: Pending) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = u64::from(self.next_id);
+        // Past the last id, 1 again (0 is not a command id).
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         if let Value::Object(map) = &mut body {
             map.insert("id".into(), json!(id));
         }
-        self.pending.insert(id, pending);
+        self.pending.push((id, pending));
         body
     }
 
@@ -540,7 +607,7 @@ impl SioWire {
             let err = json!({ "code": code, "message": message });
             self.deliver(
                 None,
-                ToSession::Packets(vec![Packet::ack(&self.namespace, ack, vec![err])]),
+                ToSession::Packets(vec![Packet::ack(&self.ns.name, ack, vec![err])]),
             );
         }
     }
@@ -594,7 +661,7 @@ impl SioWire {
             let mut positions = offset.and_then(parse_offset).unwrap_or_default();
             // A namespace reaches only the channels under its prefix, whatever the string says.
             let foreign = positions.len();
-            positions.retain(|ch, _| ch.starts_with(&self.prefix));
+            positions.retain(|ch, _| ch.starts_with(&self.ns.prefix));
             let foreign = foreign - positions.len();
             let mut rec = Recovering {
                 pid: pid.to_owned(),
@@ -628,7 +695,7 @@ impl SioWire {
         let channel = args
             .first()
             .and_then(Value::as_str)
-            .map(|room| format!("{}{room}", self.prefix));
+            .map(|room| format!("{}{room}", self.ns.prefix));
         let channel = channel.as_deref();
         let ack = packet.id;
         let Some(name) = packet.event_name() else {
@@ -685,7 +752,7 @@ impl SioWire {
     fn tell_positions(&mut self) {
         if self.recovery {
             let p = Packet::event(
-                &self.namespace,
+                &self.ns.name,
                 POSITION_EVENT,
                 [json!(offset_string(&self.positions))],
                 None,
@@ -732,12 +799,13 @@ impl SioWire {
             // recovery rejoined are left again, and what they delivered meanwhile is dropped.
             for channel in &rec.channels {
                 self.positions.remove(channel);
-                if !self.dropped.contains(channel) {
-                    self.dropped.push(channel.clone());
-                }
                 let unsub = json!({ "unsubscribe": { "channel": channel } });
                 let cmd = self.cmd(unsub, Pending::Unsubscribe(channel.clone(), None));
-                self.outbox.push(cmd);
+                let left = self.left.get_or_insert_with(Box::default);
+                if !left.dropped.contains(channel) {
+                    left.dropped.push(channel.clone());
+                }
+                left.outbox.push(cmd);
             }
             if let Some(w) = self.waker.take() {
                 w.wake();
@@ -752,7 +820,7 @@ impl SioWire {
             })),
         );
         for (channel, msg) in rec.held {
-            if channel.is_some_and(|c| self.dropped.contains(&c)) {
+            if channel.is_some_and(|c| self.is_dropped(&c)) {
                 continue;
             }
             self.deliver(None, msg);
@@ -765,8 +833,8 @@ impl SioWire {
         if frame.is_shared()
             && self.parser == sio::Parser::Default
             && !self.recovery
-            && self.namespace == MAIN_NAMESPACE
-            && self.prefix.is_empty()
+            && self.ns.name == MAIN_NAMESPACE
+            && self.ns.prefix.is_empty()
         {
             // A publication (or another push) sent to many clients: encoded once for all. With
             // recovery on, each socket's events carry its own offset string instead.
@@ -787,17 +855,17 @@ impl SioWire {
 
     fn reply(&mut self, id: u64, value: &Value) {
         let error = value.get("error");
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(at) = self.pending.iter().position(|(p, _)| *p == id) else {
             return;
         };
+        let (_, pending) = self.pending.remove(at);
         if self.pending.is_empty() {
             // An idle socket keeps no room for replies.
-            self.pending = HashMap::new();
+            self.pending = Vec::new();
         }
-        let namespace = self.namespace.clone();
-        let ack_of = |ack: u64, args: Vec<Value>| {
-            ToSession::Packets(vec![Packet::ack(&namespace, ack, args)])
-        };
+        let ns = Arc::clone(&self.ns);
+        let ack_of =
+            |ack: u64, args: Vec<Value>| ToSession::Packets(vec![Packet::ack(&ns.name, ack, args)]);
         let error_or = |ok: Vec<Value>| match error {
             Some(e) => vec![e.clone()],
             None => ok,
@@ -889,7 +957,7 @@ impl SioWire {
             }
             Pending::Subscribe(channel, ack) => {
                 if let (None, Some(r)) = (error, value.get("subscribe")) {
-                    self.dropped.retain(|c| *c != channel);
+                    self.undrop(&channel);
                     self.record(&channel, r);
                     self.tell_positions();
                 }
@@ -932,7 +1000,7 @@ impl SioWire {
             self.publication(&channel, p);
         } else if let Some(s) = value.get("subscribe") {
             if let Some(ch) = s.get("channel").and_then(Value::as_str) {
-                self.dropped.retain(|c| c != ch);
+                self.undrop(ch);
                 self.record(ch, s);
                 self.tell_positions();
             }
@@ -946,11 +1014,11 @@ impl SioWire {
 
     /// One publication of `channel` (from a push or a recovery) as an event.
     fn publication(&mut self, channel: &str, publication: &Value) {
-        if self.dropped.iter().any(|c| c == channel) {
+        if self.is_dropped(channel) {
             return;
         }
-        let room = channel.strip_prefix(&self.prefix).unwrap_or(channel);
-        let mut packet = publication_packet(&self.namespace, room, publication);
+        let room = channel.strip_prefix(&self.ns.prefix).unwrap_or(channel);
+        let mut packet = publication_packet(&self.ns.name, room, publication);
         if self.recovery
             && let Some(offset) = publication.get("offset").and_then(Value::as_u64)
         {
@@ -1028,8 +1096,13 @@ impl Wire for SioWire {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
-        if !self.outbox.is_empty() {
-            let cmds = std::mem::take(&mut self.outbox);
+        if let Some(left) = &mut self.left
+            && !left.outbox.is_empty()
+        {
+            let cmds = std::mem::take(&mut left.outbox);
+            if left.dropped.is_empty() {
+                self.left = None;
+            }
             if let Some(b) = lines(cmds) {
                 return Poll::Ready(Upstream::Commands(b));
             }
@@ -1082,9 +1155,8 @@ impl Wire for SioWire {
             && !code.reconnect()
         {
             let mut pipe = self.pipe.0.lock();
-            pipe.down.push(ToSession::Packets(vec![Packet::disconnect(
-                &self.namespace,
-            )]));
+            pipe.down
+                .push(ToSession::Packets(vec![Packet::disconnect(&self.ns.name)]));
             pipe.down.push(ToSession::Leave);
             return;
         }
@@ -1114,7 +1186,12 @@ mod tests {
     fn wire_with(recovery: bool) -> (SioWire, Down) {
         let pipe = Arc::new(Pipe::default());
         (
-            SioWire::new(Arc::clone(&pipe), sio::Parser::Default, recovery),
+            SioWire::new(
+                Arc::clone(&pipe),
+                sio::Parser::Default,
+                recovery,
+                Namespace::main(),
+            ),
             Down(pipe),
         )
     }
@@ -1486,7 +1563,12 @@ mod tests {
             None,
         );
         let client = node.client_with("socketio", None);
-        let wire = SioWire::new(Arc::default(), sio::Parser::Default, false);
+        let wire = SioWire::new(
+            Arc::default(),
+            sio::Parser::Default,
+            false,
+            Namespace::main(),
+        );
         let driver: Driver = Box::pin(switchboard_hub::drive(
             client,
             wire,
