@@ -30,7 +30,10 @@ enum Event {
 ///
 /// `shutdown` is the server's: when it is cancelled the client is told to reconnect
 /// ([`DisconnectCode::Shutdown`]) after `reconnect_delay_ms()` milliseconds, a number each client
-/// draws for itself so that a restart does not bring every client back in the same second.
+/// draws for itself so that a restart does not bring every client back in the same second. `None`:
+/// the transport learns of the shutdown itself and ends its wire's upstream with
+/// [`Upstream::End`]`(`[`DisconnectCode::Shutdown`]`)`, which is told the same way; one watch per
+/// endpoint instead of one per client (each is a boxed future and a waiter on the token).
 ///
 /// A plain function returning the future, rather than an `async fn`: an `async fn` keeps its
 /// arguments apart from the locals they move into, and the client and its wire would take their
@@ -42,14 +45,14 @@ enum Event {
 pub fn drive<W: Wire>(
     mut client: Client,
     mut wire: W,
-    shutdown: CancellationToken,
+    shutdown: Option<CancellationToken>,
     reconnect_delay_ms: impl Fn() -> u64,
 ) -> impl Future<Output = ()> {
     async move {
         let shutdown = &shutdown;
         let session = std::sync::Arc::clone(client.session());
         let sent = client.node_metrics().messages_out(client.transport());
-        let mut stop = ShutdownSignal::new(shutdown);
+        let mut stop = shutdown.as_ref().map(ShutdownSignal::new);
         let end: Result<DisconnectCode, Option<DisconnectCode>> = loop {
             let event = std::future::poll_fn(|cx| {
                 loop {
@@ -71,7 +74,7 @@ pub fn drive<W: Wire>(
                             Poll::Pending => {}
                         }
                     }
-                    if wire.is_open() && stop.poll(cx).is_ready() {
+                    if wire.is_open() && stop.as_mut().is_some_and(|s| s.poll(cx).is_ready()) {
                         return Poll::Ready(Event::Disconnect(DisconnectCode::Shutdown));
                     }
                     return Poll::Pending;
@@ -326,7 +329,7 @@ mod tests {
         };
         tokio::time::timeout(
             Duration::from_secs(5),
-            drive(client, wire, shutdown.clone(), || 1234),
+            drive(client, wire, Some(shutdown.clone()), || 1234),
         )
         .await
         .unwrap();

@@ -192,7 +192,7 @@ mod size_tests {
     fn an_idle_clients_task_holds_no_command_future() {
         let node = Node::new(Arc::new(MemoryEngine::new()), NodeConfig::default(), None);
         let token = CancellationToken::new();
-        let fut = crate::driver::drive(node.client("test"), Null, token, || 0);
+        let fut = crate::driver::drive(node.client("test"), Null, Some(token), || 0);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 400, "the driver's future is {size} bytes");
     }

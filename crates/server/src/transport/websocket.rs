@@ -168,9 +168,11 @@ fn client_task(
         let client = node.client_with("websocket", headers);
         let span = tracing::debug_span!("client", id = %client.id(), transport = "websocket");
         let wire = WsWire::new(ws, &node);
-        drive(client, wire, shutdown, || restart.reconnect_delay_ms())
-            .instrument(span)
-            .await;
+        drive(client, wire, Some(shutdown), || {
+            restart.reconnect_delay_ms()
+        })
+        .instrument(span)
+        .await;
         drop(permit);
     }
 }

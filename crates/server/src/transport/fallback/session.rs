@@ -282,9 +282,10 @@ pub async fn open(
     };
     // The task, not this request, owns the client: the request may be dropped at any point.
     let (shutdown, restart) = (ctx.shutdown.clone(), ctx.restart.clone());
-    ctx.tracker.spawn(drive(client, wire, shutdown, move || {
-        restart.reconnect_delay_ms()
-    }));
+    ctx.tracker
+        .spawn(drive(client, wire, Some(shutdown), move || {
+            restart.reconnect_delay_ms()
+        }));
     Ok(match answer.await {
         Ok(Ok(())) => Ok(session),
         Ok(Err(code)) => Err(code),

@@ -38,6 +38,9 @@ pub trait App: Send + 'static {
     fn next_deadline(&self) -> Option<std::time::Instant>;
     /// The application's timers (the connect timeout).
     fn on_timer(&mut self, now: std::time::Instant) -> Result<Vec<Data>, String>;
+    /// The server shuts down (the session closes next): what the application runs ends as a
+    /// shutdown, not as a client gone.
+    fn on_shutdown(&mut self) {}
     /// Messages the application sends of its own accord (pushes from the hub), or why the session
     /// must close.
     fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Data>, String>> {
@@ -710,7 +713,10 @@ impl Actor {
                     self.session.ws_closed();
                 }
             }
-            Cmd::Shutdown => self.session.close(now),
+            Cmd::Shutdown => {
+                self.app.on_shutdown();
+                self.session.close(now);
+            }
         }
     }
 

@@ -36,7 +36,6 @@ use switchboard_hub::{End, Node, Upstream, Wire};
 use switchboard_protocol::{DisconnectCode, Frame};
 use switchboard_socketio::eio::{Data, SharedText};
 use switchboard_socketio::sio::{self, Connection, Decoder, Incoming, MAIN_NAMESPACE, Packet};
-use tokio_util::sync::CancellationToken;
 
 use super::engine::{App, AppFactory};
 
@@ -54,6 +53,9 @@ struct PipeState {
     down: Vec<ToSession>,
     /// The socket left its namespace, or the session ended: the hub client ends.
     closed: bool,
+    /// The server shuts down: the hub client ends with [`DisconnectCode::Shutdown`] (the
+    /// endpoint tells its sessions, and they their sockets: no watch per socket).
+    shutdown: bool,
 }
 
 impl Pipe {
@@ -112,8 +114,6 @@ type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Env {
     /// The node clients join.
     pub node: Arc<Node>,
-    /// The server's shutdown.
-    pub shutdown: CancellationToken,
     /// How clients are told to come back after a shutdown.
     pub restart: crate::config::ShutdownConfig,
 }
@@ -238,12 +238,10 @@ impl HubApp {
             Arc::clone(&namespace),
         );
         let shared = Arc::clone(&self.shared);
-        let driver: Driver = Box::pin(switchboard_hub::drive(
-            client,
-            wire,
-            env.shutdown.clone(),
-            move || shared.env.restart.reconnect_delay_ms(),
-        ));
+        // No shutdown watch: the session's `on_shutdown` ends its sockets.
+        let driver: Driver = Box::pin(switchboard_hub::drive(client, wire, None, move || {
+            shared.env.restart.reconnect_delay_ms()
+        }));
         if self.sockets.is_empty() {
             // Room for the one socket most sessions have, not the default four.
             self.sockets.reserve_exact(1);
@@ -377,6 +375,12 @@ impl App for HubApp {
     fn on_timer(&mut self, now: Instant) -> Result<Vec<Data>, String> {
         self.connection.on_timer(now).map_err(|e| e.to_string())?;
         Ok(Vec::new())
+    }
+
+    fn on_shutdown(&mut self) {
+        for socket in &self.sockets {
+            socket.pipe.0.lock().shutdown = true;
+        }
     }
 
     /// Runs every socket's hub client (it takes the packets forwarded since, and moves its queue
@@ -1118,6 +1122,10 @@ impl Wire for SioWire {
                         }
                         Some(p)
                     }
+                    // First: the session may have ended its sockets already (closed too).
+                    None if pipe.shutdown => {
+                        return Poll::Ready(Upstream::End(DisconnectCode::Shutdown));
+                    }
                     None if pipe.closed => None,
                     // The session's task polls this client again after each packet it forwards.
                     None => return Poll::Pending,
@@ -1569,12 +1577,7 @@ mod tests {
             false,
             Namespace::main(),
         );
-        let driver: Driver = Box::pin(switchboard_hub::drive(
-            client,
-            wire,
-            CancellationToken::new(),
-            || 0,
-        ));
+        let driver: Driver = Box::pin(switchboard_hub::drive(client, wire, None, || 0));
         let sizes = [
             ("SioWire", size_of::<SioWire>()),
             ("hub Client", size_of::<switchboard_hub::Client>()),
@@ -1590,6 +1593,29 @@ mod tests {
             eprintln!("{what}: {size} bytes");
         }
         assert!(size_of_val(&*driver) <= 640, "{sizes:?}");
+    }
+
+    /// The endpoint's shutdown reaches a socket's hub client through its pipe (there is no
+    /// watch per socket): as a shutdown, even when the session already ended its sockets.
+    #[test]
+    fn a_shutdown_ends_the_hub_client_as_one() {
+        let (mut w, down) = wire();
+        let waker = futures_task_noop();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(w.poll_upstream(&mut cx), Poll::Pending);
+        {
+            let mut pipe = down.0.0.lock();
+            pipe.shutdown = true;
+            pipe.closed = true;
+        }
+        assert_eq!(
+            w.poll_upstream(&mut cx),
+            Poll::Ready(Upstream::End(DisconnectCode::Shutdown))
+        );
+        // Without the shutdown, a closed pipe is a client gone.
+        let (mut w, down) = wire();
+        down.0.0.lock().closed = true;
+        assert_eq!(w.poll_upstream(&mut cx), Poll::Ready(Upstream::Gone(None)));
     }
 
     fn futures_task_noop() -> Waker {

@@ -102,7 +102,6 @@ pub fn router(
     } else {
         let env = hub::Env {
             node: Arc::clone(node),
-            shutdown: shutdown.clone(),
             restart: config.shutdown.clone(),
         };
         mount(
