@@ -30,13 +30,18 @@ function join() {
     timeout: ACK_TIMEOUT_MS,
   });
   socket = s;
-  s.on('connect', async () => {
-    meter();
-    system(`connected over ${s.io.engine.transport.name}`);
+  // Listened for as soon as the Engine.IO connection opens, not on `connect`: the upgrade's probe
+  // starts at that open, and can finish before the namespace's `connect` arrives (it then comes
+  // over the WebSocket).
+  s.io.on('open', () => {
     s.io.engine.once('upgrade', (t) => {
       meter();
       system(`upgraded to ${t.name}`);
     });
+  });
+  s.on('connect', async () => {
+    meter();
+    system(`connected over ${s.io.engine.transport.name}`);
     // A new connection is a new switchboard client: join the room again, then say who we are.
     try {
       await command(s, 'subscribe', r.channel);
