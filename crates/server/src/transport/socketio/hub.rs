@@ -559,7 +559,20 @@ struct Left {
     dropped: Vec<String>,
 }
 
+impl Left {
+    fn is_empty(&self) -> bool {
+        self.outbox.is_empty() && self.dropped.is_empty()
+    }
+}
+
 impl SioWire {
+    /// Frees what a failed recovery left once nothing of it remains: an idle socket keeps no box.
+    fn tidy_left(&mut self) {
+        if self.left.as_ref().is_some_and(|l| l.is_empty()) {
+            self.left = None;
+        }
+    }
+
     /// Whether `channel`'s publications are dropped (left after a failed recovery).
     fn is_dropped(&self, channel: &str) -> bool {
         self.left
@@ -571,10 +584,8 @@ impl SioWire {
     fn undrop(&mut self, channel: &str) {
         if let Some(left) = &mut self.left {
             left.dropped.retain(|c| c != channel);
-            if left.dropped.is_empty() && left.outbox.is_empty() {
-                self.left = None;
-            }
         }
+        self.tidy_left();
     }
 
     fn new(pipe: Arc<Pipe>, parser: sio::Parser, recovery: bool, ns: Arc<Namespace>) -> Self {
@@ -1104,9 +1115,7 @@ impl Wire for SioWire {
             && !left.outbox.is_empty()
         {
             let cmds = std::mem::take(&mut left.outbox);
-            if left.dropped.is_empty() {
-                self.left = None;
-            }
+            self.tidy_left();
             if let Some(b) = lines(cmds) {
                 return Poll::Ready(Upstream::Commands(b));
             }
