@@ -134,8 +134,11 @@ pub struct Mapping {
 /// What every session of the endpoint shares: one pointer per session, not a copy.
 struct Shared {
     env: Env,
-    mapping: Mapping,
-    /// The namespaces served (`/` included), as their sockets share them.
+    parser: sio::Parser,
+    connect_timeout: Duration,
+    recovery: bool,
+    /// The namespaces served (`/` included), as their sockets share them (built from
+    /// [`Mapping::namespaces`], which is not kept beside them).
     served: Vec<Arc<Namespace>>,
 }
 
@@ -175,14 +178,15 @@ pub fn app(env: Env, mapping: Mapping) -> AppFactory {
     }
     let shared = Arc::new(Shared {
         env,
-        mapping,
+        parser: mapping.parser,
+        connect_timeout: mapping.connect_timeout,
+        recovery: mapping.recovery,
         served,
     });
     Arc::new(move |now| {
-        let mapping = &shared.mapping;
-        let decoder = Decoder::with_parser(mapping.parser, sio::DEFAULT_MAX_ATTACHMENTS);
+        let decoder = Decoder::with_parser(shared.parser, sio::DEFAULT_MAX_ATTACHMENTS);
         Box::new(HubApp {
-            connection: Connection::new(decoder, mapping.connect_timeout, now),
+            connection: Connection::new(decoder, shared.connect_timeout, now),
             shared: Arc::clone(&shared),
             sockets: Vec::new(),
             ending: Vec::new(),
@@ -228,13 +232,18 @@ impl HubApp {
     fn start_client(&mut self, namespace: Arc<Namespace>) {
         self.remove(&namespace.name);
         let pipe = Arc::new(Pipe::default());
-        let Shared { env, mapping, .. } = &*self.shared;
+        let Shared {
+            env,
+            parser,
+            recovery,
+            ..
+        } = &*self.shared;
         let client = env.node.client_with("socketio", None);
         let hub_session = Arc::clone(client.session());
         let wire = SioWire::new(
             Arc::clone(&pipe),
-            mapping.parser,
-            mapping.recovery,
+            *parser,
+            *recovery,
             Arc::clone(&namespace),
         );
         let shared = Arc::clone(&self.shared);
@@ -336,7 +345,7 @@ impl App for HubApp {
                     let refusal = self
                         .connection
                         .refuse(&namespace, "Invalid namespace", None);
-                    return Ok(self.shared.mapping.parser.encode(&refusal));
+                    return Ok(self.shared.parser.encode(&refusal));
                 };
                 self.start_client(served);
                 self.forward(Packet {
@@ -391,7 +400,7 @@ impl App for HubApp {
         }
         self.ending
             .retain_mut(|driver| driver.as_mut().poll(cx).is_pending());
-        let parser = self.shared.mapping.parser;
+        let parser = self.shared.parser;
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.sockets.len() {
