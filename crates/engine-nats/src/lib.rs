@@ -18,6 +18,9 @@
 //!   rewrites its clients' entries every third of it.
 //! - `health.rs`: readiness, measured by a round trip to the server at least every second, and what
 //!   happens after a reconnect: every channel is reported as a possible gap.
+//! - The client's connection task runs on a thread of its own ([`switchboard_engine::io_thread`]), so
+//!   that a JetStream acknowledgement is read when it arrives, not after the tasks a big fan-out
+//!   woke on the node's runtime.
 //!
 //! # History: one stream per history setting, offsets by compare-and-set
 //!
@@ -79,6 +82,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::health::{Health, settle_time};
+use switchboard_engine::io_thread::IoThread;
 use switchboard_engine::presence::LocalPresence;
 use switchboard_engine::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, Reach, ShardState,
@@ -296,6 +300,9 @@ pub enum NatsError {
         /// What failed.
         reason: String,
     },
+    /// The thread of the connection (see [`switchboard_engine::io_thread`]) could not start.
+    #[error("cannot start the thread of the NATS connection: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What the engine's background tasks share with it.
@@ -362,6 +369,9 @@ impl Inner {
 pub struct NatsEngine {
     inner: Arc<Inner>,
     tasks: Vec<AbortHandle>,
+    /// Where the client's connection task runs (see [`switchboard_engine::io_thread`]): dropped
+    /// after the tasks, it ends the connection.
+    _connection: IoThread,
 }
 
 impl std::fmt::Debug for NatsEngine {
@@ -453,12 +463,17 @@ impl NatsEngine {
         if config.tls_required {
             options = options.require_tls(true);
         }
+        // The client's connection task runs on a thread of its own: async-nats spawns it on the
+        // runtime that connects. The engine's own tasks stay on this one.
+        let connection = IoThread::start("nats-connection").map_err(NatsError::Thread)?;
+        let servers = config.servers.clone();
         let client = tokio::time::timeout(
             config.connect_timeout * 2,
-            options.connect(config.servers.clone()),
+            connection.run(async move { options.connect(servers).await }),
         )
         .await
         .map_err(|_| connect_error("timed out".into()))?
+        .map_err(|e| connect_error(format!("the connection's thread stopped: {e}")))?
         .map_err(|e| connect_error(e.to_string()))?;
         let builder = jetstream::ContextBuilder::new();
         let js = match &config.jetstream_domain {
@@ -514,7 +529,11 @@ impl NatsEngine {
         );
         tasks.push(tokio::spawn(health::watch(Arc::clone(&inner))).abort_handle());
         tasks.push(tokio::spawn(presence::refresh(Arc::clone(&inner))).abort_handle());
-        Ok(Self { inner, tasks })
+        Ok(Self {
+            inner,
+            tasks,
+            _connection: connection,
+        })
     }
 }
 

@@ -20,8 +20,9 @@
 //! - `health.rs`: readiness, measured by a PING to every instance at least every second; the node is
 //!   ready while at least one instance answers.
 //! - `keys.rs`: the key layout; `codec.rs`: how publications are written into Redis.
-//! - `command_thread.rs`: the thread where the command connections run, so that a reply is read when
-//!   it arrives, not after the tasks a big fan-out woke on the node's runtime.
+//! - The command connections run on a thread of their own ([`switchboard_engine::io_thread`]), so
+//!   that a reply is read when it arrives, not after the tasks a big fan-out woke on the node's
+//!   runtime.
 //!
 //! Redis Cluster (`cluster = true`) is one logical instance: keys of a channel share a hash slot, and
 //! publications go through sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0+), each channel on the
@@ -31,7 +32,6 @@
 
 mod broker;
 mod codec;
-mod command_thread;
 mod health;
 mod history;
 mod idempotency;
@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use command_thread::CommandThread;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Builder;
@@ -57,6 +56,7 @@ use fred::types::config::UnresponsiveConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::health::{Health, RECONNECT_MAX, settle_time};
+use switchboard_engine::io_thread::IoThread;
 use switchboard_engine::presence::LocalPresence;
 use switchboard_engine::{
     Engine, EngineError, EngineHandler, History, HistoryQuery, PresenceEvent, Reach, ShardState,
@@ -150,7 +150,8 @@ pub enum RedisError {
     /// A setting of `[engine.redis]` is wrong.
     #[error("[engine.redis] {0}")]
     Config(String),
-    /// The thread of the command connections (see `command_thread.rs`) could not start.
+    /// The thread of the command connections (see [`switchboard_engine::io_thread`]) could not
+    /// start.
     #[error("cannot start the thread of the Redis command connections: {0}")]
     Thread(#[source] std::io::Error),
     /// Redis did not answer at start.
@@ -254,7 +255,7 @@ pub struct RedisEngine {
     inner: Arc<Inner>,
     tasks: Vec<AbortHandle>,
     /// Where the command connections run; dropped last, closing them.
-    _commands: CommandThread,
+    _commands: IoThread,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -288,7 +289,7 @@ impl RedisEngine {
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         let mut receivers = Vec::new();
-        let commands = CommandThread::start().map_err(RedisError::Thread)?;
+        let commands = IoThread::start("redis-commands").map_err(RedisError::Thread)?;
         for urls in groups {
             let builder = builder(&config, &urls)?;
             let build_error = |e: fred::error::Error| RedisError::Config(format!("addresses: {e}"));
@@ -298,7 +299,7 @@ impl RedisEngine {
             receivers.push((subscriber.message_rx(), subscriber.reconnect_rx()));
             let address = urls.join(",");
             // The command client's connection task runs on the command thread (why: see
-            // `command_thread.rs`), the subscriber's on this runtime.
+            // `switchboard_engine::io_thread`), the subscriber's on this runtime.
             let on_thread = {
                 let (c, a, cfg) = (client.clone(), address.clone(), config.clone());
                 commands

@@ -17,7 +17,8 @@
 //! - [`MemoryEngine`] implements it in one process.
 //! - What remote engines (Redis, NATS) share, each piece written once: [`codec`] (the bodies they
 //!   store and send), [`health`] (readiness, measured), [`presence`] (their own clients' entries,
-//!   rewritten periodically), [`new_epoch`] and [`HistoryQuery::select`].
+//!   rewritten periodically), [`io_thread`] (their connections' own thread), [`new_epoch`] and
+//!   [`HistoryQuery::select`].
 //! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
 //!   tests; `testing` (the same feature) has what their tests and examples share besides: throwaway
 //!   server processes and a publish round trip benchmark.
@@ -26,6 +27,7 @@ pub mod codec;
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod health;
+pub mod io_thread;
 mod memory;
 pub mod presence;
 #[cfg(feature = "testing")]
