@@ -247,6 +247,11 @@ fn deliver(inner: &Inner, m: RedisMessage) {
     let Some(channel) = inner.keys.channel_of(&m.channel) else {
         return;
     };
+    // In a cluster nothing confirms a SUNSUBSCRIBE (a standalone unsubscribe is confirmed by a PING
+    // on the same connection): a message still in flight then is the node's no longer.
+    if inner.config.cluster && !inner.shard(channel).channels.lock().contains(channel) {
+        return;
+    }
     let Some(bytes) = m.value.into_bytes() else {
         tracing::warn!(channel, "pub/sub message that is not a string; ignored");
         return;
