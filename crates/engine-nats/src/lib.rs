@@ -369,9 +369,9 @@ impl Inner {
 pub struct NatsEngine {
     inner: Arc<Inner>,
     tasks: Vec<AbortHandle>,
-    /// Where the client's connection task runs (see [`switchboard_engine::io_thread`]): dropped
-    /// after the tasks, it ends the connection.
-    _connection: IoThread,
+    /// Where the client's connection task runs (see [`switchboard_engine::io_thread`]): stopped
+    /// after the tasks, once the connection is drained.
+    connection: IoThread,
 }
 
 impl std::fmt::Debug for NatsEngine {
@@ -391,13 +391,13 @@ impl Drop for NatsEngine {
         for (_, t) in self.inner.live.lock().drain() {
             t.abort();
         }
-        // Close the connection now: other nodes then see this one gone ("no responders") at once.
+        // Drain the connection on its own thread, then stop that thread: what is still buffered is
+        // sent, and NATS drops this node's subscriptions at once, so other nodes see it gone ("no
+        // responders") rather than waiting for a timeout.
         let client = self.inner.client.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = client.drain().await;
-            });
-        }
+        self.connection.stop_after(async move {
+            let _ = client.drain().await;
+        });
     }
 }
 
@@ -532,7 +532,7 @@ impl NatsEngine {
         Ok(Self {
             inner,
             tasks,
-            _connection: connection,
+            connection,
         })
     }
 }

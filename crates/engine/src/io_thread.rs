@@ -22,16 +22,26 @@
 //! against 0.4–0.7 with the command connections alone).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinError;
 
+/// How long [`IoThread::stop_after`]'s last future may take before the thread stops anyway: a
+/// connection saying goodbye to a server that no longer answers must not keep the thread alive.
+pub const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the thread runs before it stops, if anything.
+type LastWords = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A thread running a single-threaded runtime, stopped (with the tasks on it) when this is dropped.
 pub struct IoThread {
     runtime: Handle,
-    /// Dropping it ends the thread's `block_on`, and the runtime with its tasks (the connections).
-    _stop: oneshot::Sender<()>,
+    /// Sending on it, or dropping it, ends the thread's `block_on`, and the runtime with its tasks
+    /// (the connections). `None` once [`IoThread::stop_after`] has used it.
+    stop: Option<oneshot::Sender<LastWords>>,
 }
 
 impl IoThread {
@@ -41,19 +51,35 @@ impl IoThread {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<LastWords>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 runtime.block_on(async {
                     // An error only says the sender is gone: time to stop either way.
-                    let _ = stopped.await;
+                    if let Ok(last) = stopped.await {
+                        let _ = tokio::time::timeout(LAST_WORDS_TIMEOUT, last).await;
+                    }
                 });
             })?;
         Ok(Self {
             runtime: handle,
-            _stop: stop,
+            stop: Some(stop),
         })
+    }
+
+    /// Stops the thread once `last` has run on it (for at most [`LAST_WORDS_TIMEOUT`]), without
+    /// waiting for it: a connection's goodbye (a NATS drain, which flushes what is still buffered
+    /// and lets the server drop this client's subscriptions at once) from a `Drop`. The runtime
+    /// and its other tasks are kept until then, since the goodbye needs the connection's task.
+    pub fn stop_after<F>(&mut self, last: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(stop) = self.stop.take() {
+            // An error says the thread is gone already, and `last` with it.
+            let _ = stop.send(Box::pin(last));
+        }
     }
 
     /// Runs `future` on the thread and waits for it. A client connected from such a future runs
@@ -89,6 +115,56 @@ mod tests {
                 Err(e) if e.is_cancelled() => break,
                 _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
                 _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_its_last_words_before_it_stops() {
+        let mut thread = IoThread::start("test-io").unwrap();
+        let runtime = thread.runtime.clone();
+        // A task that the last words need: it must still run after `stop_after`.
+        let (ask, asked) = oneshot::channel::<oneshot::Sender<&'static str>>();
+        thread
+            .run(async move {
+                tokio::spawn(async move {
+                    if let Ok(answer) = asked.await {
+                        let _ = answer.send("goodbye");
+                    }
+                });
+            })
+            .await
+            .unwrap();
+        let (said, heard) = oneshot::channel();
+        thread.stop_after(async move {
+            let (answer, answered) = oneshot::channel();
+            let _ = ask.send(answer);
+            let _ = said.send(answered.await.unwrap_or("nothing"));
+        });
+        drop(thread);
+        assert_eq!(heard.await.unwrap(), "goodbye");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match runtime.spawn(async {}).await {
+                Err(e) if e.is_cancelled() => break,
+                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn last_words_that_never_end_do_not_keep_the_thread() {
+        let mut thread = IoThread::start("test-io").unwrap();
+        let runtime = thread.runtime.clone();
+        thread.stop_after(std::future::pending());
+        drop(thread);
+        let deadline = std::time::Instant::now() + LAST_WORDS_TIMEOUT + Duration::from_secs(5);
+        loop {
+            match runtime.spawn(async {}).await {
+                Err(e) if e.is_cancelled() => break,
+                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
         }
     }
