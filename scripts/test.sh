@@ -57,7 +57,9 @@ autobahn_log=$(mktemp)
   trap - EXIT
 ) >"$autobahn_log" 2>&1 &
 autobahn=$!
-trap 'kill $autobahn 2>/dev/null || true' EXIT
+# On a failure of what runs beside it, Autobahn's client and server go too (its children first: the
+# subshell alone would leave them running).
+trap 'pkill -TERM -P $autobahn 2>/dev/null || true; kill $autobahn 2>/dev/null || true' EXIT
 
 step "fuzz smoke (${FUZZ_SECONDS}s per target)"
 (
