@@ -97,6 +97,19 @@ impl IoThread {
 mod tests {
     use super::*;
 
+    /// Waits until the thread's runtime has shut down (nothing spawned on it runs any more), and
+    /// fails the test if that takes longer than `limit`.
+    async fn stops_within(runtime: &Handle, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match runtime.spawn(async {}).await {
+                Err(e) if e.is_cancelled() => return,
+                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn runs_futures_on_its_own_thread_until_dropped() {
         let thread = IoThread::start("test-io").unwrap();
@@ -108,15 +121,7 @@ mod tests {
         assert_ne!(here, there);
         let runtime = thread.runtime.clone();
         drop(thread);
-        // The runtime shuts down with the thread: nothing spawned on it runs any more.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match runtime.spawn(async {}).await {
-                Err(e) if e.is_cancelled() => break,
-                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
-                _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        }
+        stops_within(&runtime, Duration::from_secs(5)).await;
     }
 
     #[tokio::test]
@@ -143,14 +148,7 @@ mod tests {
         });
         drop(thread);
         assert_eq!(heard.await.unwrap(), "goodbye");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match runtime.spawn(async {}).await {
-                Err(e) if e.is_cancelled() => break,
-                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
-                _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        }
+        stops_within(&runtime, Duration::from_secs(5)).await;
     }
 
     #[tokio::test]
@@ -159,13 +157,6 @@ mod tests {
         let runtime = thread.runtime.clone();
         thread.stop_after(std::future::pending());
         drop(thread);
-        let deadline = std::time::Instant::now() + LAST_WORDS_TIMEOUT + Duration::from_secs(5);
-        loop {
-            match runtime.spawn(async {}).await {
-                Err(e) if e.is_cancelled() => break,
-                _ if std::time::Instant::now() > deadline => panic!("the thread did not stop"),
-                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        }
+        stops_within(&runtime, LAST_WORDS_TIMEOUT + Duration::from_secs(5)).await;
     }
 }
