@@ -487,10 +487,11 @@ measured, {} round(s)), switchboard only. **memory, 1 node**: one node, the in-m
 **redis, 2 nodes**: a fresh `redis-server --save '' --appendonly no` and two nodes with \
 `[engine] type = \"redis\"`; subscriber i connects to node i mod 2.{} Both publish through node 1's \
 server API (`POST /api/publish` pipelined on 8 keep-alive connections, channel c on connection c \
-mod 8), and the publish call is timed from the request written to the response read. Every \
-server-side process is pinned to CPU 0 (one core for the node, or for both nodes and the broker), the \
-load generator to CPU 1. Server CPU µs / delivery = user + system time of all server-side \
-processes in the window ÷ deliveries in the window.\n",
+mod 8), and the publish call is timed from the request written to the answer's arrival (the \
+kernel's receive timestamp, as for deliveries). Every server-side process is pinned to CPU 0 \
+(one core for the node, or for both nodes and the broker), the load generator to CPU 1. Server \
+CPU µs / delivery = user + system time of all server-side processes in the window ÷ deliveries in \
+the window.\n",
         s.warmup,
         s.duration,
         s.rounds,

@@ -4,19 +4,22 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::sleep;
 
 use super::state::Control;
-use super::subscriber::{Closed, Ws};
+use super::subscriber::{Closed, Ws, recv_stamped};
 use crate::fanout::wire::{self, Event, Kind};
 use crate::load::control::{EXIT, MEASURE, STOP};
 use crate::load::latency::realtime_ns;
@@ -61,25 +64,27 @@ pub(super) async fn publish(
     // HTTP publishers (Nchan, switchboard's API) answer in order on each connection: the send
     // times queued here pair up with the responses.
     let http = matches!(kind, Kind::Nchan | Kind::Raw) || api.is_some();
-    let mut in_flight: Vec<Rc<RefCell<VecDeque<Instant>>>> = Vec::new();
+    // Each request's send time (ns since the Unix epoch, the clock of the kernel's receive
+    // timestamps), taken just before the write that carries it.
+    let mut in_flight: Vec<Rc<RefCell<VecDeque<u64>>>> = Vec::new();
     let conns = if http {
         http_conns.clamp(1, channels)
     } else {
         1
     };
     for _ in 0..conns {
-        let (reader, writer) = match kind {
+        let stream = match kind {
             _ if api.is_some() => {
                 let (api_addr, _) = api.as_ref().context("no API address")?;
-                ws::connect(None, *api_addr).await?.into_split()
+                ws::connect(None, *api_addr).await?
             }
-            Kind::Nchan | Kind::Raw => ws::connect(None, addr).await?.into_split(),
+            Kind::Nchan | Kind::Raw => ws::connect(None, addr).await?,
             Kind::Switchboard => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
                 ws.send_text("{\"id\":1,\"connect\":{}}").await?;
                 ws.switchboard_reply(1).await?;
                 ensure!(ws.buf.is_empty(), "unexpected data after the connect reply");
-                ws.stream.into_split()
+                ws.stream
             }
             Kind::Socketio | Kind::SwitchboardSio => {
                 let mut ws = Ws::open(kind, None, addr, &kind.ws_path(0), u64::MAX).await?;
@@ -90,11 +95,19 @@ pub(super) async fn publish(
                     ws.buf.is_empty(),
                     "unexpected data after the namespace connect"
                 );
-                ws.stream.into_split()
+                ws.stream
             }
         };
+        if http {
+            // The answer's arrival is taken from the kernel (SO_TIMESTAMPNS), as the subscribers'
+            // deliveries are: this thread shares its core with the subscribers' loop, and the
+            // time it waits for that core is the load generator's, not the server's.
+            setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
+                .context("setting SO_TIMESTAMPNS")?;
+        }
+        let (reader, writer) = stream.into_split();
         let (control, pongs) = (Arc::clone(control), Rc::clone(&pongs));
-        let sent_at: Rc<RefCell<VecDeque<Instant>>> = Rc::default();
+        let sent_at: Rc<RefCell<VecDeque<u64>>> = Rc::default();
         in_flight.push(Rc::clone(&sent_at));
         tokio::task::spawn_local(async move {
             if let Err(e) = publisher_replies(kind, http, reader, &control, &pongs, &sent_at).await
@@ -109,6 +122,7 @@ pub(super) async fn publish(
     let names: Vec<String> = (0..channels).map(|c| kind.channel(c)).collect();
     let mut seq = vec![0u64; channels];
     let mut bufs = vec![Vec::<u8>::new(); conns];
+    let mut requests = vec![0usize; conns];
     let start = Instant::now();
     let mut sent = 0u64;
     let tick = Duration::from_millis(1);
@@ -136,7 +150,7 @@ pub(super) async fn publish(
             let t_ns = realtime_ns();
             let out = &mut bufs[c % conns];
             if http {
-                in_flight[c % conns].borrow_mut().push_back(Instant::now());
+                requests[c % conns] += 1;
             }
             match kind {
                 _ if api.is_some() => {
@@ -160,8 +174,12 @@ pub(super) async fn publish(
             batch += 1;
         }
         bufs[0].append(&mut pongs.borrow_mut());
-        for (writer, out) in writers.iter_mut().zip(&mut bufs) {
+        for (i, (writer, out)) in writers.iter_mut().zip(&mut bufs).enumerate() {
             if !out.is_empty() {
+                let now = realtime_ns();
+                in_flight[i]
+                    .borrow_mut()
+                    .extend(std::iter::repeat_n(now, std::mem::take(&mut requests[i])));
                 writer.write_all(out).await?;
                 out.clear();
             }
@@ -192,22 +210,40 @@ async fn publisher_replies(
     mut reader: OwnedReadHalf,
     control: &Control,
     pongs: &RefCell<Vec<u8>>,
-    sent_at: &RefCell<VecDeque<Instant>>,
+    sent_at: &RefCell<VecDeque<u64>>,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut frag = Fragments::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let fd = reader.as_ref().as_raw_fd();
     loop {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let n = reader.read(&mut chunk).await?;
+        // HTTP answers carry the kernel's receive timestamp (of the read's last segment, so an
+        // answer read together with a later one counts late, never early).
+        let (n, stamp) = if http {
+            loop {
+                reader.as_ref().readable().await?;
+                match reader.as_ref().try_io(Interest::READABLE, || {
+                    recv_stamped(fd, &mut chunk, &mut cmsg)
+                }) {
+                    Ok(read) => break read,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            (reader.read(&mut chunk).await?, None)
+        };
         ensure!(n > 0, "server closed the publisher's connection");
         buf.extend_from_slice(&chunk[..n]);
         if http {
+            let arrived = stamp.unwrap_or_else(realtime_ns);
             let mut at = 0;
             while let Some((response, used)) = wire::parse_http_response(&buf[at..])? {
                 if let Some(sent) = sent_at.borrow_mut().pop_front()
                     && let Ok(mut h) = control.counts.call_us.lock()
                 {
-                    h.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    h.saturating_record((arrived.saturating_sub(sent) / 1_000).max(1));
                 }
                 if matches!(response.status, 200..=202) {
                     control.counts.acked.fetch_add(1, Ordering::Relaxed);

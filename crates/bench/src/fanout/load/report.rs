@@ -64,7 +64,8 @@ pub struct LoadReport {
     /// CPU of each of `--other-pids` in the window, % of one core.
     #[serde(default)]
     pub server_others_cpu_pct: Vec<f64>,
-    /// Publish API calls (request written to response read), median, µs (`--api-addr`).
+    /// Publish API calls (request written to the answer's arrival by the kernel's receive
+    /// timestamp), median, µs (`--api-addr`).
     #[serde(default)]
     pub publish_call_p50_us: Option<u64>,
     /// Publish API calls, 99th percentile, µs.

@@ -22,7 +22,7 @@ use crate::ws::{
 
 /// One non-blocking `recvmsg` into `buf`: the bytes read and the kernel's receive timestamp of
 /// the last of them (`SCM_TIMESTAMPNS`, ns since the Unix epoch), if it gave one.
-fn recv_stamped(
+pub(super) fn recv_stamped(
     fd: RawFd,
     buf: &mut [u8],
     cmsg: &mut [u8],
