@@ -55,6 +55,10 @@ impl IoThread {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                // Replies are read as they arrive, not after a busy worker's time slice.
+                if let Err(e) = crate::thread_slice::shorten() {
+                    tracing::debug!(error = %e, "no short scheduler slice for the engine's connection");
+                }
                 runtime.block_on(async {
                     // An error only says the sender is gone: time to stop either way.
                     if let Ok(last) = stopped.await {

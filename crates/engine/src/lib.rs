@@ -17,7 +17,8 @@
 //! - [`MemoryEngine`] implements it in one process.
 //! - What remote engines (Redis, NATS) share, each piece written once: [`codec`] (the bodies they
 //!   store and send), [`health`] (readiness, measured), [`presence`] (their own clients' entries,
-//!   rewritten periodically), [`io_thread`] (their connections' own thread), [`new_epoch`] and
+//!   rewritten periodically), [`io_thread`] (their connections' own thread, with a short
+//!   scheduler slice from [`thread_slice`], which the server API's thread takes too), [`new_epoch`] and
 //!   [`HistoryQuery::select`].
 //! - `conformance` (feature `testing`) is the suite every engine must pass, run by each engine crate's
 //!   tests; `testing` (the same feature) has what their tests and examples share besides: throwaway
@@ -32,6 +33,7 @@ mod memory;
 pub mod presence;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod thread_slice;
 
 use std::collections::HashMap;
 use std::sync::Arc;
