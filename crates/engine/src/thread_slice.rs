@@ -20,9 +20,9 @@
 /// The slice asked for: the shortest the kernel accepts (it clamps to 0.1–100 ms).
 pub const SHORT_SLICE_NS: u64 = 100_000;
 
-/// Gives the calling thread a time slice of [`SHORT_SLICE_NS`], keeping its policy (normal) and
-/// its nice value. An error says the kernel refused (the thread runs as before); nothing to do on
-/// systems other than Linux.
+/// Gives the calling thread a time slice of [`SHORT_SLICE_NS`], keeping its nice value; a thread
+/// whose policy is not the normal one (batch, idle, real-time) is left as it is. An error says
+/// the kernel refused (the thread runs as before); nothing to do on systems other than Linux.
 pub fn shorten() -> std::io::Result<()> {
     imp::shorten()
 }
@@ -56,6 +56,13 @@ mod imp {
     }
 
     pub(super) fn shorten() -> std::io::Result<()> {
+        // SAFETY: no pointers; asks for the calling thread's policy.
+        #[allow(unsafe_code)]
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy != libc::SCHED_OTHER {
+            // Batch, idle or real-time, chosen by whoever started the server: left as it is.
+            return Ok(());
+        }
         let nice = nice();
         let attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
