@@ -11,8 +11,8 @@
 //!
 //! Measured (issue 16, docs/benchmarks.md, 2026-12-04): two Redis nodes and Redis on one core,
 //! 10k subscribers of one channel, 3 publishes/s through the server API, the answer's arrival
-//! taken by the kernel: publish answer p50 5.9–7.3 ms with the default slice, 0.7–1.1 ms with a
-//! 0.1 ms slice on the API and Redis command threads (p99 10–12 against 5.7–6.6 ms).
+//! taken by the kernel: publish answer p50 7.4–7.6 ms with the default slice, 1.0–2.6 ms with a
+//! 0.1 ms slice on the API and Redis command threads (p99 10.2–10.3 against 5.9–10.0 ms).
 //!
 //! The slice bounds how long the thread runs before others get the core back, so it suits only
 //! threads that run briefly; the workers keep the default, which is what throughput wants.

@@ -360,7 +360,7 @@ impl ApiThread {
             .name("switchboard-api".into())
             .spawn(move || {
                 // An answer is written when its request arrives, not after a busy worker's time
-                // slice (publish answer p50 with Redis at 3 publishes/s: 6 ms → 0.7–1.1 ms).
+                // slice (publish answer p50 with Redis at 3 publishes/s: 7.5 ms → 1.0–2.6 ms).
                 if let Err(e) = switchboard_engine::thread_slice::shorten() {
                     tracing::debug!(error = %e, "server API: no short scheduler slice");
                 }
