@@ -20,6 +20,10 @@
 //! many nodes did not answer. A node that did not answer got the order unless it was down, and may
 //! have carried it out; every order is harmless to repeat.
 //!
+//! A node answers `subscribe` and `unsubscribe` once its clients' tasks carried them out (bounded by
+//! half the control timeout), and counts only those: when the API answers, a publication sent next
+//! reaches every client it counted, and none it unsubscribed.
+//!
 //! Every node also announces itself ([`Node::announce`], every
 //! [`ClusterConfig::announce_interval`]) with its counts, and says goodbye when it stops
 //! ([`Node::leave`]). `info` lists this node and every other one heard from within
@@ -35,13 +39,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use switchboard_engine::{Engine, EngineError, Reach};
+use switchboard_engine::{EngineError, Reach};
 use switchboard_protocol::DisconnectCode;
 use tokio::sync::mpsc;
 
 use crate::cluster_state::{Answer, Ask, Cluster, NodeInfo, Peer, Wire};
 pub use crate::cluster_state::{ClientTarget, ClusterConfig, MISSED_ANNOUNCEMENTS};
 use crate::node::Node;
+use crate::receipt::Receipts;
 
 /// An order of the server API for clients, carried out on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,14 +251,33 @@ impl Node {
         Ok((answers, unanswered))
     }
 
-    /// Carries out a call on this node's clients.
-    fn run_ask(&self, ask: Ask) -> Answer {
+    /// Carries out a call on this node's clients. `subscribe` and `unsubscribe` answer once the
+    /// clients' tasks carried the order out (see [`Receipts`]), counting those that did within half
+    /// the control timeout: the other half is left for the answer to reach the asker in time.
+    async fn run_ask(&self, ask: Ask) -> Answer {
+        let within = self.cluster.config.control_timeout / 2;
         let n = match ask {
             Ask::Subscribe { target, channel } => {
-                self.subscribe_clients(&target.user, target.client.as_deref(), &channel)
+                let receipts = Receipts::default();
+                let user = &target.user;
+                self.subscribe_clients(
+                    user,
+                    target.client.as_deref(),
+                    &channel,
+                    &receipts.receipt(),
+                );
+                receipts.wait(within).await
             }
             Ask::Unsubscribe { target, channel } => {
-                self.unsubscribe_clients(&target.user, target.client.as_deref(), &channel)
+                let receipts = Receipts::default();
+                let user = &target.user;
+                self.unsubscribe_clients(
+                    user,
+                    target.client.as_deref(),
+                    &channel,
+                    &receipts.receipt(),
+                );
+                receipts.wait(within).await
             }
             Ask::Disconnect { target, code } => {
                 let Some(code) = DisconnectCode::ALL.into_iter().find(|c| c.code() == code) else {
@@ -315,22 +339,24 @@ impl Node {
                 }
             }
             Wire::Ask { from, id, ask } => {
-                let answer = self.run_ask(ask);
-                let reply = Wire::Answer {
-                    from: self.node_id().to_owned(),
-                    id,
-                    answer,
-                };
-                let message = match encode(&reply) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot answer a cluster call");
-                        return;
-                    }
-                };
-                let engine: Arc<dyn Engine> = Arc::clone(&self.engine);
+                // Its own task: a `subscribe` waits for the clients, and control messages behind
+                // it (answers to this node's own calls among them) must not.
+                let node = Arc::clone(self);
                 spawn(async move {
-                    if let Err(e) = engine.send_control(&from, message).await {
+                    let answer = node.run_ask(ask).await;
+                    let reply = Wire::Answer {
+                        from: node.node_id().to_owned(),
+                        id,
+                        answer,
+                    };
+                    let message = match encode(&reply) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot answer a cluster call");
+                            return;
+                        }
+                    };
+                    if let Err(e) = node.engine.send_control(&from, message).await {
                         tracing::debug!(node = %from, error = %e, "answer to a cluster call not delivered");
                     }
                 });
@@ -362,7 +388,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use switchboard_engine::MemoryEngine;
+    use switchboard_engine::{Engine, MemoryEngine};
 
     use super::*;
     use crate::client::Client;
@@ -408,6 +434,34 @@ mod tests {
         }
     }
 
+    /// Gives `order` ("sub CHANNEL" or "unsub CHANNEL") to `client` through the cluster, and
+    /// carries it out as the client's task would, once it is signalled: the answer waits for it.
+    async fn carried_out(
+        node: &Arc<Node>,
+        client: &ClientTarget,
+        order: &'static str,
+        task: &mut Client,
+    ) -> Gathered<usize> {
+        let (node, client) = (Arc::clone(node), client.clone());
+        let call = tokio::spawn(async move {
+            let order = match order.split_once(' ') {
+                Some(("sub", channel)) => ClientOrder::Subscribe(channel),
+                Some(("unsub", channel)) => ClientOrder::Unsubscribe(channel),
+                _ => panic!("unknown order {order}"),
+            };
+            node.order_clients(&client, order).await.unwrap()
+        });
+        while drain(task).0 != Some(Signal::Control) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            !call.is_finished(),
+            "answered before the client carried it out"
+        );
+        task.apply_controls().await;
+        call.await.unwrap()
+    }
+
     #[tokio::test]
     async fn every_order_reaches_the_clients_of_a_one_node_cluster() {
         let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
@@ -416,13 +470,8 @@ mod tests {
         let only_a = target(Some(a.id()));
         let only_b = target(Some(b.id()));
 
-        let g = node
-            .order_clients(&only_a, ClientOrder::Subscribe("news"))
-            .await
-            .unwrap();
+        let g = carried_out(&node, &only_a, "sub news", &mut a).await;
         assert_eq!(g, one(1));
-        assert_eq!(drain(&a).0, Some(Signal::Control));
-        a.apply_controls().await;
         let (_, pushed) = drain(&a);
         assert!(
             pushed
@@ -440,12 +489,8 @@ mod tests {
         let none = node.cluster_channels(Some("other*")).await.unwrap();
         assert!(none.value.is_empty());
 
-        let g = node
-            .order_clients(&only_a, ClientOrder::Unsubscribe("news"))
-            .await
-            .unwrap();
+        let g = carried_out(&node, &only_a, "unsub news", &mut a).await;
         assert_eq!(g, one(1));
-        a.apply_controls().await;
         let (_, pushed) = drain(&a);
         assert!(
             pushed
@@ -613,6 +658,78 @@ mod tests {
         assert!(node.cluster.waiting.lock().is_empty());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_subscribe_answers_when_the_client_is_in_the_channel_and_counts_only_those_in_time() {
+        let engine = Arc::new(TestEngine::default());
+        let node = node(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            ClusterConfig {
+                control_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let mut a = connected(&node).await;
+        let mut b = connected(&node).await;
+        // The broker is slow to subscribe: the answer waits for it, as the publish a backend sends
+        // right after the answer must reach both clients.
+        let held = engine.hold_subscribe.write().await;
+        let call = {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                node.order_clients(&target(None), ClientOrder::Subscribe("news"))
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        let (tasks, release) = (
+            async {
+                tokio::join!(a.apply_controls(), b.apply_controls());
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(
+                    !call.is_finished(),
+                    "answered while the broker was subscribing"
+                );
+                drop(held);
+            },
+        );
+        tokio::join!(tasks, release);
+        assert_eq!(call.await.unwrap(), one(2));
+        let data = switchboard_protocol::Payload::Json(Bytes::from_static(b"1"));
+        node.publish("news", data).await.unwrap();
+        for c in [&a, &b] {
+            let (_, pushed) = drain(c);
+            assert!(
+                pushed
+                    .iter()
+                    .any(|t| t.contains(r#""pub":{"channel":"news""#)),
+                "{pushed:?}"
+            );
+        }
+
+        // A client whose task does not get to the order within half the control timeout is left
+        // out of the count; the answer does not wait for it longer.
+        let started = tokio::time::Instant::now();
+        let g = node
+            .order_clients(&target(Some(a.id())), ClientOrder::Unsubscribe("news"))
+            .await
+            .unwrap();
+        assert_eq!(g, one(0));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // Clients being disconnected take no order: the answer does not wait for them.
+        for c in [&a, &b] {
+            c.session().disconnect(DisconnectCode::Normal);
+        }
+        let started = tokio::time::Instant::now();
+        let g = node
+            .order_clients(&target(None), ClientOrder::Subscribe("other"))
+            .await;
+        assert_eq!(g.unwrap(), one(0));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
     #[tokio::test]
     async fn an_ask_this_node_cannot_carry_out_is_refused_not_miscounted() {
         let node = node(Arc::new(MemoryEngine::new()), ClusterConfig::default());
@@ -620,6 +737,6 @@ mod tests {
             target: target(None),
             code: 4999,
         };
-        assert!(matches!(node.run_ask(ask), Answer::Refused { .. }));
+        assert!(matches!(node.run_ask(ask).await, Answer::Refused { .. }));
     }
 }

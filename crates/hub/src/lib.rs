@@ -29,6 +29,7 @@ mod metrics;
 mod namespace;
 mod node;
 mod proxy;
+mod receipt;
 mod session;
 mod small_map;
 #[cfg(test)]
@@ -47,5 +48,6 @@ pub use node::{
     ClientConfig, Node, NodeConfig, NodeInfo, NodeMessageHandler, PublishError, PublishOptions,
 };
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
+pub use receipt::{Receipt, Receipts};
 pub use session::{Control, Session, Signal};
 pub use wire::{End, Upstream, Wire};

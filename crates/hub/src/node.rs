@@ -25,6 +25,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::namespace::ChannelsConfig;
 use crate::proxy::{ForwardedHeaders, Proxy};
+use crate::receipt::Receipt;
 use crate::session::{Control, Session};
 
 /// Settings of client connections, whatever their transport.
@@ -289,19 +290,32 @@ impl Node {
         Ok(pos)
     }
 
-    /// Orders the clients of `user` (or only `client`) on this node to subscribe to `channel`.
-    /// Returns how many. The server API uses [`Node::order_clients`], which asks every node.
-    pub fn subscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
+    /// Orders the clients of `user` (or only `client`) on this node to subscribe to `channel`, each
+    /// with a copy of `receipt` to sign once subscribed. Returns how many were ordered. The server
+    /// API uses [`Node::order_clients`], which asks every node and waits for the receipts.
+    pub fn subscribe_clients(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        channel: &str,
+        receipt: &Receipt,
+    ) -> usize {
         self.each_client(user, client, |s| {
-            s.control(Control::Subscribe(channel.to_owned()))
+            s.control(Control::Subscribe(channel.to_owned(), receipt.clone()))
         })
     }
 
-    /// Orders the clients of `user` (or only `client`) on this node to leave `channel`. Returns how
-    /// many.
-    pub fn unsubscribe_clients(&self, user: &str, client: Option<&str>, channel: &str) -> usize {
+    /// Orders the clients of `user` (or only `client`) on this node to leave `channel`, each with a
+    /// copy of `receipt` to sign once out of it. Returns how many were ordered.
+    pub fn unsubscribe_clients(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        channel: &str,
+        receipt: &Receipt,
+    ) -> usize {
         self.each_client(user, client, |s| {
-            s.control(Control::Unsubscribe(channel.to_owned()))
+            s.control(Control::Unsubscribe(channel.to_owned(), receipt.clone()))
         })
     }
 

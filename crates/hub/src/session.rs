@@ -22,6 +22,7 @@ use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 use switchboard_protocol::{DisconnectCode, Frame};
 
+use crate::receipt::Receipt;
 use crate::small_map::SmallMap;
 
 /// The shared half of a client: what the hub delivers to.
@@ -104,10 +105,12 @@ impl Outbox {
 /// because only it owns the client's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Subscribe the client to a channel (a `subscribe` push tells it).
-    Subscribe(String),
-    /// Unsubscribe the client (an `unsubscribe` push with code 2000 tells it).
-    Unsubscribe(String),
+    /// Subscribe the client to a channel (a `subscribe` push tells it); the receipt is signed once
+    /// the client is subscribed.
+    Subscribe(String, Receipt),
+    /// Unsubscribe the client (an `unsubscribe` push with code 2000 tells it); the receipt is
+    /// signed once publications of the channel no longer reach it.
+    Unsubscribe(String, Receipt),
     /// The connection reached its expiry and the refresh proxy decides whether it goes on.
     Refresh,
     /// Some subscription reached its expiry.

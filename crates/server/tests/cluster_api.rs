@@ -187,6 +187,30 @@ async fn orders_given_to_any_node_reach_the_clients_on_every_node(kind: EngineKi
     assert_eq!(r["replies"][1]["result"]["nodes"], 3, "{r}");
 }
 
+/// What a backend does when it adds a user to a room and greets the room: `subscribe`, then
+/// `publish` as soon as the answer comes, each through a node the user is not on. The answer comes
+/// once the user's connections are in the channel, so every greeting arrives (it raced the
+/// connection's own task before, and lost now and then under load).
+async fn a_publish_right_after_the_subscribe_answer_reaches_the_user(kind: EngineKind) {
+    let broker = Broker::start(kind);
+    let a = start(config(&broker, Duration::from_secs(1))).await;
+    let b = start(config(&broker, Duration::from_secs(1))).await;
+    let mut dana = user_on(&a, "dana").await;
+    const ROOMS: u64 = 40;
+    for n in 0..ROOMS {
+        let channel = format!("chat:room{n}");
+        let r = api(&b, "subscribe", json!({"user": "dana", "channel": channel})).await;
+        assert_eq!(counts(&r), (1, 2, 0), "{r}");
+        api(&b, "publish", json!({"channel": channel, "data": {"n": n}})).await;
+    }
+    let mut greeted = Vec::new();
+    while greeted.len() < ROOMS as usize {
+        let p = dana.push("pub").await;
+        greeted.push(p["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(greeted, (0..ROOMS).collect::<Vec<_>>());
+}
+
 async fn info_lists_every_live_node_and_forgets_the_ones_that_stop(kind: EngineKind) {
     let redis = Broker::start(kind);
     let interval = Duration::from_secs(1);
@@ -313,5 +337,6 @@ async fn a_node_that_does_not_answer_in_time_is_counted_not_waited_for() {
 
 both_engines!(
     orders_given_to_any_node_reach_the_clients_on_every_node,
+    a_publish_right_after_the_subscribe_answer_reaches_the_user,
     info_lists_every_live_node_and_forgets_the_ones_that_stop,
 );

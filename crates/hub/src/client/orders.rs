@@ -21,8 +21,9 @@ impl Client {
     async fn apply_orders(&mut self) {
         for order in self.session.take_controls() {
             match order {
-                Control::Subscribe(channel) => {
+                Control::Subscribe(channel, receipt) => {
                     if self.subs.contains_key(&channel) {
+                        receipt.sign();
                         continue;
                     }
                     let Ok(ns) = self.node.config.channels.resolve(&channel).cloned() else {
@@ -33,6 +34,10 @@ impl Client {
                             self.session
                                 .push(text(encode::subscribe_push(&channel, &result)));
                             self.session.complete_subscribe(&channel, None, after);
+                            // In the channel from here on: the API may answer, and what is
+                            // published after its answer reaches this client. The join push
+                            // below need not be waited for.
+                            receipt.sign();
                             self.announce(&channel).await;
                         }
                         Err((code, message)) => {
@@ -40,7 +45,7 @@ impl Client {
                         }
                     }
                 }
-                Control::Unsubscribe(channel) => {
+                Control::Unsubscribe(channel, receipt) => {
                     if let Some(m) = self.subs.remove(&channel) {
                         self.leave(&channel, m).await;
                         self.session.push(text(encode::unsubscribe_push(
@@ -48,6 +53,7 @@ impl Client {
                             UnsubscribeCode::Server,
                         )));
                     }
+                    receipt.sign();
                 }
                 Control::Refresh => self.refresh_by_proxy().await,
                 Control::SubscriptionsExpired => self.expire_subscriptions().await,

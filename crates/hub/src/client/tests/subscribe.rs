@@ -4,6 +4,7 @@
 //! unsubscribe pushes 2000, 2500 and 2501.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use switchboard_auth::{AuthConfig, Verifier};
@@ -12,6 +13,7 @@ use switchboard_protocol::DisconnectCode;
 
 use super::{Conn, at, config, faulty_node, node, node_with, pushes, server_publish, token};
 use crate::node::Node;
+use crate::receipt::{Receipt, Receipts};
 use crate::session::{Control, Signal};
 
 #[tokio::test]
@@ -283,23 +285,36 @@ async fn the_servers_orders_subscribe_and_unsubscribe_with_pushes() {
     let node = node();
     let mut c = Conn::connected(&node, json!({"token": token(json!({"sub": "ann"}))})).await;
     server_publish(&node, "chat:o", json!(1)).await;
-    assert_eq!(node.subscribe_clients("ann", None, "chat:o"), 1);
+    let receipts = Receipts::default();
+    assert_eq!(
+        node.subscribe_clients("ann", None, "chat:o", &receipts.receipt()),
+        1
+    );
     assert_eq!(c.signal(), Some(Signal::Control));
     c.apply().await;
+    // The order's receipt is signed: the API would answer now, with the client in the channel.
+    assert_eq!(receipts.wait(Duration::from_secs(60)).await, 1);
     let got = c.drain();
     let subscribed = pushes(&got, "subscribe");
     assert_eq!(subscribed.len(), 1, "{got:?}");
     assert_eq!(subscribed[0]["channel"], "chat:o");
     assert_eq!(subscribed[0]["offset"], 1);
     assert_eq!(node.subscriber_count("chat:o"), 1);
-    // A second order for the same channel changes nothing.
+    // A second order for the same channel changes nothing, and is signed as done.
+    let receipts = Receipts::default();
     c.client
         .session()
-        .control(Control::Subscribe("chat:o".into()));
+        .control(Control::Subscribe("chat:o".into(), receipts.receipt()));
     c.apply().await;
     assert!(c.drain().is_empty());
-    assert_eq!(node.unsubscribe_clients("ann", None, "chat:o"), 1);
+    assert_eq!(receipts.wait(Duration::from_secs(60)).await, 1);
+    let receipts = Receipts::default();
+    assert_eq!(
+        node.unsubscribe_clients("ann", None, "chat:o", &receipts.receipt()),
+        1
+    );
     c.apply().await;
+    assert_eq!(receipts.wait(Duration::from_secs(60)).await, 1);
     assert_eq!(
         c.drain(),
         [
@@ -308,7 +323,7 @@ async fn the_servers_orders_subscribe_and_unsubscribe_with_pushes() {
     );
     assert_eq!(node.subscriber_count("chat:o"), 0);
     // The server's subscription grants a private channel, as a token would.
-    node.subscribe_clients("ann", None, "secret:o");
+    node.subscribe_clients("ann", None, "secret:o", &Receipt::none());
     c.apply().await;
     c.drain();
     c.ok("history", json!({"channel": "secret:o"})).await;
