@@ -2,7 +2,8 @@
 //! (`P.p.<channel>.<client>`), keeping its last message only, and a maximum age of
 //! `presence_ttl`. Every node rewrites its own clients' entries every third of `presence_ttl`, so
 //! the entries of a node that died vanish within `presence_ttl` (JetStream drops them by age),
-//! with no cleanup by anyone. A read takes the last message of each subject of the channel.
+//! with no cleanup by anyone. A read takes every message of the channel's subjects, which is the
+//! last one of each.
 //!
 //! This is what a NATS KV bucket with a TTL is, without the KV layer's tombstones: a removal purges
 //! the subject.
@@ -95,11 +96,17 @@ pub(crate) async fn get(
 ) -> Result<HashMap<String, Arc<ClientInfo>>, EngineError> {
     inner.connected()?;
     let stream = presence_stream(inner).await?;
+    // `All`, not `LastPerSubject`: the stream keeps one message per subject, so both read the same
+    // entries, but nats-server releases older than mid-2025 (fixed by nats-server#7005; Debian's
+    // 2.9.10 among them) make a `LastPerSubject` consumer skip subjects behind the holes each
+    // rewrite leaves in the stream, and a refreshed client went missing from the list (the engine
+    // conformance suite's rewrite check). A client rewritten during the read may come twice; the
+    // later entry wins.
     let messages = consume(
         inner,
         &stream,
         inner.subjects.presence_of(channel),
-        DeliverPolicy::LastPerSubject,
+        DeliverPolicy::All,
     )
     .await?;
     let mut out = HashMap::new();

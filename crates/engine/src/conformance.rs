@@ -515,6 +515,49 @@ pub async fn presence_is_listed_counted_and_expires_with_its_node(backend: &dyn 
     assert_eq!(left, ["b1"], "the stopped node's entries expired");
 }
 
+/// Presence rewritten over and over (every node refreshes its entries, and a client that
+/// resubscribes writes its entry again) still lists everyone at every read: a store that keeps one
+/// entry per client and leaves holes where the old ones were must not skip an entry behind a hole.
+/// (A `LastPerSubject` consumer of nats-server releases older than mid-2025 does skip; CI caught a
+/// presence of 3 read as 2.)
+pub async fn presence_reads_list_everyone_while_entries_are_rewritten(backend: &dyn Backend) {
+    let (a, _) = node(backend).await;
+    let b = if backend.shared() {
+        node(backend).await.0
+    } else {
+        a.clone()
+    };
+    let ids = ["r1", "r2", "r3", "r4", "r5"];
+    for id in ids {
+        a.add_presence("busy", client(id, id))
+            .await
+            .expect("add_presence");
+    }
+    let all: BTreeSet<String> = ids.iter().map(|&id| id.to_owned()).collect();
+    for round in 0..60 {
+        // A few rewrites in an order that moves every round, so holes land everywhere.
+        for k in 0..3 {
+            let id = ids[(round * 7 + k * 3) % ids.len()];
+            a.add_presence("busy", client(id, id))
+                .await
+                .expect("add_presence");
+        }
+        let listed: BTreeSet<String> = b
+            .presence("busy")
+            .await
+            .expect("presence")
+            .into_keys()
+            .collect();
+        assert_eq!(listed, all, "round {round}");
+        let stats = b.presence_stats("busy").await.expect("stats");
+        assert_eq!(
+            (stats.num_clients, stats.num_users),
+            (5, 5),
+            "round {round}"
+        );
+    }
+}
+
 /// An engine that remembers idempotency keys answers a repeated key within the window with the
 /// first publish's position and publishes nothing, on any node; keys are per channel; after the
 /// window the key publishes again.
@@ -756,6 +799,7 @@ macro_rules! engine_conformance {
             history_expires_by_ttl_and_the_epoch_changes_when_the_stream_is_lost,
             concurrent_publishers_are_ordered_and_delivered_once_to_every_node,
             presence_is_listed_counted_and_expires_with_its_node,
+            presence_reads_list_everyone_while_entries_are_rewritten,
             idempotency_keys_publish_once_within_their_window,
             node_messages_reach_their_node_only,
             control_messages_reach_every_node_or_the_one_named,
