@@ -104,6 +104,26 @@ fn encode(wire: &Wire) -> Result<Bytes, ClusterError> {
         .map_err(|e| ClusterError::Encode(e.to_string()))
 }
 
+/// A call carried out on this node's clients, and its answer: ready, or waiting for receipts.
+enum Given {
+    Done(Answer),
+    Waiting(Receipts),
+}
+
+impl Given {
+    /// The answer: for orders the clients' tasks carry out, once every receipt is settled or half
+    /// the control timeout passed (the other half is left for the answer to reach the asker in
+    /// time), counting the clients that carried it out.
+    async fn answer(self, node: &Node) -> Answer {
+        match self {
+            Given::Done(answer) => answer,
+            Given::Waiting(receipts) => Answer::Clients {
+                n: receipts.wait(node.cluster.config.control_timeout / 2).await,
+            },
+        }
+    }
+}
+
 impl Node {
     /// Carries `order` out on the clients `target` names on every node of the cluster. The clients
     /// acted on, over all nodes that answered within the control timeout.
@@ -251,39 +271,30 @@ impl Node {
         Ok((answers, unanswered))
     }
 
-    /// Carries out a call on this node's clients. `subscribe` and `unsubscribe` answer once the
-    /// clients' tasks carried the order out (see [`Receipts`]), counting those that did within half
-    /// the control timeout: the other half is left for the answer to reach the asker in time.
-    async fn run_ask(&self, ask: Ask) -> Answer {
-        let within = self.cluster.config.control_timeout / 2;
+    /// Carries out a call on this node's clients, at once, so that orders reach each client in the
+    /// order the node received them. `subscribe` and `unsubscribe` are answered later, once the
+    /// clients' tasks carried them out ([`Given::answer`]).
+    fn run_ask(&self, ask: Ask) -> Given {
         let n = match ask {
             Ask::Subscribe { target, channel } => {
                 let receipts = Receipts::default();
                 let user = &target.user;
-                self.subscribe_clients(
-                    user,
-                    target.client.as_deref(),
-                    &channel,
-                    &receipts.receipt(),
-                );
-                receipts.wait(within).await
+                let client = target.client.as_deref();
+                self.subscribe_clients(user, client, &channel, &receipts.receipt());
+                return Given::Waiting(receipts);
             }
             Ask::Unsubscribe { target, channel } => {
                 let receipts = Receipts::default();
                 let user = &target.user;
-                self.unsubscribe_clients(
-                    user,
-                    target.client.as_deref(),
-                    &channel,
-                    &receipts.receipt(),
-                );
-                receipts.wait(within).await
+                let client = target.client.as_deref();
+                self.unsubscribe_clients(user, client, &channel, &receipts.receipt());
+                return Given::Waiting(receipts);
             }
             Ask::Disconnect { target, code } => {
                 let Some(code) = DisconnectCode::ALL.into_iter().find(|c| c.code() == code) else {
-                    return Answer::Refused {
+                    return Given::Done(Answer::Refused {
                         reason: format!("unknown disconnect code {code}"),
-                    };
+                    });
                 };
                 self.disconnect_clients(&target.user, target.client.as_deref(), code)
             }
@@ -291,12 +302,12 @@ impl Node {
                 self.refresh_clients(&target.user, target.client.as_deref(), expire_at)
             }
             Ask::Channels { pattern } => {
-                return Answer::Channels {
+                return Given::Done(Answer::Channels {
                     channels: self.channels(pattern.as_deref()),
-                };
+                });
             }
         };
-        Answer::Clients { n }
+        Given::Done(Answer::Clients { n })
     }
 
     /// Takes a control message from the engine. Never waits: what must be sent is sent from a task
@@ -339,11 +350,13 @@ impl Node {
                 }
             }
             Wire::Ask { from, id, ask } => {
-                // Its own task: a `subscribe` waits for the clients, and control messages behind
-                // it (answers to this node's own calls among them) must not.
+                // Orders are given here, in the order received; the answer is sent from a task of
+                // its own: a `subscribe`'s waits for the clients, and control messages behind it
+                // (answers to this node's own calls among them) must not.
+                let given = self.run_ask(ask);
                 let node = Arc::clone(self);
                 spawn(async move {
-                    let answer = node.run_ask(ask).await;
+                    let answer = given.answer(&node).await;
                     let reply = Wire::Answer {
                         from: node.node_id().to_owned(),
                         id,
@@ -737,6 +750,9 @@ mod tests {
             target: target(None),
             code: 4999,
         };
-        assert!(matches!(node.run_ask(ask).await, Answer::Refused { .. }));
+        assert!(matches!(
+            node.run_ask(ask),
+            Given::Done(Answer::Refused { .. })
+        ));
     }
 }
