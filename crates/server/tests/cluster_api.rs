@@ -195,6 +195,8 @@ async fn a_publish_right_after_the_subscribe_answer_reaches_the_user(kind: Engin
     let broker = Broker::start(kind);
     let a = start(config(&broker, Duration::from_secs(1))).await;
     let b = start(config(&broker, Duration::from_secs(1))).await;
+    // B expects the nodes it knows of to answer: A first has to announce itself.
+    info_until(&b, "both nodes", |nodes| nodes.len() == 2).await;
     let mut dana = user_on(&a, "dana").await;
     const ROOMS: u64 = 40;
     for n in 0..ROOMS {
@@ -209,6 +211,40 @@ async fn a_publish_right_after_the_subscribe_answer_reaches_the_user(kind: Engin
         greeted.push(p["data"]["n"].as_u64().unwrap());
     }
     assert_eq!(greeted, (0..ROOMS).collect::<Vec<_>>());
+    // And the other way round: what is published after the `unsubscribe` answer never arrives.
+    for n in 0..10 {
+        let channel = format!("chat:room{n}");
+        let r = api(
+            &b,
+            "unsubscribe",
+            json!({"user": "dana", "channel": channel}),
+        )
+        .await;
+        assert_eq!(counts(&r), (1, 2, 0), "{r}");
+        api(
+            &b,
+            "publish",
+            json!({"channel": channel, "data": {"bye": n}}),
+        )
+        .await;
+    }
+    let last = ROOMS - 1;
+    api(
+        &b,
+        "publish",
+        json!({"channel": format!("chat:room{last}"), "data": {"end": true}}),
+    )
+    .await;
+    loop {
+        let p = dana.push("pub").await;
+        assert!(
+            p["data"].get("bye").is_none(),
+            "after its unsubscribe answer: {p}"
+        );
+        if p["data"]["end"] == true {
+            break;
+        }
+    }
 }
 
 async fn info_lists_every_live_node_and_forgets_the_ones_that_stop(kind: EngineKind) {
