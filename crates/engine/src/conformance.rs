@@ -339,6 +339,41 @@ pub async fn offsets_follow_each_other_and_history_is_bounded_by_size(backend: &
     assert_eq!(rec.offsets("c")[5], 0);
 }
 
+/// Channels that share a store (one stream per history setting, say) and trim their histories in
+/// turn leave holes between each other's publications: a history read, which is what recovery
+/// replays, must still return every kept publication of its channel, in order.
+pub async fn histories_of_interleaved_channels_are_whole(backend: &dyn Backend) {
+    let (e, _) = node(backend).await;
+    let o = opts(5, Duration::from_secs(60));
+    let channels = ["i:a", "i:b", "i:c"];
+    for round in 1..=40u64 {
+        for (k, channel) in channels.iter().enumerate() {
+            // The channels publish at different paces, so the holes fall everywhere.
+            if round % (k as u64 + 1) == 0 {
+                e.publish(channel, publication(round), &o)
+                    .await
+                    .expect("publish");
+            }
+        }
+        for (k, channel) in channels.iter().enumerate() {
+            let published = round / (k as u64 + 1);
+            let h = e
+                .history(channel, &HistoryQuery::default(), &o)
+                .await
+                .expect("history");
+            let want: Vec<u64> = (published.saturating_sub(4).max(1)..=published).collect();
+            assert_eq!(offsets(&h), want, "{channel} after round {round}");
+            let since = HistoryQuery {
+                since: Some(published.saturating_sub(2)),
+                ..HistoryQuery::default()
+            };
+            let h = e.history(channel, &since, &o).await.expect("history");
+            let want: Vec<u64> = (published.saturating_sub(2) + 1..=published).collect();
+            assert_eq!(offsets(&h), want, "{channel} since, after round {round}");
+        }
+    }
+}
+
 /// Publications expire one by one after `history_ttl`; the stream (epoch and offset) outlives them
 /// until `history_meta_ttl`, then is lost: a new epoch. A read creates the stream, so a
 /// subscriber's position stays meaningful; `remove_history` loses the stream.
@@ -796,6 +831,7 @@ macro_rules! engine_conformance {
     ($backend:expr) => {
         $crate::engine_conformance!(@tests $backend;
             offsets_follow_each_other_and_history_is_bounded_by_size,
+            histories_of_interleaved_channels_are_whole,
             history_expires_by_ttl_and_the_epoch_changes_when_the_stream_is_lost,
             concurrent_publishers_are_ordered_and_delivered_once_to_every_node,
             presence_is_listed_counted_and_expires_with_its_node,
