@@ -245,6 +245,19 @@ async fn node(backend: &dyn Backend) -> (Arc<dyn Engine>, Arc<Recorder>) {
     (engine, recorder)
 }
 
+/// A second node on `backend`, or `first` itself when the backend cannot be shared: a check that
+/// writes on one node and reads on another then runs on one.
+async fn second_node(
+    backend: &dyn Backend,
+    first: &(Arc<dyn Engine>, Arc<Recorder>),
+) -> (Arc<dyn Engine>, Arc<Recorder>) {
+    if backend.shared() {
+        node(backend).await
+    } else {
+        first.clone()
+    }
+}
+
 /// Stream options keeping `size` publications for `ttl`, the stream itself ten times as long.
 pub fn opts(size: usize, ttl: Duration) -> StreamOptions {
     StreamOptions {
@@ -440,12 +453,9 @@ pub async fn history_expires_by_ttl_and_the_epoch_changes_when_the_stream_is_los
 pub async fn concurrent_publishers_are_ordered_and_delivered_once_to_every_node(
     backend: &dyn Backend,
 ) {
-    let (a, rec_a) = node(backend).await;
-    let (b, rec_b) = if backend.shared() {
-        node(backend).await
-    } else {
-        (a.clone(), rec_a.clone())
-    };
+    let first = node(backend).await;
+    let (b, rec_b) = second_node(backend, &first).await;
+    let (a, rec_a) = first;
     a.subscribe("c").await.expect("subscribe");
     a.subscribe("other").await.expect("subscribe");
     if backend.shared() {
@@ -556,12 +566,9 @@ pub async fn presence_is_listed_counted_and_expires_with_its_node(backend: &dyn 
 /// (A `LastPerSubject` consumer of nats-server releases older than mid-2025 does skip; CI caught a
 /// presence of 3 read as 2.)
 pub async fn presence_reads_list_everyone_while_entries_are_rewritten(backend: &dyn Backend) {
-    let (a, _) = node(backend).await;
-    let b = if backend.shared() {
-        node(backend).await.0
-    } else {
-        a.clone()
-    };
+    let first = node(backend).await;
+    let (b, _) = second_node(backend, &first).await;
+    let (a, _) = first;
     let ids = ["r1", "r2", "r3", "r4", "r5"];
     for id in ids {
         a.add_presence("busy", client(id, id))
@@ -597,16 +604,13 @@ pub async fn presence_reads_list_everyone_while_entries_are_rewritten(backend: &
 /// first publish's position and publishes nothing, on any node; keys are per channel; after the
 /// window the key publishes again.
 pub async fn idempotency_keys_publish_once_within_their_window(backend: &dyn Backend) {
-    let (a, rec) = node(backend).await;
-    if !a.remembers_idempotency_keys() {
+    let first = node(backend).await;
+    if !first.0.remembers_idempotency_keys() {
         // The node remembers them (switchboard-hub's own tests cover it).
         return;
     }
-    let b = if backend.shared() {
-        node(backend).await.0
-    } else {
-        a.clone()
-    };
+    let (b, _) = second_node(backend, &first).await;
+    let (a, rec) = first;
     a.subscribe("c").await.expect("subscribe");
     let o = opts(10, Duration::from_secs(60));
     let w = Duration::from_millis(600);

@@ -447,23 +447,16 @@ mod tests {
         }
     }
 
-    /// Gives `order` ("sub CHANNEL" or "unsub CHANNEL") to `client` through the cluster, and
-    /// carries it out as the client's task would, once it is signalled: the answer waits for it.
+    /// Gives `order` to `client` through the cluster, and carries it out as the client's task
+    /// would, once it is signalled: the answer waits for it.
     async fn carried_out(
         node: &Arc<Node>,
         client: &ClientTarget,
-        order: &'static str,
+        order: ClientOrder<'static>,
         task: &mut Client,
     ) -> Gathered<usize> {
         let (node, client) = (Arc::clone(node), client.clone());
-        let call = tokio::spawn(async move {
-            let order = match order.split_once(' ') {
-                Some(("sub", channel)) => ClientOrder::Subscribe(channel),
-                Some(("unsub", channel)) => ClientOrder::Unsubscribe(channel),
-                _ => panic!("unknown order {order}"),
-            };
-            node.order_clients(&client, order).await.unwrap()
-        });
+        let call = tokio::spawn(async move { node.order_clients(&client, order).await.unwrap() });
         while drain(task).0 != Some(Signal::Control) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -483,7 +476,7 @@ mod tests {
         let only_a = target(Some(a.id()));
         let only_b = target(Some(b.id()));
 
-        let g = carried_out(&node, &only_a, "sub news", &mut a).await;
+        let g = carried_out(&node, &only_a, ClientOrder::Subscribe("news"), &mut a).await;
         assert_eq!(g, one(1));
         let (_, pushed) = drain(&a);
         assert!(
@@ -502,7 +495,7 @@ mod tests {
         let none = node.cluster_channels(Some("other*")).await.unwrap();
         assert!(none.value.is_empty());
 
-        let g = carried_out(&node, &only_a, "unsub news", &mut a).await;
+        let g = carried_out(&node, &only_a, ClientOrder::Unsubscribe("news"), &mut a).await;
         assert_eq!(g, one(1));
         let (_, pushed) = drain(&a);
         assert!(
