@@ -52,6 +52,9 @@ pub fn drive<W: Wire>(
         let shutdown = &shutdown;
         let session = std::sync::Arc::clone(client.session());
         let sent = client.node_metrics().messages_out(client.transport());
+        if let Some(lane) = wire.lane() {
+            session.set_lane(Some(lane));
+        }
         let mut stop = shutdown.as_ref().map(ShutdownSignal::new);
         let end: Result<DisconnectCode, Option<DisconnectCode>> = loop {
             let event = std::future::poll_fn(|cx| {
@@ -99,6 +102,8 @@ pub fn drive<W: Wire>(
                 Event::Control => Box::pin(client.apply_controls()).await,
             }
         };
+        // Nothing more around the task: what follows must come after the frames queued so far.
+        session.set_lane(None);
         let code = match end {
             Ok(code) if wire.is_open() => {
                 // Replies queued before the decision (an error explaining it, say) go first; a slow

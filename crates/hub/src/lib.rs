@@ -9,8 +9,9 @@
 //! 2. The engine (`switchboard-engine`) appends it to the channel's history and hands it back, in offset
 //!    order, to the node.
 //! 3. [`Hub`] (`hub.rs`) encodes the push once, as one [`Frame`](switchboard_protocol::Frame), and
-//!    queues it on every local subscriber's [`Session`] (`session.rs`), whose byte bound is the
-//!    slow-consumer policy.
+//!    hands it to every local subscriber's [`Session`] (`session.rs`), whose byte bound is the
+//!    slow-consumer policy. When nothing waits in a session's queue and its wire offers a [`Lane`],
+//!    the frame is written to the client's socket there and then; otherwise it is queued.
 //! 4. Each client's task runs [`drive`] (`driver.rs`), which moves the session's frames onto the
 //!    client's [`Wire`] (`wire.rs`): the one thing a transport implements.
 //!
@@ -50,4 +51,4 @@ pub use node::{
 pub use proxy::{ForwardedHeaders, Proxy, ProxyError, ProxyEvent, ProxyReply};
 pub use receipt::{Receipt, Receipts};
 pub use session::{Control, Session, Signal};
-pub use wire::{End, Upstream, Wire};
+pub use wire::{End, Lane, Sent, Upstream, Wire};

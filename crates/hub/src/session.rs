@@ -1,5 +1,7 @@
 //! A client's outgoing side as the hub sees it: a byte-bounded queue of encoded frames that any thread
-//! may push to, and that the client's transport drains.
+//! may push to, and that the client's transport drains. While the queue is empty, a publication may
+//! instead go straight to the client's socket through its wire's [`Lane`], under the queue's lock,
+//! so that it is still the next thing the client reads.
 //!
 //! The bound is the slow-consumer policy, the one rule for every transport: a client for which more
 //! than `queue_bytes` would wait (in this queue, plus what its wire holds unacknowledged and reports
@@ -24,6 +26,7 @@ use switchboard_protocol::{DisconnectCode, Frame};
 
 use crate::receipt::Receipt;
 use crate::small_map::SmallMap;
+use crate::wire::{Lane, Sent};
 
 /// The shared half of a client: what the hub delivers to.
 #[derive(Debug)]
@@ -68,6 +71,8 @@ struct Outbox {
     /// doubled. Forgotten at the first live publication past it (a channel's publications arrive in
     /// offset order, so none at or below it can follow).
     delivered_up_to: SmallMap<u64>,
+    /// The wire's path around the client's task, while it has one (see [`Lane`]).
+    lane: Option<Arc<dyn Lane>>,
 }
 
 /// What the client's task is to learn at its next turn.
@@ -239,7 +244,28 @@ impl Session {
             }
             ob.delivered_up_to.remove(channel);
         }
+        // Nothing waits ahead of it: the wire may write it at once, without the client's task. One
+        // larger than the bound is never delivered, on any path (docs/protocol.md).
+        if ob.items.is_empty()
+            && msg.len() <= self.limit
+            && let Some(lane) = &ob.lane
+        {
+            match lane.try_send(msg) {
+                Sent::Whole => return,
+                Sent::Part => {
+                    self.waker.wake();
+                    return;
+                }
+                Sent::Not => {}
+            }
+        }
         self.enqueue(&mut ob, msg.clone());
+    }
+
+    /// Gives the session its wire's [`Lane`] (`None`: takes it back, before the wire ends, so that
+    /// nothing is written around the `disconnect` push and the close).
+    pub fn set_lane(&self, lane: Option<Arc<dyn Lane>>) {
+        self.outbox.lock().lane = lane;
     }
 
     /// Queues a reply or a push.
@@ -371,6 +397,7 @@ impl Session {
         let mut ob = self.outbox.lock();
         if ob.closed.is_none() {
             ob.closed = Some(code);
+            ob.lane = None;
             ob.items.clear();
             ob.pending.clear();
             ob.replaying.clear();
@@ -493,6 +520,7 @@ impl Session {
         if ob.bytes.saturating_add(held) > self.limit {
             tracing::info!(client = %self.client, queued = ob.bytes, held, limit = self.limit, "slow client: disconnecting");
             ob.closed = Some(DisconnectCode::Slow);
+            ob.lane = None;
             ob.items.clear();
             ob.pending.clear();
             ob.replaying.clear();
@@ -523,6 +551,74 @@ mod tests {
     #[test]
     fn a_session_fits_its_size_class() {
         assert!(size_of::<Session>() + 16 <= 256, "{}", size_of::<Session>());
+    }
+
+    /// A lane that takes frames as told and keeps what it took.
+    #[derive(Debug, Default)]
+    struct TestLane {
+        answer: Mutex<Vec<Sent>>,
+        took: Mutex<Vec<String>>,
+    }
+
+    impl Lane for TestLane {
+        fn try_send(&self, frame: &Frame) -> Sent {
+            let sent = self.answer.lock().pop().unwrap_or(Sent::Whole);
+            if sent != Sent::Not {
+                self.took.lock().push(frame.as_str().unwrap().to_owned());
+            }
+            sent
+        }
+    }
+
+    /// The lane gets a publication only when nothing waits ahead of it, so a client reads
+    /// publications in order whichever path each took; what it does not take is queued.
+    #[test]
+    fn a_publication_goes_around_the_queue_only_when_nothing_waits_in_it() {
+        let s = Session::new(1, "c".into(), 100);
+        let lane = Arc::new(TestLane::default());
+        s.set_lane(Some(lane.clone()));
+        s.deliver("c", 1, &msg("one"));
+        assert_eq!(s.queued_bytes(), 0);
+        s.push(msg("reply"));
+        s.deliver("c", 2, &msg("two"));
+        assert_eq!(drain_texts(&s).0, ["reply", "two"]);
+        // Not taken (the socket is full): queued.
+        lane.answer.lock().push(Sent::Not);
+        s.deliver("c", 3, &msg("three"));
+        assert_eq!(drain_texts(&s).0, ["three"]);
+        // Taken in part: the client's task is woken to write the rest.
+        lane.answer.lock().push(Sent::Part);
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(Arc::clone(&woken));
+        let _ = s.poll_drain(&mut Context::from_waker(&waker), |_| true);
+        s.deliver("c", 4, &msg("four"));
+        assert!(woken.0.load(Ordering::Relaxed));
+        // Larger than the bound: never delivered, on this path either.
+        s.deliver("c", 5, &msg(&"x".repeat(101)));
+        assert_eq!(
+            drain(&s),
+            Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
+        );
+        assert!(
+            s.outbox.lock().lane.is_none(),
+            "a closed session lets its lane go"
+        );
+        assert_eq!(*lane.took.lock(), ["one", "four"]);
+        // Taken back: everything is queued.
+        let s = Session::new(2, "d".into(), 100);
+        s.set_lane(Some(lane.clone()));
+        s.set_lane(None);
+        s.deliver("c", 1, &msg("queued"));
+        assert_eq!(drain_texts(&s).0, ["queued"]);
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 
     #[test]

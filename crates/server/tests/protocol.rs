@@ -190,6 +190,48 @@ async fn order_is_kept_under_concurrent_publishers() {
     }
 }
 
+/// Publications reach a subscriber by two paths: written by the fan-out itself while the
+/// connection has nothing of its own to write, or queued for the connection's task. A subscriber
+/// that stops reading now and then (its socket fills, writes come out short) and sends commands
+/// meanwhile must still read every publication whole, once, in order, with its replies between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_stay_whole_and_in_order_while_the_reader_stalls_and_commands_interleave() {
+    let mut c = config();
+    c.client.queue_bytes = 64 << 20;
+    let s = start(c).await;
+    let mut sub = JsonClient::connected(s.addr).await;
+    sub.ok("subscribe", json!({"channel": "chat:burst"})).await;
+    let total = 600u64;
+    let publisher = {
+        let addr = s.addr;
+        tokio::spawn(async move {
+            let mut c = JsonClient::connected(addr).await;
+            let filler = "x".repeat(8 << 10);
+            for i in 1..=total {
+                c.ok(
+                    "publish",
+                    json!({"channel": "chat:burst", "data": {"i": i, "filler": filler}}),
+                )
+                .await;
+            }
+        })
+    };
+    for i in 1..=total {
+        if i % 100 == 0 {
+            // Stall while the publisher goes on, then ask something: the reply comes between
+            // publications, and the pushes read while waiting for it are kept in order.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let presence = sub.ok("presence", json!({"channel": "chat:burst"})).await;
+            assert!(presence["presence"].get(&sub.id).is_some(), "{presence}");
+        }
+        let p = sub.push("pub").await;
+        assert_eq!(p["offset"].as_u64(), Some(i), "offsets follow each other");
+        assert_eq!(p["data"]["i"].as_u64(), Some(i));
+        assert_eq!(p["data"]["filler"].as_str().map(str::len), Some(8 << 10));
+    }
+    publisher.await.unwrap();
+}
+
 #[tokio::test]
 async fn recovery_after_a_dropped_connection_misses_nothing_and_doubles_nothing() {
     let s = start(config()).await;

@@ -40,7 +40,7 @@ use crate::deflate::{self, DeflateParams};
 use crate::error::{Error, ProtocolError};
 use crate::frame::OpCode;
 use crate::incoming::{Event, Incoming};
-use crate::message::{Message, SharedMessage};
+use crate::message::{Message, SharedFraming, SharedMessage};
 use crate::write_queue::WriteQueue;
 
 /// Bytes read per `read` call. Reads land on the stack first, so this costs no memory while idle.
@@ -175,19 +175,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// connection's parameters allow.
     pub fn send_shared(&mut self, msg: &SharedMessage) -> Result<(), Error> {
         self.ensure_open()?;
-        match self.deflate.as_deref() {
-            Some(d) if msg.message().payload().len() >= d.threshold => {
-                if d.context.is_some() {
-                    return self.send(msg.message().clone());
-                }
-                match msg.deflated_frame(d.level, d.window_bits) {
-                    Some(frame) => self.out.push_shared(frame),
-                    None => self.out.push_shared(msg.plain_frame()),
-                }
-            }
-            _ => self.out.push_shared(msg.plain_frame()),
+        match self.shared_framing() {
+            Some(framing) => self.out.push_shared(framing.frame(msg)),
+            // Context takeover: the connection's own compressor must see every message.
+            None => return self.send(msg.message().clone()),
         }
         Ok(())
+    }
+
+    /// How this connection frames broadcast messages, as a value that can leave it: for a writer
+    /// that puts [`SharedMessage`]s on the connection's socket itself while its queue is empty.
+    /// `None` with compression context takeover, where only the connection's compressor can
+    /// encode its next message.
+    pub fn shared_framing(&self) -> Option<SharedFraming> {
+        match self.deflate.as_deref() {
+            None => Some(SharedFraming::PLAIN),
+            Some(d) if d.context.is_none() => Some(SharedFraming {
+                deflate: Some((d.level, d.threshold, d.window_bits)),
+            }),
+            Some(_) => None,
+        }
+    }
+
+    /// The stream the connection runs over.
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 
     /// Bytes queued and not yet written: what the application's slow-consumer policy looks at.

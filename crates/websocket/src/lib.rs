@@ -38,5 +38,5 @@ pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProtocolError};
 pub use handshake::{Accepted, HandshakeError};
 pub use incoming::{Event, Incoming};
-pub use message::{Message, SharedMessage};
+pub use message::{Message, SharedFraming, SharedMessage};
 pub use utf8::Utf8Validator;

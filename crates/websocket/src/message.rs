@@ -125,6 +125,30 @@ impl SharedMessage {
     }
 }
 
+/// How one connection frames a [`SharedMessage`]: plain, or compressed without context takeover
+/// (level, threshold, window bits) when that pays. Got from
+/// [`WebSocket::shared_framing`](crate::WebSocket::shared_framing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedFraming {
+    pub(crate) deflate: Option<(u32, usize, u8)>,
+}
+
+impl SharedFraming {
+    /// Frames as a connection without compression does.
+    pub const PLAIN: Self = Self { deflate: None };
+
+    /// The frame's bytes for this connection, encoded once for every connection framing alike.
+    pub fn frame<'a>(&self, msg: &'a SharedMessage) -> &'a Bytes {
+        match self.deflate {
+            Some((level, threshold, window_bits)) if msg.message().payload().len() >= threshold => {
+                msg.deflated_frame(level, window_bits)
+                    .unwrap_or_else(|| msg.plain_frame())
+            }
+            _ => msg.plain_frame(),
+        }
+    }
+}
+
 impl From<Message> for SharedMessage {
     fn from(message: Message) -> Self {
         Self::new(message)

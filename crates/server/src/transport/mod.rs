@@ -3,7 +3,8 @@
 //! hub's [`drive`](switchboard_hub::drive) runs everything else of a client's life the same way for
 //! all of them (the queue, the server's orders, the slow-consumer bound, the `disconnect` push).
 //!
-//! - `websocket.rs`: the WebSocket endpoint and its wire (and the echo endpoint).
+//! - `websocket.rs`: the WebSocket endpoint and its wire (and the echo endpoint); `socket.rs`: the
+//!   socket under it, and the lane through which the fan-out writes publications to it directly.
 //! - `fallback/`: SSE, long polling and ajax polling, for where WebSocket does not get through: an
 //!   HTTP session is one wire made of many short requests, any of which may land on another node.
 //! - `socketio/`: Engine.IO v4 (polling and WebSocket) with Socket.IO v5 packets, for unchanged
@@ -13,6 +14,7 @@
 
 pub mod fallback;
 pub mod relay;
+pub mod socket;
 pub mod socketio;
 pub mod websocket;
 

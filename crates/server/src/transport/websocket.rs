@@ -6,15 +6,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use switchboard_hub::{End, ForwardedHeaders, Node, ShutdownSignal, Upstream, Wire, drive};
+use switchboard_hub::{End, ForwardedHeaders, Lane, Node, ShutdownSignal, Upstream, Wire, drive};
 
 use crate::limits::Limits;
 use switchboard_protocol::{DisconnectCode, Frame};
@@ -25,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-/// The stream a WebSocket connection runs over once hyper has handed it over.
-pub type Io = TokioIo<Upgraded>;
+pub use super::socket::Io;
+use super::socket::Writer;
 
 /// One WebSocket endpoint: its settings and the server's shutdown signal and task tracker.
 #[derive(Clone, Debug)]
@@ -96,7 +94,7 @@ impl Upgrading {
     async fn open(self) -> Option<WebSocket<Io>> {
         match self.on_upgrade.await {
             Ok(upgraded) => Some(WebSocket::new(
-                TokioIo::new(upgraded),
+                Io::from_upgraded(upgraded),
                 self.config,
                 self.deflate,
             )),
@@ -186,24 +184,53 @@ struct WsWire {
     sent: u64,
     /// The `disconnect` push and the close frame are sent: the close handshake is to be waited for.
     closing: bool,
+    /// The fan-out's way to this connection's socket (plain TCP without compression context
+    /// takeover; see [`super::socket`]), kept to tell it when the connection is busy or idle.
+    lane: Option<Arc<Writer>>,
 }
 
 impl WsWire {
     fn new(ws: WebSocket<Io>, node: &Node) -> Self {
+        let bytes_out = node.metrics().bytes("websocket", "out");
+        let lane = match (ws.get_ref().writer(), ws.shared_framing()) {
+            (Some(writer), Some(framing)) => {
+                let messages_out = node.metrics().messages_out("websocket");
+                writer.open_lane(framing, messages_out, bytes_out.clone());
+                Some(Arc::clone(writer))
+            }
+            _ => None,
+        };
         Self {
             ws,
             bytes_in: node.metrics().bytes("websocket", "in"),
-            bytes_out: node.metrics().bytes("websocket", "out"),
+            bytes_out,
             sent: 0,
             closing: false,
+            lane,
         }
     }
 }
 
 impl Wire for WsWire {
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
+        if let Some(lane) = &self.lane
+            && let Poll::Ready(Err(e)) = lane.poll_rest(cx)
+        {
+            tracing::debug!(error = %e, "WebSocket connection ended");
+            return Poll::Ready(Upstream::Gone(None));
+        }
         // Polling also writes whatever is queued.
-        let next = ready!(self.ws.poll_recv(cx));
+        let Poll::Ready(next) = self.ws.poll_recv(cx) else {
+            // Everything queued is written: the fan-out may write the next publication itself.
+            if let Some(lane) = &self.lane
+                && self.ws.queued_bytes() == 0
+                && self.ws.is_open()
+                && !self.closing
+            {
+                lane.idle();
+            }
+            return Poll::Pending;
+        };
         Poll::Ready(match next {
             Some(Ok(Message::Text(frame))) => {
                 self.bytes_in.inc_by(frame.len() as u64);
@@ -225,6 +252,9 @@ impl Wire for WsWire {
     }
 
     fn send(&mut self, frame: Frame) -> bool {
+        if let Some(lane) = &self.lane {
+            lane.busy();
+        }
         self.sent += frame.len() as u64;
         // An error means the connection is closing: polling goes on until the handshake is over.
         let _ = if frame.is_shared() {
@@ -245,7 +275,14 @@ impl Wire for WsWire {
         self.ws.is_open()
     }
 
+    fn lane(&self) -> Option<Arc<dyn Lane>> {
+        self.lane.clone().map(|lane| lane as Arc<dyn Lane>)
+    }
+
     fn end(&mut self, end: End) {
+        if let Some(lane) = &self.lane {
+            lane.busy();
+        }
         let End::Tell { code, push } = end else {
             return;
         };
