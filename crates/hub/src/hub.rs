@@ -183,13 +183,22 @@ impl Stripe {
 
     /// Gives each subscriber every item of `batch`, in order: one subscriber's items one after the
     /// other, which keeps its queue's cache lines warm.
+    ///
+    /// A batch of one means the fan-out keeps up with the channel: each publication may then go
+    /// straight to an idle subscriber's socket ([`Session::deliver`]'s `direct`). Several mean
+    /// publications come faster than one pass over the subscribers: queued, each client's task
+    /// writes all of its share in one system call, where the lane would make one per publication
+    /// (at 100 publishes/s to 10k subscribers that was 210k deliveries/s against 990k queued).
     fn hand_out(&self, batch: &[Item]) {
         let mut subscribers = self.subscribers.lock();
         let mut gap = false;
+        let direct = batch.len() == 1;
         for s in subscribers.values() {
             for item in batch {
                 match item {
-                    Item::Publication(offset, frame) => s.deliver(&self.channel, *offset, frame),
+                    Item::Publication(offset, frame) => {
+                        s.deliver(&self.channel, *offset, frame, direct);
+                    }
                     Item::Push(frame) => s.push(frame.clone()),
                     Item::Gap(frame) => {
                         s.dropped(&self.channel, frame.clone());

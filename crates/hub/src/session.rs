@@ -219,7 +219,8 @@ impl Session {
     }
 
     /// Queues a publication of `channel` at `offset` (buffered while that channel is being subscribed).
-    pub fn deliver(&self, channel: &str, offset: u64, msg: &Frame) {
+    /// `direct`: the wire's [`Lane`] may write it at once instead, if nothing waits in the queue.
+    pub fn deliver(&self, channel: &str, offset: u64, msg: &Frame, direct: bool) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_some() {
             return;
@@ -246,7 +247,8 @@ impl Session {
         }
         // Nothing waits ahead of it: the wire may write it at once, without the client's task. One
         // larger than the bound is never delivered, on any path (docs/protocol.md).
-        if ob.items.is_empty()
+        if direct
+            && ob.items.is_empty()
             && msg.len() <= self.limit
             && let Some(lane) = &ob.lane
         {
@@ -577,24 +579,28 @@ mod tests {
         let s = Session::new(1, "c".into(), 100);
         let lane = Arc::new(TestLane::default());
         s.set_lane(Some(lane.clone()));
-        s.deliver("c", 1, &msg("one"));
+        s.deliver("c", 1, &msg("one"), true);
         assert_eq!(s.queued_bytes(), 0);
+        // One of a batch (the fan-out is behind the channel): queued, for the client's task to
+        // write with the rest of its share in one go.
+        s.deliver("c", 2, &msg("batched"), false);
+        assert_eq!(drain_texts(&s).0, ["batched"]);
         s.push(msg("reply"));
-        s.deliver("c", 2, &msg("two"));
+        s.deliver("c", 2, &msg("two"), true);
         assert_eq!(drain_texts(&s).0, ["reply", "two"]);
         // Not taken (the socket is full): queued.
         lane.answer.lock().push(Sent::Not);
-        s.deliver("c", 3, &msg("three"));
+        s.deliver("c", 3, &msg("three"), true);
         assert_eq!(drain_texts(&s).0, ["three"]);
         // Taken in part: the client's task is woken to write the rest.
         lane.answer.lock().push(Sent::Part);
         let woken = Arc::new(Woken::default());
         let waker = Waker::from(Arc::clone(&woken));
         let _ = s.poll_drain(&mut Context::from_waker(&waker), |_| true);
-        s.deliver("c", 4, &msg("four"));
+        s.deliver("c", 4, &msg("four"), true);
         assert!(woken.0.load(Ordering::Relaxed));
         // Larger than the bound: never delivered, on this path either.
-        s.deliver("c", 5, &msg(&"x".repeat(101)));
+        s.deliver("c", 5, &msg(&"x".repeat(101)), true);
         assert_eq!(
             drain(&s),
             Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
@@ -608,7 +614,7 @@ mod tests {
         let s = Session::new(2, "d".into(), 100);
         s.set_lane(Some(lane.clone()));
         s.set_lane(None);
-        s.deliver("c", 1, &msg("queued"));
+        s.deliver("c", 1, &msg("queued"), true);
         assert_eq!(drain_texts(&s).0, ["queued"]);
     }
 
@@ -624,10 +630,10 @@ mod tests {
     #[test]
     fn over_the_limit_means_slow_not_silent() {
         let s = Session::new(1, "c".into(), 10);
-        s.deliver("c", 1, &msg("12345"));
-        s.deliver("c", 2, &msg("12345"));
+        s.deliver("c", 1, &msg("12345"), true);
+        s.deliver("c", 2, &msg("12345"), true);
         assert_eq!(s.queued_bytes(), 10);
-        s.deliver("c", 3, &msg("x"));
+        s.deliver("c", 3, &msg("x"), true);
         assert_eq!(
             drain(&s),
             Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
@@ -639,17 +645,17 @@ mod tests {
     fn what_the_wire_holds_counts_against_the_bound() {
         let s = Session::new(1, "c".into(), 10);
         s.set_transport_queued(6);
-        s.deliver("c", 1, &msg("1234"));
+        s.deliver("c", 1, &msg("1234"), true);
         assert_eq!(drain(&s), Poll::Ready(None));
         s.set_transport_queued(10);
-        s.deliver("c", 2, &msg("x"));
+        s.deliver("c", 2, &msg("x"), true);
         assert_eq!(
             drain(&s),
             Poll::Ready(Some(Signal::Disconnect(DisconnectCode::Slow)))
         );
         // Growing unacknowledged bytes alone make a slow client too.
         let s = Session::new(2, "d".into(), 10);
-        s.deliver("c", 1, &msg("1234"));
+        s.deliver("c", 1, &msg("1234"), true);
         s.set_transport_queued(7);
         assert_eq!(
             drain(&s),
@@ -661,9 +667,9 @@ mod tests {
     fn pending_publications_follow_the_reply_and_skip_recovered_ones() {
         let s = Session::new(1, "c".into(), 1 << 20);
         s.begin_subscribe("c");
-        s.deliver("c", 4, &msg("four"));
-        s.deliver("c", 5, &msg("five"));
-        s.deliver("other", 0, &msg("other"));
+        s.deliver("c", 4, &msg("four"), true);
+        s.deliver("c", 5, &msg("five"), true);
+        s.deliver("other", 0, &msg("other"), true);
         s.complete_subscribe("c", Some(msg("reply")), 4);
         let mut seen = Vec::new();
         let _ = s.poll_drain(&mut Context::from_waker(Waker::noop()), |m| {
@@ -678,11 +684,11 @@ mod tests {
     fn a_publication_that_arrives_after_the_read_that_included_it_is_not_doubled() {
         let s = Session::new(1, "c".into(), 1 << 20);
         s.begin_subscribe("c");
-        s.deliver("c", 4, &msg("four"));
+        s.deliver("c", 4, &msg("four"), true);
         // The history read reached 5; 5 itself is still on its way from a remote engine.
         s.complete_subscribe("c", Some(msg("reply with five")), 5);
-        s.deliver("c", 5, &msg("five again"));
-        s.deliver("c", 6, &msg("six"));
+        s.deliver("c", 5, &msg("five again"), true);
+        s.deliver("c", 6, &msg("six"), true);
         let (seen, _) = drain_texts(&s);
         assert_eq!(seen, ["reply with five", "six"]);
         // Forgotten once past it, and when the client leaves.
@@ -706,12 +712,12 @@ mod tests {
     fn a_replayed_channel_queues_no_live_publications_and_asks_for_more_once_drained() {
         let s = Session::new(1, "c".into(), 100);
         s.begin_subscribe("c");
-        s.deliver("c", 4, &msg("four"));
+        s.deliver("c", 4, &msg("four"), true);
         let reply = "r".repeat(40);
         s.start_replay("c", msg(&reply));
         // Read from history by the replay in its turn, not queued now.
-        s.deliver("c", 5, &msg("five"));
-        s.deliver("other", 0, &msg("other"));
+        s.deliver("c", 5, &msg("five"), true);
+        s.deliver("other", 0, &msg("other"), true);
         assert_eq!(s.queued_bytes(), 45);
         assert!(s.take_controls().is_empty(), "over a quarter of the bound");
         let (seen, poll) = drain_texts(&s);
@@ -726,12 +732,12 @@ mod tests {
         // The task replays 5, and a catch-up read reaches the live stream at 6 while 6 and 7 arrive.
         s.push(msg("five"));
         s.begin_subscribe("c");
-        s.deliver("c", 6, &msg("six"));
-        s.deliver("c", 7, &msg("seven"));
+        s.deliver("c", 6, &msg("six"), true);
+        s.deliver("c", 7, &msg("seven"), true);
         s.push(msg("six"));
         s.complete_subscribe("c", None, 6);
         s.replay_wanted();
-        s.deliver("c", 8, &msg("eight"));
+        s.deliver("c", 8, &msg("eight"), true);
         let (seen, _) = drain_texts(&s);
         assert_eq!(seen, ["five", "six", "seven", "eight"]);
         assert_eq!(drain_texts(&s).1, Poll::Pending, "the replay is over");
@@ -759,7 +765,7 @@ mod tests {
         s.replay_wanted();
         s.set_transport_queued(0);
         assert!(s.take_controls().is_empty());
-        s.deliver("c", 9, &msg("nine"));
+        s.deliver("c", 9, &msg("nine"), true);
         assert_eq!(drain_texts(&s).0, ["nine"]);
     }
 }
