@@ -341,6 +341,76 @@ mod tests {
         Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
     }
 
+    /// A lane that takes everything and records it.
+    #[derive(Debug, Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl crate::wire::Lane for Recording {
+        fn try_send(&self, frame: &Frame) -> crate::wire::Sent {
+            self.0
+                .lock()
+                .unwrap()
+                .push(frame.as_str().unwrap().to_owned());
+            crate::wire::Sent::Whole
+        }
+    }
+
+    /// A wire with a lane: a publication reaches its session while the client runs, another as
+    /// the session ends.
+    struct LaneWire {
+        lane: Arc<Recording>,
+        session: Arc<Session>,
+        polled: bool,
+    }
+
+    impl Wire for LaneWire {
+        fn poll_upstream(&mut self, _: &mut Context<'_>) -> Poll<Upstream> {
+            if std::mem::replace(&mut self.polled, true) {
+                return Poll::Pending;
+            }
+            let publication = Frame::shared(Bytes::from_static(b"while running"));
+            self.session.deliver("c", 1, &publication, true);
+            Poll::Ready(Upstream::End(DisconnectCode::BadRequest))
+        }
+
+        fn send(&mut self, _: Frame) -> bool {
+            true
+        }
+
+        fn is_open(&self) -> bool {
+            true
+        }
+
+        fn end(&mut self, _: End) {
+            let publication = Frame::shared(Bytes::from_static(b"at the end"));
+            self.session.deliver("c", 2, &publication, true);
+        }
+
+        async fn finish(self, _: Option<DisconnectCode>) {}
+
+        fn lane(&self) -> Option<Arc<dyn crate::wire::Lane>> {
+            Some(Arc::clone(&self.lane) as Arc<dyn crate::wire::Lane>)
+        }
+    }
+
+    /// The wire's lane serves while the client runs, and is taken back before the session ends:
+    /// nothing may be written around the `disconnect` push.
+    #[tokio::test]
+    async fn the_lane_serves_while_the_client_runs_and_not_once_it_ends() {
+        let node = node(1 << 20);
+        let client = node.client("test");
+        let lane = Arc::new(Recording::default());
+        let wire = LaneWire {
+            lane: Arc::clone(&lane),
+            session: Arc::clone(client.session()),
+            polled: false,
+        };
+        tokio::time::timeout(Duration::from_secs(5), drive(client, wire, None, || 0))
+            .await
+            .unwrap();
+        assert_eq!(*lane.0.lock().unwrap(), ["while running"]);
+    }
+
     #[tokio::test]
     async fn replies_reach_the_wire_before_it_hears_the_outcome() {
         let node = node(1 << 20);

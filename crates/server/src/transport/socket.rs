@@ -5,7 +5,7 @@
 //! write half sits behind a lock shared with the client's lane (the [`Writer`] itself, once the
 //! client's wire opens it with [`Writer::open_lane`]). While the connection's task
 //! has nothing of its own to write (its [`Writer`] is *idle*), the hub's fan-out may put a
-//! publication on the socket itself, one `write(2)` like a plain loop over sockets, with no
+//! publication on the socket itself, one `send(2)` like a plain loop over sockets, with no
 //! wake-up of the task (see [`switchboard_hub::Lane`] for why). TLS streams stay as hyper gave them.
 //!
 //! The rules that keep the byte stream whole, each enforced under the writer's lock:
@@ -37,7 +37,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 /// The stream a WebSocket connection runs over once hyper has handed it over.
 #[derive(Debug)]
 pub enum Io {
-    /// Plain TCP, split so that a [`TcpLane`] can write to it.
+    /// Plain TCP, split so that its [`Writer`] can be the client's lane.
     Tcp(TcpIo),
     /// Anything else (TLS), as hyper handed it over.
     Upgraded(TokioIo<Upgraded>),
