@@ -153,6 +153,19 @@ impl Writer {
         let mut state = self.state.lock();
         state.poll_rest(cx)
     }
+
+    /// Every write of the connection's task goes through here: the lane stops, the rest of its
+    /// last frame goes first, then `write` on the socket's write half.
+    fn poll_task_write<T>(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut OwnedWriteHalf>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut state = self.state.lock();
+        state.idle = false;
+        ready!(state.poll_rest(cx))?;
+        write(Pin::new(&mut state.half), cx)
+    }
 }
 
 impl WriterState {
@@ -165,12 +178,6 @@ impl WriterState {
             self.rest.advance(n);
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// Before a write of the connection's task: the lane stops, and its rest goes first.
-    fn take_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.idle = false;
-        self.poll_rest(cx)
     }
 }
 
@@ -205,11 +212,9 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Tcp(tcp) => {
-                let mut state = tcp.writer.state.lock();
-                ready!(state.take_over(cx))?;
-                Pin::new(&mut state.half).poll_write(cx, buf)
-            }
+            Self::Tcp(tcp) => tcp
+                .writer
+                .poll_task_write(cx, |half, cx| half.poll_write(cx, buf)),
             Self::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
@@ -220,11 +225,9 @@ impl AsyncWrite for Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Tcp(tcp) => {
-                let mut state = tcp.writer.state.lock();
-                ready!(state.take_over(cx))?;
-                Pin::new(&mut state.half).poll_write_vectored(cx, bufs)
-            }
+            Self::Tcp(tcp) => tcp
+                .writer
+                .poll_task_write(cx, |half, cx| half.poll_write_vectored(cx, bufs)),
             Self::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
@@ -245,11 +248,9 @@ impl AsyncWrite for Io {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Tcp(tcp) => {
-                let mut state = tcp.writer.state.lock();
-                ready!(state.take_over(cx))?;
-                Pin::new(&mut state.half).poll_shutdown(cx)
-            }
+            Self::Tcp(tcp) => tcp
+                .writer
+                .poll_task_write(cx, |half, cx| half.poll_shutdown(cx)),
             Self::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
