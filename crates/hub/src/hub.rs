@@ -193,7 +193,17 @@ impl Stripe {
         let mut subscribers = self.subscribers.lock();
         let mut gap = false;
         let direct = batch.len() == 1;
+        // While the kernel sends to one subscriber, the CPU fetches the next ones: the session two
+        // ahead, and the lane of the one after, whose session is at hand by then (crate::prefetch).
+        let mut two_ahead = subscribers.values().skip(2);
+        let mut one_ahead = subscribers.values().skip(1);
         for s in subscribers.values() {
+            if let Some(next) = two_ahead.next() {
+                next.prefetch();
+            }
+            if let Some(next) = one_ahead.next() {
+                next.prefetch_lane();
+            }
             for item in batch {
                 match item {
                     Item::Publication(offset, frame) => {

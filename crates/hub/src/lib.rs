@@ -29,6 +29,7 @@ mod hub;
 mod metrics;
 mod namespace;
 mod node;
+pub mod prefetch;
 mod proxy;
 mod receipt;
 mod session;

@@ -270,6 +270,22 @@ impl Session {
         self.outbox.lock().lane = lane;
     }
 
+    /// Asks the CPU for the session's lines, ahead of a [`Session::deliver`] (see [`crate::prefetch`]).
+    pub(crate) fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+    }
+
+    /// Asks the CPU for its lane's lines, ahead of a [`Session::deliver`]; best called once the
+    /// session's own lines are at hand (a [`Session::prefetch`] earlier). Skipped if the lock is
+    /// taken: a hint is not worth a wait.
+    pub(crate) fn prefetch_lane(&self) {
+        if let Some(ob) = self.outbox.try_lock()
+            && let Some(lane) = &ob.lane
+        {
+            lane.prefetch();
+        }
+    }
+
     /// Queues a reply or a push.
     pub fn push(&self, msg: Frame) {
         let mut ob = self.outbox.lock();

@@ -113,6 +113,10 @@ pub trait Wire: Send {
 pub trait Lane: Send + Sync + std::fmt::Debug {
     /// Tries to write `frame` now (see [`Sent`]).
     fn try_send(&self, frame: &Frame) -> Sent;
+
+    /// Asks the CPU for what [`Lane::try_send`] reads first, ahead of the call (see
+    /// [`crate::prefetch`]); by default nothing.
+    fn prefetch(&self) {}
 }
 
 /// What became of a frame offered to a [`Lane`].

@@ -305,6 +305,10 @@ impl Lane for Writer {
         }
         sent
     }
+
+    fn prefetch(&self) {
+        switchboard_hub::prefetch::prefetch(&self.state);
+    }
 }
 
 #[cfg(test)]
