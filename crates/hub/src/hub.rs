@@ -195,13 +195,14 @@ impl Stripe {
         let direct = batch.len() == 1;
         // While the kernel sends to one subscriber, the CPU fetches the next ones: the session two
         // ahead, and the lane of the one after, whose session is at hand by then (crate::prefetch).
+        // A batch of several never takes the lane: its lock would be taken for nothing.
         let mut two_ahead = subscribers.values().skip(2);
         let mut one_ahead = subscribers.values().skip(1);
         for s in subscribers.values() {
             if let Some(next) = two_ahead.next() {
                 next.prefetch();
             }
-            if let Some(next) = one_ahead.next() {
+            if direct && let Some(next) = one_ahead.next() {
                 next.prefetch_lane();
             }
             for item in batch {
