@@ -40,7 +40,7 @@ use crate::deflate::{self, DeflateParams};
 use crate::error::{Error, ProtocolError};
 use crate::frame::OpCode;
 use crate::incoming::{Event, Incoming};
-use crate::message::{Message, SharedFraming, SharedMessage};
+use crate::message::{Message, MessageRef, SharedFraming, SharedMessage};
 use crate::write_queue::WriteQueue;
 
 /// Bytes read per `read` call. Reads land on the stack first, so this costs no memory while idle.
@@ -133,7 +133,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// queued by then.
     pub fn send(&mut self, msg: Message) -> Result<(), Error> {
         self.ensure_open()?;
-        let payload = msg.payload();
+        if !self.send_compressed(msg.opcode(), msg.payload()) {
+            // Large payloads are queued as they are, without a copy.
+            self.out.push_frame(msg.opcode(), false, msg.payload());
+        }
+        Ok(())
+    }
+
+    /// Queues a borrowed message (copied into the write queue): what a handler of
+    /// [`WebSocket::poll_each`] answers with, an echo for instance.
+    pub fn send_ref(&mut self, msg: MessageRef<'_>) -> Result<(), Error> {
+        self.ensure_open()?;
+        if !self.send_compressed(msg.opcode(), msg.payload()) {
+            self.out
+                .push_frame_slice(msg.opcode(), false, msg.payload());
+        }
+        Ok(())
+    }
+
+    /// Queues `payload` compressed when the connection compresses and it pays; false when it
+    /// queued nothing and the plain frame is the caller's to queue.
+    fn send_compressed(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
         if let Some(d) = self
             .deflate
             .as_deref_mut()
@@ -151,8 +171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         )
                     });
                     if let Some(z) = deflate::compress_with(c, payload) {
-                        self.out.push_frame(msg.opcode(), true, &z);
-                        return Ok(());
+                        self.out.push_frame(opcode, true, &z);
+                        return true;
                     }
                     // A compressor error leaves its state unknown; fall back to plain frames for good.
                     d.threshold = usize::MAX;
@@ -161,14 +181,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     if let Some(z) = deflate::compress_standalone(payload, d.level, d.window_bits)
                         .filter(|z| z.len() < payload.len())
                     {
-                        self.out.push_frame(msg.opcode(), true, &z);
-                        return Ok(());
+                        self.out.push_frame(opcode, true, &z);
+                        return true;
                     }
                 }
             }
         }
-        self.out.push_frame(msg.opcode(), false, payload);
-        Ok(())
+        false
     }
 
     /// Queues a broadcast message, reusing its shared encoding (and compressed form) when this
@@ -225,12 +244,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| self.out.poll_write(&mut self.io, cx)).await?;
-        Ok(())
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// The poll form of [`WebSocket::flush`]: for an application that stops receiving for a while
+    /// (its own queue is full) and must still let what it queued go out.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.out.poll_write(&mut self.io, cx).map_err(Error::from)
     }
 
     /// The poll form of [`WebSocket::recv`].
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        self.poll_next::<fn(&mut Self, MessageRef<'_>)>(cx, None)
+    }
+
+    /// Hands every message that arrives to `on_message`, borrowed, until the socket has nothing more
+    /// for now (`Pending`) or the connection ends: `Ready(Ok(()))` after a clean close handshake,
+    /// `Ready(Err(_))` when it failed. Meanwhile it does all that [`WebSocket::recv`] does.
+    ///
+    /// For a handler that does not keep the message, this receives without allocating: whole
+    /// messages are unmasked and handed out where the read put them (on the stack), and only an
+    /// incomplete frame is copied to the heap. Fragmented and compressed messages are assembled as
+    /// for `recv` and handed out borrowed from that. `on_message` gets the connection too, so it can
+    /// answer at once ([`WebSocket::send_ref`]); what it queues from one read goes out in one write.
+    /// Cancel-safe like `recv`.
+    pub fn poll_each<F>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut on_message: F,
+    ) -> Poll<Result<(), Error>>
+    where
+        F: FnMut(&mut Self, MessageRef<'_>),
+    {
+        loop {
+            match ready!(self.poll_next(cx, Some(&mut on_message))) {
+                Some(Ok(msg)) => on_message(self, msg.as_ref()),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// `poll_recv`, with the messages of a read that lands on an empty buffer handed to `direct`
+    /// in place when there is one.
+    fn poll_next<F>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut direct: Option<&mut F>,
+    ) -> Poll<Option<Result<Message, Error>>>
+    where
+        F: FnMut(&mut Self, MessageRef<'_>),
+    {
         loop {
             match self.state {
                 State::Closed => return Poll::Ready(None),
@@ -270,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         // Backpressure: the write above is pending and will wake us.
                         return Poll::Pending;
                     }
-                    match self.poll_read(cx) {
+                    match self.poll_read(cx, direct.as_deref_mut()) {
                         Poll::Ready(Ok(0)) => return self.abort(Error::Eof),
                         Poll::Ready(Ok(_)) => self.last_read = Instant::now(),
                         Poll::Ready(Err(e)) => return self.abort(e.into()),
@@ -403,7 +467,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    /// Reads more. With `direct`, the whole messages at the front of a read onto the stack are
+    /// handed to it there; only what follows them is copied to the read buffer.
+    fn poll_read<F>(
+        &mut self,
+        cx: &mut Context<'_>,
+        direct: Option<&mut F>,
+    ) -> Poll<std::io::Result<usize>>
+    where
+        F: FnMut(&mut Self, MessageRef<'_>),
+    {
         if self.read_buf.is_empty() {
             // Nothing partial is buffered: read onto the stack so an idle connection holds no buffer.
             // Left uninitialised: zeroing 8 KiB before every read showed in profiles of the echo
@@ -411,8 +484,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut scratch);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-            self.read_buf = BytesMut::from(buf.filled());
-            return Poll::Ready(Ok(buf.filled().len()));
+            let n = buf.filled().len();
+            let read = buf.filled_mut();
+            let mut at = 0;
+            if let Some(direct) = direct {
+                // Stops at the first frame the fast path does not take, or when the handler closed
+                // the connection (data after our close is not handed out, as in `on_event`).
+                while self.is_open() {
+                    match self.incoming.decode_in_place(&mut read[at..]) {
+                        Ok(Some((used, msg))) => {
+                            at += used;
+                            direct(self, msg);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // The frame was unmasked in place, so `decode` cannot have it: fail
+                            // here, as `poll_next` does with decode's errors. The rest is dropped.
+                            self.fail(e);
+                            at = n;
+                            break;
+                        }
+                    }
+                }
+            }
+            if at < n {
+                self.read_buf = BytesMut::from(&read[at..]);
+            }
+            return Poll::Ready(Ok(n));
         }
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
             self.read_buf.reserve(READ_CHUNK);
@@ -636,5 +734,148 @@ mod tests {
         assert!(early.is_err(), "no message from the client");
         assert_eq!(ws.queued_bytes(), 0, "written while waiting");
         assert_eq!(ws.read_buf.capacity(), 0);
+    }
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = client_text(payload);
+        frame[0] = (u8::from(fin) << 7) | opcode;
+        frame
+    }
+
+    /// Reads the server's frames off the client side until `n` have come: (opcode bits, payload).
+    async fn server_frames(client: &mut tokio::io::DuplexStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        while frames.len() < n {
+            let mut chunk = [0u8; 1024];
+            let got = client.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "the server hung up after {frames:?}");
+            bytes.extend_from_slice(&chunk[..got]);
+            while let Some(h) = crate::frame::parse_header(&bytes).unwrap() {
+                let end = h.header_len + h.payload_len as usize;
+                if bytes.len() < end {
+                    break;
+                }
+                frames.push((h.opcode.bits(), bytes[h.header_len..end].to_vec()));
+                bytes.drain(..end);
+            }
+        }
+        frames
+    }
+
+    /// `poll_each` hands out every message in order, whether it came whole in a read (in place),
+    /// after a ping, in fragments or split over reads; its echoes and the pong go out; and nothing
+    /// is left buffered.
+    #[tokio::test]
+    async fn poll_each_hands_out_every_message_in_order_and_echoes_them() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut ws = WebSocket::new(server, Arc::new(Config::default()), None);
+        let split = client_text(b"split over two reads");
+        let first = [
+            client_text(b"one"),
+            client_frame(true, 2, b"two"),
+            client_frame(true, 9, b"ping"),
+            client_text(b"three"),
+            client_frame(false, 1, b"fo"),
+            client_frame(true, 0, b"ur"),
+            client_text(b"five"),
+            split[..9].to_vec(),
+        ]
+        .concat();
+        client.write_all(&first).await.unwrap();
+
+        let mut got: Vec<Message> = Vec::new();
+        let mut each = |ws: &mut WebSocket<_>, msg: MessageRef<'_>| {
+            got.push(msg.to_message());
+            ws.send_ref(msg).unwrap();
+        };
+        let pending = std::future::poll_fn(|cx| Poll::Ready(ws.poll_each(cx, &mut each))).await;
+        assert!(pending.is_pending(), "the split frame waits for its rest");
+        client.write_all(&split[9..]).await.unwrap();
+        let pending = std::future::poll_fn(|cx| Poll::Ready(ws.poll_each(cx, &mut each))).await;
+        assert!(pending.is_pending());
+        assert_eq!(
+            got,
+            vec![
+                Message::text("one"),
+                Message::binary(&b"two"[..]),
+                Message::text("three"),
+                Message::text("four"),
+                Message::text("five"),
+                Message::text("split over two reads"),
+            ]
+        );
+        let echoed = server_frames(&mut client, 7).await;
+        let expect: Vec<(u8, Vec<u8>)> = [
+            (1, &b"one"[..]),
+            (2, b"two"),
+            (10, b"ping"),
+            (1, b"three"),
+            (1, b"four"),
+            (1, b"five"),
+            (1, b"split over two reads"),
+        ]
+        .iter()
+        .map(|(op, p)| (*op, p.to_vec()))
+        .collect();
+        assert_eq!(
+            echoed, expect,
+            "echoes in order, the pong where the ping was"
+        );
+        assert_eq!(ws.read_buf.capacity(), 0, "nothing left buffered");
+    }
+
+    /// Invalid UTF-8 in a message the fast path takes fails the connection as `recv` would: close
+    /// code 1007, then the error.
+    #[tokio::test]
+    async fn poll_each_fails_invalid_text_taken_in_place() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut ws = WebSocket::new(server, Arc::new(Config::default()), None);
+        let bytes = [
+            client_text(b"fine"),
+            client_text(b"\xff"),
+            client_text(b"never"),
+        ]
+        .concat();
+        client.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        let ending = tokio::spawn(async move {
+            std::future::poll_fn(|cx| {
+                ws.poll_each(cx, |_, msg: MessageRef<'_>| got.push(msg.to_message()))
+            })
+            .await
+            .map(|()| got)
+        });
+        let frames = server_frames(&mut client, 1).await;
+        assert_eq!(frames[0].0, 8, "a close frame");
+        assert_eq!(frames[0].1[..2], 1007u16.to_be_bytes());
+        drop(client);
+        let ending = ending.await.unwrap();
+        assert!(
+            matches!(ending, Err(Error::Protocol(ProtocolError::InvalidUtf8))),
+            "{ending:?}"
+        );
+    }
+
+    /// A handler that closes the connection gets no more messages, as with `recv`.
+    #[tokio::test]
+    async fn poll_each_stops_handing_out_after_the_handler_closes() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut ws = WebSocket::new(server, Arc::new(Config::default()), None);
+        let bytes = [client_text(b"bye"), client_text(b"ignored")].concat();
+        client.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        let pending = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                ws.poll_each(cx, |ws: &mut WebSocket<_>, msg: MessageRef<'_>| {
+                    got.push(msg.to_message());
+                    ws.close(CloseCode::NORMAL, "done");
+                }),
+            )
+        })
+        .await;
+        assert!(pending.is_pending(), "waits for the peer's close");
+        assert_eq!(got, vec![Message::text("bye")]);
     }
 }

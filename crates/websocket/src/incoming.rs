@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::deflate::{DeflateParams, Inflater};
 use crate::error::ProtocolError;
 use crate::frame::{OpCode, apply_mask, parse_header, unmask_is_ascii};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 use crate::utf8::Utf8Validator;
 
 /// Payloads smaller than this are copied out of the read buffer (and unmasked in the same pass)
@@ -138,6 +138,50 @@ impl Incoming {
                 .data_frame(h.opcode, h.fin, h.rsv1, payload, ascii, peeked)
                 .map(|m| m.map(Event::Message)),
         }
+    }
+
+    /// Decodes the frame at the front of `buf` in place when it is a whole message in one frame
+    /// (final, uncompressed, text or binary) and no message is open: unmasks it where it lies and
+    /// returns how many bytes it took and the message, borrowed from `buf`.
+    ///
+    /// `Ok(None)` for anything else (an incomplete frame, a control frame, a fragment, a compressed
+    /// message, a frame over the limits); `buf` is then unchanged and [`Incoming::decode`] must take
+    /// it from there, and reports the same errors. This is the connection's fast path for a read that
+    /// holds whole small messages: no copy out of the read and no allocation (the `fuzz/` target
+    /// checks that both paths give the same messages and errors).
+    pub fn decode_in_place<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+    ) -> Result<Option<(usize, MessageRef<'a>)>, ProtocolError> {
+        if self.partial.is_some() || self.peek.is_some() {
+            return Ok(None);
+        }
+        let Some(h) = parse_header(buf)? else {
+            return Ok(None);
+        };
+        let text = match h.opcode {
+            OpCode::Text => true,
+            OpCode::Binary => false,
+            _ => return Ok(None),
+        };
+        let Some(mask) = h.mask.filter(|_| h.fin && !h.rsv1) else {
+            return Ok(None);
+        };
+        if h.payload_len > self.max_frame.min(self.max_message) as u64 {
+            return Ok(None);
+        }
+        let total = h.header_len + h.payload_len as usize;
+        let Some(payload) = buf.get_mut(h.header_len..total) else {
+            return Ok(None);
+        };
+        let ascii = unmask_is_ascii(payload, mask);
+        if !text {
+            return Ok(Some((total, MessageRef::Binary(payload))));
+        }
+        if !ascii {
+            simdutf8::basic::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(Some((total, MessageRef::Text(payload))))
     }
 
     /// Validates the newly arrived part of an incomplete frame's payload (`received`, still masked)
@@ -322,15 +366,9 @@ mod tests {
     }
 
     fn decode_all(inc: &mut Incoming, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
-        let mut buf = BytesMut::from(bytes);
-        let mut events = Vec::new();
-        loop {
-            let before = buf.len();
-            if let Some(e) = inc.decode(&mut buf)? {
-                events.push(e);
-            } else if buf.len() == before {
-                return Ok(events);
-            }
+        match decode_slow(inc, bytes) {
+            (_, Some(e)) => Err(e),
+            (events, None) => Ok(events),
         }
     }
 
@@ -643,5 +681,107 @@ mod tests {
             decode_all(&mut inc, &frame(true, true, 9, b"")),
             Err(ProtocolError::ReservedBits)
         );
+    }
+
+    /// Events and the first error, decoded the way the connection decodes a read that lands on an
+    /// empty buffer: whole simple frames in place first, then the rest through `decode`.
+    fn decode_fast_then_slow(
+        inc: &mut Incoming,
+        bytes: &[u8],
+    ) -> (Vec<Event>, Option<ProtocolError>) {
+        let mut bytes = bytes.to_vec();
+        let mut at = 0;
+        let mut events = Vec::new();
+        loop {
+            match inc.decode_in_place(&mut bytes[at..]) {
+                Ok(Some((used, msg))) => {
+                    assert!(used > 0, "a message takes bytes");
+                    at += used;
+                    events.push(Event::Message(msg.to_message()));
+                }
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+        let (rest, err) = decode_slow(inc, &bytes[at..]);
+        events.extend(rest);
+        (events, err)
+    }
+
+    fn decode_slow(inc: &mut Incoming, bytes: &[u8]) -> (Vec<Event>, Option<ProtocolError>) {
+        let mut buf = BytesMut::from(bytes);
+        let mut events = Vec::new();
+        loop {
+            let before = buf.len();
+            match inc.decode(&mut buf) {
+                Ok(Some(e)) => events.push(e),
+                Ok(None) if buf.len() == before => return (events, None),
+                Ok(None) => {}
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+
+    /// The fast path is an optimisation only: for any stream of frames (valid or not, cut anywhere,
+    /// over or under the limits) it gives the same messages and the same error as `decode` alone.
+    #[test]
+    fn decoding_in_place_agrees_with_decode() {
+        let limits = Config {
+            max_frame_size: 200,
+            max_message_size: 250,
+            ..Config::default()
+        };
+        let payloads: [&[u8]; 7] = [
+            b"",
+            b"hello",
+            "κόσμε".as_bytes(),
+            b"\xff\xfe",
+            b"ok\xf4\x90",
+            &[b'a'; 130],
+            &[0xce; 220],
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut fast_messages = 0;
+        for _ in 0..20_000 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + next(5) {
+                let opcode = [1, 1, 2, 2, 0, 9, 10, 8, 3][next(9) as usize];
+                let payload = payloads[next(payloads.len() as u64) as usize];
+                let payload = if opcode == 8 {
+                    &[0x03, 0xe8][..]
+                } else {
+                    payload
+                };
+                let mut f = frame(next(4) != 0, next(8) == 0, opcode, payload);
+                if next(30) == 0 {
+                    f[1] &= 0x7f; // unmasked: a client must mask
+                    f.drain(2..6);
+                }
+                stream.extend(f);
+            }
+            stream.truncate(stream.len() - next(stream.len() as u64 / 2 + 1) as usize);
+            let slow = decode_slow(&mut Incoming::new(&limits, None), &stream);
+            let fast = decode_fast_then_slow(&mut Incoming::new(&limits, None), &stream);
+            assert_eq!(fast, slow, "stream {stream:02x?}");
+            fast_messages += fast.0.len();
+        }
+        assert!(fast_messages > 1000, "the cases reach messages");
+    }
+
+    #[test]
+    fn a_whole_message_decodes_in_place_and_anything_else_is_left() {
+        let mut inc = plain();
+        let mut bytes = [frame(true, false, 1, b"hi"), frame(true, false, 9, b"")].concat();
+        let (used, msg) = inc.decode_in_place(&mut bytes).unwrap().unwrap();
+        assert_eq!((used, msg), (8, MessageRef::Text(b"hi")));
+        let rest = bytes[used..].to_vec();
+        assert_eq!(inc.decode_in_place(&mut bytes[used..]), Ok(None));
+        assert_eq!(bytes[used..], rest[..], "left as it was for decode");
     }
 }

@@ -7,7 +7,9 @@
 //!   picks a subprotocol and negotiates compression; [`Accepted::response`] is the `101` answer.
 //! - [`WebSocket`] drives one upgraded connection: [`WebSocket::recv`] yields [`Message`]s while it
 //!   flushes queued frames, answers pings, sends keepalive pings, enforces limits and timeouts, and
-//!   runs the close handshake. [`WebSocket::send`] queues a message.
+//!   runs the close handshake. [`WebSocket::send`] queues a message. [`WebSocket::poll_each`] hands
+//!   messages out borrowed ([`MessageRef`]) to a handler that does not keep them, with no allocation
+//!   per message or per read.
 //! - [`SharedMessage`] is a message framed once (and compressed once per window size) whose bytes are
 //!   shared by every connection it is sent to with [`WebSocket::send_shared`].
 //! - [`Incoming`] is the IO-free decoder underneath (frames, fragments, UTF-8, inflation, limits);
@@ -38,5 +40,5 @@ pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProtocolError};
 pub use handshake::{Accepted, HandshakeError};
 pub use incoming::{Event, Incoming};
-pub use message::{Message, SharedFraming, SharedMessage};
+pub use message::{Message, MessageRef, SharedFraming, SharedMessage};
 pub use utf8::Utf8Validator;

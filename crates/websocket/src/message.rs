@@ -38,9 +38,53 @@ impl Message {
 
     /// The payload as text, if this is a text message.
     pub fn as_text(&self) -> Option<&str> {
+        self.as_ref().as_text()
+    }
+
+    /// The message borrowed, as [`WebSocket::poll_each`](crate::WebSocket::poll_each) hands it out.
+    pub fn as_ref(&self) -> MessageRef<'_> {
         match self {
+            Self::Text(b) => MessageRef::Text(b),
+            Self::Binary(b) => MessageRef::Binary(b),
+        }
+    }
+
+    pub(crate) fn opcode(&self) -> OpCode {
+        self.as_ref().opcode()
+    }
+}
+
+/// A complete data message borrowed from the connection's read, for a handler that does not keep it
+/// (an echo, a parser that copies what it needs): receiving it costs no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageRef<'a> {
+    /// A text message; the bytes were checked to be valid UTF-8.
+    Text(&'a [u8]),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> MessageRef<'a> {
+    /// The payload bytes.
+    pub fn payload(&self) -> &'a [u8] {
+        match *self {
+            Self::Text(b) | Self::Binary(b) => b,
+        }
+    }
+
+    /// The payload as text, if this is a text message.
+    pub fn as_text(&self) -> Option<&'a str> {
+        match *self {
             Self::Text(b) => std::str::from_utf8(b).ok(),
             Self::Binary(_) => None,
+        }
+    }
+
+    /// An owned copy, for a handler that keeps the message after all.
+    pub fn to_message(&self) -> Message {
+        match *self {
+            Self::Text(b) => Message::Text(Bytes::copy_from_slice(b)),
+            Self::Binary(b) => Message::Binary(Bytes::copy_from_slice(b)),
         }
     }
 

@@ -48,16 +48,26 @@ impl WriteQueue {
         self.len == 0
     }
 
-    /// Queues a frame built from a header and a payload.
+    /// Queues a frame built from a header and a payload; a large payload is queued as it is,
+    /// without a copy.
     pub(crate) fn push_frame(&mut self, opcode: OpCode, rsv1: bool, payload: &Bytes) {
+        if payload.len() < COPY_BELOW {
+            return self.push_frame_slice(opcode, rsv1, payload);
+        }
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut header, true, rsv1, opcode, payload.len());
-        if payload.len() < COPY_BELOW {
-            // Header and payload land in the tail together: one capacity check for both.
-            self.reserve_tail(n + payload.len());
-        }
         self.push_copy(&header[..n]);
         self.push_shared(payload);
+    }
+
+    /// Queues a frame built from a header and a borrowed payload, copied whatever its size.
+    pub(crate) fn push_frame_slice(&mut self, opcode: OpCode, rsv1: bool, payload: &[u8]) {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, rsv1, opcode, payload.len());
+        // Header and payload land in the tail together: one capacity check for both.
+        self.reserve_tail(n + payload.len());
+        self.push_copy(&header[..n]);
+        self.push_copy(payload);
     }
 
     /// Queues bytes that are already a complete frame (a shared broadcast frame).

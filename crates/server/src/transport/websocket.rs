@@ -17,7 +17,7 @@ use switchboard_hub::{End, ForwardedHeaders, Lane, Node, ShutdownSignal, Upstrea
 use crate::limits::Limits;
 use switchboard_protocol::{DisconnectCode, Frame};
 use switchboard_websocket::{
-    CloseCode, Config, Error, Message, SharedMessage, WebSocket, handshake,
+    CloseCode, Config, Error, Message, MessageRef, SharedMessage, WebSocket, handshake,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -312,36 +312,30 @@ pub async fn echo_handler(State(endpoint): State<Endpoint>, req: Request) -> Res
 
 /// Echoes every message back: the Autobahn suite's and the benchmarks' endpoint.
 ///
-/// Messages decoded from one read are all queued before the next `recv` writes them, so a pipelining
-/// client gets its echoes in one write rather than one per message.
+/// Messages are taken borrowed ([`WebSocket::poll_each`]): a whole message costs no allocation on
+/// its way in, only its copy into the write queue, and the echoes of one read leave in one write.
 pub async fn echo(mut ws: WebSocket<Io>, shutdown: CancellationToken) {
+    fn echo_back(ws: &mut WebSocket<Io>, msg: MessageRef<'_>) {
+        // An error here means the connection is closing: keep polling so the close handshake
+        // completes.
+        let _ = ws.send_ref(msg);
+    }
     let mut stop = ShutdownSignal::new(&shutdown);
-    loop {
-        let next = std::future::poll_fn(|cx| {
-            // Messages first; the shutdown signal only when the socket has nothing ready.
-            if let Poll::Ready(next) = ws.poll_recv(cx) {
-                return Poll::Ready(next);
-            }
-            if ws.is_open() && stop.poll(cx).is_ready() {
-                ws.close(CloseCode::GOING_AWAY, "server shutting down");
-                // Polling again sends the close frame and registers for the answer.
-                return ws.poll_recv(cx);
-            }
-            Poll::Pending
-        })
-        .await;
-        match next {
-            Some(Ok(msg)) => {
-                // An error here means the connection is closing: keep polling so the close handshake
-                // completes.
-                let _ = ws.send(msg);
-            }
-            Some(Err(e)) => {
-                log_end(&e);
-                return;
-            }
-            None => return,
+    let end = std::future::poll_fn(|cx| {
+        // Messages first; the shutdown signal only when the socket has nothing ready.
+        if let Poll::Ready(end) = ws.poll_each(cx, echo_back) {
+            return Poll::Ready(end);
         }
+        if ws.is_open() && stop.poll(cx).is_ready() {
+            ws.close(CloseCode::GOING_AWAY, "server shutting down");
+            // Polling again sends the close frame and registers for the answer.
+            return ws.poll_each(cx, echo_back);
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Err(e) = end {
+        log_end(&e);
     }
 }
 
