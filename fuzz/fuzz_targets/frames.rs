@@ -10,7 +10,8 @@
 //! Raw mode: `body` is the byte stream from the client. Checks: no panic; every message within
 //! `max_message_size`; text messages (and close reasons) are UTF-8; ping/pong payloads within 125
 //! bytes; the read buffer stays bounded; and the events and the final error are the same whether the
-//! stream arrives in pieces or all at once.
+//! stream arrives in pieces or all at once, and whether or not whole messages are first decoded in
+//! place (`Incoming::decode_in_place`, the fast path of `WebSocket::poll_each`).
 //!
 //! Round-trip mode: `body` is a list of messages `[mode, len, plaintext ..len]` that the target
 //! compresses the way RFC 7692 §7.2.3 lets a client (sync or full flush with the tail removed, stored
@@ -58,18 +59,37 @@ fn params(flags: u8) -> DeflateParams {
 }
 
 /// Decodes `reads` the way the connection does: append a read, then decode while frames come or the
-/// buffer shrinks. Stops at the first error, as the connection would.
+/// buffer shrinks. Stops at the first error, as the connection would. With `in_place`, a read that
+/// lands on an empty buffer first goes through `Incoming::decode_in_place`, as in
+/// `WebSocket::poll_each`, and only what that leaves is appended.
 fn run<'a>(
     s: &Setup,
     reads: impl Iterator<Item = &'a [u8]>,
+    in_place: bool,
 ) -> (Vec<Event>, Option<ProtocolError>) {
     let mut inc = Incoming::new(&s.config, s.deflate.as_ref());
     let mut buf = BytesMut::new();
     let mut events = Vec::new();
     let mut fed = 0usize;
     for read in reads {
-        buf.extend_from_slice(read);
         fed += read.len();
+        let mut read = read.to_vec();
+        let mut at = 0;
+        while in_place && buf.is_empty() {
+            let left = read.len() - at;
+            match inc.decode_in_place(&mut read[at..]) {
+                Ok(Some((used, msg))) => {
+                    assert!(used > 0 && used <= left, "took {used} of {left} bytes");
+                    at += used;
+                    let event = Event::Message(msg.to_message());
+                    check(s, &event);
+                    events.push(event);
+                }
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+        buf.extend_from_slice(&read[at..]);
         loop {
             let before = buf.len();
             match inc.decode(&mut buf) {
@@ -267,7 +287,7 @@ fn roundtrip(flags: u8, sizes: &[u8], mut body: &[u8]) {
     c.reset();
     COMPRESSORS.with_borrow_mut(|pool| pool.push((level, bits, c)));
 
-    let (events, err) = run(&s, cut(sizes, &stream).into_iter());
+    let (events, err) = run(&s, cut(sizes, &stream).into_iter(), sizes.len() % 2 == 1);
     assert_eq!(
         err,
         None,
@@ -290,7 +310,11 @@ fuzz_target!(|data: &[u8]| {
         return roundtrip(*flags, sizes, body);
     }
     let s = setup(*flags);
-    let split = run(&s, cut(sizes, body).into_iter());
-    let whole = run(&s, std::iter::once(body));
+    let split = run(&s, cut(sizes, body).into_iter(), false);
+    let whole = run(&s, std::iter::once(body), false);
     assert_eq!(split, whole, "result depends on how the stream was cut");
+    let split_in_place = run(&s, cut(sizes, body).into_iter(), true);
+    assert_eq!(split_in_place, whole, "decoding in place changed the result");
+    let whole_in_place = run(&s, std::iter::once(body), true);
+    assert_eq!(whole_in_place, whole, "decoding in place changed the result");
 });
