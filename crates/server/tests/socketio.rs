@@ -249,6 +249,37 @@ async fn sockets_are_switchboard_clients() {
     );
 }
 
+/// A client that sends faster than its hub client takes its packets (a burst of 3,000 publishes
+/// in one write, more than a socket's queue of 1,024) is read as fast as it is served, as over the
+/// native WebSocket: not disconnected as too slow. Every publish is acknowledged, in order.
+#[tokio::test]
+async fn a_burst_of_emits_is_read_as_it_is_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut c = hub_config(true);
+    c.channels.namespaces.insert(
+        "b".into(),
+        switchboard_hub::NamespaceOptions {
+            allow_publish: true,
+            ..Default::default()
+        },
+    );
+    let server = start(c).await;
+    let (mut ws, resp) = handshake(server.addr, "/socket.io/?EIO=4&transport=websocket", &[]).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert!(text(&mut ws).await.starts_with("0{"));
+    ws.send_text("40").await;
+    assert!(text(&mut ws).await.starts_with("40{"));
+    let mut burst = Vec::new();
+    for i in 0..3000 {
+        let emit = format!(r#"42{i}["publish","b:x",{{"n":{i}}}]"#);
+        burst.extend(common::encode(true, false, 1, emit.as_bytes(), true));
+    }
+    ws.stream.write_all(&burst).await.unwrap();
+    for i in 0..3000 {
+        assert_eq!(text(&mut ws).await, format!("43{i}[null]"), "publish {i}");
+    }
+}
+
 /// A shutdown closes every session: one joined over WebSocket, and one on polling that joined no
 /// namespace (no hub client of its own to tell it), whose held poll gets the `close` packet. And
 /// the Engine.IO WebSocket carries Engine.IO's heartbeat only, not the WebSocket layer's pings.

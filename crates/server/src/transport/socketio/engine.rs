@@ -47,6 +47,13 @@ pub trait App: Send + 'static {
         let _ = cx;
         Poll::Pending
     }
+    /// False while the application cannot take another message (its queue for what it runs is
+    /// full): the session then stops reading from its WebSocket until [`App::poll_output`] has made
+    /// room, so a client that sends faster than it is served is slowed down by TCP, as on the native
+    /// WebSocket, rather than disconnected.
+    fn accepts_input(&self) -> bool {
+        true
+    }
     /// The bytes the session holds for its client now (after each change): the hub counts them
     /// against the slow-consumer bound, as for every transport.
     fn on_buffered(&mut self, bytes: usize) {
@@ -574,30 +581,43 @@ impl Actor {
                     armed = deadline.is_some();
                 }
                 let wake = std::future::poll_fn(|cx| {
-                    // The WebSocket first: polling it also writes what was queued on it.
-                    if let Some(ws) = &mut self.ws
-                        && let Poll::Ready(m) = ws.poll_recv(cx)
-                    {
-                        return Poll::Ready(Wake::Ws(m));
+                    loop {
+                        // The WebSocket first: polling it also writes what was queued on it. While the
+                        // application's queue is full it is only written to, and not read.
+                        let reading = self.app.accepts_input();
+                        if let Some(ws) = &mut self.ws {
+                            if reading {
+                                if let Poll::Ready(m) = ws.poll_recv(cx) {
+                                    return Poll::Ready(Wake::Ws(m));
+                                }
+                            } else if let Poll::Ready(Err(e)) = ws.poll_flush(cx) {
+                                return Poll::Ready(Wake::Ws(Some(Err(e))));
+                            }
+                        }
+                        self.closing.retain_mut(|ws| !closed(ws, cx));
+                        if let Poll::Ready(cmd) = self.mailbox.poll_recv(cx) {
+                            return Poll::Ready(Wake::Cmd(cmd));
+                        }
+                        if let Poll::Ready(out) = self.app.poll_output(cx) {
+                            return Poll::Ready(Wake::App(out));
+                        }
+                        if !reading && self.ws.is_some() && self.app.accepts_input() {
+                            // The application took some of its queue: read again, now, since
+                            // nothing registered for the socket's readiness while it was full.
+                            continue;
+                        }
+                        if armed && timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Timer);
+                        }
+                        if let Some(held) = &mut self.held
+                            && held.poll_closed(cx).is_ready()
+                        {
+                            return Poll::Ready(Wake::PollGone);
+                        }
+                        // The WebSocket wrote what it could: the hub counts what is left.
+                        self.app.on_buffered(self.buffered());
+                        return Poll::Pending;
                     }
-                    self.closing.retain_mut(|ws| !closed(ws, cx));
-                    if let Poll::Ready(cmd) = self.mailbox.poll_recv(cx) {
-                        return Poll::Ready(Wake::Cmd(cmd));
-                    }
-                    if let Poll::Ready(out) = self.app.poll_output(cx) {
-                        return Poll::Ready(Wake::App(out));
-                    }
-                    if armed && timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Timer);
-                    }
-                    if let Some(held) = &mut self.held
-                        && held.poll_closed(cx).is_ready()
-                    {
-                        return Poll::Ready(Wake::PollGone);
-                    }
-                    // The WebSocket wrote what it could: the hub counts what is left.
-                    self.app.on_buffered(self.buffered());
-                    Poll::Pending
                 })
                 .await;
                 let now = std::time::Instant::now();

@@ -103,7 +103,9 @@ struct Refused {
     code: u32,
 }
 
-/// Packets a socket's hub client may leave unread before the session counts as too slow.
+/// Packets a socket's hub client may leave unread. Over WebSocket the session stops reading from its
+/// client at this bound until the hub client takes some (`accepts_input`); a polling client's POST
+/// that brings more closes the session as too slow.
 const QUEUE: usize = 1024;
 
 /// A socket's hub client: [`switchboard_hub::drive`] over its [`SioWire`].
@@ -371,6 +373,14 @@ impl App for HubApp {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.connection.next_deadline()
+    }
+
+    fn accepts_input(&self) -> bool {
+        // One message forwards at most one packet, so reading stops before `forward` would find
+        // a queue full. (Polling clients' POSTs are not held back: their bound stays a refusal.)
+        self.sockets
+            .iter()
+            .all(|s| s.pipe.0.lock().up.len() < QUEUE)
     }
 
     fn on_buffered(&mut self, bytes: usize) {
