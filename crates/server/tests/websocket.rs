@@ -291,6 +291,72 @@ async fn dead_peer_is_dropped_after_ping_and_pong_timeout() {
     bystander.echo_ok("still here").await;
 }
 
+/// The keepalive ping rides on a publication the fan-out writes in the interval's last fifth: it
+/// comes right after a publication, sooner than the interval (2 s) after the last pong, and a
+/// peer that does not answer it is still closed (3012) the pong timeout (1 s) after it.
+#[tokio::test]
+async fn the_keepalive_ping_rides_on_a_publication() {
+    let mut cfg = switchboard::Config::default();
+    cfg.channels.namespaces.insert(
+        "live".into(),
+        switchboard_hub::NamespaceOptions {
+            allow_publish: true,
+            ..Default::default()
+        },
+    );
+    cfg.websocket.ping_interval = Duration::from_secs(2);
+    cfg.websocket.pong_timeout = Duration::from_secs(1);
+    let s = start(cfg).await;
+    let mut sub = JsonClient::connected(s.addr).await;
+    sub.ok("subscribe", serde_json::json!({"channel": "live:feed"}))
+        .await;
+    let mut heard = tokio::time::Instant::now();
+    let mut publisher = JsonClient::connected(s.addr).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0u64.. {
+            let data = serde_json::json!({"channel": "live:feed", "data": {"n": n}});
+            publisher.ok("publish", data).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    let mut before = 0u8;
+    let mut pings = 0;
+    while pings < 4 {
+        let f = sub.ws.read_frame().await.expect("the connection lives");
+        if f.opcode != 9 {
+            before = f.opcode;
+            continue;
+        }
+        let since = heard.elapsed();
+        assert_eq!(before, 1, "the ping follows a publication");
+        assert!(
+            since >= Duration::from_millis(1500) && since < Duration::from_millis(1950),
+            "ping {pings} came {since:?} after the last pong, not in the last fifth"
+        );
+        pings += 1;
+        if pings < 4 {
+            sub.ws.send_frame(true, false, 10, &f.payload, true).await;
+            heard = tokio::time::Instant::now();
+        }
+    }
+    // The fourth ping goes unanswered.
+    let unanswered = tokio::time::Instant::now();
+    let close = loop {
+        let f = sub.ws.read_frame().await.expect("a close frame");
+        assert_ne!(f.opcode, 9, "one ping only");
+        if f.opcode == 8 {
+            break f;
+        }
+    };
+    let after = unanswered.elapsed();
+    assert_eq!(close.close_code(), Some(3012));
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(1500),
+        "closed {after:?} after the carried ping"
+    );
+    publishing.abort();
+}
+
 /// On the protocol endpoint an unanswered ping ends the connection with close code 3012 ("no pong",
 /// docs/protocol.md), counted under that code, rather than with a bare TCP close.
 #[tokio::test]

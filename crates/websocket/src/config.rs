@@ -29,7 +29,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// Most fragments one message may be split into; more close with 1009.
     pub max_fragments: usize,
-    /// Send a ping after this long without receiving anything.
+    /// Send a ping after this long without receiving anything (from a fifth sooner when a
+    /// [`PingCarrier`](crate::PingCarrier) writes a frame then and carries it).
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub ping_interval: Duration,
     /// Close the connection when nothing (pong or other) arrives this long after a ping.

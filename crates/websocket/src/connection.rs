@@ -40,6 +40,7 @@ use crate::deflate::{self, DeflateParams};
 use crate::error::{Error, ProtocolError};
 use crate::frame::OpCode;
 use crate::incoming::{Event, Incoming};
+use crate::keepalive::{self, PingCarrier};
 use crate::message::{Message, MessageRef, SharedFraming, SharedMessage};
 use crate::write_queue::WriteQueue;
 
@@ -56,12 +57,25 @@ pub struct WebSocket<S> {
     deflate: Option<Box<SendDeflate>>,
     state: State,
     timer: Option<Pin<Box<Sleep>>>,
-    armed: Option<Instant>,
     last_read: Instant,
-    ping_sent: Option<Instant>,
+    ping: Ping,
+    /// Writes the keepalive ping for us when it writes something anyway (see [`crate::keepalive`]).
+    carrier: Option<Arc<dyn PingCarrier>>,
     partial_since: Option<Instant>,
     stalled_since: Option<Instant>,
     close_deadline: Option<Instant>,
+}
+
+/// Where the keepalive ping is. One field, not an `Option<Instant>` and a flag: the connection's
+/// size is what every idle client costs (16 bytes, as the instant alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    /// None out: the next is due `ping_interval` after the last read.
+    Idle,
+    /// On offer to the carrier, which may write it with its next frame.
+    Offered,
+    /// Written at this instant (by us or the carrier); the peer has `pong_timeout` to answer.
+    Sent(Instant),
 }
 
 /// Where the connection is in its life (RFC 6455 §7).
@@ -108,9 +122,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             deflate,
             state: State::Open,
             timer: None,
-            armed: None,
             last_read: Instant::now(),
-            ping_sent: None,
+            ping: Ping::Idle,
+            carrier: None,
             partial_since: None,
             stalled_since: None,
             close_deadline: None,
@@ -214,6 +228,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }),
             Some(_) => None,
         }
+    }
+
+    /// Lets `carrier`, another writer of whole frames to this connection's socket, carry the
+    /// keepalive ping on its own writes (see [`crate::keepalive`]); the connection still writes
+    /// the ping itself when the carrier had nothing to write by the time it is due.
+    pub fn set_ping_carrier(&mut self, carrier: Arc<dyn PingCarrier>) {
+        self.withdraw_ping();
+        self.carrier = Some(carrier);
+        self.rearm();
     }
 
     /// The stream the connection runs over.
@@ -336,7 +359,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     }
                     match self.poll_read(cx, direct.as_deref_mut()) {
                         Poll::Ready(Ok(0)) => return self.abort(Error::Eof),
-                        Poll::Ready(Ok(_)) => self.last_read = Instant::now(),
+                        Poll::Ready(Ok(_)) => {
+                            self.last_read = Instant::now();
+                            if self.ping != Ping::Idle {
+                                self.heard();
+                            }
+                        }
                         Poll::Ready(Err(e)) => return self.abort(e.into()),
                         Poll::Pending => return Poll::Pending,
                     }
@@ -551,7 +579,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if timer.as_mut().poll(cx).is_pending() {
                 return None;
             }
-            self.armed = None;
             if let Some(end) = self.on_deadline(Instant::now()) {
                 return Some(end);
             }
@@ -593,11 +620,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             return None;
         }
         if !cfg.ping_interval.is_zero() {
-            if self.ping_sent.is_some_and(|t| self.last_read > t) {
-                self.ping_sent = None;
+            if let Ping::Sent(t) = self.ping
+                && self.last_read > t
+            {
+                self.ping = Ping::Idle;
             }
-            match self.ping_sent {
-                Some(t) if t + cfg.pong_timeout <= now => {
+            match self.ping {
+                Ping::Sent(t) if t + cfg.pong_timeout <= now => {
                     if !self.is_open() {
                         // Our close is already out: nothing more to say.
                         return Some(self.abort(Error::PongTimeout));
@@ -613,11 +642,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.start_close_timer();
                     return None;
                 }
-                None if self.last_read + cfg.ping_interval <= now && self.is_open() => {
-                    self.out.push_frame(OpCode::Ping, false, &Bytes::new());
-                    self.ping_sent = Some(now);
+                Ping::Sent(_) => {}
+                Ping::Idle | Ping::Offered => {
+                    let due = self.last_read + cfg.ping_interval;
+                    if due <= now {
+                        // The carrier's ping, if it wrote one, counts from when it went out.
+                        if let Some(at) = self.withdraw_ping() {
+                            self.ping = Ping::Sent(at);
+                        } else if self.is_open() {
+                            self.out.push_frame(OpCode::Ping, false, &Bytes::new());
+                            self.ping = Ping::Sent(now);
+                        }
+                    } else if let Some(carrier) = &self.carrier
+                        && self.ping == Ping::Idle
+                        && self.is_open()
+                        && due - keepalive::offer_lead(cfg.ping_interval) <= now
+                    {
+                        carrier.offer_ping();
+                        self.ping = Ping::Offered;
+                    }
                 }
-                _ => {}
             }
         }
         None
@@ -626,21 +670,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The earliest instant at which some timer has something to check.
     fn next_deadline(&self) -> Option<Instant> {
         let cfg = &self.config;
-        let keepalive = (!cfg.ping_interval.is_zero()).then(|| match self.ping_sent {
-            Some(t) => t + cfg.pong_timeout,
-            None => self.last_read + cfg.ping_interval,
-        });
-        let idle = (!cfg.idle_timeout.is_zero()).then(|| self.last_read + cfg.idle_timeout);
+        // Only the deadlines `on_deadline` acts on in the present state: one it would not act on
+        // would fire again at once, a busy loop inside one poll (it was, for `close_timeout`,
+        // on every unanswered ping: the pong deadline outlived the close it caused).
+        let (open, reading) = match self.state {
+            State::Open => (true, true),
+            State::CloseSent => (false, true),
+            _ => (false, false),
+        };
+        let keepalive = if cfg.ping_interval.is_zero() || !reading {
+            None
+        } else {
+            match self.ping {
+                Ping::Sent(t) => Some(t + cfg.pong_timeout),
+                // No ping to send once our close is out.
+                _ if !open => None,
+                // First the instant to offer the ping to the carrier, then the one to write it.
+                Ping::Idle if self.carrier.is_some() => Some(
+                    self.last_read + (cfg.ping_interval - keepalive::offer_lead(cfg.ping_interval)),
+                ),
+                Ping::Idle | Ping::Offered => Some(self.last_read + cfg.ping_interval),
+            }
+        };
+        let idle =
+            (reading && !cfg.idle_timeout.is_zero()).then(|| self.last_read + cfg.idle_timeout);
         [
             keepalive,
             idle,
             self.close_deadline,
-            self.partial_since.map(|t| t + cfg.message_timeout),
+            self.partial_since
+                .filter(|_| reading)
+                .map(|t| t + cfg.message_timeout),
             self.stalled_since.map(|t| t + cfg.write_timeout),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// The peer spoke after a ping or while one was on offer: it is alive, so the next ping is
+    /// a whole interval away. The timer is set to that at once: left as it was, it would fire for
+    /// the pong deadline or the offer and find nothing due, one more wake-up per ping for nothing.
+    fn heard(&mut self) {
+        self.withdraw_ping();
+        self.ping = Ping::Idle;
+        self.rearm();
+    }
+
+    /// Takes a ping offer back from the carrier, if one is out; returns when it wrote the ping.
+    fn withdraw_ping(&mut self) -> Option<Instant> {
+        if self.ping != Ping::Offered {
+            return None;
+        }
+        self.ping = Ping::Idle;
+        self.carrier.as_ref()?.withdraw_ping()
     }
 
     /// Sets the timer to the next deadline. Reads move deadlines later without touching the timer
@@ -651,14 +734,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             Some(d) => self.set_timer(d),
             None => {
                 self.timer = None;
-                self.armed = None;
             }
         }
     }
 
     /// Makes sure the timer fires no later than `deadline`.
     fn arm(&mut self, deadline: Instant) {
-        if self.armed.is_none_or(|a| deadline < a) {
+        // The timer's own deadline, even if it fired and is not yet polled: a later one must not
+        // replace it, or what was due would wait.
+        if self.timer.as_ref().is_none_or(|t| deadline < t.deadline()) {
             self.set_timer(deadline);
         }
     }
@@ -668,7 +752,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             Some(t) => t.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(sleep_until(deadline))),
         }
-        self.armed = Some(deadline);
     }
 }
 
@@ -877,5 +960,221 @@ mod tests {
         .await;
         assert!(pending.is_pending(), "waits for the peer's close");
         assert_eq!(got, vec![Message::text("bye")]);
+    }
+
+    /// A carrier that records what the connection asks of it; `carry` plays its next write.
+    #[derive(Default)]
+    struct FakeCarrier {
+        offered: std::sync::Mutex<bool>,
+        offers: std::sync::atomic::AtomicU32,
+        withdrawals: std::sync::atomic::AtomicU32,
+        sent: std::sync::Mutex<Option<Instant>>,
+    }
+
+    impl FakeCarrier {
+        fn offers(&self) -> u32 {
+            self.offers.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn withdrawals(&self) -> u32 {
+            self.withdrawals.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        /// Writes a frame of its own now: the ping rides on it if it is on offer.
+        fn carry(&self) -> bool {
+            let on_offer = std::mem::take(&mut *self.offered.lock().unwrap());
+            if on_offer {
+                *self.sent.lock().unwrap() = Some(Instant::now());
+            }
+            on_offer
+        }
+    }
+
+    impl PingCarrier for FakeCarrier {
+        fn offer_ping(&self) {
+            self.offers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *self.offered.lock().unwrap() = true;
+        }
+        fn withdraw_ping(&self) -> Option<Instant> {
+            self.withdrawals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *self.offered.lock().unwrap() = false;
+            self.sent.lock().unwrap().take()
+        }
+    }
+
+    /// A connection pinging every 10 s (pong timeout 4 s) with a carrier, the carrier, and the
+    /// client's end of the stream.
+    fn carried() -> (
+        WebSocket<tokio::io::DuplexStream>,
+        Arc<FakeCarrier>,
+        tokio::io::DuplexStream,
+    ) {
+        let (server, client) = tokio::io::duplex(4096);
+        let config = Config {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(4),
+            ..Config::default()
+        };
+        let mut ws = WebSocket::new(server, Arc::new(config), None);
+        let carrier = Arc::new(FakeCarrier::default());
+        ws.set_ping_carrier(Arc::clone(&carrier) as Arc<dyn PingCarrier>);
+        (ws, carrier, client)
+    }
+
+    /// Polls the connection until `at` (time since `start`); panics if it ends or yields a message.
+    async fn run_until(ws: &mut WebSocket<tokio::io::DuplexStream>, start: Instant, at: f64) {
+        let until = start + Duration::from_secs_f64(at);
+        if let Ok(got) = tokio::time::timeout_at(until, ws.recv()).await {
+            panic!("the connection yielded {got:?} at {:?}", start.elapsed());
+        }
+    }
+
+    /// Bytes the server wrote that the client has not read yet.
+    async fn written(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 256];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, client.read(&mut chunk)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    /// The ping is offered to the carrier in the interval's last fifth; once the carrier wrote it,
+    /// the connection does not write one of its own, and the pong timeout counts from the
+    /// carrier's write: no answer closes the connection 4 s after it, with "no pong".
+    #[tokio::test(start_paused = true)]
+    async fn a_carried_ping_is_not_written_again_and_its_pong_is_awaited() {
+        let start = Instant::now();
+        let (mut ws, carrier, mut client) = carried();
+        run_until(&mut ws, start, 7.9).await;
+        assert_eq!(carrier.offers(), 0, "not before 8 s");
+        run_until(&mut ws, start, 8.5).await;
+        assert_eq!(carrier.offers(), 1, "offered at 8 s");
+        assert!(carrier.carry(), "the carrier takes it");
+        run_until(&mut ws, start, 12.0).await;
+        assert_eq!(
+            written(&mut client).await,
+            b"",
+            "no ping of the connection's own"
+        );
+        assert_eq!(carrier.withdrawals(), 1, "taken back at 10 s");
+        run_until(&mut ws, start, 12.49).await;
+        assert_eq!(
+            written(&mut client).await,
+            b"",
+            "the pong may come until 12.5 s"
+        );
+        run_until(&mut ws, start, 12.6).await;
+        let close = written(&mut client).await;
+        assert_eq!(close[0], 0x88, "a close at 12.5 s: {close:?}");
+        assert!(close.ends_with(b"no pong"), "{close:?}");
+        // The peer does not answer the close either: dropped after `close_timeout` (5 s).
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.recv()).await;
+        assert!(matches!(end, Ok(Some(Err(Error::PongTimeout)))), "{end:?}");
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((17.5..17.6).contains(&elapsed), "dropped at {elapsed} s");
+    }
+
+    /// Once a deadline has closed the connection, the timer is set only to what still matters in
+    /// the closing state (the close timeout): before, an unanswered ping's deadline stayed, in the
+    /// past, and the timer fired again and again inside one poll for as long as the close took.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_closed_the_connection_is_not_set_again() {
+        for timeout in ["pong", "idle", "message"] {
+            let (server, _client) = tokio::io::duplex(4096);
+            let config = Config {
+                ping_interval: Duration::from_secs(10),
+                pong_timeout: Duration::from_secs(4),
+                idle_timeout: Duration::from_secs(60),
+                ..Config::default()
+            };
+            let mut ws = WebSocket::new(server, Arc::new(config), None);
+            tokio::time::advance(Duration::from_secs(100)).await;
+            let now = Instant::now();
+            match timeout {
+                "pong" => {
+                    ws.last_read = now - Duration::from_secs(15);
+                    ws.ping = Ping::Sent(now - Duration::from_secs(5));
+                }
+                "idle" => ws.last_read = now - Duration::from_secs(61),
+                _ => {
+                    ws.last_read = now;
+                    ws.partial_since = Some(now - Duration::from_secs(31));
+                }
+            }
+            assert!(ws.on_deadline::<Message>(now).is_none());
+            assert!(matches!(ws.state, State::Finishing(Some(_))), "{timeout}");
+            let next = ws.next_deadline().expect("the close timeout");
+            assert!(next > now, "{timeout}: the timer is set to the past");
+        }
+        // Our close is out and the peer is silent: no ping, no ping deadline.
+        let (server, _client) = tokio::io::duplex(4096);
+        let config = Config {
+            close_timeout: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let mut ws = WebSocket::new(server, Arc::new(config), None);
+        ws.close(CloseCode::NORMAL, "bye");
+        tokio::time::advance(Duration::from_secs(26)).await;
+        let now = Instant::now();
+        assert!(ws.on_deadline::<Message>(now).is_none());
+        assert!(matches!(ws.state, State::CloseSent));
+        assert!(ws.next_deadline().is_none_or(|d| d > now));
+    }
+
+    /// With nothing for the carrier to write, the connection writes its ping when it is due; the
+    /// pong takes the offer's place for the next round, a whole interval later.
+    #[tokio::test(start_paused = true)]
+    async fn an_uncarried_ping_is_written_when_due_and_the_pong_starts_the_next_round() {
+        let start = Instant::now();
+        let (mut ws, carrier, mut client) = carried();
+        run_until(&mut ws, start, 9.9).await;
+        assert_eq!(carrier.offers(), 1);
+        assert_eq!(written(&mut client).await, b"", "not yet due");
+        run_until(&mut ws, start, 10.1).await;
+        assert_eq!(written(&mut client).await, crate::PING_FRAME, "due at 10 s");
+        assert_eq!(carrier.withdrawals(), 1);
+        client
+            .write_all(&client_frame(true, 10, b""))
+            .await
+            .unwrap();
+        run_until(&mut ws, start, 18.0).await;
+        assert_eq!(carrier.offers(), 1, "the next offer is 8 s after the pong");
+        run_until(&mut ws, start, 18.2).await;
+        assert_eq!(carrier.offers(), 2);
+        run_until(&mut ws, start, 20.5).await;
+        assert_eq!(
+            written(&mut client).await,
+            crate::PING_FRAME,
+            "the second ping, at 20.1 s"
+        );
+    }
+
+    /// The peer speaking while the ping is on offer takes the offer back: no ping goes out until
+    /// a whole interval after it spoke.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_during_the_offer_takes_it_back() {
+        let start = Instant::now();
+        let (mut ws, carrier, mut client) = carried();
+        run_until(&mut ws, start, 9.0).await;
+        assert_eq!(carrier.offers(), 1);
+        client.write_all(&client_text(b"hi")).await.unwrap();
+        let msg = ws.recv().await.unwrap().unwrap();
+        assert_eq!(msg.payload().as_ref(), b"hi");
+        assert_eq!(carrier.withdrawals(), 1, "taken back");
+        assert!(!carrier.carry(), "nothing on offer");
+        run_until(&mut ws, start, 16.9).await;
+        assert_eq!(carrier.offers(), 1);
+        run_until(&mut ws, start, 18.9).await;
+        assert_eq!(
+            written(&mut client).await,
+            b"",
+            "the ping is 10 s after 9 s"
+        );
+        assert_eq!(carrier.offers(), 2, "offered again at 17 s");
     }
 }

@@ -12,6 +12,8 @@
 //!   per message or per read.
 //! - [`SharedMessage`] is a message framed once (and compressed once per window size) whose bytes are
 //!   shared by every connection it is sent to with [`WebSocket::send_shared`].
+//! - [`PingCarrier`] ([`keepalive`]) lets such a writer carry the connection's keepalive ping on a
+//!   frame it writes anyway, instead of the connection waking up to write two bytes of its own.
 //! - [`Incoming`] is the IO-free decoder underneath (frames, fragments, UTF-8, inflation, limits);
 //!   the fuzz target drives it directly.
 //!
@@ -29,6 +31,7 @@ mod error;
 pub mod frame;
 pub mod handshake;
 mod incoming;
+pub mod keepalive;
 mod message;
 mod utf8;
 mod write_queue;
@@ -40,5 +43,6 @@ pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{Error, ProtocolError};
 pub use handshake::{Accepted, HandshakeError};
 pub use incoming::{Event, Incoming};
+pub use keepalive::{PING_FRAME, PingCarrier};
 pub use message::{Message, MessageRef, SharedFraming, SharedMessage};
 pub use utf8::Utf8Validator;

@@ -24,15 +24,16 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use nix::sys::socket::{MsgFlags, send};
+use nix::sys::socket::{MsgFlags, send, sendmsg};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use switchboard_hub::{Lane, Sent};
 use switchboard_protocol::Frame;
-use switchboard_websocket::{Message, SharedFraming, SharedMessage};
+use switchboard_websocket::{Message, PING_FRAME, PingCarrier, SharedFraming, SharedMessage};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 /// The stream a WebSocket connection runs over once hyper has handed it over.
 #[derive(Debug)]
@@ -67,10 +68,23 @@ struct WriterState {
     idle: bool,
     /// What a short write of the lane left of its frame: written before anything else.
     rest: Bytes,
+    /// The connection's keepalive ping, which the lane carries on its next frame when offered.
+    ping: CarriedPing,
     /// How the lane frames publications and counts them; `None` until the wire opens the lane.
     /// Inline, not boxed: the fan-out's cost per subscriber is mostly cache misses, and a delivery
     /// should touch one allocation of the connection's.
     lane: Option<LaneSettings>,
+}
+
+/// Where the ping the connection offered to the lane is (see [`switchboard_websocket::keepalive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CarriedPing {
+    /// Not on offer.
+    No,
+    /// On offer: the lane appends it to its next frame.
+    Offered,
+    /// Written by the lane at this instant, not yet taken back by the connection.
+    Sent(Instant),
 }
 
 /// What the lane needs besides the socket.
@@ -108,6 +122,7 @@ impl Io {
                     half,
                     idle: false,
                     rest: Bytes::new(),
+                    ping: CarriedPing::No,
                     lane: None,
                 }),
             }),
@@ -272,6 +287,7 @@ impl Lane for Writer {
             fd,
             idle,
             rest,
+            ping,
             lane,
             ..
         } = &mut *state;
@@ -286,16 +302,24 @@ impl Lane for Writer {
         // profile; docs/benchmarks.md). tokio's readiness stays right: it is only ever cleared
         // by the connection's own writes, which retry after a `WouldBlock` and wait for the
         // next edge, and the epoll edges still reach tokio whoever wrote.
-        let sent = match send(*fd, bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
-            Ok(n) if n == bytes.len() => Sent::Whole,
-            Ok(n) if n > 0 => {
-                *rest = bytes.slice(n..);
-                Sent::Part
+        let carry = *ping == CarriedPing::Offered;
+        let sent = if carry {
+            send_with_ping(*fd, bytes, rest)
+        } else {
+            match send(*fd, bytes, FLAGS) {
+                Ok(n) if n == bytes.len() => Sent::Whole,
+                Ok(n) if n > 0 => {
+                    *rest = bytes.slice(n..);
+                    Sent::Part
+                }
+                // Full (or failed: the task finds out when it writes or reads): queued, and the
+                // task writes it when the socket takes more.
+                _ => Sent::Not,
             }
-            // Full (or failed: the task finds out when it writes or reads): queued, and the task
-            // writes it when the socket takes more.
-            _ => Sent::Not,
         };
+        if carry && sent != Sent::Not {
+            *ping = CarriedPing::Sent(Instant::now());
+        }
         if sent != Sent::Not {
             lane.messages_out.inc();
             lane.bytes_out.inc_by(frame.len() as u64);
@@ -308,6 +332,47 @@ impl Lane for Writer {
 
     fn prefetch(&self) {
         switchboard_hub::prefetch::prefetch(&self.state);
+    }
+}
+
+/// How the lane calls `send(2)`: never blocking (the socket is tokio's, non-blocking anyway), and
+/// a peer gone is an error, not a `SIGPIPE`.
+const FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL.union(MsgFlags::MSG_DONTWAIT);
+
+/// Writes a publication's `bytes` and the keepalive ping after them, in one `sendmsg(2)`: the
+/// connection's ping costs no system call of its own. What the socket does not take goes to
+/// `rest`, as for a publication alone.
+fn send_with_ping(fd: RawFd, bytes: &Bytes, rest: &mut Bytes) -> Sent {
+    let parts = [IoSlice::new(bytes), IoSlice::new(&PING_FRAME)];
+    let total = bytes.len() + PING_FRAME.len();
+    match sendmsg::<()>(fd, &parts, &[], FLAGS, None) {
+        Ok(n) if n == total => Sent::Whole,
+        Ok(n) if n > 0 => {
+            *rest = if n < bytes.len() {
+                let mut left = Vec::with_capacity(total - n);
+                left.extend_from_slice(&bytes[n..]);
+                left.extend_from_slice(&PING_FRAME);
+                Bytes::from(left)
+            } else {
+                Bytes::from_static(&PING_FRAME[n - bytes.len()..])
+            };
+            Sent::Part
+        }
+        _ => Sent::Not,
+    }
+}
+
+/// The lane carries the connection's keepalive ping on its next publication while it is offered.
+impl PingCarrier for Writer {
+    fn offer_ping(&self) {
+        self.state.lock().ping = CarriedPing::Offered;
+    }
+
+    fn withdraw_ping(&self) -> Option<Instant> {
+        match std::mem::replace(&mut self.state.lock().ping, CarriedPing::No) {
+            CarriedPing::Sent(at) => Some(at),
+            CarriedPing::No | CarriedPing::Offered => None,
+        }
     }
 }
 
@@ -441,6 +506,69 @@ mod tests {
             "idle only once the rest is written"
         );
         // The connection's task writes its own bytes: the rest first.
+        io.write_all(b"after").await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        drop(lane);
+        expected.extend_from_slice(b"after");
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
+
+    /// An offered ping rides on the lane's next frame, once, and the connection learns it went;
+    /// it rides on the rest of a short write too, after the frame.
+    #[tokio::test]
+    async fn the_lane_carries_an_offered_ping_after_its_frame() {
+        let (mut io, lane, client) = pair(b"").await;
+        lane.open_lane(SharedFraming::PLAIN, Counter::default(), Counter::default());
+        lane.idle();
+        assert_eq!(lane.withdraw_ping(), None, "nothing offered");
+        let mut expected = Vec::new();
+        let (frame, framed) = publication(b"{\"pub\":1}".to_vec());
+        lane.offer_ping();
+        assert_eq!(lane.try_send(&frame), Sent::Whole);
+        expected.extend_from_slice(&framed);
+        expected.extend_from_slice(&PING_FRAME);
+        assert_eq!(lane.try_send(&frame), Sent::Whole, "the ping went once");
+        expected.extend_from_slice(&framed);
+        assert!(
+            lane.withdraw_ping().is_some(),
+            "the connection learns it went"
+        );
+        assert_eq!(lane.withdraw_ping(), None);
+        // Offered before every frame until the socket is full: the frame cut short carries it in
+        // its rest.
+        let mut seq = 0u32;
+        loop {
+            seq += 1;
+            let mut text = format!("{seq:08}").into_bytes();
+            text.resize(60_000, b'x');
+            let (frame, framed) = publication(text);
+            lane.offer_ping();
+            let sent = lane.try_send(&frame);
+            match sent {
+                Sent::Not => {
+                    assert_eq!(lane.withdraw_ping(), None, "not written, not carried");
+                    break;
+                }
+                Sent::Whole | Sent::Part => {
+                    assert!(lane.withdraw_ping().is_some());
+                    expected.extend_from_slice(&framed);
+                    expected.extend_from_slice(&PING_FRAME);
+                }
+            }
+            if sent == Sent::Part {
+                break;
+            }
+            assert!(seq < 10_000, "the socket never filled");
+        }
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
         io.write_all(b"after").await.unwrap();
         io.shutdown().await.unwrap();
         drop(io);

@@ -17,7 +17,7 @@ use switchboard_hub::{End, ForwardedHeaders, Lane, Node, ShutdownSignal, Upstrea
 use crate::limits::Limits;
 use switchboard_protocol::{DisconnectCode, Frame};
 use switchboard_websocket::{
-    CloseCode, Config, Error, Message, MessageRef, SharedMessage, WebSocket, handshake,
+    CloseCode, Config, Error, Message, MessageRef, PingCarrier, SharedMessage, WebSocket, handshake,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -190,7 +190,7 @@ struct WsWire {
 }
 
 impl WsWire {
-    fn new(ws: WebSocket<Io>, node: &Node) -> Self {
+    fn new(mut ws: WebSocket<Io>, node: &Node) -> Self {
         let bytes_out = node.metrics().bytes("websocket", "out");
         let lane = match (ws.get_ref().writer(), ws.shared_framing()) {
             (Some(writer), Some(framing)) => {
@@ -200,6 +200,10 @@ impl WsWire {
             }
             _ => None,
         };
+        if let Some(lane) = &lane {
+            // The keepalive ping rides on a publication when one goes out near its time.
+            ws.set_ping_carrier(Arc::clone(lane) as Arc<dyn PingCarrier>);
+        }
         Self {
             ws,
             bytes_in: node.metrics().bytes("websocket", "in"),
