@@ -13,7 +13,10 @@
 //!   the writer and goes out before any other byte;
 //! - every write of the connection's task makes the writer busy, as does the client's wire before
 //!   it queues a frame ([`Writer::busy`]); only the wire makes it idle again, when everything it
-//!   queued is written and the connection is still open ([`Writer::idle`]).
+//!   queued is written and the connection is still open ([`Writer::idle`]);
+//! - the connection's keepalive ping, while the connection offers it ([`PingCarrier`]), goes out
+//!   right after one of the lane's whole frames, in the same `sendmsg(2)`, so that a ping costs no
+//!   write of its own while publications flow.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
