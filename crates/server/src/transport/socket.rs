@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
@@ -80,14 +81,25 @@ struct WriterState {
 }
 
 /// Where the ping the connection offered to the lane is (see [`switchboard_websocket::keepalive`]).
+/// Eight bytes, not an `Instant`'s sixteen: beside `fd` and `idle` they keep the writer in
+/// jemalloc's 128-byte class, where an `Instant` took every connection to the 160-byte one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CarriedPing {
     /// Not on offer.
     No,
     /// On offer: the lane appends it to its next frame.
     Offered,
-    /// Written by the lane at this instant, not yet taken back by the connection.
-    Sent(Instant),
+    /// Written by the lane at this time ([`millis`]), not yet taken back by the connection.
+    Sent(u32),
+}
+
+/// Milliseconds on a process-wide clock, wrapping every 49 days: a carried ping is taken back
+/// within a fifth of `ping_interval` of its write, so the wrapped difference is exact.
+fn millis() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncated on purpose: the clock wraps.
+    epoch.elapsed().as_millis() as u32
 }
 
 /// What the lane needs besides the socket.
@@ -321,7 +333,7 @@ impl Lane for Writer {
             }
         };
         if carry && sent != Sent::Not {
-            *ping = CarriedPing::Sent(Instant::now());
+            *ping = CarriedPing::Sent(millis());
         }
         if sent != Sent::Not {
             lane.messages_out.inc();
@@ -373,7 +385,11 @@ impl PingCarrier for Writer {
 
     fn withdraw_ping(&self) -> Option<Instant> {
         match std::mem::replace(&mut self.state.lock().ping, CarriedPing::No) {
-            CarriedPing::Sent(at) => Some(at),
+            CarriedPing::Sent(at) => {
+                let ago = Duration::from_millis(u64::from(millis().wrapping_sub(at)));
+                let now = Instant::now();
+                Some(now.checked_sub(ago).unwrap_or(now))
+            }
             CarriedPing::No | CarriedPing::Offered => None,
         }
     }
@@ -517,6 +533,17 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes out of order");
+    }
+
+    /// The writer is an `Arc` allocation per connection: it stays in jemalloc's 128-byte class
+    /// (16 bytes of counts and the writer).
+    #[test]
+    fn the_writer_stays_in_its_allocation_class() {
+        assert!(
+            size_of::<Writer>() + 16 <= 128,
+            "{} bytes",
+            size_of::<Writer>()
+        );
     }
 
     /// An offered ping rides on the lane's next frame, once, and the connection learns it went;
