@@ -620,11 +620,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             return None;
         }
         if !cfg.ping_interval.is_zero() {
-            if let Ping::Sent(t) = self.ping
-                && self.last_read > t
-            {
-                self.ping = Ping::Idle;
-            }
+            // A read since the ping made it `Idle` already (`heard`).
             match self.ping {
                 Ping::Sent(t) if t + cfg.pong_timeout <= now => {
                     if !self.is_open() {
@@ -727,8 +723,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Sets the timer to the next deadline. Reads move deadlines later without touching the timer
-    /// (resetting it on every read would cost a timer-wheel update each time); when it fires early,
-    /// `on_deadline` finds nothing due and this sets it again.
+    /// (resetting it on every read would cost a timer-wheel update each time; only the read that
+    /// answers a ping does, in `heard`); when it fires early, `on_deadline` finds nothing due and
+    /// this sets it again.
     fn rearm(&mut self) {
         match self.next_deadline() {
             Some(d) => self.set_timer(d),

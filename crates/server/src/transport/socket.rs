@@ -421,6 +421,41 @@ mod tests {
         (frame, framed)
     }
 
+    /// The `seq`-th of a run of 60,000-byte publications: the socket's room almost never ends on
+    /// such a frame's boundary.
+    fn big_publication(seq: u32) -> (Frame, Bytes) {
+        let mut text = format!("{seq:08}").into_bytes();
+        text.resize(60_000, b'x');
+        publication(text)
+    }
+
+    /// Reads everything the server side writes, until it closes.
+    fn read_all(mut client: TcpStream) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        })
+    }
+
+    /// The connection's task writes bytes of its own and closes: the client must have read
+    /// `expected` (whatever the lane wrote), then those bytes, in that order.
+    async fn the_tasks_bytes_come_last(
+        mut io: Io,
+        lane: Arc<Writer>,
+        reader: tokio::task::JoinHandle<Vec<u8>>,
+        mut expected: Vec<u8>,
+    ) {
+        io.write_all(b"after").await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        drop(lane);
+        expected.extend_from_slice(b"after");
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
+
     #[tokio::test]
     async fn the_lane_writes_only_while_the_connection_is_idle() {
         let (mut io, lane, mut client) = pair(b"early").await;
@@ -473,17 +508,14 @@ mod tests {
     /// writes nothing more, even once the socket has room, until the connection is idle again.
     #[tokio::test]
     async fn the_rest_of_a_short_write_goes_first() {
-        let (mut io, lane, client) = pair(b"").await;
+        let (io, lane, client) = pair(b"").await;
         lane.open_lane(SharedFraming::PLAIN, Counter::default(), Counter::default());
         lane.idle();
         let mut expected = Vec::new();
         let mut seq = 0u32;
-        // 60,000-byte frames: the socket's room almost never ends on a frame's boundary.
         let outcome = loop {
             seq += 1;
-            let mut text = format!("{seq:08}").into_bytes();
-            text.resize(60_000, b'x');
-            let (frame, framed) = publication(text);
+            let (frame, framed) = big_publication(seq);
             let sent = lane.try_send(&frame);
             if sent != Sent::Not {
                 expected.extend_from_slice(&framed);
@@ -499,18 +531,7 @@ mod tests {
             "the socket filled on a frame's boundary"
         );
         // The client reads everything: the socket has room again.
-        let reader = tokio::spawn(async move {
-            let mut client = client;
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = client.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    return got;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-        });
+        let reader = read_all(client);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let more = publication(b"more".to_vec()).0;
         assert_eq!(
@@ -525,14 +546,7 @@ mod tests {
             "idle only once the rest is written"
         );
         // The connection's task writes its own bytes: the rest first.
-        io.write_all(b"after").await.unwrap();
-        io.shutdown().await.unwrap();
-        drop(io);
-        drop(lane);
-        expected.extend_from_slice(b"after");
-        let got = reader.await.unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "bytes out of order");
+        the_tasks_bytes_come_last(io, lane, reader, expected).await;
     }
 
     /// The writer is an `Arc` allocation per connection: it stays in jemalloc's 128-byte class
@@ -550,7 +564,7 @@ mod tests {
     /// it rides on the rest of a short write too, after the frame.
     #[tokio::test]
     async fn the_lane_carries_an_offered_ping_after_its_frame() {
-        let (mut io, lane, client) = pair(b"").await;
+        let (io, lane, client) = pair(b"").await;
         lane.open_lane(SharedFraming::PLAIN, Counter::default(), Counter::default());
         lane.idle();
         assert_eq!(lane.withdraw_ping(), None, "nothing offered");
@@ -572,9 +586,7 @@ mod tests {
         let mut seq = 0u32;
         loop {
             seq += 1;
-            let mut text = format!("{seq:08}").into_bytes();
-            text.resize(60_000, b'x');
-            let (frame, framed) = publication(text);
+            let (frame, framed) = big_publication(seq);
             lane.offer_ping();
             let sent = lane.try_send(&frame);
             match sent {
@@ -593,19 +605,7 @@ mod tests {
             }
             assert!(seq < 10_000, "the socket never filled");
         }
-        let reader = tokio::spawn(async move {
-            let mut client = client;
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        io.write_all(b"after").await.unwrap();
-        io.shutdown().await.unwrap();
-        drop(io);
-        drop(lane);
-        expected.extend_from_slice(b"after");
-        let got = reader.await.unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "bytes out of order");
+        let reader = read_all(client);
+        the_tasks_bytes_come_last(io, lane, reader, expected).await;
     }
 }
